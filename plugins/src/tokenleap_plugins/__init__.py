@@ -1,0 +1,51 @@
+"""The contract between the tokenleap engine and every speculative-decoding proposer.
+
+Importing this package never imports torch: a proposer that needs tensors imports torch itself.
+"""
+
+from tokenleap_plugins.hookspecs import hookimpl, hookspec
+from tokenleap_plugins.manager import (
+    ENTRY_POINT_GROUP,
+    KNOWN_PACKAGES,
+    PLUGINS_ENV_VAR,
+    InstalledMethod,
+    ProposerConfigError,
+    ProposerManager,
+    UnknownMethodError,
+    validate_method_config,
+)
+from tokenleap_plugins.proposer import (
+    Drafts,
+    KVCacheNeeds,
+    ProposeBatch,
+    Proposer,
+    ProposerBase,
+    ProposerContext,
+    ProposerNeeds,
+    ProposerSpec,
+    ProposeRequest,
+    VerifiedRequest,
+)
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "KNOWN_PACKAGES",
+    "PLUGINS_ENV_VAR",
+    "Drafts",
+    "InstalledMethod",
+    "KVCacheNeeds",
+    "ProposerBase",
+    "ProposerConfigError",
+    "validate_method_config",
+    "ProposeBatch",
+    "ProposeRequest",
+    "Proposer",
+    "ProposerContext",
+    "ProposerManager",
+    "ProposerNeeds",
+    "ProposerSpec",
+    "UnknownMethodError",
+    "VerifiedRequest",
+    "hookimpl",
+    "hookspec",
+]
