@@ -1,0 +1,66 @@
+"""Torch references for the fused small ops, numerically the Hugging Face Llama semantics.
+
+Each op rounds where HF rounds, so that the Triton versions (``triton_fused.py``) can be checked
+against them and the engine's CPU path gives the same numbers as ``transformers``:
+
+- RMSNorm (``LlamaRMSNorm``): normalize in fp32, cast back to the input dtype, THEN multiply by the
+  weight (in the weight's dtype): ``weight * (x.float() * rsqrt(mean(x.float()**2) + eps)).to(dtype)``.
+- Residual add (decoder layer): ``residual + x`` in the activation dtype, then RMSNorm of that sum.
+- RoPE (``apply_rotary_pos_emb``, neox style ``rotate_half``): cos/sin are built in fp32, cast to
+  the activation dtype, and ``q * cos + rotate_half(q) * sin`` is computed in the activation dtype.
+- SwiGLU (``LlamaMLP``): ``silu(gate) * up`` in the activation dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # x: [..., hidden]; weight: [hidden] -> [..., hidden]
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def fused_add_rms_norm_ref(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # x, residual: [..., hidden] -> (normed [..., hidden], new_residual = x + residual [..., hidden])
+    new_residual = residual + x
+    return rms_norm_ref(new_residual, weight, eps), new_residual
+
+
+def rope_cos_sin_cache(max_pos: int, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """[max_pos, head_dim] fp32: cos of the head_dim/2 frequencies | sin of them (plain Llama RoPE)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    freqs = torch.arange(max_pos, dtype=torch.float32)[:, None] * inv_freq[None, :]  # [max_pos, D/2]
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: [T, H, D]; cos, sin: [T, 1, D] in x.dtype. rotate_half(x) = cat(-x2, x1).
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos) + (rotated * sin)
+
+
+def rotary_embedding_ref(
+    positions: torch.Tensor,  # [T] int
+    q: torch.Tensor,  # [T, H, D]
+    k: torch.Tensor,  # [T, KVH, D]
+    cos_sin_cache: torch.Tensor,  # [max_pos, D]: cos half | sin half
+) -> tuple[torch.Tensor, torch.Tensor]:  # new tensors (q_rot, k_rot); the inputs are not modified
+    half = q.shape[-1] // 2
+    cs = cos_sin_cache[positions.long()]  # [T, D]
+    cos = torch.cat([cs[:, :half], cs[:, :half]], dim=-1)[:, None, :].to(q.dtype)  # [T, 1, D]
+    sin = torch.cat([cs[:, half:], cs[:, half:]], dim=-1)[:, None, :].to(q.dtype)
+    return _rotate(q, cos, sin), _rotate(k, cos.to(k.dtype), sin.to(k.dtype))
+
+
+def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
+    # x: [T, 2*I] (gate | up) -> [T, I]
+    inter = x.shape[-1] // 2
+    return F.silu(x[..., :inter]) * x[..., inter:]
