@@ -1,0 +1,8 @@
+"""SuffixDecoding proposer for tokenleap (method ``suffix``). Model-free; imports no torch."""
+
+from tokenleap_suffix.config import SuffixConfig
+from tokenleap_suffix.proposer import SuffixProposer
+from tokenleap_suffix.speculate import best_draft
+from tokenleap_suffix.tree import Node, SuffixTrie
+
+__all__ = ["Node", "SuffixConfig", "SuffixProposer", "SuffixTrie", "best_draft"]
