@@ -1,0 +1,150 @@
+"""Fused small ops in Triton; references (HF Llama numerics) in ``fused_ref.py``.
+
+All four return NEW tensors and leave their inputs untouched; the allocation depends only on shapes,
+so they are safe inside CUDA-graph capture. Math is done in fp32 with the HF roundings reproduced
+where cheap (the RMSNorm cast to the input dtype before the weight multiply; silu output rounded
+before the multiply). RoPE computes ``x*cos + rotate_half(x)*sin`` in fp32 and rounds once, where
+HF rounds after each op: at most a couple of ulps apart in bf16, identical in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, res_ptr, w_ptr, out_ptr, new_res_ptr, stride_x, stride_r, eps,
+    N: tl.constexpr, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < N
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)  # rounded like HF's add
+        tl.store(new_res_ptr + row * N + cols, x, mask=mask)
+    h = x.to(tl.float32)
+    var = tl.sum(h * h, axis=0) / N
+    h = (h * tl.rsqrt(var + eps)).to(x_ptr.dtype.element_ty).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * N + cols, (w * h).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _rms(x, residual, weight, eps):
+    n = x.shape[-1]
+    x2 = x.reshape(-1, n)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    out = torch.empty(x2.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+    r2 = new_res = None
+    if residual is not None:
+        r2 = residual.reshape(-1, n)
+        if r2.stride(-1) != 1:
+            r2 = r2.contiguous()
+        new_res = torch.empty_like(x2, memory_format=torch.contiguous_format)
+    block = triton.next_power_of_2(n)
+    _rms_norm_kernel[(x2.shape[0],)](
+        x2, r2 if r2 is not None else x2, weight, out, new_res if new_res is not None else out,
+        x2.stride(0), r2.stride(0) if r2 is not None else 0, eps,
+        N=n, BLOCK=block, HAS_RESIDUAL=residual is not None, num_warps=min(16, max(1, block // 256)),
+    )
+    return out.view(x.shape), (new_res.view(x.shape) if new_res is not None else None)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # x: [..., hidden]; weight: [hidden] -> [..., hidden]
+    return _rms(x, None, weight, eps)[0]
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # -> (normed = rms_norm(x + residual), new_residual = x + residual), both [..., hidden]
+    return _rms(x, residual, weight, eps)
+
+
+@triton.jit
+def _rope_rows(x_ptr, out_ptr, t, stride_t, stride_h, cos, sin,
+               H: tl.constexpr, HALF: tl.constexpr, H_PAD: tl.constexpr, HALF_PAD: tl.constexpr):
+    h = tl.arange(0, H_PAD)[:, None]
+    d = tl.arange(0, HALF_PAD)[None, :]
+    mask = (h < H) & (d < HALF)
+    src = x_ptr + t * stride_t + h * stride_h + d
+    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
+    dst = out_ptr + t * (H * 2 * HALF) + h * (2 * HALF) + d
+    tl.store(dst, (x1 * cos - x2 * sin).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst + HALF, (x2 * cos + x1 * sin).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rope_kernel(
+    pos_ptr, q_ptr, k_ptr, cs_ptr, q_out_ptr, k_out_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_cs,
+    H: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr,
+    H_PAD: tl.constexpr, KVH_PAD: tl.constexpr, HALF_PAD: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    pos = tl.load(pos_ptr + t).to(tl.int64)
+    d = tl.arange(0, HALF_PAD)[None, :]
+    cmask = d < HALF
+    # HF casts cos/sin to the activation dtype before using them.
+    cos = tl.load(cs_ptr + pos * stride_cs + d, mask=cmask, other=0.0).to(q_ptr.dtype.element_ty)
+    sin = tl.load(cs_ptr + pos * stride_cs + HALF + d, mask=cmask, other=0.0).to(q_ptr.dtype.element_ty)
+    cos = cos.to(tl.float32)
+    sin = sin.to(tl.float32)
+    _rope_rows(q_ptr, q_out_ptr, t, stride_qt, stride_qh, cos, sin, H, HALF, H_PAD, HALF_PAD)
+    _rope_rows(k_ptr, k_out_ptr, t, stride_kt, stride_kh, cos, sin, KVH, HALF, KVH_PAD, HALF_PAD)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,  # [T] int
+    q: torch.Tensor,  # [T, H, D] (last dim contiguous; may be a view into a qkv buffer)
+    k: torch.Tensor,  # [T, KVH, D]
+    cos_sin_cache: torch.Tensor,  # [max_pos, D]: cos half | sin half
+) -> tuple[torch.Tensor, torch.Tensor]:  # new contiguous (q_rot, k_rot); inputs unchanged
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[1]
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or cos_sin_cache.stride(-1) != 1:
+        raise ValueError("q, k and cos_sin_cache need a contiguous last dimension")
+    q_out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
+    k_out = torch.empty((num_tokens, num_kv_heads, head_dim), dtype=k.dtype, device=k.device)
+    if num_tokens == 0:
+        return q_out, k_out
+    half = head_dim // 2
+    _rope_kernel[(num_tokens,)](
+        positions, q, k, cos_sin_cache, q_out, k_out,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_sin_cache.stride(0),
+        H=num_heads, KVH=num_kv_heads, HALF=half, H_PAD=triton.next_power_of_2(num_heads),
+        KVH_PAD=triton.next_power_of_2(num_kv_heads), HALF_PAD=triton.next_power_of_2(half),
+        num_warps=4,
+    )
+    return q_out, k_out
+
+
+@triton.jit
+def _silu_mul_kernel(x_ptr, out_ptr, stride_x, INTER: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < INTER
+    g = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(x_ptr + row * stride_x + INTER + cols, mask=mask, other=0.0).to(tl.float32)
+    act = (g / (1.0 + tl.exp(-g))).to(out_ptr.dtype.element_ty).to(tl.float32)  # HF rounds silu's output
+    tl.store(out_ptr + row * INTER + cols, (act * u).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    # x: [T, 2*I] (gate | up) -> [T, I]
+    inter = x.shape[-1] // 2
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    out = torch.empty((x2.shape[0], inter), dtype=x.dtype, device=x.device)
+    block = min(1024, triton.next_power_of_2(inter))
+    if x2.shape[0] > 0:
+        _silu_mul_kernel[(x2.shape[0], triton.cdiv(inter, block))](x2, out, x2.stride(0), INTER=inter, BLOCK=block)
+    return out.view(*x.shape[:-1], inter)
