@@ -1,0 +1,196 @@
+"""Load a Llama-family checkpoint (Hugging Face safetensors folder or GGUF file) into HF-named tensors.
+
+`load_checkpoint(path)` returns the architecture, the weights under the exact parameter names of
+transformers' LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM, the tokenizer, and the dtype.
+Pickled checkpoints (*.bin, *.pt, *.pth) are refused: unpickling can run arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tokenleap.model.arch import ModelArchConfig
+from tokenleap.model.gguf_loader import load_gguf
+
+DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# Tensors some checkpoints carry that are buffers, not parameters: dropped silently.
+_IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+
+@dataclass
+class LoadedCheckpoint:
+    arch: ModelArchConfig
+    weights: dict[str, torch.Tensor]  # HF names -> CPU tensors in torch_dtype; [out, in] for linears
+    tokenizer: Any  # transformers PreTrainedTokenizerBase
+    torch_dtype: torch.dtype
+    source: str  # the resolved file or folder read
+    hf_config: dict[str, Any] = field(default_factory=dict)  # config.json (or its GGUF equivalent)
+
+
+def resolve_dtype(dtype: str | torch.dtype, checkpoint_dtype: torch.dtype | None, device: str) -> torch.dtype:
+    """"auto" -> float32 on CPU, else the checkpoint's dtype (bfloat16 when unknown or quantized)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+        dtype = str(dtype).removeprefix("torch.")
+    name = str(dtype).removeprefix("torch.")
+    if name == "auto":
+        if torch.device(device).type == "cpu":
+            return torch.float32
+        return checkpoint_dtype if checkpoint_dtype in DTYPES.values() else torch.bfloat16
+    if name not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; allowed values: {['auto', *DTYPES]}")
+    return DTYPES[name]
+
+
+def expected_weight_names(arch: ModelArchConfig) -> list[str]:
+    """Every parameter name the model class needs, in state-dict order."""
+    names = ["model.embed_tokens.weight"]
+    for i in range(arch.num_hidden_layers):
+        p = f"model.layers.{i}."
+        for proj in ("q", "k", "v", "o"):
+            names.append(f"{p}self_attn.{proj}_proj.weight")
+            if arch.attention_bias and proj != "o":
+                names.append(f"{p}self_attn.{proj}_proj.bias")
+        names += [f"{p}mlp.{m}_proj.weight" for m in ("gate", "up", "down")]
+        names += [f"{p}input_layernorm.weight", f"{p}post_attention_layernorm.weight"]
+    names.append("model.norm.weight")
+    if not arch.tie_word_embeddings:
+        names.append("lm_head.weight")
+    return names
+
+
+def check_weights(weights: dict[str, torch.Tensor], arch: ModelArchConfig, source: str) -> dict[str, torch.Tensor]:
+    """Drop known buffers and a tied lm_head; raise on missing or unexpected tensors."""
+    expected = expected_weight_names(arch)
+    present = {k: v for k, v in weights.items() if not k.endswith(_IGNORED_SUFFIXES)}
+    if arch.tie_word_embeddings:
+        present.pop("lm_head.weight", None)
+    missing = [n for n in expected if n not in present]
+    unexpected = sorted(set(present) - set(expected))
+    if missing:
+        raise ValueError(f"checkpoint {source} lacks {len(missing)} tensor(s) the "
+                         f"{arch.model_type} model needs, e.g. {missing[:5]}")
+    if unexpected:
+        raise ValueError(f"checkpoint {source} has {len(unexpected)} tensor(s) a {arch.model_type} "
+                         f"model does not use (unsupported variant?), e.g. {unexpected[:5]}")
+    return {n: present[n] for n in expected}
+
+
+def _refuse_pickled(source: Path, files: list[Path]) -> ValueError:
+    names = ", ".join(f.name for f in files[:5])
+    return ValueError(
+        f"{source} holds only pickled PyTorch weights ({names}). Loading a pickle can run arbitrary "
+        "code, so tokenleap refuses it. Convert the checkpoint to safetensors first, e.g. with "
+        "transformers: AutoModelForCausalLM.from_pretrained(folder).save_pretrained(new_folder, "
+        "safe_serialization=True) (transformers >= 5 always writes safetensors), and load new_folder."
+    )
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [folder / f for f in sorted(set(weight_map.values()))]
+    return sorted(folder.glob("*.safetensors"))
+
+
+def _read_safetensors(files: list[Path], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"safetensors shard {f} (listed in the index) does not exist")
+        with safe_open(str(f), framework="pt", device="cpu") as st:
+            for name in st.keys():
+                weights[name] = st.get_tensor(name).to(dtype)
+    return weights
+
+
+def _stored_dtype(files: list[Path]) -> torch.dtype | None:
+    """The dtype of the first floating tensor of the first shard (read from the header only)."""
+    from safetensors import safe_open
+
+    with safe_open(str(files[0]), framework="pt", device="cpu") as st:
+        for name in st.keys():
+            t = st.get_slice(name).get_dtype()
+            if t in ("F32", "BF16", "F16"):
+                return {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[t]
+    return None
+
+
+def _load_hf_folder(folder: Path, dtype: str | torch.dtype, device: str) -> LoadedCheckpoint:
+    from transformers import AutoTokenizer
+
+    files = _safetensors_files(folder)
+    if not files:
+        pickled = sorted(f for f in folder.iterdir() if f.suffix in PICKLED_SUFFIXES)
+        if pickled:
+            raise _refuse_pickled(folder, pickled)
+        raise ValueError(f"{folder} has no *.safetensors weights and no .gguf file")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder} has safetensors weights but no config.json")
+    cfg = json.loads(config_path.read_text())
+    gen_path = folder / "generation_config.json"  # Llama 3 instruct lists its extra eos ids here
+    if gen_path.is_file() and json.loads(gen_path.read_text()).get("eos_token_id") is not None:
+        cfg["eos_token_id"] = json.loads(gen_path.read_text())["eos_token_id"]
+    arch = ModelArchConfig.from_hf_config(cfg)
+    config_dtype = DTYPES.get(str(cfg.get("torch_dtype") or cfg.get("dtype") or ""))
+    torch_dtype = resolve_dtype(dtype, config_dtype or _stored_dtype(files), device)
+    weights = check_weights(_read_safetensors(files, torch_dtype), arch, str(folder))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"could not load a tokenizer from {folder} (tokenizer.json / "
+                         f"tokenizer_config.json expected): {e}") from e
+    return LoadedCheckpoint(arch, weights, tokenizer, torch_dtype, str(folder), cfg)
+
+
+def _load_gguf_file(path: Path, dtype: str | torch.dtype, device: str) -> LoadedCheckpoint:
+    torch_dtype = resolve_dtype(dtype, torch.bfloat16, device)
+    cfg, weights, tokenizer = load_gguf(path, torch_dtype)
+    arch = ModelArchConfig.from_hf_config(cfg)
+    return LoadedCheckpoint(arch, check_weights(weights, arch, str(path)), tokenizer, torch_dtype,
+                            str(path), cfg)
+
+
+def load_checkpoint(path: str | Path, dtype: str | torch.dtype = "auto", device: str = "cpu") -> LoadedCheckpoint:
+    """Load a local HF folder (config.json + *.safetensors + tokenizer), a .gguf file, or a folder
+    holding exactly one .gguf. dtype: "auto" | "float32" | "bfloat16" | "float16" ("float", "half").
+    "auto" is float32 on CPU; on other devices the checkpoint's dtype (bfloat16 for GGUF).
+    Tensors are returned on CPU; `device` only steers "auto".
+    """
+    resolve_dtype(dtype, None, device)  # reject a bad dtype before any reading
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"model path {str(path)!r} does not exist")
+    if p.is_file():
+        if p.suffix == ".gguf":
+            return _load_gguf_file(p, dtype, device)
+        if p.suffix in PICKLED_SUFFIXES:
+            raise _refuse_pickled(p, [p])
+        raise ValueError(f"model path {str(path)!r} is a file but not a .gguf; pass a .gguf file or "
+                         "a folder with config.json and *.safetensors")
+    if _safetensors_files(p):
+        return _load_hf_folder(p, dtype, device)
+    ggufs = sorted(p.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return _load_gguf_file(ggufs[0], dtype, device)
+    if len(ggufs) > 1:
+        raise ValueError(f"{p} holds {len(ggufs)} .gguf files ({', '.join(g.name for g in ggufs)}); "
+                         "pass the path of the one to load")
+    return _load_hf_folder(p, dtype, device)  # raises: pickled-only or empty folder
