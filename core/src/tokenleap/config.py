@@ -1,0 +1,89 @@
+"""Engine settings as pydantic models: a wrong field or value fails with the field, the value and
+what is allowed, before any work starts."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DType = Literal["auto", "float32", "bfloat16", "float16", "float", "half"]
+
+
+class EngineConfig(BaseModel):
+    """Everything ``LLM(...)`` accepts, as vLLM names it."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(min_length=1)
+    tokenizer: str | None = None
+    dtype: DType = "auto"
+    seed: int = 0
+    max_model_len: int | None = Field(None, ge=2)
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    enforce_eager: bool = False
+    tensor_parallel_size: int = Field(1, ge=1)
+    speculative_config: dict[str, Any] | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    load_format: Literal["auto", "safetensors", "gguf", "dummy"] = "auto"
+    block_size: int = Field(16, ge=1, le=256)
+    enable_prefix_caching: bool = True
+    kv_cache_memory_bytes: int | None = Field(None, ge=1, description="KV cache size; default 1 GiB on CPU")
+    num_gpu_blocks_override: int | None = Field(None, ge=2, description="exact number of KV blocks")
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    max_num_seqs: int = Field(64, ge=1)
+    enable_chunked_prefill: bool = True
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
+    max_logprobs: int = Field(20, ge=0)
+    disable_log_stats: bool = False
+    log_stats_interval_s: float = Field(5.0, gt=0)
+    attention_backend: Literal["auto", "torch", "triton"] = "auto"
+    trust_remote_code: bool = False
+
+    @field_validator("tensor_parallel_size")
+    @classmethod
+    def _single_device(cls, v: int) -> int:
+        if v != 1:
+            raise ValueError(
+                f"tensor_parallel_size={v} is not supported yet: tokenleap runs a model on one device; use 1"
+            )
+        return v
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"block_size={v} must be a power of two (e.g. 16 or 32)")
+        return v
+
+    @field_validator("trust_remote_code")
+    @classmethod
+    def _no_remote_code(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("trust_remote_code=True is not supported: tokenleap never runs model-repo code")
+        return v
+
+
+class SpeculativeCommonConfig(BaseModel):
+    """The speculative_config keys every method shares, validated by the engine. Method keys
+    (prompt_lookup_*, suffix_decoding_*, ...) are validated by the method's own model."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    method: str = Field(min_length=1)
+    num_speculative_tokens: int | None = Field(None, ge=1, le=32)
+    model: str | None = None
+    draft_tensor_parallel_size: int | None = Field(None, ge=1, le=1)
+    parallel_drafting: bool = False
+    disable_padded_drafter_batch: bool = False
+    disable_by_batch_size: int | None = Field(None, ge=2)
+    max_model_len: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _no_parallel_drafting_for_model_free(self) -> SpeculativeCommonConfig:
+        if self.parallel_drafting and self.method in {"ngram", "suffix"}:
+            raise ValueError(f"parallel_drafting=True needs a model-based method, not method={self.method!r}")
+        return self
+
+
+COMMON_SPECULATIVE_KEYS = set(SpeculativeCommonConfig.model_fields)

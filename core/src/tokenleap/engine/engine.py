@@ -1,0 +1,196 @@
+"""The step loop: schedule -> forward -> verify -> update -> propose."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import structlog
+from tokenleap_plugins import ProposerContext, ProposerManager, VerifiedRequest
+
+from tokenleap.config import EngineConfig
+from tokenleap.engine import setup
+from tokenleap.engine.detokenizer import init_offsets
+from tokenleap.engine.kv_cache import BlockManager
+from tokenleap.engine.model_runner import ModelRunner, StepResult
+from tokenleap.engine.output_processor import append_tokens
+from tokenleap.engine.request import Request, RequestStatus
+from tokenleap.engine.scheduler import Scheduler
+from tokenleap.metrics import EngineCounters
+from tokenleap.model.hub import resolve_model
+from tokenleap.spec.config import ResolvedSpeculativeConfig, resolve_speculative_config
+from tokenleap.spec.proposing import ProposerDriver
+
+log = structlog.get_logger("tokenleap")
+
+
+class Engine:
+    def __init__(self, cfg: EngineConfig, proposer_manager: ProposerManager | None = None) -> None:
+        self.cfg = cfg
+        # Everything that can be wrong with the configuration fails before weights are loaded.
+        self.spec_cfg: ResolvedSpeculativeConfig | None = None
+        if cfg.speculative_config is not None:
+            self.spec_cfg = resolve_speculative_config(cfg.speculative_config, proposer_manager or ProposerManager())
+        self.device = setup.pick_device(cfg)
+        self.backend = setup.pick_backend(cfg, self.device)
+        model_path = resolve_model(cfg.model)
+
+        loaded = setup.load_model(cfg, model_path, self.device, cfg.max_model_len)
+        self.model, self.arch, self.tokenizer = loaded.model, loaded.arch, loaded.tokenizer
+        k = self.spec_cfg.num_speculative_tokens if self.spec_cfg else 0
+        max_len = cfg.max_model_len or self.arch.max_position_embeddings
+        self.max_num_batched_tokens = cfg.max_num_batched_tokens or max(2048, min(max_len, 8192))
+        num_blocks = setup.num_kv_blocks(cfg, self.arch, loaded.dtype, self.device, self.max_num_batched_tokens)
+        capacity = (num_blocks - 1) * cfg.block_size - (k + 1)
+        if max_len > capacity:
+            if cfg.max_model_len is not None:
+                raise ValueError(
+                    f"max_model_len={cfg.max_model_len} does not fit in the KV cache ({num_blocks - 1} blocks of "
+                    f"{cfg.block_size} tokens = {capacity} tokens with {k} speculative slots); lower max_model_len "
+                    f"or give more KV memory (kv_cache_memory_bytes / gpu_memory_utilization)"
+                )
+            log.warning("max_model_len lowered to fit the KV cache", max_model_len=capacity, was=max_len)
+            max_len = capacity
+        self.max_model_len = max_len
+        self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, self.max_num_batched_tokens,
+                                   cfg.scheduling_policy, cfg.enable_chunked_prefill)
+        kv = setup.allocate_kv_caches(self.arch, num_blocks, cfg.block_size, loaded.dtype, self.device)
+        self.driver: ProposerDriver | None = None
+        hidden_layers: tuple[int, ...] = ()
+        if self.spec_cfg is not None:
+            proposer = self.spec_cfg.spec.build(self.spec_cfg.method_config, ProposerContext(
+                num_speculative_tokens=k, vocab_size=self.arch.vocab_size, max_model_len=max_len, seed=cfg.seed,
+                device=str(self.device), dtype=str(loaded.dtype).removeprefix("torch."),
+                hidden_size=self.arch.hidden_size, num_hidden_layers=self.arch.num_hidden_layers,
+                eos_token_ids=self.arch.eos_token_ids, target_model=self.model,
+            ))
+            hidden_layers = tuple(proposer.needs.hidden_state_layers)
+            self.driver = ProposerDriver(proposer, self.spec_cfg.common.method, k, self.arch.vocab_size, max_len,
+                                         self.spec_cfg.common.disable_by_batch_size)
+        self.runner = ModelRunner(self.model, kv, cfg.block_size, -(-(max_len + k + 1) // cfg.block_size),
+                                  self.device, self.backend, hidden_layers)
+        self.counters = EngineCounters()
+        self.requests: dict[str, Request] = {}
+        self._last_log = time.monotonic()
+        log.info("engine ready", model=cfg.model, device=str(self.device), dtype=str(loaded.dtype),
+                 attention=self.backend, kv_blocks=num_blocks, max_model_len=max_len,
+                 speculative=self.spec_cfg.common.method if self.spec_cfg else None, k=k)
+
+    @property
+    def num_speculative_tokens(self) -> int:
+        return self.spec_cfg.num_speculative_tokens if self.spec_cfg else 0
+
+    def add_request(self, request: Request) -> None:
+        if request.request_id in self.requests:
+            raise ValueError(f"request_id={request.request_id!r} is already in the engine")
+        init_offsets(request)
+        self.requests[request.request_id] = request
+        self.scheduler.add(request)
+        self.counters.prompt_tokens += request.num_prompt_tokens
+        if self.driver is not None:
+            self.driver.added(request)
+
+    def abort_request(self, request_id: str) -> None:
+        req = self.requests.get(request_id)
+        if req is None or req.status.finished:
+            return
+        req.status, req.finish_reason = RequestStatus.FINISHED_ABORTED, "abort"
+        self._retire(req)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[Request]:
+        """Run one engine step; returns the requests that finished in it."""
+        sched = self.scheduler.schedule()
+        if not sched.scheduled:
+            if self.scheduler.waiting and not self.scheduler.running:
+                head = self.scheduler.waiting[0]
+                raise RuntimeError(
+                    f"request {head.request_id!r} ({head.num_tokens} tokens) cannot be scheduled: the KV cache has "
+                    f"{self.blocks.num_free_blocks} free blocks of {self.blocks.block_size} tokens"
+                )
+            return []
+        now = time.monotonic()
+        result = self.runner.execute(sched.scheduled)
+        self.counters.num_steps += 1
+        self.counters.num_preemptions += len(sched.preempted)
+        verified: list[VerifiedRequest] = []
+        finished: list[Request] = []
+        for s in sched.scheduled:
+            req = s.request
+            if req.metrics.first_scheduled_time is None:
+                req.metrics.first_scheduled_time = now
+            sampled = result.sampled.get(req.request_id)
+            if sampled is None:
+                req.num_computed_tokens += s.num_new_tokens
+            else:
+                num_accepted = len(sampled.token_ids) - 1
+                req.num_computed_tokens += s.num_new_tokens + num_accepted
+                kept = append_tokens(req, sampled, self.tokenizer, self.max_model_len)
+                self._count_step(req, s.num_spec_tokens, num_accepted, len(kept))
+                verified.append(VerifiedRequest(req.request_id, s.num_spec_tokens, num_accepted, kept))
+            req.spec_token_ids, req.spec_probs = [], None
+            self.blocks.cache_full_blocks(req.block_ids, req.block_hashes, req.all_token_ids,
+                                          req.num_computed_tokens)
+            if req.status.finished:
+                finished.append(req)
+        if self.driver is not None:
+            self.driver.verified(verified)
+        for req in finished:
+            self._retire(req)
+        if self.driver is not None:
+            decoding = [r for r in self.scheduler.running if r.is_decoding]
+            self.driver.propose(decoding, result)
+        self._maybe_log()
+        return finished
+
+    def _count_step(self, req: Request, num_drafts: int, num_accepted: int, num_kept: int) -> None:
+        now = time.monotonic()
+        if req.metrics.first_token_time is None:
+            req.metrics.first_token_time = now
+            self.counters.ttft.observe(now - req.metrics.arrival_time)
+        req.metrics.num_generation_steps += 1
+        self.counters.generation_tokens += num_kept
+        self.counters.spec.observe(num_drafts, num_accepted)
+        stats = req.metrics.spec_decode
+        if num_drafts:
+            stats.num_drafts += 1
+            stats.num_draft_tokens += num_drafts
+            stats.num_accepted_tokens += num_accepted
+            if len(stats.num_accepted_tokens_per_pos) < num_drafts:
+                stats.num_accepted_tokens_per_pos += [0] * (num_drafts - len(stats.num_accepted_tokens_per_pos))
+            for i in range(num_accepted):
+                stats.num_accepted_tokens_per_pos[i] += 1
+
+    def _retire(self, req: Request) -> None:
+        self.scheduler.finish(req)
+        req.metrics.finished_time = time.monotonic()
+        self.counters.finished[req.finish_reason] = self.counters.finished.get(req.finish_reason, 0) + 1
+        if req.finish_reason != "abort":
+            self.counters.e2e.observe(req.metrics.finished_time - req.metrics.arrival_time)
+        if self.driver is not None:
+            self.driver.finished(req)
+        del self.requests[req.request_id]
+
+    def metrics(self):
+        return self.counters.snapshot(len(self.scheduler.running), len(self.scheduler.waiting), self.blocks.usage,
+                                      self.blocks.prefix_queries, self.blocks.prefix_hits)
+
+    def _maybe_log(self) -> None:
+        now = time.monotonic()
+        if self.cfg.disable_log_stats or now - self._last_log < self.cfg.log_stats_interval_s:
+            return
+        self._last_log = now
+        spec = self.counters.spec
+        fields = dict(running=len(self.scheduler.running), waiting=len(self.scheduler.waiting),
+                      kv_usage=round(self.blocks.usage, 3), generation_tokens=self.counters.generation_tokens)
+        if self.driver is not None:
+            fields.update(mean_acceptance_length=round(spec.mean_acceptance_length, 3),
+                          per_position_acceptance=[round(r, 3) for r in spec.per_position_rates()],
+                          draft_acceptance_rate=round(spec.draft_acceptance_rate, 3))
+        log.info("engine stats", **fields)
+
+    def requests_by_ids(self, ids: Sequence[str]) -> list[Request]:
+        return [self.requests[i] for i in ids if i in self.requests]

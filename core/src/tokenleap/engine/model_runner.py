@@ -1,0 +1,217 @@
+"""Runs the target model over one step's flat batch and samples / verifies on the device.
+
+The step is one flat batch: token ids, positions, slot mapping, block tables, query start offsets and
+logits indices. The only host sync is reading back the emitted tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tokenleap.engine.scheduler import ScheduledRequest
+from tokenleap.model.attention import AttentionMetadata
+from tokenleap.model.llama import KVCache, LlamaForCausalLM
+from tokenleap.sample.logits import RowParams
+from tokenleap.sample.sampler import Penalties, SamplingBatch, gather_logprobs, sample
+
+
+@dataclass
+class SampledRequest:
+    """What one sampling request got this step."""
+
+    token_ids: list[int]  # emitted: accepted drafts + recovered/bonus token
+    num_draft_tokens: int
+    logprobs: list[tuple[float, int, list[tuple[int, float]]]] | None  # per token: (lp, rank, top)
+
+
+@dataclass
+class StepResult:
+    sampled: dict[str, SampledRequest]  # request_id -> result, for requests that sampled
+    hidden_states: dict[int, torch.Tensor]  # layer -> [num_tokens, hidden]
+    token_rows: dict[str, tuple[int, int]]  # request_id -> (start, stop) rows of the flat batch
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        kv_caches: list[KVCache],
+        block_size: int,
+        max_blocks_per_req: int,
+        device: torch.device,
+        backend: str,
+        hidden_state_layers: tuple[int, ...] = (),
+    ) -> None:
+        self.model = model
+        self.kv_caches = kv_caches
+        self.block_size = block_size
+        self.max_blocks_per_req = max_blocks_per_req
+        self.device = device
+        self.backend = backend
+        self.hidden_state_layers = hidden_state_layers
+        self.vocab_size = model.cfg.vocab_size
+
+    def _tensor(self, array: np.ndarray | list, dtype: torch.dtype) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(array), dtype=dtype).to(self.device, non_blocking=True)
+
+    @torch.inference_mode()
+    def execute(self, scheduled: list[ScheduledRequest]) -> StepResult:
+        bs = self.block_size
+        ids: list[int] = []
+        positions: list[np.ndarray] = []
+        slots: list[np.ndarray] = []
+        query_lens: list[int] = []
+        seq_lens: list[int] = []
+        tables = np.zeros((len(scheduled), self.max_blocks_per_req), dtype=np.int32)
+        logits_rows: list[int] = []
+        samplers: list[ScheduledRequest] = []
+        token_rows: dict[str, tuple[int, int]] = {}
+        offset = 0
+        for i, s in enumerate(scheduled):
+            r = s.request
+            start, q = r.num_computed_tokens, s.num_query_tokens
+            ids.extend(r.all_token_ids[start : start + s.num_new_tokens])
+            ids.extend(r.spec_token_ids[: s.num_spec_tokens])
+            pos = np.arange(start, start + q, dtype=np.int64)
+            block_ids = np.asarray(r.block_ids, dtype=np.int64)
+            positions.append(pos)
+            slots.append(block_ids[pos // bs] * bs + pos % bs)
+            tables[i, : len(r.block_ids)] = r.block_ids
+            query_lens.append(q)
+            seq_lens.append(start + q)
+            token_rows[r.request_id] = (offset, offset + q)
+            if s.samples:
+                samplers.append(s)
+                logits_rows.extend(range(offset + s.num_new_tokens - 1, offset + q))
+            offset += q
+
+        meta = AttentionMetadata(
+            slot_mapping=self._tensor(np.concatenate(slots), torch.int64),
+            block_tables=self._tensor(tables, torch.int32),
+            query_start_loc=self._tensor(np.cumsum([0] + query_lens), torch.int32),
+            seq_lens=self._tensor(seq_lens, torch.int32),
+            query_lens_host=query_lens,
+            seq_lens_host=seq_lens,
+            max_query_len=max(query_lens),
+            max_seq_len=max(seq_lens),
+            backend=self.backend,
+        )
+        hidden, aux = self.model(
+            self._tensor(ids, torch.int64), self._tensor(np.concatenate(positions), torch.int64),
+            self.kv_caches, meta, self.hidden_state_layers,
+        )
+        if not samplers:
+            return StepResult({}, aux, token_rows)
+        logits = self.model.compute_logits(hidden[self._tensor(logits_rows, torch.int64)])  # [rows, vocab]
+        batch = self._sampling_batch(samplers)
+        tokens, num_emitted = sample(logits, batch)  # [batch, k + 1], [batch]
+        want_lp = [s.request.params.logprobs for s in samplers if s.request.params.logprobs is not None]
+        lp = None
+        if want_lp:
+            lp = gather_logprobs(logits, batch.row_index, tokens, max(want_lp))
+        host = torch.cat([tokens, num_emitted[:, None]], dim=1).tolist()  # the step's one host sync
+        lp_host = [t.tolist() for t in lp] if lp is not None else None
+        sampled: dict[str, SampledRequest] = {}
+        for b, s in enumerate(samplers):
+            n = host[b][-1]
+            entry = None
+            if lp_host is not None and s.request.params.logprobs is not None:
+                top_n = s.request.params.logprobs
+                entry = [
+                    (lp_host[0][b][j], lp_host[1][b][j], list(zip(lp_host[3][b][j][:top_n], lp_host[2][b][j][:top_n])))
+                    for j in range(n)
+                ]
+            sampled[s.request.request_id] = SampledRequest(host[b][:n], s.num_spec_tokens, entry)
+        return StepResult(sampled, aux, token_rows)
+
+    def _sampling_batch(self, samplers: list[ScheduledRequest]) -> SamplingBatch:
+        k = max(s.num_spec_tokens for s in samplers)
+        nb = len(samplers)
+        row_index = np.zeros((nb, k + 1), dtype=np.int64)
+        draft_ids = np.zeros((nb, k), dtype=np.int64)
+        num_drafts = np.zeros(nb, dtype=np.int64)
+        temp, top_k, top_p, min_p, seeds, streams, pos = [], [], [], [], [], [], []
+        rep, pres, freq = [], [], []
+        req_seeds, req_streams, req_out = [], [], []
+        ban_rows: list[int] = []
+        ban_ids: list[int] = []
+        pen_rows: list[int] = []
+        pen_tokens: list[int] = []
+        seen_rows: list[int] = []
+        seen_tokens: list[int] = []
+        any_pen = any(s.request.params.has_penalties for s in samplers)
+        row = 0
+        for b, s in enumerate(samplers):
+            r, p, d = s.request, s.request.params, s.num_spec_tokens
+            row_index[b] = [row + min(i, d) for i in range(k + 1)]
+            draft_ids[b, :d] = r.spec_token_ids[:d]
+            num_drafts[b] = d
+            req_seeds.append(r.seed)
+            req_streams.append(r.stream)
+            req_out.append(r.num_output_tokens)
+            stop_ids = sorted(set(p.stop_token_ids or []) | (set() if p.ignore_eos else set(r.eos_token_ids)))
+            for i in range(d + 1):
+                temp.append(p.temperature)
+                top_k.append(p.effective_top_k)
+                top_p.append(p.top_p)
+                min_p.append(p.min_p)
+                seeds.append(r.seed)
+                streams.append(r.stream)
+                pos.append(r.num_output_tokens + i)
+                rep.append(p.repetition_penalty)
+                pres.append(p.presence_penalty)
+                freq.append(p.frequency_penalty)
+                if r.num_output_tokens + i < p.min_tokens:
+                    ban_rows.extend([row + i] * len(stop_ids))
+                    ban_ids.extend(stop_ids)
+                if any_pen and p.has_penalties:
+                    context = r.output_token_ids + r.spec_token_ids[:i]
+                    pen_rows.extend([row + i] * len(context))
+                    pen_tokens.extend(context)
+                    seen = set(r.prompt_token_ids) | set(context)
+                    seen_rows.extend([row + i] * len(seen))
+                    seen_tokens.extend(seen)
+            row += d + 1
+
+        f32, i64 = torch.float32, torch.int64
+        rows = RowParams(
+            temperature=self._tensor(temp, f32), top_k=self._tensor(top_k, i64), top_p=self._tensor(top_p, f32),
+            min_p=self._tensor(min_p, f32), seeds=self._tensor(seeds, i64), streams=self._tensor(streams, i64),
+            positions=self._tensor(pos, i64), any_top_k=any(top_k), any_top_p=any(v < 1 for v in top_p),
+            any_min_p=any(min_p), any_greedy=any(t == 0 for t in temp), all_greedy=all(t == 0 for t in temp),
+        )
+        penalties = None
+        if any_pen:
+            counts = torch.zeros(row, self.vocab_size, device=self.device)
+            if pen_rows:
+                counts.index_put_(
+                    (self._tensor(pen_rows, i64), self._tensor(pen_tokens, i64)),
+                    torch.ones(len(pen_rows), device=self.device), accumulate=True,
+                )
+            seen_mask = torch.zeros(row, self.vocab_size, dtype=torch.bool, device=self.device)
+            if seen_rows:
+                seen_mask[self._tensor(seen_rows, i64), self._tensor(seen_tokens, i64)] = True
+            penalties = Penalties(counts, seen_mask, self._tensor(rep, f32), self._tensor(pres, f32),
+                                  self._tensor(freq, f32))
+        draft_probs = None
+        if any(s.request.spec_probs is not None for s in samplers) and k > 0:
+            draft_probs = torch.zeros(nb, k, self.vocab_size, device=self.device)
+            for b, s in enumerate(samplers):
+                d = s.num_spec_tokens
+                if d == 0:
+                    continue
+                if s.request.spec_probs is not None:
+                    draft_probs[b, :d] = s.request.spec_probs[:d].to(self.device, torch.float32)
+                else:
+                    draft_probs[b, torch.arange(d), self._tensor(draft_ids[b, :d], i64)] = 1.0
+        return SamplingBatch(
+            row_index=self._tensor(row_index, i64), draft_ids=self._tensor(draft_ids, i64),
+            num_drafts=self._tensor(num_drafts, i64), draft_probs=draft_probs, rows=rows,
+            req_seeds=self._tensor(req_seeds, i64), req_streams=self._tensor(req_streams, i64),
+            req_output_lens=self._tensor(req_out, i64), penalties=penalties,
+            ban_rows=self._tensor(ban_rows, i64) if ban_rows else None,
+            ban_token_ids=self._tensor(ban_ids, i64) if ban_rows else None,
+        )

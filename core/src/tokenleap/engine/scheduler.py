@@ -1,0 +1,149 @@
+"""Continuous batching under a token budget, with chunked prefill and preemption by recompute.
+
+Each step, running requests are served first (in policy order): a prefill chunk, or 1 decode token
+plus the drafts to verify. Waiting requests are admitted after, if no running request had to be
+preempted. When blocks run out, the lowest-ranked running request is preempted: its blocks are freed
+and it goes back to the front of the queue to be recomputed later (its output so far is kept, and
+since sampling noise depends only on seed and position, its continuation is unchanged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tokenleap.engine.kv_cache import BlockManager
+from tokenleap.engine.request import Request, RequestStatus
+
+
+@dataclass
+class ScheduledRequest:
+    request: Request
+    num_new_tokens: int  # tokens of all_token_ids computed this step (prefill chunk or 1)
+    num_spec_tokens: int  # drafts appended after them, to verify
+
+    @property
+    def num_query_tokens(self) -> int:
+        return self.num_new_tokens + self.num_spec_tokens
+
+    @property
+    def samples(self) -> bool:
+        """The step reaches the end of the request's tokens, so its logits are sampled."""
+        r = self.request
+        return r.num_computed_tokens + self.num_new_tokens == r.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_query_tokens for s in self.scheduled)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        blocks: BlockManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        policy: str = "fcfs",
+        enable_chunked_prefill: bool = True,
+    ) -> None:
+        self.blocks = blocks
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.policy = policy
+        self.enable_chunked_prefill = enable_chunked_prefill
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+
+    def add(self, request: Request) -> None:
+        request.status = RequestStatus.WAITING
+        self.waiting.append(request)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        self.running.sort(key=lambda r: r.sort_key(self.policy))
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            remaining = req.num_tokens - req.num_computed_tokens
+            num_new = min(remaining, budget)
+            num_spec = len(req.spec_token_ids) if num_new == remaining else 0
+            if num_new + num_spec > budget:
+                num_spec = 0  # no room to verify drafts this step: decode one token
+            if not self._reserve(req, req.num_computed_tokens + num_new + num_spec, out):
+                break  # req itself was preempted
+            if num_spec == 0:
+                req.spec_token_ids, req.spec_probs = [], None
+            out.scheduled.append(ScheduledRequest(req, num_new, num_spec))
+            budget -= num_new + num_spec
+            i += 1
+        if out.preempted:
+            return out
+        self.waiting.sort(key=lambda r: r.sort_key(self.policy))
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            req = self.waiting[0]
+            if req.num_computed_tokens == 0 and not req.block_ids:
+                blocks, hashes = self.blocks.lookup_prefix(req.all_token_ids)
+                req.block_ids, req.block_hashes = blocks, hashes
+                req.num_computed_tokens = len(blocks) * self.blocks.block_size
+                req.metrics.num_cached_prompt_tokens = req.num_computed_tokens
+            remaining = req.num_tokens - req.num_computed_tokens
+            if remaining > budget and not self.enable_chunked_prefill:
+                break
+            num_new = min(remaining, budget)
+            needed = self.blocks.blocks_needed(req.num_computed_tokens + num_new, len(req.block_ids))
+            new_blocks = self.blocks.allocate(needed)
+            if new_blocks is None:
+                break
+            req.block_ids.extend(new_blocks)
+            self.waiting.pop(0)
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            out.scheduled.append(ScheduledRequest(req, num_new, 0))
+            budget -= num_new
+        return out
+
+    def _reserve(self, req: Request, num_tokens: int, out: SchedulerOutput) -> bool:
+        """Give ``req`` blocks for ``num_tokens`` slots, preempting lower-ranked requests as needed.
+        Returns False when ``req`` itself had to be preempted."""
+        while True:
+            needed = self.blocks.blocks_needed(num_tokens, len(req.block_ids))
+            new_blocks = self.blocks.allocate(needed)
+            if new_blocks is not None:
+                req.block_ids.extend(new_blocks)
+                return True
+            victim = self.running[-1]
+            self._preempt(victim, out)
+            if victim is req:
+                return False
+
+    def _preempt(self, req: Request, out: SchedulerOutput) -> None:
+        # Victims are taken from the end of the ranked list, so none was scheduled earlier this step.
+        self.running.remove(req)
+        self.blocks.free(req.block_ids)
+        req.block_ids, req.block_hashes = [], []
+        req.num_computed_tokens = 0
+        req.spec_token_ids, req.spec_probs = [], None
+        req.status = RequestStatus.PREEMPTED
+        req.metrics.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.insert(0, req)
+        out.preempted.append(req)
+
+    def finish(self, req: Request) -> None:
+        """Remove a finished or aborted request and free its blocks."""
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        self.blocks.free(req.block_ids)
+        req.block_ids, req.block_hashes = [], []

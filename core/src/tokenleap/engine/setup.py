@@ -1,0 +1,138 @@
+"""Building the parts of an engine: device, model weights, KV cache size."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+
+from tokenleap.config import EngineConfig
+from tokenleap.model.arch import ModelArchConfig
+from tokenleap.model.llama import KVCache, LlamaForCausalLM
+
+log = structlog.get_logger("tokenleap")
+
+CPU_DEFAULT_KV_BYTES = 1 << 30
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
+           "float16": torch.float16, "half": torch.float16}
+
+
+def pick_device(cfg: EngineConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no CUDA device is visible to torch; use device='cpu' or 'auto'")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def pick_backend(cfg: EngineConfig, device: torch.device) -> str:
+    if cfg.attention_backend == "triton" and device.type != "cuda":
+        raise ValueError("attention_backend='triton' needs device='cuda'; the CPU uses the torch reference")
+    if cfg.attention_backend != "auto":
+        return cfg.attention_backend
+    if device.type != "cuda":
+        return "torch"
+    try:
+        import triton  # noqa: F401
+
+        from tokenleap.kernels import triton_attention  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "triton"
+
+
+@dataclass
+class LoadedModel:
+    model: LlamaForCausalLM
+    arch: ModelArchConfig
+    tokenizer: Any  # transformers tokenizer, or None for dummy weights without tokenizer files
+    dtype: torch.dtype
+
+
+def load_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_positions: int | None) -> LoadedModel:
+    if cfg.load_format == "dummy":
+        return _dummy_model(cfg, model_path, device, max_positions)
+    from tokenleap.model.loader import load_checkpoint
+
+    ckpt = load_checkpoint(str(model_path), dtype=cfg.dtype, device=device.type)
+    if cfg.tokenizer is not None:
+        from transformers import AutoTokenizer
+
+        ckpt.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+    arch = ckpt.arch
+    positions = max_positions or arch.max_position_embeddings
+    with torch.device(device):
+        model = LlamaForCausalLM(arch, positions + 64).to(ckpt.torch_dtype)
+    model.load_hf_weights({k: v.to(device) for k, v in ckpt.weights.items()})
+    model.cos_sin_cache = model.cos_sin_cache.float()
+    return LoadedModel(model.eval(), arch, ckpt.tokenizer, ckpt.torch_dtype)
+
+
+def _dummy_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_positions: int | None):
+    """Random weights of the config.json's shape (``load_format="dummy"``), built on the device."""
+    config_file = model_path / "config.json" if model_path.is_dir() else model_path
+    if not config_file.is_file():
+        raise FileNotFoundError(f"load_format='dummy' needs a config.json; none at {config_file}")
+    arch = ModelArchConfig.from_hf_config(json.loads(config_file.read_text()))
+    dtype = _DTYPES.get(cfg.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    positions = max_positions or arch.max_position_embeddings
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(arch, positions + 64).to(dtype)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02, generator=gen)
+    model.cos_sin_cache = model.cos_sin_cache.float()
+    tokenizer = None
+    if (model_path / "tokenizer.json").exists() or cfg.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or str(model_path))
+    return LoadedModel(model.eval(), arch, tokenizer, dtype)
+
+
+def kv_bytes_per_block(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -> int:
+    elem = torch.tensor([], dtype=dtype).element_size()
+    return 2 * arch.num_hidden_layers * block_size * arch.num_key_value_heads * arch.head_dim * elem
+
+
+def num_kv_blocks(cfg: EngineConfig, arch: ModelArchConfig, dtype: torch.dtype, device: torch.device,
+                  max_num_batched_tokens: int) -> int:
+    if cfg.num_gpu_blocks_override is not None:
+        return cfg.num_gpu_blocks_override
+    per_block = kv_bytes_per_block(arch, cfg.block_size, dtype)
+    if cfg.kv_cache_memory_bytes is not None:
+        budget = cfg.kv_cache_memory_bytes
+    elif device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        in_use = total - free
+        # Activations of the largest step: a generous estimate of the transient tensors of one layer
+        # plus the logits rows.
+        act = max_num_batched_tokens * (6 * arch.hidden_size + 3 * arch.intermediate_size) * 4
+        act += min(max_num_batched_tokens, 4096) * arch.vocab_size * 4 * 3
+        budget = int(total * cfg.gpu_memory_utilization) - in_use - act
+    else:
+        budget = CPU_DEFAULT_KV_BYTES
+    blocks = budget // per_block
+    if blocks < 2:
+        raise ValueError(
+            f"the KV cache budget ({budget} bytes) holds {blocks} blocks of {per_block} bytes; "
+            f"raise gpu_memory_utilization or kv_cache_memory_bytes"
+        )
+    return int(blocks)
+
+
+def allocate_kv_caches(arch: ModelArchConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
+                       device: torch.device) -> list[KVCache]:
+    shape = (num_blocks, block_size, arch.num_key_value_heads, arch.head_dim)
+    return [
+        (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        for _ in range(arch.num_hidden_layers)
+    ]

@@ -1,0 +1,63 @@
+"""Attention over the paged KV cache, and the per-step metadata that describes the flat batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tokenleap.kernels.attention_ref import paged_attention_ref, write_kv_ref
+
+
+@dataclass
+class AttentionMetadata:
+    """Describes one step's flat batch of new tokens to every attention layer.
+
+    num_tokens = sum(query_lens_host); num_reqs = len(query_lens_host).
+    """
+
+    slot_mapping: torch.Tensor  # [num_tokens] int64, cache slot (block * block_size + offset) per token
+    block_tables: torch.Tensor  # [num_reqs, max_blocks_per_req] int32
+    query_start_loc: torch.Tensor  # [num_reqs + 1] int32, cu_seqlens of the new tokens
+    seq_lens: torch.Tensor  # [num_reqs] int32, context length including this step's tokens
+    query_lens_host: list[int]  # [num_reqs] the same lengths as host ints (no device sync needed)
+    seq_lens_host: list[int]  # [num_reqs]
+    max_query_len: int
+    max_seq_len: int
+    backend: str = "torch"  # "torch" (reference, CPU and CUDA) or "triton" (CUDA)
+
+
+def write_kv(
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+) -> None:
+    if meta.backend == "triton":
+        from tokenleap.kernels.triton_cache import write_kv_triton
+
+        write_kv_triton(key, value, k_cache, v_cache, meta.slot_mapping)
+    else:
+        write_kv_ref(key, value, k_cache, v_cache, meta.slot_mapping)
+
+
+def paged_attention(
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+    if meta.backend == "triton":
+        from tokenleap.kernels.triton_attention import paged_attention_triton
+
+        return paged_attention_triton(
+            query, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
+            meta.max_query_len, scale, sliding_window,
+        )
+    return paged_attention_ref(
+        query, k_cache, v_cache, meta.block_tables, meta.query_lens_host, meta.seq_lens_host,
+        scale, sliding_window,
+    )

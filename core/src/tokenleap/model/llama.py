@@ -1,0 +1,153 @@
+"""Llama-family decoder (Llama 2/3/3.x, Mistral, Qwen2/2.5, SmolLM/SmolLM2) over a paged KV cache.
+
+The forward takes one flat batch of new tokens of many requests (prefill chunks, decode tokens and
+1 + k verification tokens alike) and never loops over tokens in Python. Parameters are loaded from
+Hugging Face names; q/k/v and gate/up are fused into one projection each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from tokenleap.model.arch import ModelArchConfig
+from tokenleap.model.attention import AttentionMetadata, paged_attention, write_kv
+from tokenleap.model.layers import RMSNorm, apply_rope, rope_cos_sin_cache, rope_inv_freq, silu_and_mul
+
+KVCache = tuple[torch.Tensor, torch.Tensor]  # k, v: [num_blocks, block_size, num_kv_heads, head_dim]
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: ModelArchConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.scale = self.head_dim**-0.5
+        self.sliding_window = cfg.sliding_window
+        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [num_tokens, hidden]
+        cos_sin: torch.Tensor,  # [num_tokens, head_dim]
+        kv_cache: KVCache,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:  # [num_tokens, hidden]
+        num_tokens = x.shape[0]
+        qkv = self.qkv_proj(x)  # [num_tokens, q_size + 2 * kv_size]
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = apply_rope(q.view(num_tokens, self.num_heads, self.head_dim), cos_sin)
+        k = apply_rope(k.view(num_tokens, self.num_kv_heads, self.head_dim), cos_sin)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        write_kv(k, v, kv_cache[0], kv_cache[1], meta)
+        o = paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale, self.sliding_window)
+        return self.o_proj(o.reshape(num_tokens, self.q_size))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg: ModelArchConfig) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelArchConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = LlamaAttention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = LlamaMLP(cfg)
+
+    def forward(self, x, cos_sin, kv_cache, meta):
+        h = x + self.self_attn(self.input_layernorm(x), cos_sin, kv_cache, meta)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelArchConfig, max_positions: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        inv_freq = rope_inv_freq(
+            cfg.head_dim, cfg.rope_theta, cfg.rope_type, cfg.rope_factor, cfg.rope_low_freq_factor,
+            cfg.rope_high_freq_factor, cfg.rope_original_max_position,
+        )
+        self.register_buffer("cos_sin_cache", rope_cos_sin_cache(inv_freq, max_positions), persistent=False)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [num_tokens]
+        positions: torch.Tensor,  # [num_tokens]
+        kv_caches: Sequence[KVCache],
+        meta: AttentionMetadata,
+        hidden_state_layers: Sequence[int] = (),
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Returns the final-norm hidden states [num_tokens, hidden] and {layer: [num_tokens, hidden]}
+        for the requested layers (outputs of those decoder layers; negative indices count from the end)."""
+        wanted = {i % len(self.layers): i for i in hidden_state_layers}
+        aux: dict[int, torch.Tensor] = {}
+        cos_sin = self.cos_sin_cache[positions].to(torch.float32)  # [num_tokens, head_dim]
+        x = self.embed_tokens(input_ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos_sin, kv_caches[i], meta)
+            if i in wanted:
+                aux[wanted[i]] = x
+        return self.norm(x), aux
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [n, hidden] -> [n, vocab] fp32
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return nn.functional.linear(hidden, weight).float()
+
+    @torch.no_grad()
+    def load_hf_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Copy Hugging Face-named tensors in, fusing q/k/v and gate/up. Fails on missing or extra names."""
+        params = dict(self.named_parameters())
+        expected = _hf_names(self.cfg)
+        missing = sorted(set(expected) - set(weights))
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} tensor(s), e.g. {missing[:5]}")
+        for i in range(self.cfg.num_hidden_layers):
+            p = f"model.layers.{i}."
+            attn = self.layers[i].self_attn
+            attn.qkv_proj.weight.copy_(torch.cat([weights[p + f"self_attn.{n}_proj.weight"] for n in "qkv"]))
+            if self.cfg.attention_bias:
+                attn.qkv_proj.bias.copy_(torch.cat([weights[p + f"self_attn.{n}_proj.bias"] for n in "qkv"]))
+            attn.o_proj.weight.copy_(weights[p + "self_attn.o_proj.weight"])
+            mlp = self.layers[i].mlp
+            mlp.gate_up_proj.weight.copy_(
+                torch.cat([weights[p + "mlp.gate_proj.weight"], weights[p + "mlp.up_proj.weight"]])
+            )
+            mlp.down_proj.weight.copy_(weights[p + "mlp.down_proj.weight"])
+            self.layers[i].input_layernorm.weight.copy_(weights[p + "input_layernorm.weight"])
+            self.layers[i].post_attention_layernorm.weight.copy_(weights[p + "post_attention_layernorm.weight"])
+        params["embed_tokens.weight"].copy_(weights["model.embed_tokens.weight"])
+        params["norm.weight"].copy_(weights["model.norm.weight"])
+        if self.lm_head is not None:
+            self.lm_head.weight.copy_(weights["lm_head.weight"])
+
+
+def _hf_names(cfg: ModelArchConfig) -> list[str]:
+    names = ["model.embed_tokens.weight", "model.norm.weight"]
+    if not cfg.tie_word_embeddings:
+        names.append("lm_head.weight")
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        names += [p + f"self_attn.{n}_proj.weight" for n in "qkvo"]
+        if cfg.attention_bias:
+            names += [p + f"self_attn.{n}_proj.bias" for n in "qkv"]
+        names += [p + f"mlp.{n}_proj.weight" for n in ("gate", "up", "down")]
+        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
+    return names

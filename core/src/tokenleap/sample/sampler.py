@@ -1,0 +1,86 @@
+"""One step's sampling: logits rows -> emitted tokens per request (plain decode or verification).
+
+Row layout: each scheduled request that samples this step owns ``1 + num_drafts`` consecutive rows of
+``logits``: the positions of its last verified token(s). ``row_index`` gathers them into a padded
+``[batch, k + 1]`` grid (padding repeats a request's last row; it is never used).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tokenleap.sample import noise
+from tokenleap.sample.logits import RowParams, apply_penalties, ban_tokens, to_probs
+from tokenleap.spec.verify import rejection_sample, verify_greedy
+
+
+@dataclass
+class Penalties:
+    output_counts: torch.Tensor  # [rows, vocab] float32
+    seen_mask: torch.Tensor  # [rows, vocab] bool
+    repetition: torch.Tensor  # [rows]
+    presence: torch.Tensor  # [rows]
+    frequency: torch.Tensor  # [rows]
+
+
+@dataclass
+class SamplingBatch:
+    row_index: torch.Tensor  # [batch, k + 1] int64 rows of logits, per request and verified position
+    draft_ids: torch.Tensor  # [batch, k] int64 (padding 0)
+    num_drafts: torch.Tensor  # [batch] int64
+    draft_probs: torch.Tensor | None  # [batch, k, vocab] or None (one-hot drafts)
+    rows: RowParams  # per logits row
+    req_seeds: torch.Tensor  # [batch] int64
+    req_streams: torch.Tensor  # [batch] int64
+    req_output_lens: torch.Tensor  # [batch] int64, tokens generated before this step
+    penalties: Penalties | None = None
+    ban_rows: torch.Tensor | None = None  # [num_bans] int64 rows where min_tokens bans stop tokens
+    ban_token_ids: torch.Tensor | None = None  # [num_bans] int64
+
+
+def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:  # [rows, vocab]
+    if batch.penalties is not None:
+        pen = batch.penalties
+        logits = apply_penalties(logits, pen.output_counts, pen.seen_mask, pen.repetition, pen.presence,
+                                 pen.frequency)
+    if batch.ban_rows is not None:
+        logits = ban_tokens(logits, batch.ban_rows, batch.ban_token_ids)
+    return logits
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [rows, vocab] float32 -> (tokens [batch, k + 1], num_emitted [batch]); no host sync."""
+    logits = process_logits(logits, batch)
+    if batch.rows.all_greedy and batch.draft_probs is None:
+        argmax = logits.argmax(dim=-1)[batch.row_index]  # [batch, k + 1]
+        return verify_greedy(argmax, batch.draft_ids, batch.num_drafts)
+    probs = to_probs(logits, batch.rows)[batch.row_index]  # [batch, k + 1, vocab]
+    k = batch.draft_ids.shape[1]
+    offsets = torch.arange(k, device=logits.device)[None, :]
+    uniforms = noise.uniform(
+        batch.req_seeds[:, None].expand(-1, k), batch.req_streams[:, None].expand(-1, k),
+        batch.req_output_lens[:, None] + offsets,
+    )  # [batch, k]
+
+    def draw(dist: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        exp = noise.exponential(batch.req_seeds, batch.req_streams, batch.req_output_lens + index, dist.shape[-1])
+        return noise.sample_from_probs(dist, exp)
+
+    return rejection_sample(probs, batch.draft_ids, batch.num_drafts, batch.draft_probs, uniforms, draw)
+
+
+def gather_logprobs(
+    logits: torch.Tensor,  # [rows, vocab] raw logits
+    row_index: torch.Tensor,  # [batch, k + 1]
+    tokens: torch.Tensor,  # [batch, k + 1] emitted tokens
+    num_top: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Raw-model logprobs: of each emitted token [batch, k + 1], its rank [batch, k + 1], and the
+    top ``num_top`` (values, ids) [batch, k + 1, num_top]."""
+    logprobs = torch.log_softmax(logits, dim=-1)[row_index]  # [batch, k + 1, vocab]
+    chosen = logprobs.gather(-1, tokens[..., None]).squeeze(-1)
+    rank = (logprobs > chosen[..., None]).sum(dim=-1) + 1
+    top_vals, top_ids = logprobs.topk(num_top, dim=-1) if num_top > 0 else (chosen[..., :0], tokens[..., :0])
+    return chosen, rank, top_vals, top_ids
