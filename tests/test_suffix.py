@@ -83,16 +83,19 @@ def propose(p: SuffixProposer, rid: str, tokens: list[int], num_prompt: int, max
 
 def dump(trie: SuffixTrie) -> dict[tuple[int, ...], tuple[int, int]]:
     """path -> (count, total) for every node; checks the cached best child on the way."""
-    out, stack = {}, [((), trie.root)]
+    out, stack = {}, [((), 0)]
     while stack:
         path, node = stack.pop()
         if path:
-            out[path] = (node.count, node.total)
-        children = node.children or {}
-        assert node.total == sum(c.count for c in children.values())
-        if node.best is not None:
-            assert node.best is min(children.values(), key=lambda c: (-c.count, c.token))
-        stack.extend((path + (t,), c) for t, c in children.items())
+            out[path] = (trie.count[node], trie.total[node])
+            assert trie.count[node] > 0 and trie.token[node] == path[-1]
+        kids = trie.child_ids(node)
+        assert trie.total[node] == sum(trie.count[c] for c in kids)
+        assert not isinstance(trie.children[node], dict) or len(kids) > 1
+        if trie.best[node] >= 0:
+            assert trie.best[node] == min(kids, key=lambda c: (-trie.count[c], trie.token[c]))
+        stack.extend((path + (trie.token[c],), c) for c in kids)
+    assert len(out) == trie.num_nodes
     return out
 
 
@@ -217,8 +220,8 @@ def test_global_trie_empties_completely() -> None:
     assert p.cache.trie.num_nodes > 0
     p.on_request_added("b", [1])
     p.on_request_finished("b", [1])  # empty output evicts a's
-    assert p.cache.trie.num_nodes == 0 and p.cache.trie.root.children is None
-    assert p.cache.trie.root.total == 0
+    assert p.cache.trie.num_nodes == 0 and p.cache.trie.children[0] is None
+    assert p.cache.trie.total[0] == 0
 
 
 def test_aborted_requests_leave_nothing() -> None:
@@ -291,5 +294,7 @@ def test_discovered_through_entry_point() -> None:
 
 def test_passes_conformance_kit() -> None:
     testing = pytest.importorskip("tokenleap_plugins.testing")
-    cfg = SuffixConfig(suffix_decoding_max_cached_requests=64)
-    testing.run_conformance(SPEC, cfg)
+    testing.run_conformance(SPEC, {"suffix_decoding_max_cached_requests": 64})
+    testing.run_conformance(SPEC, {"suffix_decoding_max_tree_depth": 3, "suffix_decoding_max_cached_requests": 0,
+                                   "suffix_decoding_min_token_prob": 0.0}, num_speculative_tokens=2,
+                            num_memory_requests=2000)

@@ -3,6 +3,6 @@
 from tokenleap_suffix.config import SuffixConfig
 from tokenleap_suffix.proposer import SuffixProposer
 from tokenleap_suffix.speculate import best_draft
-from tokenleap_suffix.tree import Node, SuffixTrie
+from tokenleap_suffix.tree import SuffixTrie
 
-__all__ = ["Node", "SuffixConfig", "SuffixProposer", "SuffixTrie", "best_draft"]
+__all__ = ["SuffixConfig", "SuffixProposer", "SuffixTrie", "best_draft"]

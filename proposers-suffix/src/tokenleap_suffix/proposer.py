@@ -26,7 +26,7 @@ from tokenleap_plugins import (
 
 from tokenleap_suffix.config import SuffixConfig
 from tokenleap_suffix.speculate import best_draft
-from tokenleap_suffix.tree import Node, SuffixTrie
+from tokenleap_suffix.tree import SuffixTrie
 
 
 class RequestState:
@@ -38,7 +38,7 @@ class RequestState:
         self.tokens: list[int] = [int(t) for t in tokens]
         self.num_prompt_tokens = num_prompt_tokens
         self.trie = SuffixTrie(max_depth)
-        self.active: list[Node] = self.trie.insert(self.tokens)
+        self.active: list[int] = self.trie.insert(self.tokens)
 
     def extend(self, new_tokens: Sequence[int]) -> None:
         trie, active, tokens = self.trie, self.active, self.tokens
@@ -106,9 +106,10 @@ class SuffixProposer(ProposerBase):
         state = self._synced_state(request)
         if max_drafts <= 0:
             return []
-        sources: list[Sequence[Node]] = [state.active]
+        sources = [(state.trie, state.active)]
         if self.cache.outputs:
-            sources.append(self.cache.trie.match_tail(state.tokens))
+            trie = self.cache.trie
+            sources.append((trie, trie.match_tail(state.tokens)))
         cfg = self.config
         return best_draft(
             sources,

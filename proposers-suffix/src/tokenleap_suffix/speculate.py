@@ -16,23 +16,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tokenleap_suffix.tree import Node, best_child
+from tokenleap_suffix.tree import SuffixTrie
 
 
 def best_draft(
-    sources: Sequence[Sequence[Node]],
+    sources: Sequence[tuple[SuffixTrie, Sequence[int]]],
     *,
     max_depth: int,
     max_drafts: int,
     spec_factor: float,
     min_token_prob: float,
 ) -> list[int]:
-    """The best-scoring draft. ``sources[s][m - 1]`` is the node matching the context's last m tokens."""
+    """The best-scoring draft. ``sources[s] = (trie, nodes)``; ``nodes[m - 1]`` matches the last m tokens."""
     best_score = 0.0
     best: list[int] = []
     if max_drafts <= 0:
         return best
-    for nodes in sources:
+    for trie, nodes in sources:
+        tok, count, total_of, best_of = trie.token, trie.count, trie.total, trie.best
         for m in range(len(nodes), 0, -1):
             limit = min(int(spec_factor * m), max_drafts, max_depth - m)
             if limit <= best_score:  # score <= number of tokens <= limit: cannot win
@@ -42,14 +43,16 @@ def best_draft(
             score = 0.0
             draft: list[int] = []
             while len(draft) < limit:
-                total = node.total
+                total = total_of[node]
                 if total == 0:
                     break
-                child = node.best or best_child(node)
-                prob *= child.count / total
+                child = best_of[node]
+                if child < 0:
+                    child = trie.best_child(node)
+                prob *= count[child] / total
                 if prob < min_token_prob:
                     break
-                draft.append(child.token)
+                draft.append(tok[child])
                 score += prob
                 node = child
             if score > best_score:
