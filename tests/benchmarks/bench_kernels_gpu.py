@@ -40,17 +40,39 @@ def timed(fn, device) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def make_batch(batch, q_len, ctx, heads, kv_heads, head_dim, page, dtype, device, seed=0):
+def make_batch(q_lens, ctxs, heads, kv_heads, head_dim, page, dtype, device, seed=0):
+    """Random query and paged cache for requests of q_lens new tokens over contexts ctxs (shuffled pages)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    nblk = -(-ctx // page)
-    num_blocks = batch * nblk + 1
-    tables = (torch.randperm(num_blocks - 1, generator=g)[: batch * nblk] + 1).view(batch, nblk).int()
+    nblk = [-(-c // page) for c in ctxs]
+    num_blocks = sum(nblk) + 1
+    perm = (torch.randperm(num_blocks - 1, generator=g) + 1).int()
+    tables = torch.zeros(len(ctxs), max(nblk), dtype=torch.int32)
+    for r, n in enumerate(nblk):
+        tables[r, :n] = perm[sum(nblk[:r]):sum(nblk[:r]) + n]
     k_cache = torch.randn(num_blocks, page, kv_heads, head_dim, generator=g).to(device, dtype)
     v_cache = torch.randn(num_blocks, page, kv_heads, head_dim, generator=g).to(device, dtype)
-    query = torch.randn(batch * q_len, heads, head_dim, generator=g).to(device, dtype)
-    qsl = torch.arange(0, batch * q_len + 1, q_len, dtype=torch.int32, device=device)
-    seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device=device)
+    query = torch.randn(sum(q_lens), heads, head_dim, generator=g).to(device, dtype)
+    qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    seq_lens = torch.tensor(ctxs, dtype=torch.int32, device=device)
     return query, k_cache, v_cache, tables.to(device), qsl, seq_lens
+
+
+def check_sweep(device) -> None:
+    """Ragged batches over the configurations the engine meets; max abs diff vs the reference."""
+    print("\ncorrectness sweep (max abs diff vs paged_attention_ref)")
+    cases = [  # q_lens, ctxs, heads, kv_heads, head_dim, page, window
+        ([1, 1, 1], [1, 300, 4000], 32, 8, 128, 16, None), ([4, 8, 16], [40, 900, 3000], 32, 8, 128, 16, None),
+        ([16, 3], [700, 50], 8, 1, 128, 32, None), ([1, 6], [2000, 333], 8, 8, 64, 32, None),
+        ([300, 1, 5, 77], [1000, 513, 64, 77], 32, 8, 128, 16, None), ([2, 1], [500, 90], 12, 4, 80, 16, None),
+        ([1, 8, 200], [3000, 1500, 700], 16, 4, 128, 16, 256), ([9, 3], [40, 3], 4, 2, 96, 64, 7),
+    ]
+    for dtype in (torch.float32, torch.bfloat16):
+        for q_lens, ctxs, h, kvh, d, page, window in cases:
+            query, k_cache, v_cache, tables, qsl, seq_lens = make_batch(q_lens, ctxs, h, kvh, d, page, dtype, device)
+            out = paged_attention_triton(query, k_cache, v_cache, tables, qsl, seq_lens, max(q_lens), d ** -0.5, window)
+            ref = paged_attention_ref(query, k_cache, v_cache, tables, q_lens, ctxs, d ** -0.5, window)
+            err = (out.float() - ref.float()).abs().max().item()
+            print(f"  {str(dtype):>14} q_lens {q_lens} ctx {ctxs} h {h}/{kvh} d {d} page {page} window {window}: {err:.1e}")
 
 
 def sdpa_inputs(query, k_cache, v_cache, tables, batch, q_len, ctx):
@@ -69,7 +91,7 @@ def bench_attention(cases, heads, kv_heads, head_dim, page, dtype, device, check
     rows = []
     for batch, q_len, ctx in cases:
         query, k_cache, v_cache, tables, qsl, seq_lens = make_batch(
-            batch, q_len, ctx, heads, kv_heads, head_dim, page, dtype, device)
+            [q_len] * batch, [ctx] * batch, heads, kv_heads, head_dim, page, dtype, device)
         scale = head_dim ** -0.5
         q_lens, s_lens = [q_len] * batch, [ctx] * batch
         ours = lambda: paged_attention_triton(query, k_cache, v_cache, tables, qsl, seq_lens, q_len, scale)  # noqa: E731
@@ -153,6 +175,8 @@ def main() -> None:
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     torch.manual_seed(0)
     with torch.inference_mode(mode=not args.dry_run):
+        if device.type == "cuda":
+            check_sweep(device)
         bench_attention(decode + verify, heads, kv_heads, head_dim, page, dtype, device,
                         check_graph=device.type == "cuda")
         if not args.skip_fused:
