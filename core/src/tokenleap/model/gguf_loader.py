@@ -69,6 +69,11 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
     return default if f is None else f.contents()
 
 
+def _f32(x: Any) -> float:
+    """GGUF stores floats as float32: 1e-5 reads as 9.9999997e-06; return the shortest decimal."""
+    return float(str(np.float32(x)))
+
+
 def _token(reader: Any, token_id: int) -> str:
     f = reader.fields["tokenizer.ggml.tokens"]
     return bytes(f.parts[f.data[token_id]]).decode("utf-8")
@@ -107,7 +112,7 @@ def gguf_config(reader: Any) -> dict[str, Any]:
         raise ValueError(f"GGUF {arch}.rope.dimension_count={rope_dims} != head_dim={head_dim}: "
                          "partial rotary embeddings are not supported")
     n_tokens = len(reader.fields["tokenizer.ggml.tokens"].data)
-    theta = float(_field(reader, f"{arch}.rope.freq_base", 10000.0))
+    theta = _f32(_field(reader, f"{arch}.rope.freq_base", 10000.0))
     ctx = int(_field(reader, f"{arch}.context_length", 4096))
     eos = [_field(reader, k) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")]
     eos = list(dict.fromkeys(int(e) for e in eos if e is not None))
@@ -121,7 +126,7 @@ def gguf_config(reader: Any) -> dict[str, Any]:
         "num_attention_heads": heads,
         "num_key_value_heads": int(_field(reader, f"{arch}.attention.head_count_kv", heads)),
         "head_dim": head_dim,
-        "rms_norm_eps": float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
+        "rms_norm_eps": _f32(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
         "rope_theta": theta,
         "max_position_embeddings": ctx,
         "tie_word_embeddings": "output.weight" not in names,
@@ -132,7 +137,7 @@ def gguf_config(reader: Any) -> dict[str, Any]:
     scaling = _field(reader, f"{arch}.rope.scaling.type")
     if scaling not in (None, "none"):
         cfg["rope_scaling"] = {"rope_type": scaling,
-                               "factor": float(_field(reader, f"{arch}.rope.scaling.factor", 1.0))}
+                               "factor": _f32(_field(reader, f"{arch}.rope.scaling.factor", 1.0))}
     if "rope_freqs.weight" in names:
         freqs = next(t for t in reader.tensors if t.name == "rope_freqs.weight").data
         orig = int(_field(reader, f"{arch}.rope.scaling.original_context_length", 8192))
