@@ -293,8 +293,9 @@ def test_discovered_through_entry_point() -> None:
 
 
 def test_passes_conformance_kit() -> None:
-    testing = pytest.importorskip("tokenleap_plugins.testing")
-    testing.run_conformance(SPEC, {"suffix_decoding_max_cached_requests": 64})
-    testing.run_conformance(SPEC, {"suffix_decoding_max_tree_depth": 3, "suffix_decoding_max_cached_requests": 0,
-                                   "suffix_decoding_min_token_prob": 0.0}, num_speculative_tokens=2,
-                            num_memory_requests=2000)
+    from tokenleap_plugins.testing import run_conformance
+
+    run_conformance(SPEC, {"suffix_decoding_max_cached_requests": 64})  # bounded cache: flat memory
+    shallow = {"suffix_decoding_max_tree_depth": 3, "suffix_decoding_max_cached_requests": 0,
+               "suffix_decoding_min_token_prob": 0.0}
+    run_conformance(SPEC, shallow, num_speculative_tokens=2, num_memory_requests=2000)
