@@ -1,19 +1,15 @@
 """Conformance kit: drive any proposer through a simulated engine and check the contract.
 
-In a proposer package's tests::
-
     from tokenleap_plugins.testing import run_conformance
-    from my_proposer.plugin import SPEC
-
     def test_conformance():
-        run_conformance(SPEC, {"my_key": 3})
+        run_conformance(my_plugin.SPEC, {"my_key": 3})
 
-Every check raises ``AssertionError`` naming the method, the step and the request at the first failure.
-The simulated engine: each request's tokens come from its own seeded generator (random runs mixed with
-periodic and copied spans, so lookup proposers find matches); a step verifies the pending drafts (a
-seeded-random accepted prefix, then one bonus token), calls ``on_verified``, then ``propose`` for every
-running request with ``max_num_drafts`` in 0..k. Requests are added, finished, aborted and re-added
-between steps. Nothing here imports torch unless the proposer asks for hidden states.
+Each check raises ``AssertionError`` naming the method, step and request at the first failure. The simulated
+engine: each request's tokens come from its own seeded generator (random runs, short periods, copies from
+far back: lookup proposers find matches); a step verifies the pending drafts (a seeded-random accepted
+prefix, then a bonus token), calls ``on_verified``, then ``propose`` for every running request with
+``max_num_drafts`` in 0..k. Between steps requests are added, finished, aborted and re-added under old ids.
+Nothing here imports torch unless the proposer asks for hidden states.
 """
 
 from __future__ import annotations
@@ -36,10 +32,8 @@ from tokenleap_plugins.proposer import (
     VerifiedRequest,
 )
 
-__all__ = [
-    "EchoProposer", "build_proposer", "check_bounds", "check_determinism", "check_drafts",
-    "check_lifecycle", "check_memory_flat", "echo_spec", "run_conformance",
-]
+__all__ = ["EchoProposer", "build_proposer", "check_bounds", "check_determinism", "check_drafts",
+           "check_lifecycle", "check_memory_flat", "echo_spec", "run_conformance"]
 
 
 def build_proposer(spec: ProposerSpec, config: dict | None = None, *, vocab_size: int = 64,
@@ -51,48 +45,36 @@ def build_proposer(spec: ProposerSpec, config: dict | None = None, *, vocab_size
     ctx = ProposerContext(num_speculative_tokens=num_speculative_tokens, vocab_size=vocab_size, seed=seed,
                           **context)
     proposer = spec.build(validated, ctx)
-    assert isinstance(proposer, Proposer), (
-        f"{spec.method}: build() returned {type(proposer).__name__}, which lacks part of the Proposer protocol")
+    kind = type(proposer).__name__
+    assert isinstance(proposer, Proposer), f"{spec.method}: build() returned {kind}, not a Proposer"
     return proposer
 
 
 def check_drafts(batch: ProposeBatch, drafts: Drafts, vocab_size: int, where: str = "") -> None:
     """Bounds of one ``propose`` answer: lengths, token ids, and draft probabilities when given."""
-    reqs = batch.requests
+    reqs, n = batch.requests, len(batch.requests)
     assert isinstance(drafts, Drafts), f"{where}propose() returned {type(drafts).__name__}, not Drafts"
-    assert len(drafts.token_ids) == len(reqs), (
-        f"{where}Drafts.token_ids has {len(drafts.token_ids)} entries for a batch of {len(reqs)} requests")
-    for req, ids in zip(reqs, drafts.token_ids):
-        assert 0 <= len(ids) <= req.max_num_drafts, (
-            f"{where}request {req.request_id!r}: {len(ids)} drafts {list(ids)} but max_num_drafts="
-            f"{req.max_num_drafts}")
-        for t in ids:
-            assert isinstance(t, int) and 0 <= t < vocab_size, (
-                f"{where}request {req.request_id!r}: draft token {t!r} is not an int in [0, {vocab_size})")
-    if drafts.probs is None:
-        return
-    assert len(drafts.probs) == len(reqs), (
-        f"{where}Drafts.probs has {len(drafts.probs)} entries for a batch of {len(reqs)} requests")
-    for req, ids, probs in zip(reqs, drafts.token_ids, drafts.probs):
+    assert len(drafts.token_ids) == n, f"{where}Drafts.token_ids has {len(drafts.token_ids)} entries for {n}"
+    probs_list = [None] * n if drafts.probs is None else drafts.probs
+    assert len(probs_list) == n, f"{where}Drafts.probs has {len(probs_list)} entries for {n} requests"
+    for req, ids, probs in zip(reqs, drafts.token_ids, probs_list):
+        at = f"{where}request {req.request_id!r}: "
+        m, bad = req.max_num_drafts, [t for t in ids if not (isinstance(t, int) and 0 <= t < vocab_size)]
+        assert len(ids) <= m, f"{at}{len(ids)} drafts {list(ids)} but max_num_drafts={m}"
+        assert not bad, f"{at}draft token {bad[0]!r} is not an int in [0, {vocab_size})"
         if probs is None:
             continue
-        rows = _rows(probs)
+        if hasattr(probs, "detach"):  # a torch tensor, read without importing torch
+            probs = probs.detach().double().cpu()
+        rows = [[float(x) for x in row] for row in (probs.tolist() if hasattr(probs, "tolist") else probs)]
         shape = (len(rows), len(rows[0]) if rows else vocab_size)
         assert shape == (len(ids), vocab_size) and all(len(r) == vocab_size for r in rows), (
-            f"{where}request {req.request_id!r}: probs shape {shape}, expected [{len(ids)}, {vocab_size}]")
+            f"{at}probs shape {shape}, expected [{len(ids)}, {vocab_size}]")
         for j, (row, t) in enumerate(zip(rows, ids)):
             assert min(row) >= 0.0 and abs(sum(row) - 1.0) <= 1e-3, (
-                f"{where}request {req.request_id!r}: probs row {j} has min {min(row):.4g} and sum "
-                f"{sum(row):.6f}; rows must be non-negative and sum to 1")
-            assert row[t] > 0.0, f"{where}request {req.request_id!r}: draft {t} at {j} has probability 0"
-
-
-def _rows(probs: Any) -> list[list[float]]:
-    if hasattr(probs, "detach"):  # a torch tensor: no torch import needed to read it
-        probs = probs.detach().double().cpu()
-    if hasattr(probs, "tolist"):
-        probs = probs.tolist()
-    return [[float(x) for x in row] for row in probs]
+                f"{at}probs row {j} has min {min(row):.4g} and sum {sum(row):.6f}; rows must be non-negative "
+                "and sum to 1")
+            assert row[t] > 0.0, f"{at}draft {t} at {j} has probability 0 in its own row"
 
 
 class _Request:
@@ -100,10 +82,8 @@ class _Request:
 
     def __init__(self, rid: str, key: str, seed: int, vocab: int, prompt_len: int) -> None:
         self.rid, self.vocab, self.k_rng = rid, vocab, random.Random(f"{seed}/{key}")
-        self.left, self.offset = 0, 0
-        self.tokens: list[int] = []
-        for _ in range(prompt_len):
-            self.tokens.append(self._next())
+        self.left, self.offset, self.tokens = 0, 0, []
+        self.tokens.extend(self._next() for _ in range(prompt_len))
         self.num_prompt, self.pending, self.fed = prompt_len, None, list(self.tokens)
 
     def _next(self) -> int:
@@ -154,11 +134,8 @@ def _scenario(seed: int, num_steps: int) -> list[tuple]:
 def _run(proposer: Proposer, ops: Sequence[tuple], *, method: str, vocab_size: int, k: int,
          seed: int) -> list[tuple[int, str, tuple[int, ...]]]:
     """Play ``ops``; check every answer; return the transcript (step, life key, drafts)."""
-    live: dict[str, _Request] = {}
-    keys: dict[str, str] = {}
-    transcript: list[tuple[int, str, tuple[int, ...]]] = []
+    live, keys, transcript, step = {}, {}, [], 0
     layers = tuple(getattr(proposer.needs, "hidden_state_layers", ()) or ())
-    step = 0
     for op in ops:
         if op[0] == "add":
             _, rid, key, plen = op
@@ -199,57 +176,48 @@ def _hidden_states(layers: tuple[int, ...], rows: list[int], vocab: int, seed: i
     return {layer: table[i][ids] for i, layer in enumerate(layers)}
 
 
+def _play(spec: ProposerSpec, config: dict | None, ops: Sequence[tuple], vocab_size: int, k: int, seed: int):
+    proposer = build_proposer(spec, config, vocab_size=vocab_size, num_speculative_tokens=k, seed=seed)
+    return _run(proposer, ops, vocab_size=vocab_size, k=k, seed=seed, method=spec.method)
+
+
 def check_bounds(spec: ProposerSpec, config: dict | None = None, *, vocab_size: int = 64,
                  num_speculative_tokens: int = 4, seed: int = 0, num_steps: int = 200,
                  expect_drafts: bool = True) -> None:
     """Every answer within bounds over a long scenario; with ``expect_drafts``, at least one draft overall."""
-    kw = dict(vocab_size=vocab_size, k=num_speculative_tokens, seed=seed, method=spec.method)
-    proposer = build_proposer(spec, config, vocab_size=vocab_size, num_speculative_tokens=num_speculative_tokens,
-                              seed=seed)
-    transcript = _run(proposer, _scenario(seed, num_steps), **kw)
-    if expect_drafts:
-        assert any(ids for _, _, ids in transcript), (
-            f"{spec.method}: no drafts at all in {len(transcript)} propose calls on repetitive token streams; "
-            f"pass expect_drafts=False if that is intended")
+    transcript = _play(spec, config, _scenario(seed, num_steps), vocab_size, num_speculative_tokens, seed)
+    assert not expect_drafts or any(ids for _, _, ids in transcript), (
+        f"{spec.method}: no drafts at all in {len(transcript)} propose calls on repetitive token streams; "
+        f"pass expect_drafts=False if that is intended")
 
 
 def check_determinism(spec: ProposerSpec, config: dict | None = None, *, vocab_size: int = 64,
                       num_speculative_tokens: int = 4, seed: int = 0, num_steps: int = 120) -> None:
     """Two proposers built fresh with the same seed, fed the same events, draft the same tokens."""
-    runs = []
-    for _ in range(2):
-        proposer = build_proposer(spec, config, vocab_size=vocab_size,
-                                  num_speculative_tokens=num_speculative_tokens, seed=seed)
-        runs.append(_run(proposer, _scenario(seed, num_steps), vocab_size=vocab_size,
-                         k=num_speculative_tokens, seed=seed, method=spec.method))
+    ops = _scenario(seed, num_steps)
+    runs = [_play(spec, config, ops, vocab_size, num_speculative_tokens, seed) for _ in range(2)]
     for a, b in zip(*runs):
-        assert a == b, (f"{spec.method}: not deterministic: step {a[0]}, request life {a[1]}: drafts {list(a[2])} "
-                        f"in the first run, {list(b[2])} in the second (same seed {seed}, same events)")
+        assert a == b, (
+            f"{spec.method}: not deterministic: step {a[0]}, request life {a[1]}: drafts {list(a[2])} in the "
+            f"first run, {list(b[2])} in the second (same seed {seed}, same events)")
 
 
 def check_lifecycle(spec: ProposerSpec, config: dict | None = None, *, vocab_size: int = 64,
                     num_speculative_tokens: int = 4, seed: int = 0, num_steps: int = 120) -> None:
-    """Interleaved add/finish/abort/re-add; an aborted request leaves no trace.
+    """Interleaved add/finish/abort/re-add of ids; an aborted request leaves no trace.
 
     The scenario is played twice: as generated, and with every aborted request's life removed. The
-    drafts of all other requests (re-added ids included) must be the same in both.
+    drafts of all other requests (ids re-added after an abort or a finish included) must be the same.
     """
     ops = _scenario(seed, num_steps)
     aborted = {op[2] for op in ops if op[0] == "abort"}
-    assert aborted, "scenario without aborts: choose another seed"
     without = [op for op in ops if not (op[0] in ("add", "abort") and op[2] in aborted)]
-    runs = []
-    for scenario in (ops, without):
-        proposer = build_proposer(spec, config, vocab_size=vocab_size,
-                                  num_speculative_tokens=num_speculative_tokens, seed=seed)
-        runs.append(_run(proposer, scenario, vocab_size=vocab_size, k=num_speculative_tokens, seed=seed,
-                         method=spec.method))
-    kept = [entry for entry in runs[0] if entry[1] not in aborted]
-    for a, b in zip(kept, runs[1]):
+    full, clean = (_play(spec, config, o, vocab_size, num_speculative_tokens, seed) for o in (ops, without))
+    kept = [entry for entry in full if entry[1] not in aborted]
+    for a, b in zip(kept, clean):
         assert a == b, (
             f"{spec.method}: an aborted request left a trace: step {a[0]}, request life {a[1]}: drafts "
             f"{list(a[2])} with the aborted requests, {list(b[2])} in a run where they never existed")
-    assert len(kept) == len(runs[1]), f"{spec.method}: runs with and without aborted requests differ in length"
 
 
 def check_memory_flat(spec: ProposerSpec, config: dict | None = None, *, vocab_size: int = 64,
@@ -259,17 +227,15 @@ def check_memory_flat(spec: ProposerSpec, config: dict | None = None, *, vocab_s
     Readings after the first 10% of requests and at the end; growth must stay under
     max(1 MiB, 10% of the first reading).
     """
-    proposer = build_proposer(spec, config, vocab_size=vocab_size, num_speculative_tokens=num_speculative_tokens,
-                              seed=seed)
-    rng = random.Random(f"memory/{seed}")
+    k, rng = num_speculative_tokens, random.Random(f"memory/{seed}")
+    proposer = build_proposer(spec, config, vocab_size=vocab_size, num_speculative_tokens=k, seed=seed)
     templates = []  # made before tracing, so that the kit's own allocations stay few
     for t in range(64):
         src = _Request("t", f"memory-{seed}-{t}", seed, vocab_size, rng.randint(20, 30))
-        steps = [(src._next(), rng.randint(0, num_speculative_tokens), rng.random()) for _ in range(rng.randint(2, 4))]
+        steps = [(src._next(), rng.randint(0, k), rng.random()) for _ in range(rng.randint(2, 4))]
         templates.append((src.tokens, steps))
     warm, first = max(1, num_requests // 10), 0
-    started = not tracemalloc.is_tracing()
-    if started:
+    if started := not tracemalloc.is_tracing():
         tracemalloc.start()
     try:
         for i in range(num_requests):
@@ -298,14 +264,15 @@ def check_memory_flat(spec: ProposerSpec, config: dict | None = None, *, vocab_s
             tracemalloc.stop()
     limit = max(1 << 20, first // 10)
     assert last - first <= limit, (
-        f"{spec.method}: memory grows with finished/aborted requests: traced {first} B after {warm} requests, "
+        f"{spec.method}: memory grows with finished/aborted requests: traced {first} B after {warm} "
+        f"requests, "
         f"{last} B after {num_requests} (+{last - first} B > limit {limit} B = max(1 MiB, 10% of the first))")
 
 
 def run_conformance(spec: ProposerSpec, config: dict | None = None, *, vocab_size: int = 64,
                     num_speculative_tokens: int = 4, seed: int = 0, num_memory_requests: int = 10_000,
                     expect_drafts: bool = True) -> None:
-    """All checks, in order: bounds, determinism, lifecycle, memory. Raises AssertionError at the first failure."""
+    """Bounds, determinism, lifecycle, memory, in this order. AssertionError at the first failure."""
     kw = dict(vocab_size=vocab_size, num_speculative_tokens=num_speculative_tokens, seed=seed)
     check_bounds(spec, config, expect_drafts=expect_drafts, **kw)
     check_determinism(spec, config, **kw)
