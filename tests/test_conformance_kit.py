@@ -6,7 +6,15 @@ import types
 
 import pluggy
 import pytest
-from tokenleap_plugins import Drafts, ProposerBase, ProposerManager, ProposerSpec, UnknownMethodError, hookimpl
+from tokenleap_plugins import (
+    Drafts,
+    ProposerBase,
+    ProposerManager,
+    ProposerNeeds,
+    ProposerSpec,
+    UnknownMethodError,
+    hookimpl,
+)
 from tokenleap_plugins.testing import (
     EchoProposer,
     check_bounds,
@@ -189,3 +197,19 @@ def test_unknown_method_lists_installed_and_names_the_package(fake_plugin):
     assert message.endswith("pip install tokenleap-eagle")
     with pytest.raises(UnknownMethodError, match=r"Methods this project ships: \['draft_model', 'eagle'"):
         manager.load("medusa")
+
+
+class ReadsHiddenStates(EchoProposer):
+    needs = ProposerNeeds(hidden_state_layers=(-1,))
+
+    def propose(self, batch):
+        states = batch.hidden_states[-1]
+        for r in batch.requests:
+            start, stop = r.hidden_state_rows
+            assert 0 <= start < stop <= states.shape[0] and states.shape[1] == 32
+        return super().propose(batch)
+
+
+def test_hidden_states_are_given_to_proposers_that_ask():
+    pytest.importorskip("torch")
+    run_conformance(spec(ReadsHiddenStates), num_memory_requests=200)

@@ -235,6 +235,7 @@ def check_memory_flat(spec: ProposerSpec, config: dict | None = None, *, vocab_s
         steps = [(src._next(), rng.randint(0, k), rng.random()) for _ in range(rng.randint(2, 4))]
         templates.append((src.tokens, steps))
     warm, first = max(1, num_requests // 10), 0
+    layers = tuple(getattr(proposer.needs, "hidden_state_layers", ()) or ())
     if started := not tracemalloc.is_tracing():
         tracemalloc.start()
     try:
@@ -245,11 +246,14 @@ def check_memory_flat(spec: ProposerSpec, config: dict | None = None, *, vocab_s
             rid, (prompt, steps) = f"mem-{i}", templates[i % len(templates)]
             tokens, drafts, where = list(prompt), [], f"{spec.method}: memory request {i}: "
             proposer.on_request_added(rid, list(prompt))
-            for bonus, max_drafts, accept in steps:
+            for j, (bonus, max_drafts, accept) in enumerate(steps):
+                fed = list(prompt) if j == 0 else [tokens[-1], *drafts]  # what the target ran this step
                 accepted = list(drafts[: int(accept * (len(drafts) + 1))])
                 tokens += [*accepted, bonus]
                 proposer.on_verified([VerifiedRequest(rid, len(drafts), len(accepted), [*accepted, bonus])])
-                batch = ProposeBatch([ProposeRequest(rid, tuple(tokens), len(prompt), max_drafts)])
+                hidden = _hidden_states(layers, fed, vocab_size, seed) if layers else {}
+                req = ProposeRequest(rid, tuple(tokens), len(prompt), max_drafts, (0, len(fed)) if layers else None)
+                batch = ProposeBatch([req], hidden)
                 answer = proposer.propose(batch)
                 check_drafts(batch, answer, vocab_size, where)
                 drafts = answer.token_ids[0]
