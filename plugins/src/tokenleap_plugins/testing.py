@@ -252,7 +252,8 @@ def check_memory_flat(spec: ProposerSpec, config: dict | None = None, *, vocab_s
                 tokens += [*accepted, bonus]
                 proposer.on_verified([VerifiedRequest(rid, len(drafts), len(accepted), [*accepted, bonus])])
                 hidden = _hidden_states(layers, fed, vocab_size, seed) if layers else {}
-                req = ProposeRequest(rid, tuple(tokens), len(prompt), max_drafts, (0, len(fed)) if layers else None)
+                span = (0, len(fed)) if layers else None
+                req = ProposeRequest(rid, tuple(tokens), len(prompt), max_drafts, span)
                 batch = ProposeBatch([req], hidden)
                 answer = proposer.propose(batch)
                 check_drafts(batch, answer, vocab_size, where)
