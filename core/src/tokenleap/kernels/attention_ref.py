@@ -87,9 +87,9 @@ def _attend_chunk(
     q = q.view(n, max_q, num_kv_heads, group, head_dim).float()
 
     num_blocks_needed = (max_k + block_size - 1) // block_size
-    tables = block_tables[r0:r1, :num_blocks_needed].long()  # [n, nb]
-    k = k_cache[tables].reshape(n, num_blocks_needed * block_size, num_kv_heads, head_dim)[:, :max_k]
-    v = v_cache[tables].reshape(n, num_blocks_needed * block_size, num_kv_heads, head_dim)[:, :max_k]
+    tables = block_tables[r0:r1, :num_blocks_needed].reshape(-1).long()  # [n * nb]
+    k = k_cache.index_select(0, tables).view(n, num_blocks_needed * block_size, num_kv_heads, head_dim)[:, :max_k]
+    v = v_cache.index_select(0, tables).view(n, num_blocks_needed * block_size, num_kv_heads, head_dim)[:, :max_k]
 
     scores = torch.einsum("nqhgd,nkhd->nhgqk", q, k.float()) * scale  # [n, kvh, g, max_q, max_k]
     q_pos = (s_lens - q_lens)[:, None] + j[None, :]  # [n, max_q]
