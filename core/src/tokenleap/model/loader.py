@@ -40,7 +40,7 @@ class LoadedCheckpoint:
 
 
 def resolve_dtype(dtype: str | torch.dtype, checkpoint_dtype: torch.dtype | None, device: str) -> torch.dtype:
-    """"auto" -> float32 on CPU, else the checkpoint's dtype (bfloat16 when unknown or quantized)."""
+    """ "auto" -> float32 on CPU, else the checkpoint's dtype (bfloat16 when unknown or quantized)."""
     if isinstance(dtype, torch.dtype):
         if dtype in DTYPES.values():
             return dtype
@@ -72,7 +72,9 @@ def expected_weight_names(arch: ModelArchConfig) -> list[str]:
     return names
 
 
-def check_weights(weights: dict[str, torch.Tensor], arch: ModelArchConfig, source: str) -> dict[str, torch.Tensor]:
+def check_weights(
+    weights: dict[str, torch.Tensor], arch: ModelArchConfig, source: str
+) -> dict[str, torch.Tensor]:
     """Drop known buffers and a tied lm_head; raise on missing or unexpected tensors."""
     expected = expected_weight_names(arch)
     present = {k: v for k, v in weights.items() if not k.endswith(_IGNORED_SUFFIXES)}
@@ -81,11 +83,15 @@ def check_weights(weights: dict[str, torch.Tensor], arch: ModelArchConfig, sourc
     missing = [n for n in expected if n not in present]
     unexpected = sorted(set(present) - set(expected))
     if missing:
-        raise ValueError(f"checkpoint {source} lacks {len(missing)} tensor(s) the "
-                         f"{arch.model_type} model needs, e.g. {missing[:5]}")
+        raise ValueError(
+            f"checkpoint {source} lacks {len(missing)} tensor(s) the "
+            f"{arch.model_type} model needs, e.g. {missing[:5]}"
+        )
     if unexpected:
-        raise ValueError(f"checkpoint {source} has {len(unexpected)} tensor(s) a {arch.model_type} "
-                         f"model does not use (unsupported variant?), e.g. {unexpected[:5]}")
+        raise ValueError(
+            f"checkpoint {source} has {len(unexpected)} tensor(s) a {arch.model_type} "
+            f"model does not use (unsupported variant?), e.g. {unexpected[:5]}"
+        )
     return {n: present[n] for n in expected}
 
 
@@ -155,8 +161,9 @@ def _load_hf_folder(folder: Path, dtype: str | torch.dtype, device: str) -> Load
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as e:
-        raise ValueError(f"could not load a tokenizer from {folder} (tokenizer.json / "
-                         f"tokenizer_config.json expected): {e}") from e
+        raise ValueError(
+            f"could not load a tokenizer from {folder} (tokenizer.json / tokenizer_config.json expected): {e}"
+        ) from e
     return LoadedCheckpoint(arch, weights, tokenizer, torch_dtype, str(folder), cfg)
 
 
@@ -164,11 +171,14 @@ def _load_gguf_file(path: Path, dtype: str | torch.dtype, device: str) -> Loaded
     torch_dtype = resolve_dtype(dtype, torch.bfloat16, device)
     cfg, weights, tokenizer = load_gguf(path, torch_dtype)
     arch = ModelArchConfig.from_hf_config(cfg)
-    return LoadedCheckpoint(arch, check_weights(weights, arch, str(path)), tokenizer, torch_dtype,
-                            str(path), cfg)
+    return LoadedCheckpoint(
+        arch, check_weights(weights, arch, str(path)), tokenizer, torch_dtype, str(path), cfg
+    )
 
 
-def load_checkpoint(path: str | Path, dtype: str | torch.dtype = "auto", device: str = "cpu") -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | Path, dtype: str | torch.dtype = "auto", device: str = "cpu"
+) -> LoadedCheckpoint:
     """Load a local HF folder (config.json + *.safetensors + tokenizer), a .gguf file, or a folder
     holding exactly one .gguf. dtype: "auto" | "float32" | "bfloat16" | "float16" ("float", "half").
     "auto" is float32 on CPU; on other devices the checkpoint's dtype (bfloat16 for GGUF).
@@ -183,14 +193,18 @@ def load_checkpoint(path: str | Path, dtype: str | torch.dtype = "auto", device:
             return _load_gguf_file(p, dtype, device)
         if p.suffix in PICKLED_SUFFIXES:
             raise _refuse_pickled(p, [p])
-        raise ValueError(f"model path {str(path)!r} is a file but not a .gguf; pass a .gguf file or "
-                         "a folder with config.json and *.safetensors")
+        raise ValueError(
+            f"model path {str(path)!r} is a file but not a .gguf; pass a .gguf file or "
+            "a folder with config.json and *.safetensors"
+        )
     if _safetensors_files(p):
         return _load_hf_folder(p, dtype, device)
     ggufs = sorted(p.glob("*.gguf"))
     if len(ggufs) == 1:
         return _load_gguf_file(ggufs[0], dtype, device)
     if len(ggufs) > 1:
-        raise ValueError(f"{p} holds {len(ggufs)} .gguf files ({', '.join(g.name for g in ggufs)}); "
-                         "pass the path of the one to load")
+        raise ValueError(
+            f"{p} holds {len(ggufs)} .gguf files ({', '.join(g.name for g in ggufs)}); "
+            "pass the path of the one to load"
+        )
     return _load_hf_folder(p, dtype, device)  # raises: pickled-only or empty folder
