@@ -14,3 +14,101 @@ def smollm2_path() -> Path:
     from tokenleap.model.hub import resolve_model
 
     return resolve_model("smollm2-135m-instruct", progress=False)
+
+
+# ---- engine-level fixtures (test_engine_parity / test_engine_batching / test_sampling / test_bad_inputs)
+
+SMOLLM2_MAX_MODEL_LEN = 1024
+TINY_INIT_RANGE = 0.3  # weights of the tiny engine-test models: peaked, varied greedy outputs (0.02 is ~uniform)
+
+
+@pytest.fixture(scope="session")
+def smollm2_llm(smollm2_path):
+    """One tokenleap LLM over the real SmolLM2-135M-Instruct GGUF (float32 on CPU), for the session."""
+    from tokenleap import LLM
+
+    return LLM(model=str(smollm2_path), disable_log_stats=True, max_model_len=SMOLLM2_MAX_MODEL_LEN,
+               kv_cache_memory_bytes=256 << 20)
+
+
+@pytest.fixture(scope="session")
+def smollm2_llm_factory(smollm2_llm, smollm2_path):
+    """Build more SmolLM2 LLMs with other engine settings (KV cache size, scheduler limits, ...) that share
+    the weights already loaded by ``smollm2_llm`` (each gets its own KV cache and scheduler), so no
+    second 20 s load. max_model_len may not exceed SMOLLM2_MAX_MODEL_LEN."""
+    from tokenleap import LLM
+    from tokenleap.engine import setup
+
+    eng = smollm2_llm.engine
+    loaded = setup.LoadedModel(eng.model, eng.arch, eng.tokenizer, next(eng.model.parameters()).dtype)
+
+    def make(**kwargs):
+        kwargs.setdefault("max_model_len", SMOLLM2_MAX_MODEL_LEN)
+        assert kwargs["max_model_len"] <= SMOLLM2_MAX_MODEL_LEN
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(setup, "load_model", lambda *a, **k: loaded)
+            return LLM(model=str(smollm2_path), disable_log_stats=True, **kwargs)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_path):
+    """transformers' own float32 model from the same GGUF file: the reference."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(smollm2_path.parent), gguf_file=smollm2_path.name, dtype=torch.float32
+    )
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """``tiny_checkpoint("llama", **overrides)`` -> folder of a tiny random-weight HF checkpoint, written
+    once per session for each distinct (model_type, overrides) and shared."""
+    import json
+
+    from helpers.tiny_models import make_tiny_checkpoint
+
+    cache: dict[str, object] = {}
+
+    def get(model_type: str = "llama", **overrides):
+        overrides.setdefault("initializer_range", TINY_INIT_RANGE)
+        key = json.dumps([model_type, overrides], sort_keys=True, default=str)
+        if key not in cache:
+            cache[key] = make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), model_type, **overrides)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tiny_checkpoint):
+    """``tiny_hf("llama", **overrides)`` -> transformers float32 model of that tiny checkpoint (cached)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cache: dict[str, object] = {}
+
+    def get(model_type: str = "llama", **overrides):
+        folder = tiny_checkpoint(model_type, **overrides)
+        if str(folder) not in cache:
+            cache[str(folder)] = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+        return cache[str(folder)]
+
+    return get
+
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+# tests/gpu needs a CUDA device: run it on the GPU machine (python -m pytest tests/gpu).
+collect_ignore = [] if _cuda_available() else ["gpu"]

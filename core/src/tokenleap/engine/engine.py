@@ -10,6 +10,7 @@ from tokenleap_plugins import ProposerContext, ProposerManager, VerifiedRequest
 
 from tokenleap.config import EngineConfig
 from tokenleap.engine import setup
+from tokenleap.engine.cuda_graphs import DecodeGraphs
 from tokenleap.engine.detokenizer import init_offsets
 from tokenleap.engine.kv_cache import BlockManager
 from tokenleap.engine.model_runner import ModelRunner, StepResult
@@ -68,8 +69,17 @@ class Engine:
             hidden_layers = tuple(proposer.needs.hidden_state_layers)
             self.driver = ProposerDriver(proposer, self.spec_cfg.common.method, k, self.arch.vocab_size, max_len,
                                          self.spec_cfg.common.disable_by_batch_size)
-        self.runner = ModelRunner(self.model, kv, cfg.block_size, -(-(max_len + k + 1) // cfg.block_size),
-                                  self.device, self.backend, hidden_layers)
+        max_blocks = -(-(max_len + k + 1) // cfg.block_size)
+        graphs = None
+        if self.device.type == "cuda" and not cfg.enforce_eager and self.backend == "triton" and not hidden_layers:
+            t0 = time.monotonic()
+            graphs = DecodeGraphs(self.model, kv, cfg.max_num_seqs, [1, 1 + k], max_blocks, max_len, self.backend,
+                                  self.device)
+            graphs.capture()
+            log.info("captured CUDA graphs", batch_sizes=graphs.batch_sizes, query_lens=graphs.query_lens,
+                     seconds=round(time.monotonic() - t0, 1))
+        self.runner = ModelRunner(self.model, kv, cfg.block_size, max_blocks, self.device, self.backend,
+                                  hidden_layers, graphs)
         self.counters = EngineCounters()
         self.requests: dict[str, Request] = {}
         self._last_log = time.monotonic()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tokenleap.engine.cuda_graphs import DecodeGraphs
 from tokenleap.engine.scheduler import ScheduledRequest
 from tokenleap.model.attention import AttentionMetadata
 from tokenleap.model.llama import KVCache, LlamaForCausalLM
@@ -44,6 +45,7 @@ class ModelRunner:
         device: torch.device,
         backend: str,
         hidden_state_layers: tuple[int, ...] = (),
+        graphs: DecodeGraphs | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -53,12 +55,48 @@ class ModelRunner:
         self.backend = backend
         self.hidden_state_layers = hidden_state_layers
         self.vocab_size = model.cfg.vocab_size
+        self.graphs = graphs
 
     def _tensor(self, array: np.ndarray | list, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=dtype).to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledRequest]) -> StepResult:
+        if self.graphs is not None and not self.hidden_state_layers and all(
+            s.num_new_tokens == 1 and s.samples for s in scheduled
+        ):
+            picked = self.graphs.pick(len(scheduled), 1 + max(s.num_spec_tokens for s in scheduled))
+            if picked is not None:
+                return self._execute_graph(scheduled, *picked)
+        return self._execute_eager(scheduled)
+
+    def _execute_graph(self, scheduled: list[ScheduledRequest], b: int, q: int) -> StepResult:
+        """Decode / verify through a captured graph: every request padded to ``q`` query tokens."""
+        bs = self.block_size
+        ids = np.zeros(b * q, dtype=np.int64)
+        positions = np.tile(np.arange(q, dtype=np.int64), b)
+        slots = np.zeros(b * q, dtype=np.int64)  # padding writes land in the null block
+        tables = np.zeros((b, self.max_blocks_per_req), dtype=np.int32)
+        seq_lens = np.full(b, q, dtype=np.int32)
+        logits_rows: list[int] = []
+        for i, s in enumerate(scheduled):
+            r = s.request
+            start, real = r.num_computed_tokens, s.num_query_tokens
+            o = i * q
+            ids[o] = r.all_token_ids[start]
+            ids[o + 1 : o + real] = r.spec_token_ids[: s.num_spec_tokens]
+            pos = np.arange(start, start + q, dtype=np.int64)
+            positions[o : o + q] = pos
+            block_ids = np.asarray(r.block_ids, dtype=np.int64)
+            slots[o : o + real] = block_ids[pos[:real] // bs] * bs + pos[:real] % bs
+            tables[i, : len(r.block_ids)] = r.block_ids
+            seq_lens[i] = start + q
+            logits_rows.extend(range(o, o + real))
+        logits_all = self.graphs.run(b, q, ids, positions, slots, tables, seq_lens)  # [b * q, vocab]
+        logits = logits_all[self._tensor(logits_rows, torch.int64)]  # [rows, vocab]
+        return self._sample(logits, scheduled, {}, {})
+
+    def _execute_eager(self, scheduled: list[ScheduledRequest]) -> StepResult:
         bs = self.block_size
         ids: list[int] = []
         positions: list[np.ndarray] = []
@@ -106,6 +144,10 @@ class ModelRunner:
         if not samplers:
             return StepResult({}, aux, token_rows)
         logits = self.model.compute_logits(hidden[self._tensor(logits_rows, torch.int64)])  # [rows, vocab]
+        return self._sample(logits, samplers, aux, token_rows)
+
+    def _sample(self, logits: torch.Tensor, samplers: list[ScheduledRequest], aux, token_rows) -> StepResult:
+        """Sample / verify every request of ``samplers``; logits hold their rows back to back."""
         batch = self._sampling_batch(samplers)
         tokens, num_emitted = sample(logits, batch)  # [batch, k + 1], [batch]
         want_lp = [s.request.params.logprobs for s in samplers if s.request.params.logprobs is not None]

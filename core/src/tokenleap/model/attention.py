@@ -55,7 +55,7 @@ def paged_attention(
 
         return paged_attention_triton(
             query, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
-            meta.max_query_len, scale, sliding_window,
+            meta.max_query_len, scale, sliding_window, max_seq_len=meta.max_seq_len,
         )
     return paged_attention_ref(
         query, k_cache, v_cache, meta.block_tables, meta.query_lens_host, meta.seq_lens_host,

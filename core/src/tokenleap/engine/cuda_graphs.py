@@ -1,0 +1,109 @@
+"""CUDA graphs of the decode / verify forward, for a table of padded batch sizes and query lengths.
+
+In a graphed step every request feeds exactly ``q`` tokens: its last token, its drafts, then padding
+(token 0 written to the null block, never attended to by a real query since attention is causal).
+Padded requests have an all-null block table. The graph covers the model forward and the logits of
+every row; sampling and verification run after it on the device. Prefill runs eagerly.
+
+Static inputs live in two device buffers (int64: ids, positions, slots; int32: block tables, query
+start offsets, sequence lengths) filled by one host-to-device copy each.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tokenleap.model.attention import AttentionMetadata
+from tokenleap.model.llama import KVCache, LlamaForCausalLM
+
+
+def graph_batch_sizes(max_num_seqs: int) -> list[int]:
+    sizes = [1, 2, 4, 8] + list(range(16, 257, 16))
+    out = [s for s in sizes if s < max_num_seqs] + [max_num_seqs]
+    return sorted(set(out))
+
+
+class DecodeGraphs:
+    def __init__(self, model: LlamaForCausalLM, kv_caches: list[KVCache], max_num_seqs: int,
+                 query_lens: list[int], max_blocks_per_req: int, max_model_len: int, backend: str,
+                 device: torch.device) -> None:
+        self.model = model
+        self.kv_caches = kv_caches
+        self.batch_sizes = graph_batch_sizes(max_num_seqs)
+        self.query_lens = sorted(set(query_lens))
+        self.max_blocks = max_blocks_per_req
+        self.max_model_len = max_model_len
+        self.backend = backend
+        self.device = device
+        max_b, max_q = self.batch_sizes[-1], self.query_lens[-1]
+        self.buf64 = torch.zeros(3 * max_b * max_q, dtype=torch.int64, device=device)
+        self.buf32 = torch.zeros(max_b * max_blocks_per_req + 2 * max_b + 1, dtype=torch.int32, device=device)
+        self.host64 = torch.zeros(self.buf64.shape, dtype=torch.int64, pin_memory=True)
+        self.host32 = torch.zeros(self.buf32.shape, dtype=torch.int32, pin_memory=True)
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool = None
+
+    def _views(self, b: int, q: int):
+        """Layout per graph: int64 [ids | positions | slots] (b*q each); int32 [query_start_loc (b+1) |
+        seq_lens (b) | block tables (b * max_blocks)]. Only the used prefix is copied each step."""
+        n, mb = b * q, self.max_blocks
+        ids, positions, slots = self.buf64[:n], self.buf64[n : 2 * n], self.buf64[2 * n : 3 * n]
+        qsl = self.buf32[: b + 1]
+        seq_lens = self.buf32[b + 1 : 2 * b + 1]
+        tables = self.buf32[2 * b + 1 : 2 * b + 1 + b * mb].view(b, mb)
+        return ids, positions, slots, tables, qsl, seq_lens
+
+    def _forward(self, b: int, q: int) -> torch.Tensor:
+        ids, positions, slots, tables, qsl, seq_lens = self._views(b, q)
+        meta = AttentionMetadata(slot_mapping=slots, block_tables=tables, query_start_loc=qsl, seq_lens=seq_lens,
+                                 query_lens_host=[q] * b, seq_lens_host=[self.max_model_len] * b, max_query_len=q,
+                                 max_seq_len=self.max_model_len, backend=self.backend)
+        hidden, _ = self.model(ids, positions, self.kv_caches, meta)
+        return self.model.compute_logits(hidden)  # [b * q, vocab]
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        for q in self.query_lens:
+            for b in reversed(self.batch_sizes):
+                self._fill_dummy(b, q)
+                for _ in range(2):  # warm up: Triton compiles, cuBLAS picks kernels
+                    self._forward(b, q)
+                torch.cuda.synchronize(self.device)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self.pool):
+                    logits = self._forward(b, q)
+                self.pool = graph.pool()
+                self.graphs[(b, q)] = (graph, logits)
+        torch.cuda.synchronize(self.device)
+
+    def _fill_dummy(self, b: int, q: int) -> None:
+        self.host64.zero_()
+        self.host32.zero_()
+        n = b * q
+        self.host64[n : 2 * n] = torch.arange(q).repeat(b)
+        self.host32[: b + 1] = torch.arange(b + 1) * q
+        self.host32[b + 1 : 2 * b + 1] = q
+        self.buf64.copy_(self.host64, non_blocking=True)
+        self.buf32.copy_(self.host32, non_blocking=True)
+
+    def pick(self, num_reqs: int, max_q: int) -> tuple[int, int] | None:
+        q = next((x for x in self.query_lens if x >= max_q), None)
+        b = next((x for x in self.batch_sizes if x >= num_reqs), None)
+        return None if q is None or b is None else (b, q)
+
+    def run(self, b: int, q: int, ids: np.ndarray, positions: np.ndarray, slots: np.ndarray,
+            tables: np.ndarray, seq_lens: np.ndarray) -> torch.Tensor:
+        """Inputs padded to ``b`` requests of ``q`` tokens (host arrays); returns logits [b * q, vocab]."""
+        n, mb = b * q, self.max_blocks
+        h64 = self.host64.numpy()
+        h64[:n], h64[n : 2 * n], h64[2 * n : 3 * n] = ids, positions, slots
+        h32 = self.host32.numpy()
+        h32[: b + 1] = np.arange(b + 1) * q
+        h32[b + 1 : 2 * b + 1] = seq_lens
+        h32[2 * b + 1 : 2 * b + 1 + b * mb] = tables.reshape(-1)
+        self.buf64[: 3 * n].copy_(self.host64[: 3 * n], non_blocking=True)
+        self.buf32[: 2 * b + 1 + b * mb].copy_(self.host32[: 2 * b + 1 + b * mb], non_blocking=True)
+        graph, logits = self.graphs[(b, q)]
+        graph.replay()
+        return logits

@@ -1,0 +1,258 @@
+"""The whole GPU comparison in one command (run on a CUDA machine):
+
+    python tests/benchmarks/gpu_compare.py --smollm2 PATH/TO/SmolLM2-135M-Instruct.Q4_1.gguf --out results.json
+
+Measures, in one process on one GPU, and prints one table:
+- device-to-device copy bandwidth (read + write bytes / time): the memory roofline;
+- Llama-3-8B shape with random bf16 weights (load_format="dummy"): batch-1 decode ms/token against the floor
+  (weight bytes / bandwidth), verify steps of 1 + k tokens (k = 3, 5, 7) against a 1-token decode step, and
+  batch-64 throughput against its floor (weights once per step + KV bytes read);
+- SmolLM2-135M-Instruct (real weights), batch 1, greedy: transformers `generate` vs tokenleap, and tokenleap
+  with n-gram speculation on code-editing and summarization prompts (token-identical output checked).
+Sections can be skipped with --skip 8b,smollm2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import torch
+
+from tokenleap import LLM, SamplingParams
+from tokenleap.bench.prompts import code_editing_prompts, summarization_prompts
+from tokenleap_plugins import Drafts, ProposerBase, ProposerManager, ProposerSpec, hookimpl
+
+LLAMA3_8B = dict(
+    architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=128256, hidden_size=4096,
+    intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+    max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
+    bos_token_id=128000, eos_token_id=128001,
+)
+
+
+def bandwidth_tb_s() -> float:
+    n = 1 << 30  # 2 GiB of bf16 per buffer
+    src = torch.empty(n, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1e3 / 10
+    del src, dst
+    return 2 * n * 2 / seconds / 1e12
+
+
+class FixedDrafts(ProposerBase):
+    """Always proposes as many drafts as allowed (token 0): every step is a full 1 + k verify step."""
+
+    def propose(self, batch):
+        return Drafts([[0] * r.max_num_drafts for r in batch.requests])
+
+
+def fixed_manager() -> ProposerManager:
+    plugin = types.SimpleNamespace()
+    plugin.tokenleap_register_proposers = hookimpl(lambda: [ProposerSpec("fixed", lambda cfg, ctx: FixedDrafts())])
+    mgr = ProposerManager()
+    mgr.register(plugin, name="fixed-drafts")
+    return mgr
+
+
+def weight_bytes(llm: LLM) -> int:
+    return sum(p.numel() * p.element_size() for p in llm.engine.model.parameters())
+
+
+def per_step_ms(llm: LLM, prompts, short: int, long: int) -> float:
+    """Time per engine step in steady decode: (t(long) - t(short)) / (steps(long) - steps(short))."""
+    def run(n):
+        sp = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
+        torch.cuda.synchronize()
+        steps0, t0 = llm.engine.counters.num_steps, time.perf_counter()
+        llm.generate(prompts, sp, use_tqdm=False)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0, llm.engine.counters.num_steps - steps0
+    run(short)  # warm-up
+    t_s, n_s = run(short)
+    t_l, n_l = run(long)
+    return (t_l - t_s) / (n_l - n_s) * 1e3
+
+
+def free(llm) -> None:
+    del llm
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def section_8b(bw: float, rows: list, results: dict) -> None:
+    cfg_dir = Path(tempfile.mkdtemp()) / "llama3-8b-shape"
+    cfg_dir.mkdir()
+    (cfg_dir / "config.json").write_text(json.dumps(LLAMA3_8B))
+    prompt = [{"prompt_token_ids": list(range(1000, 1128))}]  # 128 tokens
+    common = dict(model=str(cfg_dir), load_format="dummy", dtype="bfloat16", max_model_len=4096,
+                  disable_log_stats=True)
+    llm = LLM(max_num_seqs=1, **common)
+    wb = weight_bytes(llm)
+    floor_ms = wb / (bw * 1e12) * 1e3
+    decode_ms = per_step_ms(llm, prompt, 16, 144)
+    graphs = llm.engine.runner.graphs  # same weights, eager step: measured by switching the graphs off
+    llm.engine.runner.graphs = None
+    eager_ms = per_step_ms(llm, prompt, 8, 40)
+    llm.engine.runner.graphs = graphs
+    results["8b"] = dict(weight_bytes=wb, floor_ms=floor_ms, decode_ms=decode_ms, eager_decode_ms=eager_ms)
+    rows.append(("8B shape, batch-1 decode (CUDA graphs)", f"{decode_ms:.2f} ms/token",
+                 f"{decode_ms / floor_ms:.3f}x floor ({floor_ms:.2f} ms)"))
+    rows.append(("8B shape, batch-1 decode (eager)", f"{eager_ms:.2f} ms/token", f"{eager_ms / floor_ms:.3f}x floor"))
+    free(llm)
+    for k in (3, 5, 7):
+        llm = LLM(max_num_seqs=1, speculative_config={"method": "fixed", "num_speculative_tokens": k},
+                  proposer_manager=fixed_manager(), **common)
+        verify_ms = per_step_ms(llm, prompt, 16, 144)
+        results["8b"][f"verify_k{k}_ms"] = verify_ms
+        rows.append((f"8B shape, batch-1 verify step, 1+{k} tokens", f"{verify_ms:.2f} ms/step",
+                     f"{verify_ms / decode_ms:.3f}x decode step"))
+        free(llm)
+    llm = LLM(max_num_seqs=64, **common)
+    prompts = [{"prompt_token_ids": [1000 + i] * 128} for i in range(64)]
+    sp = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
+    llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    llm.generate(prompts, sp, use_tqdm=False)
+    torch.cuda.synchronize()
+    secs = time.perf_counter() - t0
+    tps = 64 * 128 / secs
+    kv_token = 2 * 32 * 8 * 128 * 2
+    mean_ctx = 128 + 64
+    step_floor = (wb + 64 * mean_ctx * kv_token) / (bw * 1e12)
+    floor_tps = 64 / step_floor
+    results["8b"].update(batch64_tokens_per_s=tps, batch64_floor_tokens_per_s=floor_tps)
+    rows.append(("8B shape, batch 64, 128 in / 128 out (incl. prefill)", f"{tps:,.0f} tokens/s",
+                 f"{tps / floor_tps:.2f} of floor ({floor_tps:,.0f} tokens/s)"))
+    free(llm)
+
+
+def hf_generate_tps(model, tok, chats, max_new: int, **kw) -> tuple[float, list[list[int]]]:
+    outs, total, secs = [], 0, 0.0
+    for chat in chats:
+        ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = ids["input_ids"].to("cuda")
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=max_new, min_new_tokens=max_new, do_sample=False, **kw)
+        torch.cuda.synchronize()
+        secs += time.perf_counter() - t0
+        outs.append(out[0, ids.shape[1]:].tolist())
+        total += out.shape[1] - ids.shape[1]
+    return total / secs, outs
+
+
+def ours_tps(llm: LLM, chats, max_new: int):
+    sp = SamplingParams(temperature=0, max_tokens=max_new, ignore_eos=True)
+    llm.chat(chats[:1], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)  # warm-up
+    outs, total, secs = [], 0, 0.0
+    for chat in chats:  # batch 1: one request at a time
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        o = llm.chat([chat], sp, use_tqdm=False)[0]
+        torch.cuda.synchronize()
+        secs += time.perf_counter() - t0
+        outs.append(o.outputs[0].token_ids)
+        total += len(o.outputs[0].token_ids)
+    return total / secs, outs
+
+
+def section_smollm2(path: str, rows: list, results: dict, max_new: int) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tokenleap.model.loader import load_checkpoint
+
+    sets = {"code-editing": code_editing_prompts()[:5], "summarization": summarization_prompts()[:5]}
+    chats = {name: [[{"role": "user", "content": p}] for p in ps] for name, ps in sets.items()}
+    ckpt = load_checkpoint(path, dtype="bfloat16", device="cuda")
+    hf = LlamaForCausalLM(LlamaConfig(**ckpt.hf_config)).to(torch.bfloat16)
+    hf.load_state_dict(ckpt.weights, strict=False)
+    hf = hf.cuda().eval()
+    tok = ckpt.tokenizer
+    res = results.setdefault("smollm2", {})
+    hf_tps = {}
+    for name, cs in chats.items():
+        hf_generate_tps(hf, tok, cs[:1], 8)  # warm-up
+        hf_tps[name], _ = hf_generate_tps(hf, tok, cs, max_new)
+    free(hf)
+    base = LLM(model=path, max_num_seqs=1, disable_log_stats=True)
+    base_tps, base_out = {}, {}
+    for name, cs in chats.items():
+        base_tps[name], base_out[name] = ours_tps(base, cs, max_new)
+    free(base)
+    spec = LLM(model=path, max_num_seqs=1, disable_log_stats=True,
+               speculative_config={"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4,
+                                   "prompt_lookup_min": 2})
+    for name, cs in chats.items():
+        before = {m.name: getattr(m, "value", None) for m in spec.get_metrics()}
+        tps, out = ours_tps(spec, cs, max_new)
+        after = {m.name: getattr(m, "value", None) for m in spec.get_metrics()}
+        drafts = after["tokenleap:spec_decode_num_drafts"] - before["tokenleap:spec_decode_num_drafts"]
+        acc = after["tokenleap:spec_decode_num_accepted_tokens"] - before["tokenleap:spec_decode_num_accepted_tokens"]
+        mal = 1 + acc / drafts if drafts else 1.0
+        same = out == base_out[name]
+        res[name] = dict(hf_tps=hf_tps[name], ours_tps=base_tps[name], ngram_tps=tps, mean_acceptance_length=mal,
+                         identical=same)
+        rows.append((f"SmolLM2 {name}: transformers generate", f"{hf_tps[name]:.1f} tokens/s", ""))
+        rows.append((f"SmolLM2 {name}: tokenleap", f"{base_tps[name]:.1f} tokens/s",
+                     f"{base_tps[name] / hf_tps[name]:.1f}x transformers"))
+        rows.append((f"SmolLM2 {name}: tokenleap + ngram k=5", f"{tps:.1f} tokens/s",
+                     f"{tps / base_tps[name]:.2f}x ours, acceptance length {mal:.2f}, identical={same}"))
+    free(spec)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smollm2", help="path to SmolLM2-135M-Instruct.Q4_1.gguf (or an alias)")
+    ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: 8b, smollm2")
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu_compare.py needs a CUDA device", file=sys.stderr)
+        return 2
+    skip = set(filter(None, args.skip.split(",")))
+    rows: list[tuple[str, str, str]] = []
+    results: dict = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
+                     "torch": torch.__version__}
+    bw = bandwidth_tb_s()
+    results["bandwidth_tb_s"] = bw
+    rows.append(("device-to-device copy bandwidth", f"{bw:.2f} TB/s", results["device"]))
+    for name, fn in (("8b", lambda: section_8b(bw, rows, results)),
+                     ("smollm2", lambda: section_smollm2(args.smollm2, rows, results, args.max_new_tokens))):
+        if name in skip or (name == "smollm2" and not args.smollm2):
+            continue
+        try:
+            fn()
+        except Exception as exc:  # report and go on: one broken section must not hide the others
+            import traceback
+
+            traceback.print_exc()
+            rows.append((f"section {name} FAILED", type(exc).__name__, str(exc)[:80]))
+    width = max(len(r[0]) for r in rows)
+    print()
+    for what, figure, ratio in rows:
+        print(f"{what:<{width}}  {figure:>22}  {ratio}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
