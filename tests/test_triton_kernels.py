@@ -1,7 +1,8 @@
 """Triton kernels vs their torch references, in the Triton interpreter on CPU (fp32 unless noted).
 
 Tolerances: fp32 attention 1e-4 (fp32 dots in numpy; order of summation differs from the reference);
-fused ops fp32 1e-5; fp16 attention 5e-3. bf16 cases (KV write, fused ops) allow a couple of bf16 ulps: the interpreter also rounds fp32 -> bf16
+fused ops fp32 1e-5; fp16 attention 5e-3. bf16 cases (KV write, fused ops) allow a couple of bf16
+ulps: the interpreter also rounds fp32 -> bf16
 by truncation where a GPU rounds to nearest.
 """
 
@@ -13,7 +14,6 @@ import importlib.util  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
 from tokenleap.kernels import fused_ref  # noqa: E402
 from tokenleap.kernels.attention_ref import paged_attention_ref, write_kv_ref  # noqa: E402
 from tokenleap.kernels.dispatch import attention_backend  # noqa: E402
@@ -22,8 +22,10 @@ HAVE_TRITON = importlib.util.find_spec("triton") is not None
 _TRITON_MARKS = (
     pytest.mark.triton,
     pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed (CI installs it)"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                       reason="TRITON_INTERPRET was set to something other than 1 before this module"),
+    pytest.mark.skipif(
+        os.environ.get("TRITON_INTERPRET") != "1",
+        reason="TRITON_INTERPRET was set to something other than 1 before this module",
+    ),
 )
 
 
@@ -42,7 +44,7 @@ def _paged_batch(q_lens, seq_lens, heads, kv_heads, head_dim, page, dtype=torch.
     tables = torch.zeros(len(q_lens), max(nblk) + 1, dtype=torch.int32)
     used = 0
     for r, n in enumerate(nblk):
-        tables[r, :n] = perm[used:used + n]
+        tables[r, :n] = perm[used : used + n]
         used += n
     cache_shape = (num_blocks, page, kv_heads, head_dim)
     k_cache = torch.randn(cache_shape, generator=g).to(dtype)
@@ -52,13 +54,27 @@ def _paged_batch(q_lens, seq_lens, heads, kv_heads, head_dim, page, dtype=torch.
     return query, k_cache, v_cache, tables, qsl, torch.tensor(seq_lens, dtype=torch.int32)
 
 
-def _check_attention(q_lens, seq_lens, heads=4, kv_heads=2, head_dim=64, page=16, window=None,
-                     dtype=torch.float32, atol=1e-4, **kw):
+def _check_attention(
+    q_lens,
+    seq_lens,
+    heads=4,
+    kv_heads=2,
+    head_dim=64,
+    page=16,
+    window=None,
+    dtype=torch.float32,
+    atol=1e-4,
+    **kw,
+):
     from tokenleap.kernels.triton_attention import paged_attention_triton
 
-    query, k_cache, v_cache, tables, qsl, sl = _paged_batch(q_lens, seq_lens, heads, kv_heads, head_dim, page, dtype)
-    scale = head_dim ** -0.5
-    ref = paged_attention_ref(query.float(), k_cache.float(), v_cache.float(), tables, q_lens, seq_lens, scale, window)
+    query, k_cache, v_cache, tables, qsl, sl = _paged_batch(
+        q_lens, seq_lens, heads, kv_heads, head_dim, page, dtype
+    )
+    scale = head_dim**-0.5
+    ref = paged_attention_ref(
+        query.float(), k_cache.float(), v_cache.float(), tables, q_lens, seq_lens, scale, window
+    )
     out = paged_attention_triton(query, k_cache, v_cache, tables, qsl, sl, max(q_lens), scale, window, **kw)
     assert out.shape == query.shape and out.dtype == dtype
     torch.testing.assert_close(out.float(), ref, atol=atol, rtol=0)
@@ -160,13 +176,17 @@ def test_fused_ops(dtype, tol):
     w = (1 + 0.1 * torch.randn(96, generator=g)).to(dtype)
     close = lambda a, b: torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=tol)  # noqa: E731
     close(tf.rms_norm(x, w, 1e-6), fused_ref.rms_norm_ref(x, w, 1e-6))
-    for got, want in zip(tf.fused_add_rms_norm(x, r, w, 1e-5), fused_ref.fused_add_rms_norm_ref(x, r, w, 1e-5)):
+    for got, want in zip(
+        tf.fused_add_rms_norm(x, r, w, 1e-5), fused_ref.fused_add_rms_norm_ref(x, r, w, 1e-5), strict=True
+    ):
         close(got, want)
     qkv = torch.randn(5, 4 + 2 + 2, 64, generator=g).to(dtype)
     q, k = qkv[:, :4], qkv[:, 4:6]  # strided views, as the model produces them
     cache, pos = fused_ref.rope_cos_sin_cache(128, 64), torch.tensor([0, 3, 127, 50, 3])
     before = qkv.clone()
-    for got, want in zip(tf.rotary_embedding(pos, q, k, cache), fused_ref.rotary_embedding_ref(pos, q, k, cache)):
+    for got, want in zip(
+        tf.rotary_embedding(pos, q, k, cache), fused_ref.rotary_embedding_ref(pos, q, k, cache), strict=True
+    ):
         close(got, want)
     assert torch.equal(qkv, before)  # returns new tensors
     gu = torch.randn(7, 2 * 80, generator=g).to(dtype)

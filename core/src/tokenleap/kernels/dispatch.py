@@ -24,7 +24,7 @@ def attention_backend(device_type: str, prefer: str = "auto") -> str:
     usable = triton_available() and (device_type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
     if prefer == "triton":
         if not usable:
-            why = "triton is not installed" if not triton_available() else f"device {device_type!r} is not CUDA"
+            why = f"device {device_type!r} is not CUDA" if triton_available() else "triton is not installed"
             raise ValueError(f"attention backend 'triton' was requested but {why}")
         return "triton"
     return "triton" if usable and device_type == "cuda" else "torch"

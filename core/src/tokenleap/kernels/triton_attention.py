@@ -1,4 +1,4 @@
-"""Paged attention in Triton: decode, verify (1 + k queries) and prefill chunks; reference in ``attention_ref.py``.
+"""Paged attention in Triton: decode, verify (1 + k queries), prefill chunks. Reference: ``attention_ref.py``.
 
 One kernel, two launch configurations chosen from host ints (shapes and ``max_query_len``):
 
@@ -26,7 +26,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-
 
 
 def _interpreter_numpy_compat() -> None:
@@ -157,12 +156,13 @@ def _merge_splits_kernel(
     l_s = tl.load(part_l_ptr + ml, mask=s_ok, other=0.0)
     w = tl.exp2(m - tl.max(m, axis=0))
     denom = tl.sum(w * l_s, axis=0)
-    acc = tl.load(part_acc_ptr + ml[:, None] * HEAD_DIM + d[None, :], mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+    acc_mask = s_ok[:, None] & d_ok[None, :]
+    acc = tl.load(part_acc_ptr + ml[:, None] * HEAD_DIM + d[None, :], mask=acc_mask, other=0.0)
     o = tl.sum(w[:, None] * acc, axis=0) / tl.where(denom > 0, denom, 1.0)
     tl.store(out_ptr + t * stride_ot + h * stride_oh + d, o.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count

@@ -146,5 +146,6 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty((x2.shape[0], inter), dtype=x.dtype, device=x.device)
     block = min(1024, triton.next_power_of_2(inter))
     if x2.shape[0] > 0:
-        _silu_mul_kernel[(x2.shape[0], triton.cdiv(inter, block))](x2, out, x2.stride(0), INTER=inter, BLOCK=block)
+        grid = (x2.shape[0], triton.cdiv(inter, block))
+        _silu_mul_kernel[grid](x2, out, x2.stride(0), INTER=inter, BLOCK=block)
     return out.view(*x.shape[:-1], inter)
