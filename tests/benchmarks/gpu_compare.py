@@ -89,8 +89,8 @@ def per_step_ms(llm: LLM, prompts, short: int, long: int) -> float:
     return (t_l - t_s) / (n_l - n_s) * 1e3
 
 
-def free(llm) -> None:
-    del llm
+def release() -> None:
+    """Return the memory of engines whose last reference the caller just deleted."""
     gc.collect()
     torch.cuda.empty_cache()
 
@@ -114,7 +114,8 @@ def section_8b(bw: float, rows: list, results: dict) -> None:
     rows.append(("8B shape, batch-1 decode (CUDA graphs)", f"{decode_ms:.2f} ms/token",
                  f"{decode_ms / floor_ms:.3f}x floor ({floor_ms:.2f} ms)"))
     rows.append(("8B shape, batch-1 decode (eager)", f"{eager_ms:.2f} ms/token", f"{eager_ms / floor_ms:.3f}x floor"))
-    free(llm)
+    del llm
+    release()
     for k in (3, 5, 7):
         llm = LLM(max_num_seqs=1, speculative_config={"method": "fixed", "num_speculative_tokens": k},
                   proposer_manager=fixed_manager(), **common)
@@ -122,7 +123,8 @@ def section_8b(bw: float, rows: list, results: dict) -> None:
         results["8b"][f"verify_k{k}_ms"] = verify_ms
         rows.append((f"8B shape, batch-1 verify step, 1+{k} tokens", f"{verify_ms:.2f} ms/step",
                      f"{verify_ms / decode_ms:.3f}x decode step"))
-        free(llm)
+        del llm
+    release()
     llm = LLM(max_num_seqs=64, **common)
     prompts = [{"prompt_token_ids": [1000 + i] * 128} for i in range(64)]
     sp = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
@@ -140,7 +142,8 @@ def section_8b(bw: float, rows: list, results: dict) -> None:
     results["8b"].update(batch64_tokens_per_s=tps, batch64_floor_tokens_per_s=floor_tps)
     rows.append(("8B shape, batch 64, 128 in / 128 out (incl. prefill)", f"{tps:,.0f} tokens/s",
                  f"{tps / floor_tps:.2f} of floor ({floor_tps:,.0f} tokens/s)"))
-    free(llm)
+    del llm
+    release()
 
 
 def hf_generate_tps(model, tok, chats, max_new: int, **kw) -> tuple[float, list[list[int]]]:
@@ -190,12 +193,14 @@ def section_smollm2(path: str, rows: list, results: dict, max_new: int) -> None:
     for name, cs in chats.items():
         hf_generate_tps(hf, tok, cs[:1], 8)  # warm-up
         hf_tps[name], _ = hf_generate_tps(hf, tok, cs, max_new)
-    free(hf)
+    del hf
+    release()
     base = LLM(model=path, max_num_seqs=1, disable_log_stats=True)
     base_tps, base_out = {}, {}
     for name, cs in chats.items():
         base_tps[name], base_out[name] = ours_tps(base, cs, max_new)
-    free(base)
+    del base
+    release()
     spec = LLM(model=path, max_num_seqs=1, disable_log_stats=True,
                speculative_config={"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4,
                                    "prompt_lookup_min": 2})
@@ -214,7 +219,8 @@ def section_smollm2(path: str, rows: list, results: dict, max_new: int) -> None:
                      f"{base_tps[name] / hf_tps[name]:.1f}x transformers"))
         rows.append((f"SmolLM2 {name}: tokenleap + ngram k=5", f"{tps:.1f} tokens/s",
                      f"{tps / base_tps[name]:.2f}x ours, acceptance length {mal:.2f}, identical={same}"))
-    free(spec)
+    del spec
+    release()
 
 
 def main(argv=None) -> int:

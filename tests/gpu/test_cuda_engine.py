@@ -3,6 +3,8 @@ not collect this folder (tests/conftest.py)."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -22,18 +24,25 @@ def tiny(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("cuda"), "llama")
 
 
-def _tokens(llm, prompts=PROMPTS, params=GREEDY):
-    return [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+def _tokens(llm, prompts=PROMPTS, params=GREEDY, release=True):
+    out = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    if release:  # one engine on the GPU at a time
+        del llm
+        gc.collect()
+        torch.cuda.empty_cache()
+    return out
 
 
 def test_graphs_triton_match_cpu_reference(tiny):
     cpu = _tokens(LLM(model=str(tiny), device="cpu", dtype="float32", disable_log_stats=True))
     eager = LLM(model=str(tiny), device="cuda", dtype="float32", enforce_eager=True, disable_log_stats=True)
     assert eager.engine.backend == "triton"
-    assert _tokens(eager) == cpu
+    assert _tokens(eager, release=False) == cpu
+    del eager
     graphed = LLM(model=str(tiny), device="cuda", dtype="float32", disable_log_stats=True)
     assert graphed.engine.runner.graphs is not None
-    assert _tokens(graphed) == cpu
+    assert _tokens(graphed, release=False) == cpu
+    del graphed
     torch_ref = LLM(model=str(tiny), device="cuda", dtype="float32", attention_backend="torch", disable_log_stats=True)
     assert _tokens(torch_ref) == cpu
 
@@ -44,7 +53,7 @@ def test_ngram_on_gpu_equals_plain(tiny, k):
     spec = LLM(model=str(tiny), device="cuda", dtype="float32", disable_log_stats=True,
                speculative_config={"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": 1,
                                    "prompt_lookup_max": 3})
-    assert _tokens(spec) == plain
+    assert _tokens(spec, release=False) == plain
     drafted = {m.name: getattr(m, "value", None) for m in spec.get_metrics()}["tokenleap:spec_decode_num_draft_tokens"]
     assert drafted > 0
 
@@ -52,7 +61,7 @@ def test_ngram_on_gpu_equals_plain(tiny, k):
 def test_seeded_sampling_on_gpu_is_batch_invariant(tiny):
     llm = LLM(model=str(tiny), device="cuda", dtype="float32", disable_log_stats=True)
     sp = SamplingParams(temperature=0.8, top_p=0.9, top_k=20, seed=7, max_tokens=30, ignore_eos=True)
-    alone = _tokens(llm, PROMPTS[:1], sp)
-    together = _tokens(llm, PROMPTS, [sp, SamplingParams(temperature=1.0, seed=1, max_tokens=30),
+    alone = _tokens(llm, PROMPTS[:1], sp, release=False)
+    together = _tokens(llm, PROMPTS, release=False, params=[sp, SamplingParams(temperature=1.0, seed=1, max_tokens=30),
                                       SamplingParams(temperature=0, max_tokens=12)])
     assert alone[0] == together[0]

@@ -41,7 +41,8 @@ class Engine:
         k = self.spec_cfg.num_speculative_tokens if self.spec_cfg else 0
         max_len = cfg.max_model_len or self.arch.max_position_embeddings
         self.max_num_batched_tokens = cfg.max_num_batched_tokens or max(2048, min(max_len, 8192))
-        num_blocks = setup.num_kv_blocks(cfg, self.arch, loaded.dtype, self.device, self.max_num_batched_tokens)
+        num_blocks = setup.num_kv_blocks(cfg, self.arch, loaded.dtype, self.device, self.max_num_batched_tokens,
+                                        max_len)
         capacity = (num_blocks - 1) * cfg.block_size - (k + 1)
         if max_len > capacity:
             if cfg.max_model_len is not None:

@@ -30,11 +30,11 @@ def append_tokens(request: Request, sampled: SampledRequest, tokenizer, max_mode
         is_eos = not p.ignore_eos and token in request.eos_token_ids
         if past_min and (is_stop_id or is_eos):
             skip = is_eos or not p.include_stop_str_in_output
-            if not skip:
+            if not skip and tokenizer is not None:
                 request.text += append_token_text(request, tokenizer, p.skip_special_tokens)
             _finish(request, RequestStatus.FINISHED_STOPPED, None if is_eos and not is_stop_id else token)
             return kept
-        delta = append_token_text(request, tokenizer, p.skip_special_tokens)
+        delta = append_token_text(request, tokenizer, p.skip_special_tokens) if tokenizer is not None else ""
         if delta:
             before = len(request.text)
             request.text += delta
@@ -65,10 +65,13 @@ def _truncate_at_stop(request: Request, stop_strings: list[str], new_from: int) 
 def _record_logprob(request: Request, token: int, entry: tuple[float, int, list], tokenizer) -> None:
     lp, rank, top = entry
     request.cumulative_logprob += lp
-    step = {token: Logprob(lp, rank, tokenizer.decode([token]))}
+    def text(t: int) -> str | None:
+        return tokenizer.decode([t]) if tokenizer is not None else None
+
+    step = {token: Logprob(lp, rank, text(token))}
     for i, (tid, val) in enumerate(top):
         if tid not in step:
-            step[tid] = Logprob(val, i + 1, tokenizer.decode([tid]))
+            step[tid] = Logprob(val, i + 1, text(tid))
     request.logprobs.append(step)
 
 

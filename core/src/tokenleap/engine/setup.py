@@ -104,7 +104,9 @@ def kv_bytes_per_block(arch: ModelArchConfig, block_size: int, dtype: torch.dtyp
 
 
 def num_kv_blocks(cfg: EngineConfig, arch: ModelArchConfig, dtype: torch.dtype, device: torch.device,
-                  max_num_batched_tokens: int) -> int:
+                  max_num_batched_tokens: int, max_model_len: int) -> int:
+    """Blocks from the memory budget, capped at what ``max_num_seqs`` full-length requests can use
+    twice over (the spare half keeps prefixes cached); a small model does not take the whole GPU."""
     if cfg.num_gpu_blocks_override is not None:
         return cfg.num_gpu_blocks_override
     per_block = kv_bytes_per_block(arch, cfg.block_size, dtype)
@@ -120,7 +122,7 @@ def num_kv_blocks(cfg: EngineConfig, arch: ModelArchConfig, dtype: torch.dtype, 
         budget = int(total * cfg.gpu_memory_utilization) - in_use - act
     else:
         budget = CPU_DEFAULT_KV_BYTES
-    blocks = budget // per_block
+    blocks = min(budget // per_block, 2 * cfg.max_num_seqs * (-(-(max_model_len + 33) // cfg.block_size)) + 1)
     if blocks < 2:
         raise ValueError(
             f"the KV cache budget ({budget} bytes) holds {blocks} blocks of {per_block} bytes; "
