@@ -92,6 +92,6 @@ def rejection_sample(
     else:
         dist = p_at
     final = draw(dist, num_accepted)  # [batch]
-    tokens = torch.cat([draft_ids, torch.zeros_like(draft_ids[:, :1])], dim=1)  # [batch, k + 1]
+    tokens = torch.cat([draft_ids, draft_ids.new_zeros(batch, 1)], dim=1)  # [batch, k + 1] (k may be 0)
     tokens[rows, num_accepted] = final
     return tokens, num_accepted + 1
