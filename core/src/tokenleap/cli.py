@@ -1,0 +1,601 @@
+"""The ``tokenleap`` command: generate, pull, proposers, bench latency, bench throughput.
+
+Only argument parsing and printing live here; the work is done by ``LLM``, ``model.hub`` and
+``tokenleap.bench``. Every bad argument exits with status 2 and a message naming the flag, the value
+and what is allowed, before any model is loaded where that is possible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, get_args
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+# The default prompt: a code edit whose answer mostly repeats the prompt, where n-gram speculation pays.
+DEFAULT_PROMPT = (
+    "Rename the variable `x` to `total` in this Python function. Reply with the whole function only.\n\n"
+    "def order_total(items):\n"
+    "    x = 0\n"
+    "    for item in items:\n"
+    "        x += item.price * item.quantity\n"
+    "    if x > 100:\n"
+    "        x = x * 0.95\n"
+    "    return x\n"
+)
+SPEC_EXAMPLE = '{"method": "ngram", "num_speculative_tokens": 5}'
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing (needs the engine or the plugin manager to tell)."""
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(f"argument {flag}: {message}")
+
+
+# -- argument types: each failure names what is allowed (argparse adds the flag) ---------------------
+def _int(kind: str, minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind} integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {kind} integer (>= {minimum}), got {value}")
+        return value
+
+    parse.__name__ = f"{kind} int"
+    return parse
+
+
+positive_int = _int("a positive", 1)
+nonneg_int = _int("a non-negative", 0)
+
+
+def _float(low: float, high: float | None, low_open: bool = False):
+    left, right = "(" if low_open else "[", "]" if high is not None else ")"
+    allowed = f"{left}{low}, {high if high is not None else 'inf'}{right}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {allowed}, got {text!r}") from None
+        if (
+            math.isnan(value)
+            or value < low
+            or (low_open and value == low)
+            or (high is not None and value > high)
+        ):
+            raise argparse.ArgumentTypeError(f"expected a number in {allowed}, got {text}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+def json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not valid JSON ({exc.msg} at char {exc.pos}): {text!r}; "
+            f"expected an object such as '{SPEC_EXAMPLE}'"
+        ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{SPEC_EXAMPLE}', got {text!r}")
+    return value
+
+
+def dataset_name(text: str) -> str:
+    from tokenleap.bench.prompts import DATASETS
+
+    if text.startswith("jsonl:"):
+        path = Path(text.removeprefix("jsonl:")).expanduser()
+        if not path.is_file():
+            raise argparse.ArgumentTypeError(f"{text!r}: no file at {str(path)!r}")
+        return f"jsonl:{path}"
+    if text not in DATASETS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(DATASETS)}")
+    return text
+
+
+# -- parser -------------------------------------------------------------------------------------------
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    from tokenleap.config import DType
+
+    g = p.add_argument_group("engine")
+    g.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"local checkpoint folder, .gguf file, or alias (default: {DEFAULT_MODEL})",
+    )
+    g.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
+    g.add_argument(
+        "--speculative-config",
+        type=json_object,
+        default=None,
+        metavar="JSON",
+        help=f"speculative decoding settings, e.g. '{SPEC_EXAMPLE}'",
+    )
+    g.add_argument("--dtype", choices=get_args(DType), default="auto")
+    g.add_argument("--max-model-len", type=_int("an", 2), default=None, metavar="N")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    g.add_argument(
+        "--load-format",
+        choices=["auto", "safetensors", "gguf", "dummy"],
+        default="auto",
+        help="'dummy': random weights of the model's shape (only config.json is read)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="engine seed (sampling, random prompts)")
+    g.add_argument("--max-num-seqs", type=positive_int, default=None, metavar="N")
+    g.add_argument("--max-num-batched-tokens", type=positive_int, default=None, metavar="N")
+    g.add_argument("--kv-cache-memory-bytes", type=positive_int, default=None, metavar="BYTES")
+    g.add_argument(
+        "--gpu-memory-utilization", type=_float(0.0, 1.0, low_open=True), default=None, metavar="F"
+    )
+    g.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default=None)
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None)
+
+
+def _sampling_args(p: argparse.ArgumentParser, max_tokens: bool) -> None:
+    g = p.add_argument_group("sampling")
+    if max_tokens:
+        g.add_argument(
+            "--max-tokens",
+            type=positive_int,
+            default=128,
+            metavar="N",
+            help="tokens to generate per completion (default 128)",
+        )
+    g.add_argument(
+        "--temperature", type=_float(0.0, None), default=0.0, metavar="T", help="0 = greedy (default)"
+    )
+    g.add_argument("--top-p", type=_float(0.0, 1.0, low_open=True), default=1.0, metavar="P")
+    g.add_argument("--top-k", type=_int("a", -1), default=0, metavar="K", help="0 or -1 disables")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenleap", description="tokenleap: LLM inference with speculative decoding"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    g = sub.add_parser(
+        "generate",
+        help="generate text for prompts and print speed and acceptance figures",
+        description="Generate text; prints the outputs, then tokens, wall time, tokens/s and, "
+        "with --speculative-config, acceptance figures.",
+    )
+    _engine_args(g)
+    _sampling_args(g, max_tokens=True)
+    g.add_argument("--prompt", action="append", default=None, metavar="TEXT", help="a prompt (repeatable)")
+    g.add_argument(
+        "--prompts-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=".jsonl with a 'prompt' (or 'text') field per line, or .txt with one prompt per line",
+    )
+    g.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send each prompt as a user message through the chat template (default: on when the "
+        "model's tokenizer has a chat template, i.e. for instruct models)",
+    )
+    g.add_argument("--n", type=positive_int, default=1, help="completions per prompt")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    g.set_defaults(func=cmd_generate, parser=g)
+
+    p = sub.add_parser("pull", help="download a model alias into the cache and print its path")
+    from tokenleap.model.hub import MODEL_ALIASES
+
+    p.add_argument(
+        "alias",
+        metavar="ALIAS",
+        choices=sorted(MODEL_ALIASES),
+        help=f"one of: {', '.join(sorted(MODEL_ALIASES))}",
+    )
+    p.set_defaults(func=cmd_pull, parser=p)
+
+    pr = sub.add_parser("proposers", help="list installed speculative methods")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_proposers, parser=pr)
+
+    b = sub.add_parser("bench", help="latency / throughput benchmarks")
+    bsub = b.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    lat = bsub.add_parser(
+        "latency",
+        help="median / p90 latency of one batch, fixed output length",
+        description="Runs the same batch num-iters times (after warm-up), each to exactly "
+        "--output-len tokens (EOS ignored), and reports ms per output token.",
+    )
+    thr = bsub.add_parser(
+        "throughput",
+        help="requests/s and tokens/s with many requests at once",
+        description="Submits --num-prompts requests at once (continuous batching).",
+    )
+    for sp, default_dataset in ((lat, "random"), (thr, "random")):
+        _engine_args(sp)
+        _sampling_args(sp, max_tokens=False)
+        sp.add_argument(
+            "--dataset",
+            type=dataset_name,
+            default=default_dataset,
+            help="random | mtbench | humaneval | sharegpt | code-editing | summarization | jsonl:PATH",
+        )
+        sp.add_argument(
+            "--input-len",
+            type=positive_int,
+            default=32,
+            metavar="N",
+            help="prompt tokens for --dataset random (text data sets are used as they are)",
+        )
+        sp.add_argument("--output-len", type=positive_int, default=128, metavar="N")
+        sp.add_argument("--chat", action="store_true", help="wrap text prompts in the chat template")
+        sp.add_argument(
+            "--ignore-eos",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="generate exactly --output-len tokens (default on)",
+        )
+        sp.add_argument(
+            "--output-json", type=Path, default=None, metavar="PATH", help="also write the result here"
+        )
+    lat.add_argument("--batch-size", type=positive_int, default=8, metavar="B")
+    lat.add_argument("--num-iters", type=positive_int, default=10, metavar="N")
+    lat.add_argument("--num-iters-warmup", type=nonneg_int, default=2, metavar="N")
+    lat.set_defaults(func=cmd_bench_latency, parser=lat)
+    thr.add_argument("--num-prompts", type=positive_int, default=100, metavar="N")
+    thr.add_argument(
+        "--no-warmup", dest="warmup", action="store_false", help="skip the 4-token warm-up request"
+    )
+    thr.set_defaults(func=cmd_bench_throughput, parser=thr)
+    return parser
+
+
+# -- building the engine -------------------------------------------------------------------------------
+_ENGINE_FLAGS = (
+    "tokenizer",
+    "dtype",
+    "max_model_len",
+    "device",
+    "enforce_eager",
+    "load_format",
+    "seed",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "kv_cache_memory_bytes",
+    "gpu_memory_utilization",
+    "attention_backend",
+    "enable_prefix_caching",
+)
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _validation_message(exc: Any) -> tuple[str, str]:
+    """(flag, message) for the first error of a pydantic ValidationError whose fields are CLI flags."""
+    err = exc.errors()[0]
+    field = str(err["loc"][0]) if err["loc"] else ""
+    msg = err["msg"].removeprefix("Value error, ")
+    return (_flag(field) if field else "arguments"), f"invalid value {err.get('input')!r}: {msg}"
+
+
+def check_speculative_config(cfg: dict[str, Any] | None) -> None:
+    """Validate --speculative-config (method installed, keys known) without loading a model."""
+    if cfg is None:
+        return
+    from tokenleap_plugins import ProposerManager
+
+    from tokenleap.spec.config import resolve_speculative_config
+
+    try:
+        resolve_speculative_config(cfg, ProposerManager())
+    except (ValueError, TypeError) as exc:
+        raise UsageError("--speculative-config", str(exc)) from None
+
+
+def make_llm(args: argparse.Namespace):
+    import pydantic
+
+    from tokenleap import LLM
+
+    check_speculative_config(args.speculative_config)
+    kwargs = {k: getattr(args, k) for k in _ENGINE_FLAGS if getattr(args, k, None) is not None}
+    try:
+        return LLM(model=args.model, speculative_config=args.speculative_config, **kwargs)
+    except pydantic.ValidationError as exc:
+        raise UsageError(*_validation_message(exc)) from None
+    except FileNotFoundError as exc:
+        raise UsageError("--model", str(exc)) from None
+    except ValueError as exc:
+        raise UsageError("arguments", str(exc)) from None
+
+
+def _sampling_params(args: argparse.Namespace, **extra: Any):
+    import pydantic
+
+    from tokenleap import SamplingParams
+
+    try:
+        return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, **extra)
+    except pydantic.ValidationError as exc:
+        raise UsageError(*_validation_message(exc)) from None
+
+
+def _acceptance(llm) -> dict[str, Any] | None:
+    from tokenleap.bench import acceptance_snapshot, speculation_enabled
+
+    return acceptance_snapshot(llm.get_metrics()).to_dict() if speculation_enabled(llm) else None
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN / inf: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _print_acceptance(acc: dict[str, Any] | None, out) -> None:
+    if acc is None:
+        return
+    print(f"mean acceptance length: {acc['mean_acceptance_length']:.3f} tokens per step", file=out)
+    print(
+        f"draft acceptance rate: {acc['draft_acceptance_rate']:.1%} ({acc['num_accepted_tokens']} of "
+        f"{acc['num_draft_tokens']} draft tokens, {acc['num_drafts']} drafting steps)",
+        file=out,
+    )
+    rates = ", ".join(f"{r:.2f}" for r in acc["per_position_acceptance_rate"]) or "-"
+    print(f"per-position acceptance: [{rates}]", file=out)
+
+
+# -- commands -------------------------------------------------------------------------------------------
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    f = args.prompts_file
+    if f is not None:
+        if not f.is_file():
+            raise UsageError("--prompts-file", f"no file at {str(f)!r}")
+        if f.suffix == ".jsonl":
+            from tokenleap.bench.prompts import load_jsonl
+
+            try:
+                prompts += load_jsonl(f)
+            except ValueError as exc:
+                raise UsageError("--prompts-file", str(exc)) from None
+        elif f.suffix == ".txt":
+            prompts += [line for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            raise UsageError("--prompts-file", f"{str(f)!r}: expected a .jsonl or .txt file")
+        if not prompts:
+            raise UsageError("--prompts-file", f"{str(f)!r} holds no prompts")
+    return prompts or [DEFAULT_PROMPT]
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    prompts = _read_prompts(args)
+    params = _sampling_params(args, max_tokens=args.max_tokens, n=args.n, seed=args.seed)
+    t0 = time.perf_counter()
+    llm = make_llm(args)
+    load_s = time.perf_counter() - t0
+    start = time.perf_counter()
+    tok = llm.get_tokenizer()
+    chat = args.chat if args.chat is not None else bool(getattr(tok, "chat_template", None))
+    if chat:
+        outputs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
+    else:
+        outputs = llm.generate(prompts, params)
+    wall = time.perf_counter() - start
+    n_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+    acc = _acceptance(llm)
+    if args.json:
+        result = {
+            "model": args.model,
+            "speculative_config": args.speculative_config,
+            "chat": chat,
+            "outputs": [
+                {
+                    "prompt": p,
+                    "completions": [
+                        {"text": c.text, "num_tokens": len(c.token_ids), "finish_reason": c.finish_reason}
+                        for c in o.outputs
+                    ],
+                }
+                for p, o in zip(prompts, outputs, strict=True)
+            ],
+            "num_prompts": len(prompts),
+            "num_generated_tokens": n_tokens,
+            "load_time_s": load_s,
+            "wall_time_s": wall,
+            "tokens_per_s": n_tokens / wall if wall > 0 else None,
+            "acceptance": acc,
+        }
+        print(json.dumps(_finite(result), indent=2))
+        return 0
+    out = sys.stdout
+    for i, (p, o) in enumerate(zip(prompts, outputs, strict=True)):
+        print(f"=== prompt {i + 1}/{len(prompts)} ===", file=out)
+        print(p.rstrip("\n"), file=out)
+        for c in o.outputs:
+            label = f"output {c.index + 1}" if len(o.outputs) > 1 else "output"
+            print(f"--- {label} ({len(c.token_ids)} tokens, finish: {c.finish_reason}) ---", file=out)
+            print(c.text.rstrip("\n"), file=out)
+    print("=== summary ===", file=out)
+    print(f"tokens generated: {n_tokens}", file=out)
+    print(f"wall time: {wall:.3f} s (model load {load_s:.1f} s, not included)", file=out)
+    print(f"tokens/s: {n_tokens / wall:.1f}" if wall > 0 else "tokens/s: -", file=out)
+    if args.speculative_config is not None:
+        print(f"speculative config: {json.dumps(args.speculative_config)}", file=out)
+    _print_acceptance(acc, out)
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from tokenleap.model.hub import pull
+
+    print(pull(args.alias, progress=True))
+    return 0
+
+
+def cmd_proposers(args: argparse.Namespace) -> int:
+    from tokenleap_plugins import ProposerManager
+    from tokenleap_plugins.manager import KNOWN_PACKAGES
+
+    installed = ProposerManager().installed_methods()
+    have = {m.method for m in installed}
+    missing = {m: pkg for m, pkg in KNOWN_PACKAGES.items() if m not in have}
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "installed": [
+                        {"method": m.method, "package": m.package, "version": m.version} for m in installed
+                    ],
+                    "not_installed": [
+                        {"method": m, "package": pkg, "install": f"pip install {pkg}"}
+                        for m, pkg in sorted(missing.items())
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    if installed:
+        w = max(len("method"), *(len(m.method) for m in installed))
+        wp = max(len("package"), *(len(m.package) for m in installed))
+        print(f"{'method':<{w}}  {'package':<{wp}}  version")
+        for m in installed:
+            print(f"{m.method:<{w}}  {m.package:<{wp}}  {m.version}")
+    else:
+        print("no speculative methods installed")
+    if missing:
+        print("\nnot installed:")
+        by_pkg: dict[str, list[str]] = {}
+        for m, pkg in sorted(missing.items()):
+            by_pkg.setdefault(pkg, []).append(m)
+        for pkg, methods in by_pkg.items():
+            print(f"  {', '.join(methods)}: pip install {pkg}")
+    return 0
+
+
+def _bench_prompts(args: argparse.Namespace, llm, num: int) -> list[Any]:
+    from tokenleap.bench import build_prompts
+
+    try:
+        return build_prompts(llm, args.dataset, num, args.input_len, seed=args.seed, chat=args.chat)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError("--dataset", str(exc)) from None
+
+
+def _bench_config(args: argparse.Namespace) -> dict[str, Any]:
+    keys = (
+        "model",
+        "dataset",
+        "speculative_config",
+        "input_len",
+        "output_len",
+        "temperature",
+        "top_p",
+        "top_k",
+        "ignore_eos",
+        "chat",
+        "seed",
+        "load_format",
+        "dtype",
+        "device",
+    )
+    return {k: getattr(args, k) for k in keys}
+
+
+def _write_bench(args: argparse.Namespace, llm, result: dict[str, Any]) -> None:
+    cfg = _bench_config(args)
+    cfg["resolved_device"] = str(llm.engine.device)
+    doc = _finite({"benchmark": args.bench, "config": cfg, **result})
+    text = json.dumps(doc, indent=2)
+    if args.output_json is not None:
+        args.output_json.parent.mkdir(parents=True, exist_ok=True)
+        args.output_json.write_text(text + "\n")
+    print(text)
+
+
+def cmd_bench_latency(args: argparse.Namespace) -> int:
+    from tokenleap.bench.latency import run_latency
+
+    _sampling_params(args)  # fail on bad sampling values before loading the model
+    llm = make_llm(args)
+    prompts = _bench_prompts(args, llm, args.batch_size)
+    res = run_latency(
+        llm,
+        prompts,
+        args.output_len,
+        num_iters=args.num_iters,
+        num_iters_warmup=args.num_iters_warmup,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        ignore_eos=args.ignore_eos,
+    )
+    doc = res.to_dict()
+    _write_bench(args, llm, doc)
+    return 0
+
+
+def cmd_bench_throughput(args: argparse.Namespace) -> int:
+    from tokenleap.bench.throughput import run_throughput
+
+    _sampling_params(args)
+    llm = make_llm(args)
+    prompts = _bench_prompts(args, llm, args.num_prompts)
+    res = run_throughput(
+        llm,
+        prompts,
+        args.output_len,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        ignore_eos=args.ignore_eos,
+        warmup=args.warmup,
+    )
+    _write_bench(args, llm, res.to_dict())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 failure while running, 2 bad arguments)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a bad argument (2, message already printed)
+        return int(exc.code or 0)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        args.parser.print_usage(sys.stderr)
+        print(f"{args.parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a failure while running: one line, not a traceback (TOKENLEAP_DEBUG=1 for one)
+        if os.environ.get("TOKENLEAP_DEBUG"):
+            raise
+        print(f"tokenleap: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
