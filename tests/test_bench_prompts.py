@@ -123,6 +123,6 @@ def test_download_mtbench_and_humaneval(tmp_path, monkeypatch):
     mt = P.load_mtbench()
     assert len(mt) == 80 and all(isinstance(t, str) and t for t in mt)
     he = P.load_humaneval()
-    assert len(he) == 164 and all(t.lstrip().startswith(("def ", "from ", "import ")) for t in he)
+    assert len(he) == 164 and all("def " in t for t in he)
     assert (tmp_path / "datasets" / "mtbench" / "question.jsonl").is_file()
     assert P.load_mtbench() == mt  # second call: from the cache
