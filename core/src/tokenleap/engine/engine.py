@@ -36,7 +36,7 @@ class Engine:
         self.backend = setup.pick_backend(cfg, self.device)
         model_path = resolve_model(cfg.model)
 
-        loaded = setup.load_model(cfg, model_path, self.device, cfg.max_model_len)
+        loaded = setup.load_model(cfg, model_path, self.device, cfg.max_model_len, self.backend)
         self.model, self.arch, self.tokenizer = loaded.model, loaded.arch, loaded.tokenizer
         k = self.spec_cfg.num_speculative_tokens if self.spec_cfg else 0
         max_len = cfg.max_model_len or self.arch.max_position_embeddings

@@ -11,6 +11,7 @@ import structlog
 import torch
 
 from tokenleap.config import EngineConfig
+from tokenleap.kernels.ops import LayerOps, layer_ops
 from tokenleap.model.arch import ModelArchConfig
 from tokenleap.model.llama import KVCache, LlamaForCausalLM
 
@@ -53,9 +54,11 @@ class LoadedModel:
     dtype: torch.dtype
 
 
-def load_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_positions: int | None) -> LoadedModel:
+def load_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_positions: int | None,
+               backend: str) -> LoadedModel:
+    ops = layer_ops(backend)
     if cfg.load_format == "dummy":
-        return _dummy_model(cfg, model_path, device, max_positions)
+        return _dummy_model(cfg, model_path, device, max_positions, ops)
     from tokenleap.model.loader import load_checkpoint
 
     ckpt = load_checkpoint(str(model_path), dtype=cfg.dtype, device=device.type)
@@ -66,13 +69,14 @@ def load_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_po
     arch = ckpt.arch
     positions = max_positions or arch.max_position_embeddings
     with torch.device(device):
-        model = LlamaForCausalLM(arch, positions + 64).to(ckpt.torch_dtype)
+        model = LlamaForCausalLM(arch, positions + 64, ops).to(ckpt.torch_dtype)
     model.load_hf_weights({k: v.to(device) for k, v in ckpt.weights.items()})
     model.cos_sin_cache = model.cos_sin_cache.float()
     return LoadedModel(model.eval(), arch, ckpt.tokenizer, ckpt.torch_dtype)
 
 
-def _dummy_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_positions: int | None):
+def _dummy_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_positions: int | None,
+                 ops: LayerOps):
     """Random weights of the config.json's shape (``load_format="dummy"``), built on the device."""
     config_file = model_path / "config.json" if model_path.is_dir() else model_path
     if not config_file.is_file():
@@ -82,7 +86,7 @@ def _dummy_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_
     positions = max_positions or arch.max_position_embeddings
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     with torch.device(device):
-        model = LlamaForCausalLM(arch, positions + 64).to(dtype)
+        model = LlamaForCausalLM(arch, positions + 64, ops).to(dtype)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:

@@ -1,7 +1,5 @@
-"""Building blocks of Llama-family models: RMSNorm, rotary embedding, SwiGLU. Torch reference ops.
-
-The Triton versions (kernels/triton_fused.py) must match these numerically.
-"""
+"""Parameters and tables of Llama-family layers: RMSNorm weights, rotary frequencies (with llama3 and
+linear scaling) and the cos/sin table. The ops themselves live in kernels/ (torch references and Triton)."""
 
 from __future__ import annotations
 
@@ -10,23 +8,19 @@ import math
 import torch
 from torch import nn
 
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """HF LlamaRMSNorm: normalise in fp32, cast back, then scale."""
-    dtype = x.dtype
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(dtype)
+from tokenleap.kernels.fused_ref import rms_norm_ref
 
 
 class RMSNorm(nn.Module):
+    """Holds the weight and eps; the op itself is LayerOps.rms_norm (kernels/)."""
+
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+        return rms_norm_ref(x, self.weight, self.eps)
 
 
 def rope_inv_freq(
@@ -59,22 +53,3 @@ def rope_cos_sin_cache(inv_freq: torch.Tensor, max_positions: int) -> torch.Tens
     t = torch.arange(max_positions, dtype=torch.float32)
     freqs = torch.outer(t, inv_freq)  # [max_positions, head_dim // 2]
     return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
-
-
-def apply_rope(
-    x: torch.Tensor,  # [num_tokens, num_heads, head_dim]
-    cos_sin: torch.Tensor,  # [num_tokens, head_dim] rows of the cache at the tokens' positions
-) -> torch.Tensor:
-    """Rotate-half (GPT-NeoX) rotary embedding, as HF Llama applies it; computed in fp32."""
-    half = x.shape[-1] // 2
-    cos, sin = cos_sin[:, None, :half], cos_sin[:, None, half:]  # [num_tokens, 1, half]
-    x32 = x.float()
-    x1, x2 = x32[..., :half], x32[..., half:]
-    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-    return out.to(x.dtype)
-
-
-def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """[num_tokens, 2 * intermediate] -> [num_tokens, intermediate]: silu(gate) * up."""
-    gate, up = gate_up.chunk(2, dim=-1)
-    return nn.functional.silu(gate) * up

@@ -14,14 +14,16 @@ from torch import nn
 
 from tokenleap.model.arch import ModelArchConfig
 from tokenleap.model.attention import AttentionMetadata, paged_attention, write_kv
-from tokenleap.model.layers import RMSNorm, apply_rope, rope_cos_sin_cache, rope_inv_freq, silu_and_mul
+from tokenleap.kernels.ops import LayerOps
+from tokenleap.model.layers import RMSNorm, rope_cos_sin_cache, rope_inv_freq
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # k, v: [num_blocks, block_size, num_kv_heads, head_dim]
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: ModelArchConfig) -> None:
+    def __init__(self, cfg: ModelArchConfig, ops: LayerOps) -> None:
         super().__init__()
+        self.ops = ops
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
@@ -35,15 +37,18 @@ class LlamaAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,  # [num_tokens, hidden]
-        cos_sin: torch.Tensor,  # [num_tokens, head_dim]
+        positions: torch.Tensor,  # [num_tokens]
+        cos_sin_cache: torch.Tensor,  # [max_positions, head_dim] fp32
         kv_cache: KVCache,
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [num_tokens, hidden]
         num_tokens = x.shape[0]
         qkv = self.qkv_proj(x)  # [num_tokens, q_size + 2 * kv_size]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = apply_rope(q.view(num_tokens, self.num_heads, self.head_dim), cos_sin)
-        k = apply_rope(k.view(num_tokens, self.num_kv_heads, self.head_dim), cos_sin)
+        q, k = self.ops.rotary_embedding(
+            positions, q.view(num_tokens, self.num_heads, self.head_dim),
+            k.view(num_tokens, self.num_kv_heads, self.head_dim), cos_sin_cache,
+        )
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         write_kv(k, v, kv_cache[0], kv_cache[1], meta)
         o = paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale, self.sliding_window)
@@ -51,34 +56,47 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: ModelArchConfig) -> None:
+    def __init__(self, cfg: ModelArchConfig, ops: LayerOps) -> None:
         super().__init__()
+        self.ops = ops
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelArchConfig) -> None:
-        super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = LlamaAttention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = LlamaMLP(cfg)
+    """Pre-norm block on a residual stream: returns (block output, residual) without adding them, so the
+    next block's norm fuses the add (HF: residual = residual + output, then norm)."""
 
-    def forward(self, x, cos_sin, kv_cache, meta):
-        h = x + self.self_attn(self.input_layernorm(x), cos_sin, kv_cache, meta)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def __init__(self, cfg: ModelArchConfig, ops: LayerOps) -> None:
+        super().__init__()
+        self.ops = ops
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = LlamaAttention(cfg, ops)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = LlamaMLP(cfg, ops)
+
+    def forward(self, x, residual, positions, cos_sin_cache, kv_cache, meta):
+        norm = self.input_layernorm
+        if residual is None:
+            residual, h = x, self.ops.rms_norm(x, norm.weight, norm.eps)
+        else:
+            h, residual = self.ops.fused_add_rms_norm(x, residual, norm.weight, norm.eps)
+        h = self.self_attn(h, positions, cos_sin_cache, kv_cache, meta)
+        norm = self.post_attention_layernorm
+        h, residual = self.ops.fused_add_rms_norm(h, residual, norm.weight, norm.eps)
+        return self.mlp(h), residual
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, cfg: ModelArchConfig, max_positions: int) -> None:
+    def __init__(self, cfg: ModelArchConfig, max_positions: int, ops: LayerOps) -> None:
         super().__init__()
         self.cfg = cfg
+        self.ops = ops
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, ops) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         inv_freq = rope_inv_freq(
@@ -99,13 +117,13 @@ class LlamaForCausalLM(nn.Module):
         for the requested layers (outputs of those decoder layers; negative indices count from the end)."""
         wanted = {i % len(self.layers): i for i in hidden_state_layers}
         aux: dict[int, torch.Tensor] = {}
-        cos_sin = self.cos_sin_cache[positions].to(torch.float32)  # [num_tokens, head_dim]
-        x = self.embed_tokens(input_ids)
+        x, residual = self.embed_tokens(input_ids), None  # [num_tokens, hidden]
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos_sin, kv_caches[i], meta)
+            x, residual = layer(x, residual, positions, self.cos_sin_cache, kv_caches[i], meta)
             if i in wanted:
-                aux[wanted[i]] = x
-        return self.norm(x), aux
+                aux[wanted[i]] = x + residual
+        normed, _ = self.ops.fused_add_rms_norm(x, residual, self.norm.weight, self.norm.eps)
+        return normed, aux
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [n, hidden] -> [n, vocab] fp32
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
