@@ -112,3 +112,16 @@ def _cuda_available() -> bool:
 
 # tests/gpu needs a CUDA device: run it on the GPU machine (python -m pytest tests/gpu).
 collect_ignore = [] if _cuda_available() else ["gpu"]
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Run a test module with one intra-op thread (restored after). On a small shared CPU, OpenMP fork/join of
+    the tiny ops of engine tests costs milliseconds per op under load (2 threads: ~8 ms for a softmax
+    that takes 4 us on one); one thread keeps wall and CPU time low and predictable."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,6 +13,8 @@ import torch
 from helpers.tiny_models import LLAMA3_ROPE
 from tokenleap import SamplingParams
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 NEW_TOKENS = 64
 
 CHATS = [
