@@ -82,6 +82,8 @@ def _top_k_top_p(probs, top_k, top_p, any_top_k: bool, any_top_p: bool) -> torch
         masked = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
         renorm = masked / masked.sum(dim=-1, keepdim=True)
         before = torch.cumsum(renorm, dim=-1) - renorm  # mass strictly before each token
-        keep &= before < top_p[:, None]  # keep the smallest prefix whose mass reaches top_p
+        # keep the smallest prefix whose mass reaches top_p; top_p = 1 keeps everything (float32 rounding
+        # can push `before` of the tail tokens to 1.0, which must not cut them off)
+        keep &= (before < top_p[:, None]) | (top_p[:, None] >= 1.0)
     sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
     return torch.zeros_like(probs).scatter_(1, order, sorted_probs)
