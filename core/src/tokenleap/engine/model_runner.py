@@ -60,6 +60,19 @@ class ModelRunner:
     def _tensor(self, array: np.ndarray | list, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=dtype).to(self.device, non_blocking=True)
 
+    def _upload(self, arrays: dict[str, np.ndarray | list]) -> dict[str, torch.Tensor]:
+        """Many small int64 host arrays -> device tensors with one (pinned, async) copy."""
+        flat = [np.asarray(a, dtype=np.int64) for a in arrays.values()]
+        host = torch.from_numpy(np.concatenate([a.reshape(-1) for a in flat]))
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        dev = host.to(self.device, non_blocking=True)
+        out, offset = {}, 0
+        for name, a in zip(arrays, flat):
+            out[name] = dev[offset : offset + a.size].view(a.shape)
+            offset += a.size
+        return out
+
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledRequest]) -> StepResult:
         if self.graphs is not None and not self.hidden_state_layers and all(
@@ -93,8 +106,7 @@ class ModelRunner:
             seq_lens[i] = start + q
             logits_rows.extend(range(o, o + real))
         logits_all = self.graphs.run(b, q, ids, positions, slots, tables, seq_lens)  # [b * q, vocab]
-        logits = logits_all[self._tensor(logits_rows, torch.int64)]  # [rows, vocab]
-        return self._sample(logits, scheduled, {}, {})
+        return self._sample(logits_all, logits_rows, False, scheduled, {}, {})
 
     def _execute_eager(self, scheduled: list[ScheduledRequest]) -> StepResult:
         bs = self.block_size
@@ -143,12 +155,15 @@ class ModelRunner:
         )
         if not samplers:
             return StepResult({}, aux, token_rows)
-        logits = self.model.compute_logits(hidden[self._tensor(logits_rows, torch.int64)])  # [rows, vocab]
-        return self._sample(logits, samplers, aux, token_rows)
+        return self._sample(hidden, logits_rows, True, samplers, aux, token_rows)
 
-    def _sample(self, logits: torch.Tensor, samplers: list[ScheduledRequest], aux, token_rows) -> StepResult:
-        """Sample / verify every request of ``samplers``; logits hold their rows back to back."""
-        batch = self._sampling_batch(samplers)
+    def _sample(self, source: torch.Tensor, rows: list[int], is_hidden: bool, samplers: list[ScheduledRequest],
+                aux, token_rows) -> StepResult:
+        """Sample / verify every request of ``samplers``. ``rows`` of ``source`` (hidden states, or logits
+        when ``is_hidden`` is False) are the sampled positions, request after request."""
+        batch, rows_dev = self._sampling_batch(samplers, rows)
+        picked = source[rows_dev]
+        logits = self.model.compute_logits(picked) if is_hidden else picked  # [rows, vocab]
         tokens, num_emitted = sample(logits, batch)  # [batch, k + 1], [batch]
         want_lp = [s.request.params.logprobs for s in samplers if s.request.params.logprobs is not None]
         lp = None
@@ -169,7 +184,7 @@ class ModelRunner:
             sampled[s.request.request_id] = SampledRequest(host[b][:n], s.num_spec_tokens, entry)
         return StepResult(sampled, aux, token_rows)
 
-    def _sampling_batch(self, samplers: list[ScheduledRequest]) -> SamplingBatch:
+    def _sampling_batch(self, samplers: list[ScheduledRequest], logits_rows: list[int]):
         k = max(s.num_spec_tokens for s in samplers)
         nb = len(samplers)
         row_index = np.zeros((nb, k + 1), dtype=np.int64)
@@ -219,12 +234,22 @@ class ModelRunner:
             row += d + 1
 
         f32, i64 = torch.float32, torch.int64
-        rows = RowParams(
-            temperature=self._tensor(temp, f32), top_k=self._tensor(top_k, i64), top_p=self._tensor(top_p, f32),
-            min_p=self._tensor(min_p, f32), seeds=self._tensor(seeds, i64), streams=self._tensor(streams, i64),
-            positions=self._tensor(pos, i64), any_top_k=any(top_k), any_top_p=any(v < 1 for v in top_p),
-            any_min_p=any(min_p), any_greedy=any(t == 0 for t in temp), all_greedy=all(t == 0 for t in temp),
-        )
+        has_probs = k > 0 and any(s.request.spec_probs is not None for s in samplers)
+        plain_greedy = all(t == 0 for t in temp) and not any_pen and not ban_rows and not has_probs
+        ints = {"logits_rows": logits_rows, "row_index": row_index, "draft_ids": draft_ids, "num_drafts": num_drafts}
+        if not plain_greedy:
+            ints.update(top_k=top_k, seeds=seeds, streams=streams, positions=pos, req_seeds=req_seeds,
+                        req_streams=req_streams, req_out=req_out, ban_rows=ban_rows, ban_ids=ban_ids)
+        dev = self._upload(ints)
+        rows = None
+        if not plain_greedy:
+            floats = self._tensor(np.stack([temp, top_p, min_p, rep, pres, freq]), f32)  # [6, rows]
+            rows = RowParams(
+                temperature=floats[0], top_k=dev["top_k"], top_p=floats[1], min_p=floats[2], seeds=dev["seeds"],
+                streams=dev["streams"], positions=dev["positions"], any_top_k=any(top_k),
+                any_top_p=any(v < 1 for v in top_p), any_min_p=any(min_p), any_greedy=any(t == 0 for t in temp),
+                all_greedy=all(t == 0 for t in temp),
+            )
         penalties = None
         if any_pen:
             counts = torch.zeros(row, self.vocab_size, device=self.device)
@@ -236,10 +261,9 @@ class ModelRunner:
             seen_mask = torch.zeros(row, self.vocab_size, dtype=torch.bool, device=self.device)
             if seen_rows:
                 seen_mask[self._tensor(seen_rows, i64), self._tensor(seen_tokens, i64)] = True
-            penalties = Penalties(counts, seen_mask, self._tensor(rep, f32), self._tensor(pres, f32),
-                                  self._tensor(freq, f32))
+            penalties = Penalties(counts, seen_mask, floats[3], floats[4], floats[5])
         draft_probs = None
-        if any(s.request.spec_probs is not None for s in samplers) and k > 0:
+        if has_probs:
             draft_probs = torch.zeros(nb, k, self.vocab_size, device=self.device)
             for b, s in enumerate(samplers):
                 d = s.num_spec_tokens
@@ -249,11 +273,10 @@ class ModelRunner:
                     draft_probs[b, :d] = s.request.spec_probs[:d].to(self.device, torch.float32)
                 else:
                     draft_probs[b, torch.arange(d), self._tensor(draft_ids[b, :d], i64)] = 1.0
-        return SamplingBatch(
-            row_index=self._tensor(row_index, i64), draft_ids=self._tensor(draft_ids, i64),
-            num_drafts=self._tensor(num_drafts, i64), draft_probs=draft_probs, rows=rows,
-            req_seeds=self._tensor(req_seeds, i64), req_streams=self._tensor(req_streams, i64),
-            req_output_lens=self._tensor(req_out, i64), penalties=penalties,
-            ban_rows=self._tensor(ban_rows, i64) if ban_rows else None,
-            ban_token_ids=self._tensor(ban_ids, i64) if ban_rows else None,
+        batch = SamplingBatch(
+            row_index=dev["row_index"], draft_ids=dev["draft_ids"], num_drafts=dev["num_drafts"],
+            draft_probs=draft_probs, rows=rows, req_seeds=dev.get("req_seeds"), req_streams=dev.get("req_streams"),
+            req_output_lens=dev.get("req_out"), penalties=penalties,
+            ban_rows=dev["ban_rows"] if ban_rows else None, ban_token_ids=dev["ban_ids"] if ban_rows else None,
         )
+        return batch, dev["logits_rows"]

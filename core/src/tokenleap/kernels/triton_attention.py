@@ -174,7 +174,9 @@ def choose_num_splits(num_programs: int, device: torch.device, max_seq_len: int 
     splits = min(MAX_SPLITS, max(1, triton.cdiv(2 * _num_sms(device), num_programs)))
     if max_seq_len is not None:
         splits = min(splits, max(1, triton.cdiv(max_seq_len, MIN_SPLIT_TOKENS)))
-    return splits
+    # Powers of two only: each distinct count is a separate compiled kernel, and compiling one in the
+    # middle of serving (a new context length) costs far more than an imperfect split.
+    return 1 << (splits.bit_length() - 1)
 
 
 def paged_attention_triton(

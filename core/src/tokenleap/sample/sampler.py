@@ -31,10 +31,10 @@ class SamplingBatch:
     draft_ids: torch.Tensor  # [batch, k] int64 (padding 0)
     num_drafts: torch.Tensor  # [batch] int64
     draft_probs: torch.Tensor | None  # [batch, k, vocab] or None (one-hot drafts)
-    rows: RowParams  # per logits row
-    req_seeds: torch.Tensor  # [batch] int64
-    req_streams: torch.Tensor  # [batch] int64
-    req_output_lens: torch.Tensor  # [batch] int64, tokens generated before this step
+    rows: RowParams | None  # per logits row; None = plain greedy (no penalties, bans or draft probs)
+    req_seeds: torch.Tensor | None  # [batch] int64 (None when plain greedy)
+    req_streams: torch.Tensor | None  # [batch] int64
+    req_output_lens: torch.Tensor | None  # [batch] int64, tokens generated before this step
     penalties: Penalties | None = None
     ban_rows: torch.Tensor | None = None  # [num_bans] int64 rows where min_tokens bans stop tokens
     ban_token_ids: torch.Tensor | None = None  # [num_bans] int64
@@ -53,7 +53,7 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor: 
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [rows, vocab] float32 -> (tokens [batch, k + 1], num_emitted [batch]); no host sync."""
     logits = process_logits(logits, batch)
-    if batch.rows.all_greedy and batch.draft_probs is None:
+    if batch.rows is None or (batch.rows.all_greedy and batch.draft_probs is None):
         argmax = logits.argmax(dim=-1)[batch.row_index]  # [batch, k + 1]
         return verify_greedy(argmax, batch.draft_ids, batch.num_drafts)
     probs = to_probs(logits, batch.rows)[batch.row_index]  # [batch, k + 1, vocab]
