@@ -82,5 +82,6 @@ def gather_logprobs(
     logprobs = torch.log_softmax(logits, dim=-1)[row_index]  # [batch, k + 1, vocab]
     chosen = logprobs.gather(-1, tokens[..., None]).squeeze(-1)
     rank = (logprobs > chosen[..., None]).sum(dim=-1) + 1
-    top_vals, top_ids = logprobs.topk(num_top, dim=-1) if num_top > 0 else (chosen[..., :0], tokens[..., :0])
+    top_vals, top_ids = logprobs.topk(num_top, dim=-1) if num_top > 0 else (
+        chosen[..., None][..., :0], tokens[..., None][..., :0])  # [batch, k + 1, 0]
     return chosen, rank, top_vals, top_ids
