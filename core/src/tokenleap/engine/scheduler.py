@@ -95,7 +95,8 @@ class Scheduler:
                 blocks, hashes = self.blocks.lookup_prefix(req.all_token_ids)
                 req.block_ids, req.block_hashes = blocks, hashes
                 req.num_computed_tokens = len(blocks) * self.blocks.block_size
-                req.metrics.num_cached_prompt_tokens = req.num_computed_tokens
+                if req.status != RequestStatus.PREEMPTED:  # a recompute's hits are not prompt-cache hits
+                    req.metrics.num_cached_prompt_tokens = req.num_computed_tokens
             remaining = req.num_tokens - req.num_computed_tokens
             if remaining > budget and not self.enable_chunked_prefill:
                 break
