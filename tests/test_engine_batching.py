@@ -30,6 +30,9 @@ MIXED = [
                                         ignore_eos=True)
     for i, (g, m) in enumerate(zip(GREEDY, MAX_TOKENS))
 ]
+WITH_LOGPROBS = (4, 7, 14)  # a few requests also return logprobs: they must not change either
+for _i in WITH_LOGPROBS:
+    MIXED[_i] = MIXED[_i].model_copy(update={"logprobs": 3})
 
 
 def metric(llm: LLM, name: str) -> float:
@@ -55,10 +58,26 @@ def reference(folder):
     """Each prompt generated alone (one request in the engine at a time), greedy and mixed params."""
     llm = tiny_llm(folder, enable_prefix_caching=False)
 
-    def alone(prompts, params):
-        return [llm.generate(p, sp, use_tqdm=False)[0].outputs[0].token_ids for p, sp in zip(prompts, params)]
+    def alone_outputs(prompts, params):
+        return [llm.generate(p, sp, use_tqdm=False)[0].outputs[0] for p, sp in zip(prompts, params)]
 
-    return {"greedy": alone(PROMPTS, GREEDY), "mixed": alone(PROMPTS, MIXED), "alone": alone}
+    def alone(prompts, params):
+        return [c.token_ids for c in alone_outputs(prompts, params)]
+
+    mixed = alone_outputs(PROMPTS, MIXED)
+    greedy = [mixed[i].token_ids if i % 2 == 0 else alone([PROMPTS[i]], [GREEDY[i]])[0] for i in range(16)]
+    return {"greedy": greedy, "mixed": [c.token_ids for c in mixed], "mixed_outputs": mixed, "alone": alone}
+
+
+def assert_same_logprobs(outs, reference):
+    for i in WITH_LOGPROBS:
+        got, want = outs[i].outputs[0], reference["mixed_outputs"][i]
+        assert len(got.logprobs) == len(want.logprobs) == len(got.token_ids)
+        for g, w in zip(got.logprobs, want.logprobs):
+            assert set(g) == set(w)
+            for t in g:
+                assert g[t].rank == w[t].rank and g[t].logprob == pytest.approx(w[t].logprob, abs=1e-4)  # float32 noise of batching
+        assert got.cumulative_logprob == pytest.approx(want.cumulative_logprob, abs=1e-3)
 
 
 def test_reference_is_not_degenerate(reference):
@@ -73,6 +92,7 @@ def test_continuous_batching(folder, reference):
     llm = tiny_llm(folder, max_num_seqs=4)
     outs = llm.generate(PROMPTS, MIXED, use_tqdm=False)
     assert token_ids(outs) == reference["mixed"]
+    assert_same_logprobs(outs, reference)
     assert all(o.outputs[0].finish_reason == "length" for o in outs)
     m = [o.metrics for o in outs]
     # at most 4 ran at once, and requests joined while others were still running
@@ -92,6 +112,7 @@ def test_chunked_prefill(folder, reference, budget):
     llm = tiny_llm(folder, max_num_batched_tokens=budget)
     outs = llm.generate(PROMPTS, MIXED, use_tqdm=False)
     assert token_ids(outs) == reference["mixed"]
+    assert_same_logprobs(outs, reference)
     # prompts longer than the budget had to be split over several steps
     assert max(LENGTHS) > budget
     assert llm.engine.counters.num_steps >= -(-sum(LENGTHS) // budget)
@@ -106,7 +127,11 @@ def test_preemption_by_recompute(folder, reference, prefix_caching):
     assert metric(llm, "num_preemptions") > 0
     assert sum(o.metrics.num_preemptions for o in outs) == metric(llm, "num_preemptions")
     assert token_ids(outs) == reference["mixed"]
+    assert_same_logprobs(outs, reference)
     assert all(o.outputs[0].finish_reason == "length" for o in outs)
+    # the random prompts share no prefix: no prompt token was a cache hit, even though recomputing a
+    # preempted request may reuse its own blocks (those hits are not prompt-cache hits)
+    assert all(o.num_cached_tokens == 0 for o in outs)
     # nothing is leaked: every block is free (or cached and evictable) again
     assert not llm.engine.has_unfinished_requests()
     assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks
