@@ -389,10 +389,15 @@ def test_eos_and_min_tokens_equal_transformers(eos_prone):
     assert len(long.token_ids) == 32 and long.finish_reason == "length" and long.stop_reason is None
 
 
-def test_max_tokens_gives_length(llm):
+def test_max_tokens_gives_length(llm, folder):
     for m in (1, 7):
         out = gen1(llm, P[2], SamplingParams(temperature=0.9, seed=3, max_tokens=m, ignore_eos=True))
         assert len(out.token_ids) == m and out.finish_reason == "length" and out.stop_reason is None
+    # max_tokens=None: up to max_model_len (prompt + output)
+    short = LLM(model=str(folder), disable_log_stats=True, num_gpu_blocks_override=32, max_model_len=40)
+    out = gen1(short, P[1], SamplingParams(temperature=0, max_tokens=None, ignore_eos=True))
+    assert len(P[1]["prompt_token_ids"]) + len(out.token_ids) == 40 and out.finish_reason == "length"
+    assert out.token_ids == gen1(llm, P[1], SamplingParams(temperature=0, max_tokens=17, ignore_eos=True)).token_ids
 
 
 @torch.no_grad()
