@@ -137,6 +137,19 @@ def test_preemption_by_recompute(folder, reference, prefix_caching):
     assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks
 
 
+def test_preemption_with_n_completions(folder, reference):
+    prompts = [PROMPTS[i] for i in (7, 9, 11, 14)]
+    sp = SamplingParams(n=3, temperature=1.0, top_k=40, seed=5, max_tokens=24, ignore_eos=True)
+    solo = tiny_llm(folder)
+    want = [[c.token_ids for c in solo.generate(p, sp, use_tqdm=False)[0].outputs] for p in prompts]
+    assert all(len({tuple(t) for t in w}) == 3 for w in want)
+    llm = tiny_llm(folder, num_gpu_blocks_override=20)
+    outs = llm.generate(prompts, sp, use_tqdm=False)
+    assert metric(llm, "num_preemptions") > 0
+    assert [[c.token_ids for c in o.outputs] for o in outs] == want
+    assert [[c.index for c in o.outputs] for o in outs] == [[0, 1, 2]] * 4
+
+
 def test_prefix_caching_reuses_blocks_and_keeps_tokens(folder, reference):
     shared = [random.Random(7).randrange(3, 300) for _ in range(70)]
     prompts = make_prompts([5, 9, 14, 30, 1, 22], seed=3, prefix=shared)

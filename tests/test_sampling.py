@@ -489,3 +489,32 @@ def test_penalties_match_transformers_logits(llm, hf, kind):
                                  do_sample=False, repetition_penalty=pen["repetition_penalty"], eos_token_id=None,
                                  pad_token_id=0)[0, len(prompt):].tolist()
         assert got == hf_out
+
+
+@pytest.mark.slow
+def test_smollm2_stop_string_across_token_boundary(smollm2_llm):
+    """A stop string that starts inside one token and ends inside the next (real byte-level BPE text)."""
+    tok = smollm2_llm.get_tokenizer()
+    conv = [{"role": "user", "content": "Describe a sunny morning in a small town."}]
+    ids = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True)
+    prompt = {"prompt_token_ids": list(ids["input_ids"] if hasattr(ids, "keys") else ids)}
+    base = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    ref = smollm2_llm.generate(prompt, base, use_tqdm=False)[0].outputs[0]
+    assert ref.text == tok.decode(ref.token_ids, skip_special_tokens=True)
+    # token boundaries in the text; pick one (after token 5) where a 4-char window straddling it first
+    # occurs there and neither side of it is a space-only piece
+    ends = [len(tok.decode(ref.token_ids[: j + 1], skip_special_tokens=True)) for j in range(len(ref.token_ids))]
+    stop = at = None
+    for j in range(5, len(ends) - 2):
+        b = ends[j]
+        window = ref.text[b - 2 : b + 2]
+        if ends[j] - ends[j - 1] >= 2 and ends[j + 1] - b >= 2 and ref.text.find(window) == b - 2:
+            stop, at = window, b - 2
+            break
+    assert stop is not None, ref.text
+    out = smollm2_llm.generate(prompt, base.model_copy(update={"stop": [stop]}), use_tqdm=False)[0].outputs[0]
+    assert out.text == ref.text[:at] and out.finish_reason == "stop" and out.stop_reason == stop
+    assert out.token_ids == ref.token_ids[: j + 2]  # generation ended with the token that completed it
+    incl = smollm2_llm.generate(prompt, base.model_copy(update={"stop": stop, "include_stop_str_in_output": True}),
+                                use_tqdm=False)[0].outputs[0]
+    assert incl.text == ref.text[: at + len(stop)] and incl.token_ids == out.token_ids
