@@ -29,6 +29,7 @@ from tokenleap import LLM, SamplingParams
 from tokenleap.bench.prompts import code_editing_prompts, summarization_prompts
 from tokenleap_plugins import Drafts, ProposerBase, ProposerManager, ProposerSpec, hookimpl
 
+DEFAULT_NGRAM = {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
 LLAMA3_8B = dict(
     architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=128256, hidden_size=4096,
     intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
@@ -201,7 +202,7 @@ def ours_tps(llm: LLM, chats, max_new: int):
     return total / secs, outs
 
 
-def section_smollm2(path: str, rows: list, results: dict, max_new: int) -> None:
+def section_smollm2(path: str, rows: list, results: dict, max_new: int, ngram_configs: list[dict]) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tokenleap.model.loader import load_checkpoint
@@ -226,26 +227,28 @@ def section_smollm2(path: str, rows: list, results: dict, max_new: int) -> None:
         base_tps[name], base_out[name] = ours_tps(base, cs, max_new)
     del base
     release()
-    spec = LLM(model=path, max_num_seqs=1, disable_log_stats=True,
-               speculative_config={"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4,
-                                   "prompt_lookup_min": 2})
-    for name, cs in chats.items():
-        before = {m.name: getattr(m, "value", None) for m in spec.get_metrics()}
-        tps, out = ours_tps(spec, cs, max_new)
-        after = {m.name: getattr(m, "value", None) for m in spec.get_metrics()}
-        drafts = after["tokenleap:spec_decode_num_drafts"] - before["tokenleap:spec_decode_num_drafts"]
-        acc = after["tokenleap:spec_decode_num_accepted_tokens"] - before["tokenleap:spec_decode_num_accepted_tokens"]
-        mal = 1 + acc / drafts if drafts else 1.0
-        same = out == base_out[name]
-        res[name] = dict(hf_tps=hf_tps[name], ours_tps=base_tps[name], ngram_tps=tps, mean_acceptance_length=mal,
-                         identical=same)
+    for spec_cfg in ngram_configs:
+        spec = LLM(model=path, max_num_seqs=1, disable_log_stats=True, speculative_config=spec_cfg)
+        label = ",".join(f"{k}={v}" for k, v in spec_cfg.items() if k != "method")
+        for name, cs in chats.items():
+            before = {m.name: getattr(m, "value", None) for m in spec.get_metrics()}
+            steps0 = spec.engine.counters.num_steps
+            tps, out = ours_tps(spec, cs, max_new)
+            after = {m.name: getattr(m, "value", None) for m in spec.get_metrics()}
+            drafts = after["tokenleap:spec_decode_num_drafts"] - before["tokenleap:spec_decode_num_drafts"]
+            acc = after["tokenleap:spec_decode_num_accepted_tokens"] - before["tokenleap:spec_decode_num_accepted_tokens"]
+            mal = 1 + acc / drafts if drafts else 1.0
+            same = out == base_out[name]
+            res.setdefault(name, dict(hf_tps=hf_tps[name], ours_tps=base_tps[name], ngram={}))
+            res[name]["ngram"][label] = dict(tokens_per_s=tps, mean_acceptance_length=mal, identical=same)
+            rows.append((f"SmolLM2 {name}: tokenleap + ngram {label}", f"{tps:.1f} tokens/s",
+                         f"{tps / base_tps[name]:.2f}x ours, acceptance length {mal:.2f}, identical={same}"))
+        del spec
+        release()
+    for name in chats:
         rows.append((f"SmolLM2 {name}: transformers generate", f"{hf_tps[name]:.1f} tokens/s", ""))
         rows.append((f"SmolLM2 {name}: tokenleap", f"{base_tps[name]:.1f} tokens/s",
                      f"{base_tps[name] / hf_tps[name]:.1f}x transformers"))
-        rows.append((f"SmolLM2 {name}: tokenleap + ngram k=5", f"{tps:.1f} tokens/s",
-                     f"{tps / base_tps[name]:.2f}x ours, acceptance length {mal:.2f}, identical={same}"))
-    del spec
-    release()
 
 
 def main(argv=None) -> int:
@@ -254,6 +257,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: 8b, smollm2")
     ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--ngram-configs", default=json.dumps([DEFAULT_NGRAM]),
+                    help="JSON list of speculative_config dicts to compare (default: %(default)s)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_compare.py needs a CUDA device", file=sys.stderr)
@@ -266,7 +271,8 @@ def main(argv=None) -> int:
     results["bandwidth_tb_s"] = bw
     rows.append(("device-to-device copy bandwidth", f"{bw:.2f} TB/s", results["device"]))
     for name, fn in (("8b", lambda: section_8b(bw, rows, results)),
-                     ("smollm2", lambda: section_smollm2(args.smollm2, rows, results, args.max_new_tokens))):
+                     ("smollm2", lambda: section_smollm2(args.smollm2, rows, results, args.max_new_tokens,
+                                                      json.loads(args.ngram_configs)))):
         if name in skip or (name == "smollm2" and not args.smollm2):
             continue
         try:
