@@ -19,7 +19,7 @@ def smollm2_path() -> Path:
 # ---- engine-level fixtures (test_engine_parity / test_engine_batching / test_sampling / test_bad_inputs)
 
 SMOLLM2_MAX_MODEL_LEN = 1024
-TINY_INIT_RANGE = 0.3  # weights of the tiny engine-test models: peaked, varied greedy outputs (0.02 is ~uniform)
+TINY_INIT_RANGE = 0.3  # tiny engine-test models: peaked, varied greedy outputs (0.02 is ~uniform)
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +27,12 @@ def smollm2_llm(smollm2_path):
     """One tokenleap LLM over the real SmolLM2-135M-Instruct GGUF (float32 on CPU), for the session."""
     from tokenleap import LLM
 
-    return LLM(model=str(smollm2_path), disable_log_stats=True, max_model_len=SMOLLM2_MAX_MODEL_LEN,
-               kv_cache_memory_bytes=256 << 20)
+    return LLM(
+        model=str(smollm2_path),
+        disable_log_stats=True,
+        max_model_len=SMOLLM2_MAX_MODEL_LEN,
+        kv_cache_memory_bytes=256 << 20,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +103,6 @@ def tiny_hf(tiny_checkpoint):
         return cache[str(folder)]
 
     return get
-
 
 
 def _cuda_available() -> bool:

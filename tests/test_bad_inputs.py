@@ -62,25 +62,67 @@ class NoWork:
 @pytest.mark.parametrize(
     "prompts, params, exc, message",
     [
-        ([ok(), ok(MAX_LEN)], GREEDY, ValueError, r"prompts\[1\] has 128 tokens; max_model_len=128 leaves no room"),
+        (
+            [ok(), ok(MAX_LEN)],
+            GREEDY,
+            ValueError,
+            r"prompts\[1\] has 128 tokens; max_model_len=128 leaves no room",
+        ),
         ([ok(), ok(), ok(MAX_LEN + 50)], GREEDY, ValueError, r"prompts\[2\] has 178 tokens"),
         ([ok(), ""], GREEDY, ValueError, r"prompts\[1\] is empty; a prompt needs at least one token"),
         ([{"prompt_token_ids": []}], GREEDY, ValueError, r"prompts\[0\] is empty"),
-        ([ok(), {"prompt_token_ids": [5, 320, -1, 7]}], GREEDY, ValueError,
-         r"prompts\[1\] has token id\(s\) \[320, -1\] outside the vocabulary \[0, 320\)"),
-        ([ok(), {"prompt_token_ids": [5, 1.5]}], GREEDY, TypeError, r"prompts\[1\]\.prompt_token_ids must be a list of ints"),
+        (
+            [ok(), {"prompt_token_ids": [5, 320, -1, 7]}],
+            GREEDY,
+            ValueError,
+            r"prompts\[1\] has token id\(s\) \[320, -1\] outside the vocabulary \[0, 320\)",
+        ),
+        (
+            [ok(), {"prompt_token_ids": [5, 1.5]}],
+            GREEDY,
+            TypeError,
+            r"prompts\[1\]\.prompt_token_ids must be a list of ints",
+        ),
         ([ok(), 42], GREEDY, TypeError, r"prompts\[1\]=42: expected a str"),
         ([ok(), {"text": "hi"}], GREEDY, TypeError, r"prompts\[1\]="),
         ([5, 6, 7], GREEDY, TypeError, r"flat list of ints; pass token ids as \{'prompt_token_ids'"),
-        ([ok(), ok()], [GREEDY], ValueError, r"sampling_params is a list of 1 but there are 2 prompts; give one or 2"),
+        (
+            [ok(), ok()],
+            [GREEDY],
+            ValueError,
+            r"sampling_params is a list of 1 but there are 2 prompts; give one or 2",
+        ),
         ([ok(), ok()], [GREEDY] * 3, ValueError, r"sampling_params is a list of 3 but there are 2 prompts"),
-        ([ok(), ok()], [GREEDY, {"temperature": 0}], TypeError, r"sampling_params\[1\] is a dict, not SamplingParams"),
+        (
+            [ok(), ok()],
+            [GREEDY, {"temperature": 0}],
+            TypeError,
+            r"sampling_params\[1\] is a dict, not SamplingParams",
+        ),
         ([ok()], SamplingParams(logprobs=21), ValueError, r"logprobs=21 exceeds max_logprobs=20"),
-        ([ok()], SamplingParams(stop_token_ids=[3, 400]), ValueError, r"stop_token_ids has id\(s\) \[400\] outside \[0, 320\)"),
+        (
+            [ok()],
+            SamplingParams(stop_token_ids=[3, 400]),
+            ValueError,
+            r"stop_token_ids has id\(s\) \[400\] outside \[0, 320\)",
+        ),
     ],
-    ids=["too-long", "too-long-index-2", "empty-text", "empty-ids", "ids-outside-vocab", "ids-not-ints",
-         "not-a-prompt", "dict-without-prompt", "flat-int-list", "params-too-few", "params-too-many",
-         "params-wrong-type", "logprobs-over-max", "stop-token-outside-vocab"],
+    ids=[
+        "too-long",
+        "too-long-index-2",
+        "empty-text",
+        "empty-ids",
+        "ids-outside-vocab",
+        "ids-not-ints",
+        "not-a-prompt",
+        "dict-without-prompt",
+        "flat-int-list",
+        "params-too-few",
+        "params-too-many",
+        "params-wrong-type",
+        "logprobs-over-max",
+        "stop-token-outside-vocab",
+    ],
 )
 def test_generate_rejects_before_any_work(llm, baseline, prompts, params, exc, message):
     no_work = NoWork(llm)
@@ -105,7 +147,10 @@ def test_priority_errors(llm, baseline, folder):
 
 def test_chat_rejects_malformed_messages(llm, baseline):
     no_work = NoWork(llm)
-    with pytest.raises(ValueError, match=r"messages\[1\] must be a non-empty list of \{'role': \.\.\., 'content': \.\.\.\} dicts"):
+    with pytest.raises(
+        ValueError,
+        match=r"messages\[1\] must be a non-empty list of \{'role': \.\.\., 'content': \.\.\.\} dicts",
+    ):
         llm.chat([[{"role": "user", "content": "hi"}], [{"role": "user"}]], GREEDY, use_tqdm=False)
     no_work.check(baseline)
 
@@ -155,10 +200,14 @@ def test_sampling_params_relations_and_assignment():
     "kwargs, suggested",
     [
         ({"num_speculative_tokens": 5}, {"method": "ngram", "num_speculative_tokens": 5}),
-        ({"speculative_model": "[ngram]", "num_speculative_tokens": 4, "ngram_prompt_lookup_max": 3},
-         {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}),
-        ({"speculative_model": "some/draft-model", "num_speculative_tokens": 3},
-         {"method": "draft_model", "model": "some/draft-model", "num_speculative_tokens": 3}),
+        (
+            {"speculative_model": "[ngram]", "num_speculative_tokens": 4, "ngram_prompt_lookup_max": 3},
+            {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3},
+        ),
+        (
+            {"speculative_model": "some/draft-model", "num_speculative_tokens": 3},
+            {"method": "draft_model", "model": "some/draft-model", "num_speculative_tokens": 3},
+        ),
         ({"speculative_sampling": True}, {"method": "ngram"}),
     ],
 )
@@ -175,7 +224,9 @@ def test_suggested_speculative_config_is_accepted_by_the_engine(folder):
     with pytest.raises(pydantic.ValidationError) as info:
         SamplingParams(speculative_model="[ngram]", num_speculative_tokens=4, ngram_prompt_lookup_max=3)
     cfg = eval(re.search(r"speculative_config=(\{.*\})\)", str(info.value)).group(1))  # a dict literal
-    spec_llm = LLM(model=str(folder), disable_log_stats=True, num_gpu_blocks_override=32, speculative_config=cfg)
+    spec_llm = LLM(
+        model=str(folder), disable_log_stats=True, num_gpu_blocks_override=32, speculative_config=cfg
+    )
     spec = spec_llm.engine.spec_cfg
     assert spec.common.method == "ngram" and spec.num_speculative_tokens == 4
     assert spec.method_config.prompt_lookup_max == 3
@@ -243,15 +294,20 @@ def test_pickled_checkpoints_are_refused_without_unpickling(folder, tmp_path, mo
         (pickled / f).write_bytes((folder / f).read_bytes())
     (pickled / "pytorch_model.bin").write_bytes(b"not really a pickle")
     for path in (pickled, pickled / "pytorch_model.bin"):
-        with pytest.raises(ValueError, match=r"holds only pickled PyTorch weights \(pytorch_model\.bin\)\. "
-                                             r"Loading a pickle can run arbitrary code, so tokenleap refuses it"):
+        with pytest.raises(
+            ValueError,
+            match=r"holds only pickled PyTorch weights \(pytorch_model\.bin\)\. "
+            r"Loading a pickle can run arbitrary code, so tokenleap refuses it",
+        ):
             LLM(model=str(path), disable_log_stats=True)
 
 
 def test_invalid_dtype_in_loader_lists_allowed(folder):
     from tokenleap.model.loader import load_checkpoint
 
-    with pytest.raises(ValueError, match=r"dtype='float64' is not supported; allowed values: \['auto', 'float32'"):
+    with pytest.raises(
+        ValueError, match=r"dtype='float64' is not supported; allowed values: \['auto', 'float32'"
+    ):
         load_checkpoint(folder, dtype="float64")
 
 
@@ -280,5 +336,7 @@ def test_error_during_generate_leaves_no_leftovers(llm, baseline, monkeypatch):
     monkeypatch.setattr(runner, "execute", real)
     assert [o.outputs[0].token_ids for o in llm.generate(GOOD, GREEDY, use_tqdm=False)] == baseline
     # and the aborted prompts now run to completion
-    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
+    outs = llm.generate(
+        prompts, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False
+    )
     assert all(len(o.outputs[0].token_ids) == 20 for o in outs)

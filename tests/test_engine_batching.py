@@ -26,9 +26,10 @@ GREEDY = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in 
 # every other prompt samples (seeded): the noise depends only on (seed, position), so it must survive
 # batching and preemption too
 MIXED = [
-    g if i % 2 == 0 else SamplingParams(temperature=0.8, top_p=0.9, top_k=50, seed=100 + i, max_tokens=m,
-                                        ignore_eos=True)
-    for i, (g, m) in enumerate(zip(GREEDY, MAX_TOKENS))
+    g
+    if i % 2 == 0
+    else SamplingParams(temperature=0.8, top_p=0.9, top_k=50, seed=100 + i, max_tokens=m, ignore_eos=True)
+    for i, (g, m) in enumerate(zip(GREEDY, MAX_TOKENS, strict=True))
 ]
 WITH_LOGPROBS = (4, 7, 14)  # a few requests also return logprobs: they must not change either
 for _i in WITH_LOGPROBS:
@@ -59,7 +60,9 @@ def reference(folder):
     llm = tiny_llm(folder, enable_prefix_caching=False)
 
     def alone_outputs(prompts, params):
-        return [llm.generate(p, sp, use_tqdm=False)[0].outputs[0] for p, sp in zip(prompts, params)]
+        return [
+            llm.generate(p, sp, use_tqdm=False)[0].outputs[0] for p, sp in zip(prompts, params, strict=True)
+        ]
 
     def alone(prompts, params):
         return [c.token_ids for c in alone_outputs(prompts, params)]
@@ -73,10 +76,12 @@ def assert_same_logprobs(outs, reference):
     for i in WITH_LOGPROBS:
         got, want = outs[i].outputs[0], reference["mixed_outputs"][i]
         assert len(got.logprobs) == len(want.logprobs) == len(got.token_ids)
-        for g, w in zip(got.logprobs, want.logprobs):
+        for g, w in zip(got.logprobs, want.logprobs, strict=True):
             assert set(g) == set(w)
             for t in g:
-                assert g[t].rank == w[t].rank and g[t].logprob == pytest.approx(w[t].logprob, abs=1e-4)  # float32 noise of batching
+                assert g[t].rank == w[t].rank and g[t].logprob == pytest.approx(
+                    w[t].logprob, abs=1e-4
+                )  # float32 noise of batching
         assert got.cumulative_logprob == pytest.approx(want.cumulative_logprob, abs=1e-3)
 
 
@@ -102,8 +107,11 @@ def test_continuous_batching(folder, reference):
         running += d
         peak = max(peak, running)
     assert peak == 4
-    joined_late = [j for j in range(16) if any(m[i].first_scheduled_time < m[j].first_scheduled_time <
-                                               m[i].finished_time for i in range(16))]
+    joined_late = [
+        j
+        for j in range(16)
+        if any(m[i].first_scheduled_time < m[j].first_scheduled_time < m[i].finished_time for i in range(16))
+    ]
     assert len(joined_late) >= 12
 
 
@@ -195,24 +203,38 @@ def test_priority_scheduling_order(folder, reference, policy):
     else:
         assert order == list(range(len(idx)))
     # max_num_seqs=1: one request at a time
-    for a, b in zip(order, order[1:]):
+    for a, b in zip(order, order[1:], strict=False):
         assert outs[a].metrics.finished_time <= outs[b].metrics.first_scheduled_time
 
 
 @pytest.mark.slow
 def test_smollm2_batched_chunked_preempted_equals_alone(smollm2_llm, smollm2_llm_factory):
     tok = smollm2_llm.get_tokenizer()
-    questions = ["Name a fruit.", "What is 2 + 2? Explain.", "Write one sentence about cats.",
-                 "Why do we sleep?", "Give me a synonym for 'happy'.", "What is the boiling point of water?"]
+    questions = [
+        "Name a fruit.",
+        "What is 2 + 2? Explain.",
+        "Write one sentence about cats.",
+        "Why do we sleep?",
+        "Give me a synonym for 'happy'.",
+        "What is the boiling point of water?",
+    ]
     prompts = []
     for q in questions:
-        ids = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True)
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True
+        )
         prompts.append({"prompt_token_ids": list(ids["input_ids"] if hasattr(ids, "keys") else ids)})
-    params = [SamplingParams(temperature=0, max_tokens=24, ignore_eos=True),
-              SamplingParams(temperature=0.7, top_p=0.95, seed=11, max_tokens=24, ignore_eos=True)] * 3
-    want = [smollm2_llm.generate(p, sp, use_tqdm=False)[0].outputs[0].token_ids for p, sp in zip(prompts, params)]
-    small = smollm2_llm_factory(num_gpu_blocks_override=14, max_model_len=200, max_num_batched_tokens=48,
-                                max_num_seqs=4)
+    params = [
+        SamplingParams(temperature=0, max_tokens=24, ignore_eos=True),
+        SamplingParams(temperature=0.7, top_p=0.95, seed=11, max_tokens=24, ignore_eos=True),
+    ] * 3
+    want = [
+        smollm2_llm.generate(p, sp, use_tqdm=False)[0].outputs[0].token_ids
+        for p, sp in zip(prompts, params, strict=True)
+    ]
+    small = smollm2_llm_factory(
+        num_gpu_blocks_override=14, max_model_len=200, max_num_batched_tokens=48, max_num_seqs=4
+    )
     outs = small.generate(prompts, params, use_tqdm=False)
     assert metric(small, "num_preemptions") > 0
     assert token_ids(outs) == want

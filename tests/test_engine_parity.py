@@ -37,21 +37,34 @@ TINY_TEXTS = [
 
 
 @torch.no_grad()
-def hf_greedy(model, prompts: list[list[int]], new_tokens: int = NEW_TOKENS, pad_id: int = 0) -> list[list[int]]:
+def hf_greedy(
+    model, prompts: list[list[int]], new_tokens: int = NEW_TOKENS, pad_id: int = 0
+) -> list[list[int]]:
     """transformers greedy decoding (``generate``, one left-padded batch) for exactly ``new_tokens``
     tokens per prompt (EOS ignored)."""
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     out = model.generate(
-        ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-        do_sample=False, eos_token_id=None, pad_token_id=pad_id, temperature=None, top_p=None, top_k=None,
+        ids,
+        attention_mask=mask,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=pad_id,
+        temperature=None,
+        top_p=None,
+        top_k=None,
     )
     return out[:, width:].tolist()
 
 
 def first_mismatch(a: list[int], b: list[int]) -> int | None:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+        None if len(a) == len(b) else min(len(a), len(b)),
+    )
 
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, ignore_eos=True)
@@ -78,7 +91,7 @@ def test_smollm2_chat_batch_greedy_equals_transformers(smollm2_llm, smollm2_hf, 
         ids = smollm2_hf_tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=True)
         want_prompts.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
     wants = hf_greedy(smollm2_hf, want_prompts, pad_id=smollm2_hf_tokenizer.pad_token_id or 0)
-    for conv, out, want_prompt, want in zip(conversations, outs, want_prompts, wants):
+    for conv, out, want_prompt, want in zip(conversations, outs, want_prompts, wants, strict=True):
         assert out.prompt_token_ids == want_prompt  # same chat template, same tokenizer
         got = out.outputs[0].token_ids
         assert got == want, f"{conv[0]['content']!r}: first difference at token {first_mismatch(got, want)}"
@@ -96,13 +109,22 @@ def test_smollm2_stops_at_eos_like_transformers(smollm2_llm, smollm2_hf):
     conv = [{"role": "user", "content": "Say just the word 'yes'."}]
     prompt = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True)
     prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
-    out = smollm2_llm.generate({"prompt_token_ids": prompt}, SamplingParams(temperature=0, max_tokens=48),
-                               use_tqdm=False)[0].outputs[0]
+    out = smollm2_llm.generate(
+        {"prompt_token_ids": prompt}, SamplingParams(temperature=0, max_tokens=48), use_tqdm=False
+    )[0].outputs[0]
     ids = torch.tensor([prompt])
     with torch.no_grad():
-        ref = smollm2_hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=48, do_sample=False,
-                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
-                                  temperature=None, top_p=None, top_k=None)[0, len(prompt):].tolist()
+        ref = smollm2_hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=48,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.eos_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )[0, len(prompt) :].tolist()
     assert out.token_ids == ref
     assert ref[-1] == tok.eos_token_id and len(ref) < 48  # the reference did stop at EOS
     assert out.finish_reason == "stop" and out.stop_reason is None
@@ -132,7 +154,7 @@ def test_tiny_batch_greedy_equals_transformers(variant, tiny_checkpoint, tiny_hf
     tok = llm.get_tokenizer()
     wants = hf_greedy(hf, [o.prompt_token_ids for o in outs])
     distinct = set()
-    for text, out, want in zip(TINY_TEXTS, outs, wants):
+    for text, out, want in zip(TINY_TEXTS, outs, wants, strict=True):
         assert out.prompt_token_ids == tok.encode(text)
         got = out.outputs[0].token_ids
         assert got == want, f"{variant} {text[:20]!r}: first difference at token {first_mismatch(got, want)}"

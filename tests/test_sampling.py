@@ -28,7 +28,9 @@ def chi2_critical(dof: int, z: float = 3.719) -> float:
 # ---- tokenleap.sample.logits against brute force -------------------------------------------------
 
 
-def brute_force_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float) -> np.ndarray:
+def brute_force_probs(
+    logits: np.ndarray, temperature: float, top_k: int, top_p: float, min_p: float
+) -> np.ndarray:
     """The documented order, one row, float64: temperature -> min_p -> top_k -> top_p -> renormalise."""
     if temperature == 0:
         out = np.zeros_like(logits, dtype=np.float64)
@@ -73,9 +75,20 @@ def row_params(rows, n_rows=None) -> RowParams:
     p = torch.tensor([r[2] for r in rows], dtype=torch.float32)
     m = torch.tensor([r[3] for r in rows], dtype=torch.float32)
     z = torch.zeros(len(rows), dtype=torch.int64)
-    return RowParams(temperature=t, top_k=k, top_p=p, min_p=m, seeds=z, streams=z, positions=z,
-                     any_top_k=bool((k > 0).any()), any_top_p=bool((p < 1).any()), any_min_p=bool((m > 0).any()),
-                     any_greedy=bool((t == 0).any()), all_greedy=bool((t == 0).all()))
+    return RowParams(
+        temperature=t,
+        top_k=k,
+        top_p=p,
+        min_p=m,
+        seeds=z,
+        streams=z,
+        positions=z,
+        any_top_k=bool((k > 0).any()),
+        any_top_p=bool((p < 1).any()),
+        any_min_p=bool((m > 0).any()),
+        any_greedy=bool((t == 0).any()),
+        all_greedy=bool((t == 0).all()),
+    )
 
 
 @pytest.mark.parametrize("trial", range(4))
@@ -98,15 +111,21 @@ def test_to_probs_single_row_kinds_alone():
     logits = torch.randn(1, 64, generator=gen) * 2
     for row in [(1.0, 7, 1.0, 0.0), (1.0, 0, 0.6, 0.0), (1.0, 0, 1.0, 0.2), (0.0, 0, 1.0, 0.0)]:
         got = to_probs(logits, row_params([row]))[0].double().numpy()
-        np.testing.assert_allclose(got, brute_force_probs(logits[0].numpy(), *row), atol=2e-6, err_msg=str(row))
+        np.testing.assert_allclose(
+            got, brute_force_probs(logits[0].numpy(), *row), atol=2e-6, err_msg=str(row)
+        )
 
 
 def test_apply_penalties_and_ban_match_brute_force():
     gen = torch.Generator().manual_seed(1)
     rows, vocab = 4, 30
     logits = torch.randn(rows, vocab, generator=gen) * 2
-    counts = torch.randint(0, 3, (rows, vocab), generator=gen).float() * (torch.rand(rows, vocab, generator=gen) < 0.3)
-    seen = (counts > 0) | (torch.rand(rows, vocab, generator=gen) < 0.2)  # prompt tokens are seen, not counted
+    counts = torch.randint(0, 3, (rows, vocab), generator=gen).float() * (
+        torch.rand(rows, vocab, generator=gen) < 0.3
+    )
+    seen = (counts > 0) | (
+        torch.rand(rows, vocab, generator=gen) < 0.2
+    )  # prompt tokens are seen, not counted
     rep = torch.tensor([1.0, 1.5, 0.8, 1.2])
     pres = torch.tensor([0.0, 0.5, -0.3, 1.0])
     freq = torch.tensor([0.0, 0.2, 0.4, -0.5])
@@ -159,15 +178,18 @@ def test_uniform_is_uniform_over_seeds_streams_positions(vary):
 
 def test_exponential_is_exp1_across_vocab_and_rows():
     rows, vocab = 50, 2000
-    e = noise.exponential(torch.arange(rows), torch.zeros(rows, dtype=torch.int64),
-                          torch.zeros(rows, dtype=torch.int64), vocab)
+    e = noise.exponential(
+        torch.arange(rows), torch.zeros(rows, dtype=torch.int64), torch.zeros(rows, dtype=torch.int64), vocab
+    )
     assert e.shape == (rows, vocab) and bool((e > 0).all())
     n = e.numel()
     assert float(e.mean()) == pytest.approx(1.0, abs=5 / math.sqrt(n))
     assert float(e.var()) == pytest.approx(1.0, abs=0.05)
     assert chi2_uniform(1 - torch.exp(-e.double()).flatten(), 100) < chi2_critical(99)
     # the token noise is independent of the acceptance uniform at the same (seed, stream, position)
-    u = noise.uniform(torch.arange(rows), torch.zeros(rows, dtype=torch.int64), torch.zeros(rows, dtype=torch.int64))
+    u = noise.uniform(
+        torch.arange(rows), torch.zeros(rows, dtype=torch.int64), torch.zeros(rows, dtype=torch.int64)
+    )
     assert not torch.allclose(torch.exp(-e[:, 0]), 1 - u)
 
 
@@ -233,15 +255,23 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(llm, folder):
         SamplingParams(temperature=1.0, seed=7, max_tokens=10, ignore_eos=True, logprobs=3),
         SamplingParams(temperature=0.8, top_p=0.9, top_k=50, seed=99, max_tokens=40, ignore_eos=True, n=2),
         SamplingParams(temperature=1.2, min_p=0.05, max_tokens=20, ignore_eos=True, repetition_penalty=1.3),
-        SamplingParams(temperature=0.5, presence_penalty=0.5, frequency_penalty=0.3, max_tokens=5, ignore_eos=True),
+        SamplingParams(
+            temperature=0.5, presence_penalty=0.5, frequency_penalty=0.3, max_tokens=5, ignore_eos=True
+        ),
     ]
     prompts = [P[1], P[2], P[0], P[3], P[4], P[5]]
     params = others[:2] + [SEEDED] + others[2:]
     outs = llm.generate(prompts, params, use_tqdm=False)
     assert outs[2].outputs[0].token_ids == alone
     # another engine: one request at a time, tiny token budget (chunked prefill), different seed
-    other = LLM(model=str(folder), disable_log_stats=True, num_gpu_blocks_override=256, seed=77,
-                max_num_seqs=2, max_num_batched_tokens=16)
+    other = LLM(
+        model=str(folder),
+        disable_log_stats=True,
+        num_gpu_blocks_override=256,
+        seed=77,
+        max_num_seqs=2,
+        max_num_batched_tokens=16,
+    )
     outs2 = other.generate(prompts, params, use_tqdm=False)
     assert outs2[2].outputs[0].token_ids == alone
     # every seeded request is batch-independent, not only the one under test
@@ -277,7 +307,7 @@ def test_unseeded_sampling_follows_the_llm_seed(folder):
 def ascii_stop_string(text: str, min_at: int = 4) -> tuple[str, int]:
     """A 2-char printable stop string whose first occurrence in text is at index >= min_at."""
     for at in range(min_at, len(text) - 1):
-        s = text[at:at + 2]
+        s = text[at : at + 2]
         if all(c.isascii() and c.isalnum() for c in s) and text.find(s) == at:
             return s, at
     raise AssertionError(f"no usable stop string in {text!r}")
@@ -290,9 +320,9 @@ def test_stop_strings(llm):
     out = gen1(llm, P[3], base.model_copy(update={"stop": ["\x00never", stop]}))
     assert out.text == ref.text[:at]
     assert out.finish_reason == "stop" and out.stop_reason == stop
-    assert ref.token_ids[:len(out.token_ids)] == out.token_ids and len(out.token_ids) < len(ref.token_ids)
+    assert ref.token_ids[: len(out.token_ids)] == out.token_ids and len(out.token_ids) < len(ref.token_ids)
     incl = gen1(llm, P[3], base.model_copy(update={"stop": stop, "include_stop_str_in_output": True}))
-    assert incl.text == ref.text[:at + len(stop)] and incl.token_ids == out.token_ids
+    assert incl.text == ref.text[: at + len(stop)] and incl.token_ids == out.token_ids
     assert incl.finish_reason == "stop" and incl.stop_reason == stop
 
 
@@ -301,11 +331,13 @@ def test_stop_token_ids(llm):
     ref = gen1(llm, P[4], base).token_ids
     k = next(i for i in range(5, len(ref)) if ref[i] not in ref[:i])
     out = gen1(llm, P[4], base.model_copy(update={"stop_token_ids": [ref[k]]}))
-    assert out.token_ids == ref[:k + 1]  # the stop token is the last token id
+    assert out.token_ids == ref[: k + 1]  # the stop token is the last token id
     assert out.finish_reason == "stop" and out.stop_reason == ref[k]
     text_before = gen1(llm, P[4], base.model_copy(update={"max_tokens": k})).text
     assert out.text == text_before  # the stop token's text is not in the output
-    incl = gen1(llm, P[4], base.model_copy(update={"stop_token_ids": [ref[k]], "include_stop_str_in_output": True}))
+    incl = gen1(
+        llm, P[4], base.model_copy(update={"stop_token_ids": [ref[k]], "include_stop_str_in_output": True})
+    )
     assert incl.token_ids == out.token_ids and incl.text.startswith(out.text)
 
 
@@ -317,9 +349,16 @@ def test_min_tokens_with_stop_token_equals_transformers(llm, hf, min_tokens):
     out = gen1(llm, P[4], base.model_copy(update={"stop_token_ids": [stop_id], "min_tokens": min_tokens}))
     ids = torch.tensor([P[4]["prompt_token_ids"]])
     with torch.no_grad():
-        want = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, min_new_tokens=min_tokens,
-                           do_sample=False, eos_token_id=stop_id, pad_token_id=0)[0, ids.shape[1]:].tolist()
-    want = want[:want.index(stop_id) + 1] if stop_id in want else want
+        want = hf.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=40,
+            min_new_tokens=min_tokens,
+            do_sample=False,
+            eos_token_id=stop_id,
+            pad_token_id=0,
+        )[0, ids.shape[1] :].tolist()
+    want = want[: want.index(stop_id) + 1] if stop_id in want else want
     assert out.token_ids == want
     assert stop_id not in out.token_ids[:min_tokens]
     assert len(out.token_ids) > min_tokens
@@ -343,8 +382,15 @@ def eos_prone(tmp_path_factory, hf):
     for p in EOS_PROMPTS:
         ids = torch.tensor([p["prompt_token_ids"]])
         with torch.no_grad():
-            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, min_new_tokens=10,
-                              do_sample=False, eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
+            out = hf.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=10,
+                min_new_tokens=10,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )[0, ids.shape[1] :].tolist()
         for t in set(out):
             early[t] = early.get(t, 0) + 1
     frequent = max(early, key=lambda t: (early[t], -t))
@@ -362,16 +408,23 @@ def test_eos_and_min_tokens_equal_transformers(eos_prone):
     llm, model = eos_prone
     lengths = {}
     for min_tokens in (0, 12):
-        outs = llm.generate(EOS_PROMPTS, SamplingParams(temperature=0, max_tokens=32, min_tokens=min_tokens),
-                            use_tqdm=False)
-        for p, o in zip(EOS_PROMPTS, outs):
+        outs = llm.generate(
+            EOS_PROMPTS, SamplingParams(temperature=0, max_tokens=32, min_tokens=min_tokens), use_tqdm=False
+        )
+        for p, o in zip(EOS_PROMPTS, outs, strict=True):
             ids = torch.tensor([p["prompt_token_ids"]])
             with torch.no_grad():
-                want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
-                                      min_new_tokens=min_tokens, do_sample=False, eos_token_id=EOS_ID,
-                                      pad_token_id=0)[0, ids.shape[1]:].tolist()
+                want = model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=32,
+                    min_new_tokens=min_tokens,
+                    do_sample=False,
+                    eos_token_id=EOS_ID,
+                    pad_token_id=0,
+                )[0, ids.shape[1] :].tolist()
             if EOS_ID in want:
-                want = want[:want.index(EOS_ID) + 1]
+                want = want[: want.index(EOS_ID) + 1]
             c = o.outputs[0]
             assert c.token_ids == want, (min_tokens, p)
             assert EOS_ID not in c.token_ids[:min_tokens]
@@ -384,8 +437,9 @@ def test_eos_and_min_tokens_equal_transformers(eos_prone):
     assert sum(n < 12 for n in lengths[0]) >= 2, lengths
     assert all(n > 12 for n in lengths[12]), lengths
     # ignore_eos: the same engine runs to max_tokens
-    long = llm.generate(EOS_PROMPTS[0], SamplingParams(temperature=0, max_tokens=32, ignore_eos=True),
-                        use_tqdm=False)[0].outputs[0]
+    long = llm.generate(
+        EOS_PROMPTS[0], SamplingParams(temperature=0, max_tokens=32, ignore_eos=True), use_tqdm=False
+    )[0].outputs[0]
     assert len(long.token_ids) == 32 and long.finish_reason == "length" and long.stop_reason is None
 
 
@@ -397,7 +451,10 @@ def test_max_tokens_gives_length(llm, folder):
     short = LLM(model=str(folder), disable_log_stats=True, num_gpu_blocks_override=32, max_model_len=40)
     out = gen1(short, P[1], SamplingParams(temperature=0, max_tokens=None, ignore_eos=True))
     assert len(P[1]["prompt_token_ids"]) + len(out.token_ids) == 40 and out.finish_reason == "length"
-    assert out.token_ids == gen1(llm, P[1], SamplingParams(temperature=0, max_tokens=17, ignore_eos=True)).token_ids
+    assert (
+        out.token_ids
+        == gen1(llm, P[1], SamplingParams(temperature=0, max_tokens=17, ignore_eos=True)).token_ids
+    )
 
 
 @torch.no_grad()
@@ -409,14 +466,15 @@ def hf_logprobs(hf, prompt: list[int], output: list[int]) -> torch.Tensor:
 
 
 def test_logprobs_greedy_match_transformers(llm, hf):
-    outs = llm.generate(P[:3], SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=5),
-                        use_tqdm=False)
-    for p, o in zip(P, outs):
+    outs = llm.generate(
+        P[:3], SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=5), use_tqdm=False
+    )
+    for p, o in zip(P[:3], outs, strict=True):
         c = o.outputs[0]
         ref = hf_logprobs(hf, p["prompt_token_ids"], c.token_ids)
         assert len(c.logprobs) == len(c.token_ids) == 10
         total = 0.0
-        for j, (tok, step) in enumerate(zip(c.token_ids, c.logprobs)):
+        for j, (tok, step) in enumerate(zip(c.token_ids, c.logprobs, strict=True)):
             assert tok in step and step[tok].rank == 1  # greedy picks the most likely token
             top_vals, top_ids = ref[j].topk(5)
             assert set(step) == set(top_ids.tolist())
@@ -432,7 +490,7 @@ def test_logprobs_sampled_include_chosen_token(llm, hf):
     c = gen1(llm, P[5], sp)
     ref = hf_logprobs(hf, P[5]["prompt_token_ids"], c.token_ids)
     outside_top1 = 0
-    for j, (tok, step) in enumerate(zip(c.token_ids, c.logprobs)):
+    for j, (tok, step) in enumerate(zip(c.token_ids, c.logprobs, strict=True)):
         assert tok in step
         rank = int((ref[j] > ref[j, tok]).sum()) + 1
         assert step[tok].rank == rank
@@ -442,11 +500,12 @@ def test_logprobs_sampled_include_chosen_token(llm, hf):
         assert len(step) == (1 if tok == top1 else 2)
         outside_top1 += tok != top1
     assert outside_top1 > 0  # at temperature 1.5 some sampled tokens are not the top one
-    assert c.cumulative_logprob == pytest.approx(sum(s[t].logprob for t, s in zip(c.token_ids, c.logprobs)),
-                                                 abs=1e-5)
+    assert c.cumulative_logprob == pytest.approx(
+        sum(s[t].logprob for t, s in zip(c.token_ids, c.logprobs, strict=True)), abs=1e-5
+    )
     only = gen1(llm, P[5], sp.model_copy(update={"logprobs": 0}))
     assert only.token_ids == c.token_ids
-    assert all(list(s) == [t] for t, s in zip(only.token_ids, only.logprobs))
+    assert all(list(s) == [t] for t, s in zip(only.token_ids, only.logprobs, strict=True))
     assert gen1(llm, P[5], sp.model_copy(update={"logprobs": None})).logprobs is None
 
 
@@ -458,8 +517,14 @@ PENALTIES = {
 }
 
 
-def penalised_argmax(logits: np.ndarray, prompt: list[int], output: list[int], repetition_penalty=1.0,
-                     presence_penalty=0.0, frequency_penalty=0.0) -> int:
+def penalised_argmax(
+    logits: np.ndarray,
+    prompt: list[int],
+    output: list[int],
+    repetition_penalty=1.0,
+    presence_penalty=0.0,
+    frequency_penalty=0.0,
+) -> int:
     x = logits.astype(np.float64).copy()
     for t in set(prompt) | set(output):  # repetition: every token seen in the prompt or the output
         x[t] = x[t] / repetition_penalty if x[t] > 0 else x[t] * repetition_penalty
@@ -485,9 +550,16 @@ def test_penalties_match_transformers_logits(llm, hf, kind):
     if kind == "repetition":  # transformers' own RepetitionPenaltyLogitsProcessor (prompt + output)
         ids = torch.tensor([prompt])
         with torch.no_grad():
-            hf_out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                                 do_sample=False, repetition_penalty=pen["repetition_penalty"], eos_token_id=None,
-                                 pad_token_id=0)[0, len(prompt):].tolist()
+            hf_out = hf.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                repetition_penalty=pen["repetition_penalty"],
+                eos_token_id=None,
+                pad_token_id=0,
+            )[0, len(prompt) :].tolist()
         assert got == hf_out
 
 
@@ -503,7 +575,9 @@ def test_smollm2_stop_string_across_token_boundary(smollm2_llm):
     assert ref.text == tok.decode(ref.token_ids, skip_special_tokens=True)
     # token boundaries in the text; pick one (after token 5) where a 4-char window straddling it first
     # occurs there and neither side of it is a space-only piece
-    ends = [len(tok.decode(ref.token_ids[: j + 1], skip_special_tokens=True)) for j in range(len(ref.token_ids))]
+    ends = [
+        len(tok.decode(ref.token_ids[: j + 1], skip_special_tokens=True)) for j in range(len(ref.token_ids))
+    ]
     stop = at = None
     for j in range(5, len(ends) - 2):
         b = ends[j]
@@ -515,6 +589,7 @@ def test_smollm2_stop_string_across_token_boundary(smollm2_llm):
     out = smollm2_llm.generate(prompt, base.model_copy(update={"stop": [stop]}), use_tqdm=False)[0].outputs[0]
     assert out.text == ref.text[:at] and out.finish_reason == "stop" and out.stop_reason == stop
     assert out.token_ids == ref.token_ids[: j + 2]  # generation ended with the token that completed it
-    incl = smollm2_llm.generate(prompt, base.model_copy(update={"stop": stop, "include_stop_str_in_output": True}),
-                                use_tqdm=False)[0].outputs[0]
+    incl = smollm2_llm.generate(
+        prompt, base.model_copy(update={"stop": stop, "include_stop_str_in_output": True}), use_tqdm=False
+    )[0].outputs[0]
     assert incl.text == ref.text[: at + len(stop)] and incl.token_ids == out.token_ids
