@@ -127,10 +127,16 @@ def test_chunked_prefill(folder, reference, budget):
     assert all(o.metrics.num_generation_steps == len(o.outputs[0].token_ids) for o in outs)
 
 
-@pytest.mark.parametrize("prefix_caching", [False, True])
-def test_preemption_by_recompute(folder, reference, prefix_caching):
-    # 24 blocks of 16 tokens: the longest request alone needs 12 (160 + 24 tokens), all 16 need ~70
-    llm = tiny_llm(folder, num_gpu_blocks_override=24, enable_prefix_caching=prefix_caching)
+@pytest.mark.parametrize("prefix_caching, budget", [(False, None), (True, None), (True, 32)])
+def test_preemption_by_recompute(folder, reference, prefix_caching, budget):
+    # 24 blocks of 16 tokens: the longest request alone needs 12 (160 + 24 tokens), all 16 need ~70;
+    # with a 32-token budget, requests are also preempted in the middle of a chunked prefill
+    llm = tiny_llm(
+        folder,
+        num_gpu_blocks_override=24,
+        enable_prefix_caching=prefix_caching,
+        max_num_batched_tokens=budget,
+    )
     outs = llm.generate(PROMPTS, MIXED, use_tqdm=False)
     assert metric(llm, "num_preemptions") > 0
     assert sum(o.metrics.num_preemptions for o in outs) == metric(llm, "num_preemptions")
@@ -166,14 +172,21 @@ def test_prefix_caching_reuses_blocks_and_keeps_tokens(folder, reference):
     want = reference["alone"](prompts, params)
 
     results = {}
-    for caching in (False, True):
-        llm = tiny_llm(folder, enable_prefix_caching=caching)
+    for name, kwargs in {
+        "off": {"enable_prefix_caching": False},
+        "on": {},
+        "on-chunked": {"max_num_batched_tokens": 20},
+    }.items():
+        llm = tiny_llm(folder, **kwargs)
         first = llm.generate(prompts[0], params[0], use_tqdm=False)  # fills the cache
         rest = llm.generate(prompts[1:], params[1:], use_tqdm=False)
-        results[caching] = (first + rest, metric(llm, "prefix_cache_hits"))
+        results[name] = (first + rest, metric(llm, "prefix_cache_hits"))
 
-    off, hits_off = results[False]
-    on, hits_on = results[True]
+    off, hits_off = results["off"]
+    on, hits_on = results["on"]
+    # a cached prefix followed by a chunked prefill of the rest: the same tokens and the same hits
+    assert token_ids(results["on-chunked"][0]) == want
+    assert [o.num_cached_tokens for o in results["on-chunked"][0]] == [o.num_cached_tokens for o in on]
     assert token_ids(off) == want
     assert token_ids(on) == want
     assert hits_off == 0 and all(o.num_cached_tokens == 0 for o in off)
