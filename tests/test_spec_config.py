@@ -11,11 +11,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from tokenleap_plugins import ProposerConfigError, UnknownMethodError
-
 from tokenleap import LLM, SamplingParams
 from tokenleap.engine import engine as engine_mod
 from tokenleap.engine import setup
+from tokenleap_plugins import ProposerConfigError, UnknownMethodError
 
 
 class LoadedWeights(AssertionError):
@@ -37,43 +36,83 @@ def tiny(tiny_checkpoint):
 
 
 def make(model: str, spec: dict | None, **kwargs):
-    return LLM(model, speculative_config=spec, disable_log_stats=True, kv_cache_memory_bytes=4 << 20, **kwargs)
+    return LLM(
+        model, speculative_config=spec, disable_log_stats=True, kv_cache_memory_bytes=4 << 20, **kwargs
+    )
 
 
 BAD = [
     # unknown keys are named, with the allowed ones
-    ({"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_maxx": 3}, ProposerConfigError,
-     r"speculative_config: unknown key\(s\) \['prompt_lookup_maxx'\] for method 'ngram'; allowed keys: \[.*"
-     r"'num_speculative_tokens'.*'prompt_lookup_max', 'prompt_lookup_min'\]"),
-    ({"method": "ngram", "num_speculative_token": 3, "lookahead": 2}, ProposerConfigError,
-     r"unknown key\(s\) \['lookahead', 'num_speculative_token'\] for method 'ngram'"),
-    ({"method": "suffix", "suffix_decoding_max_depth": 8}, ProposerConfigError,
-     r"unknown key\(s\) \['suffix_decoding_max_depth'\] for method 'suffix'; allowed keys: \[.*"
-     r"'suffix_decoding_max_tree_depth'"),
+    (
+        {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_maxx": 3},
+        ProposerConfigError,
+        r"speculative_config: unknown key\(s\) \['prompt_lookup_maxx'\] for method 'ngram'; "
+        r"allowed keys: \[.*"
+        r"'num_speculative_tokens'.*'prompt_lookup_max', 'prompt_lookup_min'\]",
+    ),
+    (
+        {"method": "ngram", "num_speculative_token": 3, "lookahead": 2},
+        ProposerConfigError,
+        r"unknown key\(s\) \['lookahead', 'num_speculative_token'\] for method 'ngram'",
+    ),
+    (
+        {"method": "suffix", "suffix_decoding_max_depth": 8},
+        ProposerConfigError,
+        r"unknown key\(s\) \['suffix_decoding_max_depth'\] for method 'suffix'; allowed keys: \[.*"
+        r"'suffix_decoding_max_tree_depth'",
+    ),
     # values out of range
-    ({"method": "ngram", "num_speculative_tokens": 0}, ValueError,
-     r"speculative_config\.num_speculative_tokens=0: Input should be greater than or equal to 1"),
-    ({"method": "ngram", "num_speculative_tokens": 100}, ValueError,
-     r"speculative_config\.num_speculative_tokens=100: Input should be less than or equal to 32"),
-    ({"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 4, "prompt_lookup_max": 2},
-     ProposerConfigError, r"speculative_config\.prompt_lookup_max=2: Value error, prompt_lookup_max=2 must be >= "
-                          r"prompt_lookup_min=4"),
-    ({"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 0}, ProposerConfigError,
-     r"speculative_config\.prompt_lookup_min=0: Input should be greater than or equal to 1"),
-    ({"method": "suffix", "suffix_decoding_min_token_prob": 1.5}, ProposerConfigError,
-     r"speculative_config\.suffix_decoding_min_token_prob=1\.5: Input should be less than or equal to 1"),
+    (
+        {"method": "ngram", "num_speculative_tokens": 0},
+        ValueError,
+        r"speculative_config\.num_speculative_tokens=0: Input should be greater than or equal to 1",
+    ),
+    (
+        {"method": "ngram", "num_speculative_tokens": 100},
+        ValueError,
+        r"speculative_config\.num_speculative_tokens=100: Input should be less than or equal to 32",
+    ),
+    (
+        {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 4, "prompt_lookup_max": 2},
+        ProposerConfigError,
+        r"speculative_config\.prompt_lookup_max=2: Value error, prompt_lookup_max=2 must be >= "
+        r"prompt_lookup_min=4",
+    ),
+    (
+        {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 0},
+        ProposerConfigError,
+        r"speculative_config\.prompt_lookup_min=0: Input should be greater than or equal to 1",
+    ),
+    (
+        {"method": "suffix", "suffix_decoding_min_token_prob": 1.5},
+        ProposerConfigError,
+        r"speculative_config\.suffix_decoding_min_token_prob=1\.5: Input should be less than or equal to 1",
+    ),
     # a required key, and a missing method
-    ({"method": "ngram"}, ValueError,
-     r"speculative_config\.num_speculative_tokens is required for method 'ngram' \(an int from 1 to 32\)"),
-    ({"num_speculative_tokens": 3}, ValueError,
-     r"speculative_config=\{'num_speculative_tokens': 3\} has no 'method'; e\.g\. \{'method': 'ngram'"),
+    (
+        {"method": "ngram"},
+        ValueError,
+        r"speculative_config\.num_speculative_tokens is required for method 'ngram' \(an int from 1 to 32\)",
+    ),
+    (
+        {"num_speculative_tokens": 3},
+        ValueError,
+        r"speculative_config=\{'num_speculative_tokens': 3\} has no 'method'; e\.g\. \{'method': 'ngram'",
+    ),
     ({"method": ""}, ValueError, r"speculative_config\.method='': String should have at least 1 character"),
     # unknown methods list what is installed
-    ({"method": "medusa", "num_speculative_tokens": 3}, UnknownMethodError,
-     r"speculative_config\.method='medusa' is not an installed speculative method; installed: \[.*'ngram'.*"
-     r"'suffix'.*\]\. Methods this project ships: \['draft_model', 'eagle', 'eagle3', 'ngram', 'suffix'\]"),
-    ({"method": "ngram", "num_speculative_tokens": 3, "parallel_drafting": True}, ValueError,
-     r"parallel_drafting=True needs a model-based method, not method='ngram'"),
+    (
+        {"method": "medusa", "num_speculative_tokens": 3},
+        UnknownMethodError,
+        r"speculative_config\.method='medusa' is not an installed speculative method; "
+        r"installed: \[.*'ngram'.*"
+        r"'suffix'.*\]\. Methods this project ships: \['draft_model', 'eagle', 'eagle3', 'ngram', 'suffix'\]",
+    ),
+    (
+        {"method": "ngram", "num_speculative_tokens": 3, "parallel_drafting": True},
+        ValueError,
+        r"parallel_drafting=True needs a model-based method, not method='ngram'",
+    ),
 ]
 
 
@@ -90,8 +129,15 @@ def test_eagle_not_installed_suggests_the_package(no_loading, tiny, monkeypatch)
     if "eagle" in installed:  # hide it, as on a machine without tokenleap-eagle
         from tokenleap_plugins import ProposerManager
 
-        monkeypatch.setattr(ProposerManager, "_entry_points", lambda self: [
-            ep for ep in metadata.entry_points(group="tokenleap.proposers") if ep.name not in ("eagle", "eagle3")])
+        monkeypatch.setattr(
+            ProposerManager,
+            "_entry_points",
+            lambda self: [
+                ep
+                for ep in metadata.entry_points(group="tokenleap.proposers")
+                if ep.name not in ("eagle", "eagle3")
+            ],
+        )
     with pytest.raises(UnknownMethodError) as info:
         make(tiny, {"method": "eagle", "num_speculative_tokens": 3})
     message = str(info.value)
@@ -118,14 +164,19 @@ def test_valid_config_loads(tiny):
     assert suffix.engine.num_speculative_tokens == 24
 
 
-# -- speculative keys on SamplingParams ------------------------------------------------------------------------
+# -- speculative keys on SamplingParams ------------------------------------------------------------
 @pytest.mark.parametrize(
     ("keys", "equivalent"),
     [
-        ({"speculative_model": "[ngram]", "num_speculative_tokens": 5, "ngram_prompt_lookup_max": 4},
-         "{'method': 'ngram', 'num_speculative_tokens': 5, 'prompt_lookup_max': 4}"),
-        ({"speculative_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "num_speculative_tokens": 3},
-         "{'method': 'draft_model', 'model': 'HuggingFaceTB/SmolLM2-135M-Instruct', 'num_speculative_tokens': 3}"),
+        (
+            {"speculative_model": "[ngram]", "num_speculative_tokens": 5, "ngram_prompt_lookup_max": 4},
+            "{'method': 'ngram', 'num_speculative_tokens': 5, 'prompt_lookup_max': 4}",
+        ),
+        (
+            {"speculative_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "num_speculative_tokens": 3},
+            "{'method': 'draft_model', 'model': 'HuggingFaceTB/SmolLM2-135M-Instruct', "
+            "'num_speculative_tokens': 3}",
+        ),
         ({"speculative_sampling": True}, "{'method': 'ngram'}"),
         ({"speculative_ratio": 0.5}, "{'method': 'ngram'}"),
     ],

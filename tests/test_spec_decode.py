@@ -13,10 +13,9 @@ from __future__ import annotations
 import random
 
 import pytest
-from helpers.spec_prompts import all_prompts, chat_prompts, chat_token_ids, code_prompts, summary_prompts
-from tokenleap_plugins import Drafts, ProposerBase, ProposerManager, ProposerSpec, hookimpl
-
+from helpers.spec_prompts import all_prompts, chat_token_ids, code_prompts, summary_prompts
 from tokenleap import SamplingParams
+from tokenleap_plugins import Drafts, ProposerBase, ProposerManager, ProposerSpec, hookimpl
 
 pytestmark = pytest.mark.slow
 
@@ -86,21 +85,29 @@ def spec_metrics(llm) -> dict:
 
 def assert_same_outputs(got, want, what: str) -> None:
     assert len(got) == len(want)
-    for i, (g, w) in enumerate(zip(got, want)):
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
         g, w = g.outputs[0], w.outputs[0]
+        pairs = zip(g.token_ids, w.token_ids, strict=False)
+        first = next((j for j, (a, b) in enumerate(pairs) if a != b), None)
         assert g.token_ids == w.token_ids, (
-            f"{what}: prompt {i}: token ids differ at index "
-            f"{next((j for j, (a, b) in enumerate(zip(g.token_ids, w.token_ids)) if a != b), min(len(g.token_ids), len(w.token_ids)))}"
-            f"\n speculative: {g.text!r}\n plain:       {w.text!r}")
-        assert (g.text, g.finish_reason, g.stop_reason) == (w.text, w.finish_reason, w.stop_reason), f"{what}: {i}"
+            f"{what}: prompt {i}: token ids differ at index {first}"
+            f"\n speculative: {g.text!r}\n plain:       {w.text!r}"
+        )
+        assert (g.text, g.finish_reason, g.stop_reason) == (w.text, w.finish_reason, w.stop_reason), (
+            f"{what}: {i}"
+        )
 
 
 def assert_metrics_consistent(metrics: dict, outputs) -> None:
     """Global invariants, and the global counters are the sums of the per-request ones."""
-    drafts, tokens, accepted = metrics["num_drafts"], metrics["num_draft_tokens"], metrics["num_accepted_tokens"]
+    drafts, tokens, accepted = (
+        metrics["num_drafts"],
+        metrics["num_draft_tokens"],
+        metrics["num_accepted_tokens"],
+    )
     per_pos = metrics["num_accepted_tokens_per_pos"] or []
     assert 0 <= accepted <= tokens and drafts <= tokens
-    assert all(a >= b for a, b in zip(per_pos, per_pos[1:])), per_pos
+    assert all(a >= b for a, b in zip(per_pos, per_pos[1:], strict=False)), per_pos
     assert sum(per_pos) == accepted
     assert not per_pos or per_pos[0] <= drafts
     stats = [o.metrics.spec_decode for o in outputs]
@@ -113,7 +120,7 @@ def assert_metrics_consistent(metrics: dict, outputs) -> None:
         assert sum(s.num_accepted_tokens_per_pos) == s.num_accepted_tokens
 
 
-# -- 1. greedy equality, batch 1 and 8, k in {1, 3, 5} ---------------------------------------------------------
+# -- 1. greedy equality, batch 1 and 8, k in {1, 3, 5} ---------------------------------------------
 @pytest.mark.parametrize("batch", [1, 8])
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_greedy_ngram_equals_plain(runs, batch, k):
@@ -141,14 +148,19 @@ def test_plain_runs_reach_max_tokens_mostly(runs):
     assert sum(o.outputs[0].finish_reason == "length" for o in plain) >= 10
 
 
-# -- 2. batches mixing drafted, undrafted and prefilling requests ----------------------------------------------
+# -- 2. batches mixing drafted, undrafted and prefilling requests ----------------------------------
 def test_mixed_batches_with_chunked_prefill(engines, prompts):
     """max_num_batched_tokens=40: prompts (~60-180 tokens) prefill in chunks over several steps while earlier
     requests decode, some with drafts (code) and some without (chat)."""
     mixed = [prompts[i] for i in (0, 15, 8, 16, 1, 17, 9, 18, 2, 19, 10, 3)]
     outs = {}
     for k in (0, 3):
-        llm = engines(f"chunked-k{k}", max_num_seqs=8, max_num_batched_tokens=40, speculative_config=ngram(k) if k else None)
+        llm = engines(
+            f"chunked-k{k}",
+            max_num_seqs=8,
+            max_num_batched_tokens=40,
+            speculative_config=ngram(k) if k else None,
+        )
         steps = []
         execute = llm.engine.runner.execute
 
@@ -160,10 +172,13 @@ def test_mixed_batches_with_chunked_prefill(engines, prompts):
         outs[k] = llm.generate(mixed, GREEDY, use_tqdm=False)
         if k:
             metrics = spec_metrics(llm)
-            mixed_steps = [s for s in steps
-                           if any(spec > 0 for _, spec, _ in s)  # verifying drafts
-                           and any(new == 1 and spec == 0 and smp for new, spec, smp in s)  # plain decode
-                           and any(not smp for _, _, smp in s)]  # a prefill chunk that does not sample yet
+            mixed_steps = [
+                s
+                for s in steps
+                if any(spec > 0 for _, spec, _ in s)  # verifying drafts
+                and any(new == 1 and spec == 0 and smp for new, spec, smp in s)  # plain decode
+                and any(not smp for _, _, smp in s)
+            ]  # a prefill chunk that does not sample yet
             assert mixed_steps, "no step mixed drafted, undrafted and prefilling requests"
             assert metrics["num_accepted_tokens"] > 0
             assert_metrics_consistent(metrics, outs[k])
@@ -171,10 +186,10 @@ def test_mixed_batches_with_chunked_prefill(engines, prompts):
     assert_same_outputs(outs[3], outs[0], "chunked prefill, max_num_batched_tokens=40")
 
 
-# -- 3. stop conditions inside an accepted run -----------------------------------------------------------------
+# -- 3. stop conditions inside an accepted run -----------------------------------------------------
 def test_stop_conditions_inside_accepted_runs(engines, prompts, runs):
-    """For code prompts, find verification steps that accepted >= 2 drafts; put max_tokens, a stop string and a
-    stop token id inside such a run; outputs equal the plain ones (text, token ids, finish/stop reason)."""
+    """For code prompts, find verification steps that accepted >= 2 drafts; put max_tokens, a stop string and
+    a stop token id inside such a run; outputs equal the plain ones (text, token ids, finish/stop reason)."""
     llm = engines("b8-k5")
     plain_llm = engines("b8-k0")
     tok = llm.get_tokenizer()
@@ -197,22 +212,43 @@ def test_stop_conditions_inside_accepted_runs(engines, prompts, runs):
         for v in record[out.request_id]:
             if v.num_accepted_tokens >= 2 and done + v.num_accepted_tokens < len(ids):
                 inside = done + 1  # the second token of the run: an accepted draft, not the bonus
-                cases.append(({"prompt_token_ids": out.prompt_token_ids},
-                              SamplingParams(temperature=0, max_tokens=inside + 1)))
+                cases.append(
+                    (
+                        {"prompt_token_ids": out.prompt_token_ids},
+                        SamplingParams(temperature=0, max_tokens=inside + 1),
+                    )
+                )
                 for j in range(inside, done + v.num_accepted_tokens):
                     piece = tok.decode(ids[j : j + 1]).strip()
                     if len(piece) >= 2 and piece not in tok.decode(ids[:j]):
                         for incl in (False, True):
-                            cases.append(({"prompt_token_ids": out.prompt_token_ids},
-                                          SamplingParams(temperature=0, max_tokens=MAX_TOKENS, stop=piece,
-                                                         include_stop_str_in_output=incl)))
+                            cases.append(
+                                (
+                                    {"prompt_token_ids": out.prompt_token_ids},
+                                    SamplingParams(
+                                        temperature=0,
+                                        max_tokens=MAX_TOKENS,
+                                        stop=piece,
+                                        include_stop_str_in_output=incl,
+                                    ),
+                                )
+                            )
                         break
                 if ids[inside] not in ids[:inside]:
-                    cases.append(({"prompt_token_ids": out.prompt_token_ids},
-                                  SamplingParams(temperature=0, max_tokens=MAX_TOKENS, stop_token_ids=[ids[inside]])))
+                    cases.append(
+                        (
+                            {"prompt_token_ids": out.prompt_token_ids},
+                            SamplingParams(
+                                temperature=0, max_tokens=MAX_TOKENS, stop_token_ids=[ids[inside]]
+                            ),
+                        )
+                    )
                 break
             done += len(v.new_token_ids)
-    kinds = {("max_tokens" if p.max_tokens != MAX_TOKENS else "stop" if p.stop else "stop_token_ids") for _, p in cases}
+    kinds = {
+        ("max_tokens" if p.max_tokens != MAX_TOKENS else "stop" if p.stop else "stop_token_ids")
+        for _, p in cases
+    }
     assert kinds == {"max_tokens", "stop", "stop_token_ids"}, kinds
 
     record.clear()
@@ -221,7 +257,7 @@ def test_stop_conditions_inside_accepted_runs(engines, prompts, runs):
     plain = plain_llm.generate(prompts_, params, use_tqdm=False)
     assert_same_outputs(spec, plain, "stop conditions")
     truncated = 0
-    for out, p in zip(spec, params):
+    for out, p in zip(spec, params, strict=True):
         o = out.outputs[0]
         last = record[out.request_id][-1]
         assert o.finish_reason in ("stop", "length")
@@ -234,7 +270,7 @@ def test_stop_conditions_inside_accepted_runs(engines, prompts, runs):
     assert truncated >= 2, "no stop condition fell inside an accepted run"
 
 
-# -- 4. near max_model_len ----------------------------------------------------------------------------------------
+# -- 4. near max_model_len -------------------------------------------------------------------------
 def test_speculation_near_max_model_len(engines, prompts):
     """max_model_len just above the prompts: generation runs into it; drafts are capped so that nothing
     exceeds it, and the outputs equal the plain ones."""
@@ -243,12 +279,16 @@ def test_speculation_near_max_model_len(engines, prompts):
     unlimited = SamplingParams(temperature=0, max_tokens=None)
     outs, record = {}, []
     for k in (0, 5):
-        llm = engines(f"maxlen-k{k}", max_num_seqs=8, max_model_len=max_len,
-                      speculative_config=ngram(k) if k else None)
+        llm = engines(
+            f"maxlen-k{k}", max_num_seqs=8, max_model_len=max_len, speculative_config=ngram(k) if k else None
+        )
         assert llm.engine.max_model_len == max_len
         if k:
             verified = llm.engine.driver.verified
-            llm.engine.driver.verified = lambda results, verified=verified: (record.extend(results), verified(results))
+            llm.engine.driver.verified = lambda results, verified=verified: (
+                record.extend(results),
+                verified(results),
+            )
         outs[k] = llm.generate(chosen, unlimited, use_tqdm=False)
     assert_same_outputs(outs[5], outs[0], f"max_model_len={max_len}")
     for out in outs[5]:
@@ -260,7 +300,7 @@ def test_speculation_near_max_model_len(engines, prompts):
     assert sum(r.num_accepted_tokens for r in record) > 0
 
 
-# -- 5. metrics against the test's own count (oracle proposer) ---------------------------------------------------
+# -- 5. metrics against the test's own count (oracle proposer) -------------------------------------
 class OracleProposer(ProposerBase):
     """Knows the greedy continuation of each prompt; drafts ``a`` right tokens, then (if the draft is longer)
     a wrong one and random ones, with ``a`` and the draft length drawn from a per-(request, step) rng.
@@ -277,7 +317,9 @@ class OracleProposer(ProposerBase):
             done = len(r.token_ids) - r.num_prompt_tokens
             assert list(r.token_ids[r.num_prompt_tokens :]) == truth[:done]
             rng = random.Random(f"{r.request_id}/{done}")
-            n = rng.randint(0, min(r.max_num_drafts, len(truth) - done - 1))  # never past the known continuation
+            n = rng.randint(
+                0, min(r.max_num_drafts, len(truth) - done - 1)
+            )  # never past the known continuation
             right = rng.randint(0, n)
             draft = truth[done : done + right]
             if right < n:
@@ -301,8 +343,11 @@ class OraclePlugin:
 
     @hookimpl
     def tokenleap_register_proposers(self):
-        return [ProposerSpec(method="oracle", build=lambda cfg, ctx: OracleProposer(self.truth, ctx.vocab_size,
-                                                                                    self.log))]
+        return [
+            ProposerSpec(
+                method="oracle", build=lambda cfg, ctx: OracleProposer(self.truth, ctx.vocab_size, self.log)
+            )
+        ]
 
 
 def test_metrics_match_own_count(runs, prompts, smollm2_llm_factory):
@@ -312,8 +357,12 @@ def test_metrics_match_own_count(runs, prompts, smollm2_llm_factory):
     manager = ProposerManager(env={})
     manager.register(plugin)
     k = 4
-    llm = smollm2_llm_factory(max_num_seqs=8, kv_cache_memory_bytes=KV_BYTES, proposer_manager=manager,
-                              speculative_config={"method": "oracle", "num_speculative_tokens": k})
+    llm = smollm2_llm_factory(
+        max_num_seqs=8,
+        kv_cache_memory_bytes=KV_BYTES,
+        proposer_manager=manager,
+        speculative_config={"method": "oracle", "num_speculative_tokens": k},
+    )
     outs = llm.generate(prompts, GREEDY, use_tqdm=False)
     assert_same_outputs(outs, plain, "oracle proposer")
 
@@ -321,8 +370,11 @@ def test_metrics_match_own_count(runs, prompts, smollm2_llm_factory):
     verified = [v for v in plugin.log["verified"] if v[1] > 0]
     proposed = [p for p in plugin.log["proposed"] if p[1] > 0]
     assert sorted(verified) == sorted(proposed)  # every non-empty draft was verified once, as proposed
-    exp = {"num_drafts": len(proposed), "num_draft_tokens": sum(n for _, n, _ in proposed),
-           "num_accepted_tokens": sum(a for _, _, a in proposed)}
+    exp = {
+        "num_drafts": len(proposed),
+        "num_draft_tokens": sum(n for _, n, _ in proposed),
+        "num_accepted_tokens": sum(a for _, _, a in proposed),
+    }
     per_pos = [sum(a > i for _, _, a in proposed) for i in range(max(n for _, n, _ in proposed))]
     metrics = spec_metrics(llm)
     assert {key: metrics[key] for key in exp} == exp
@@ -333,10 +385,14 @@ def test_metrics_match_own_count(runs, prompts, smollm2_llm_factory):
         mine = [p for p in proposed if p[0] == out.request_id]
         s = out.metrics.spec_decode
         assert (s.num_drafts, s.num_draft_tokens, s.num_accepted_tokens) == (
-            len(mine), sum(n for _, n, _ in mine), sum(a for _, _, a in mine))
+            len(mine),
+            sum(n for _, n, _ in mine),
+            sum(a for _, _, a in mine),
+        )
         assert s.mean_acceptance_length == pytest.approx(1 + sum(a for _, _, a in mine) / max(len(mine), 1))
-        assert s.num_accepted_tokens_per_pos == [sum(a > i for _, _, a in mine)
-                                                 for i in range(max((n for _, n, _ in mine), default=0))]
+        assert s.num_accepted_tokens_per_pos == [
+            sum(a > i for _, _, a in mine) for i in range(max((n for _, n, _ in mine), default=0))
+        ]
     # the engine's own mean acceptance length (what it logs) is 1 + accepted / drafts
     spec = llm.engine.counters.spec
     assert spec.mean_acceptance_length == pytest.approx(1 + exp["num_accepted_tokens"] / exp["num_drafts"])

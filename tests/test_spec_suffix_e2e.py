@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from helpers.spec_prompts import chat_prompts, chat_token_ids, code_prompts, summary_prompts
-
 from tokenleap import SamplingParams
 
 pytestmark = pytest.mark.slow
@@ -33,15 +32,21 @@ def prompts(smollm2_llm):
 def test_suffix_greedy_equals_plain(smollm2_llm_factory, prompts, batch):
     outs = {}
     for method in (None, "suffix"):
-        llm = smollm2_llm_factory(max_num_seqs=batch, kv_cache_memory_bytes=64 << 20,
-                                  speculative_config={"method": method} if method else None)
+        llm = smollm2_llm_factory(
+            max_num_seqs=batch,
+            kv_cache_memory_bytes=64 << 20,
+            speculative_config={"method": method} if method else None,
+        )
         outs[method] = llm.generate(prompts, GREEDY, use_tqdm=False)
         if method:
             assert llm.engine.num_speculative_tokens == 24
             stats = llm.engine.counters.spec
-    for i, (s, p) in enumerate(zip(outs["suffix"], outs[None])):
+    for i, (s, p) in enumerate(zip(outs["suffix"], outs[None], strict=True)):
         assert s.outputs[0].token_ids == p.outputs[0].token_ids, (i, s.outputs[0].text, p.outputs[0].text)
-        assert (s.outputs[0].text, s.outputs[0].finish_reason) == (p.outputs[0].text, p.outputs[0].finish_reason)
+        assert (s.outputs[0].text, s.outputs[0].finish_reason) == (
+            p.outputs[0].text,
+            p.outputs[0].finish_reason,
+        )
     assert 0 < stats.num_accepted_tokens <= stats.num_draft_tokens
     assert stats.mean_acceptance_length > 1.2
     per_request = [o.metrics.spec_decode for o in outs["suffix"]]

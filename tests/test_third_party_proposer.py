@@ -1,8 +1,8 @@
-"""A third-party proposer, packaged on its own (tests/fixtures/proposer_pkg: dist "tokenleap-lastseen", entry
-point ``lastseen`` in group ``tokenleap.proposers``), is pip-installed into a temporary folder and found by its
-method string with no change to core: greedy output equals the non-speculative one, it passes the conformance
-kit, and the ``TOKENLEAP_PLUGINS`` allowlist blocks it with a clear message. (tokenleap-ngram's conformance is
-tested in test_ngram.py, tokenleap-suffix's in test_suffix.py.)
+"""A third-party proposer, packaged on its own (tests/fixtures/proposer_pkg: dist "tokenleap-lastseen",
+entry point ``lastseen`` in group ``tokenleap.proposers``), is pip-installed into a temporary folder and
+found by its method string with no change to core: greedy output equals the non-speculative one, it passes
+the conformance kit, and the ``TOKENLEAP_PLUGINS`` allowlist blocks it with a clear message.
+(tokenleap-ngram's conformance is tested in test_ngram.py, tokenleap-suffix's in test_suffix.py.)
 """
 
 from __future__ import annotations
@@ -29,8 +29,22 @@ def site(tmp_path_factory) -> Path:
     src, target = tmp / "src", tmp / "site"
     shutil.copytree(PKG, src)
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(src)], capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert list(target.glob("tokenleap_lastseen-0.0.1.dist-info/entry_points.txt"))
     return target
@@ -80,11 +94,19 @@ def test_installed_package_is_used_by_method_string(site, tiny_checkpoint, tmp_p
     """A fresh interpreter that sees the package only through PYTHONPATH (its dist-info entry point)."""
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("TOKENLEAP_PLUGINS", None)
-    proc = subprocess.run([sys.executable, str(script), str(tiny_checkpoint("llama"))], capture_output=True,
-                          text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tiny_checkpoint("llama"))],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["installed"]["lastseen"] == "tokenleap-lastseen"
@@ -106,10 +128,15 @@ def test_passes_the_conformance_kit(on_path):
 def test_its_own_config_keys_are_checked(on_path, tiny_checkpoint, monkeypatch):
     from tokenleap import LLM
 
-    with pytest.raises(ProposerConfigError, match=r"unknown key\(s\) \['lastseen_windw'\] for method 'lastseen'; "
-                                                  r"allowed keys: \[.*'lastseen_window'.*\]"):
+    with pytest.raises(
+        ProposerConfigError,
+        match=r"unknown key\(s\) \['lastseen_windw'\] for method 'lastseen'; "
+        r"allowed keys: \[.*'lastseen_window'.*\]",
+    ):
         LLM(str(tiny_checkpoint("llama")), speculative_config={"method": "lastseen", "lastseen_windw": 3})
-    with pytest.raises(ProposerConfigError, match=r"speculative_config\.lastseen_window=0: Input should be greater"):
+    with pytest.raises(
+        ProposerConfigError, match=r"speculative_config\.lastseen_window=0: Input should be greater"
+    ):
         LLM(str(tiny_checkpoint("llama")), speculative_config={"method": "lastseen", "lastseen_window": 0})
 
 
@@ -119,10 +146,15 @@ def test_allowlist_blocks_it(on_path, tiny_checkpoint, monkeypatch):
     sys.modules.pop("tokenleap_lastseen", None)
     monkeypatch.setenv("TOKENLEAP_PLUGINS", "ngram,suffix")
     with pytest.raises(UnknownMethodError) as info:
-        LLM(str(tiny_checkpoint("llama")), speculative_config={"method": "lastseen", "num_speculative_tokens": 3})
-    assert str(info.value) == ("speculative_config.method='lastseen' is installed but not allowed: "
-                               "TOKENLEAP_PLUGINS='ngram,suffix' lists ['ngram', 'suffix']; add 'lastseen' to it or "
-                               "unset it")
+        LLM(
+            str(tiny_checkpoint("llama")),
+            speculative_config={"method": "lastseen", "num_speculative_tokens": 3},
+        )
+    assert str(info.value) == (
+        "speculative_config.method='lastseen' is installed but not allowed: "
+        "TOKENLEAP_PLUGINS='ngram,suffix' lists ['ngram', 'suffix']; add 'lastseen' to it or "
+        "unset it"
+    )
     assert "tokenleap_lastseen" not in sys.modules  # blocked before its module was imported
     monkeypatch.setenv("TOKENLEAP_PLUGINS", "ngram, lastseen")
     assert ProposerManager().load("lastseen").method == "lastseen"

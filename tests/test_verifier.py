@@ -16,7 +16,6 @@ import random
 
 import pytest
 import torch
-
 from tokenleap.sample import noise
 from tokenleap.sample import sampler as sampler_mod
 from tokenleap.sample.logits import RowParams, to_probs
@@ -31,7 +30,7 @@ N = 200_000
 TEMPERATURE, TOP_P, TOP_K = 0.7, 0.9, 8
 
 
-# -- statistics ----------------------------------------------------------------------------------------------
+# -- statistics ------------------------------------------------------------------------------------
 def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, float, float]:
     """(statistic, p-value, total variation) of ``counts`` against ``probs`` (same shape, flattened)."""
     counts, probs = counts.flatten().double(), probs.flatten().double()
@@ -54,15 +53,22 @@ def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, float,
 
 def row_params(rows: int, temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K) -> RowParams:
     return RowParams(
-        temperature=torch.full((rows,), temperature), top_k=torch.full((rows,), top_k, dtype=torch.int64),
-        top_p=torch.full((rows,), top_p), min_p=torch.zeros(rows), seeds=torch.zeros(rows, dtype=torch.int64),
-        streams=torch.zeros(rows, dtype=torch.int64), positions=torch.zeros(rows, dtype=torch.int64),
-        any_top_k=top_k > 0, any_top_p=top_p < 1, any_min_p=False, any_greedy=temperature == 0,
+        temperature=torch.full((rows,), temperature),
+        top_k=torch.full((rows,), top_k, dtype=torch.int64),
+        top_p=torch.full((rows,), top_p),
+        min_p=torch.zeros(rows),
+        seeds=torch.zeros(rows, dtype=torch.int64),
+        streams=torch.zeros(rows, dtype=torch.int64),
+        positions=torch.zeros(rows, dtype=torch.int64),
+        any_top_k=top_k > 0,
+        any_top_p=top_p < 1,
+        any_min_p=False,
+        any_greedy=temperature == 0,
         all_greedy=temperature == 0,
     )
 
 
-# -- the model: a 2-position target and a draft that differs from it -------------------------------------------
+# -- the model: a 2-position target and a draft that differs from it -------------------------------
 def tables():
     g = torch.Generator().manual_seed(1234)
     target1 = torch.randn(V, generator=g) * 0.7  # logits of position 0
@@ -100,16 +106,31 @@ def speculative_draws(probabilistic: bool, seed_offset: int = 0) -> tuple[torch.
     q = torch.stack([d1.expand(N, V), d2[x1]], 1) if probabilistic else None  # [N, k, V]
     seeds = torch.arange(N, dtype=torch.int64) + 1_000_003 * (1 + seed_offset)
     zeros = torch.zeros(N, dtype=torch.int64)
-    batch = SamplingBatch(row_index=row_index, draft_ids=draft_ids, num_drafts=num_drafts, draft_probs=q,
-                          rows=row_params(N * (k + 1)), req_seeds=seeds, req_streams=zeros, req_output_lens=zeros)
+    batch = SamplingBatch(
+        row_index=row_index,
+        draft_ids=draft_ids,
+        num_drafts=num_drafts,
+        draft_probs=q,
+        rows=row_params(N * (k + 1)),
+        req_seeds=seeds,
+        req_streams=zeros,
+        req_output_lens=zeros,
+    )
     tokens, emitted = sample(logits, batch)
     first = tokens[:, 0]
     second = tokens[:, 1].clone()
     alone = emitted == 1  # the next engine step samples position 1 from the target, no drafts
     m = int(alone.sum())
-    nxt = SamplingBatch(row_index=torch.arange(m)[:, None], draft_ids=torch.zeros(m, 0, dtype=torch.int64),
-                        num_drafts=torch.zeros(m, dtype=torch.int64), draft_probs=None, rows=row_params(m),
-                        req_seeds=seeds[alone], req_streams=zeros[:m], req_output_lens=torch.ones(m, dtype=torch.int64))
+    nxt = SamplingBatch(
+        row_index=torch.arange(m)[:, None],
+        draft_ids=torch.zeros(m, 0, dtype=torch.int64),
+        num_drafts=torch.zeros(m, dtype=torch.int64),
+        draft_probs=None,
+        rows=row_params(m),
+        req_seeds=seeds[alone],
+        req_streams=zeros[:m],
+        req_output_lens=torch.ones(m, dtype=torch.int64),
+    )
     more, n_more = sample(t2[first[alone]], nxt)
     assert (n_more == 1).all()
     second[alone] = more[:, 0]
@@ -168,11 +189,13 @@ def test_the_statistic_detects_a_biased_verifier(monkeypatch, biased, probabilis
     assert pv < BIASED_ALPHA, pv
 
 
-# -- fast path == reference ----------------------------------------------------------------------------------
+# -- fast path == reference ------------------------------------------------------------------------
 def _random_case(rng: torch.Generator, batch: int, k: int, vocab: int, with_q: bool, greedy_rows: bool):
     logits = torch.randn(batch, k + 1, vocab, generator=rng) * 2
     p = torch.softmax(logits, -1)
-    p = torch.where(torch.rand(p.shape, generator=rng) < 0.3, torch.zeros_like(p), p)  # zeros, as top-k leaves
+    p = torch.where(
+        torch.rand(p.shape, generator=rng) < 0.3, torch.zeros_like(p), p
+    )  # zeros, as top-k leaves
     p[..., 0] += 1e-3
     p = p / p.sum(-1, keepdim=True)
     if greedy_rows:
@@ -181,8 +204,11 @@ def _random_case(rng: torch.Generator, batch: int, k: int, vocab: int, with_q: b
     if with_q:
         draft_ids = torch.multinomial(q.reshape(-1, vocab), 1, generator=rng).view(batch, k)
     else:  # deterministic drafters often propose the target's own argmax: mix both
-        draft_ids = torch.where(torch.rand(batch, k, generator=rng) < 0.5, p[:, :k].argmax(-1),
-                                torch.randint(vocab, (batch, k), generator=rng))
+        draft_ids = torch.where(
+            torch.rand(batch, k, generator=rng) < 0.5,
+            p[:, :k].argmax(-1),
+            torch.randint(vocab, (batch, k), generator=rng),
+        )
     num_drafts = torch.randint(0, k + 1, (batch,), generator=rng)
     seeds = torch.randint(0, 1 << 62, (batch,), generator=rng)
     return p, draft_ids, num_drafts, q, seeds
@@ -197,8 +223,11 @@ def test_rejection_sample_equals_reference(with_q, greedy_rows, k):
     p, draft_ids, num_drafts, q, seeds = _random_case(rng, batch, k, vocab, with_q and k > 0, greedy_rows)
     streams = torch.zeros(batch, dtype=torch.int64)
     out_len = torch.randint(0, 50, (batch,), generator=rng)
-    uniforms = noise.uniform(seeds[:, None].expand(-1, k), streams[:, None].expand(-1, k),
-                             out_len[:, None] + torch.arange(k)[None, :])
+    uniforms = noise.uniform(
+        seeds[:, None].expand(-1, k),
+        streams[:, None].expand(-1, k),
+        out_len[:, None] + torch.arange(k)[None, :],
+    )
 
     def draw(dist, at):
         return noise.sample_from_probs(dist, noise.exponential(seeds, streams, out_len + at, vocab))
@@ -227,8 +256,11 @@ def test_verify_greedy_equals_reference_with_one_hot_p(k):
     batch, vocab = 500, 7
     argmax = torch.randint(vocab, (batch, k + 1), generator=rng)
     # drafts: equal to the argmax with probability 0.7 each, so long accepted runs occur
-    draft_ids = torch.where(torch.rand(batch, k, generator=rng) < 0.7, argmax[:, :k],
-                            (argmax[:, :k] + torch.randint(1, vocab, (batch, k), generator=rng)) % vocab)
+    draft_ids = torch.where(
+        torch.rand(batch, k, generator=rng) < 0.7,
+        argmax[:, :k],
+        (argmax[:, :k] + torch.randint(1, vocab, (batch, k), generator=rng)) % vocab,
+    )
     num_drafts = torch.randint(0, k + 1, (batch,), generator=rng)
     tokens, emitted = verify_greedy(argmax, draft_ids, num_drafts)
     p = torch.nn.functional.one_hot(argmax, vocab).float()
@@ -236,8 +268,9 @@ def test_verify_greedy_equals_reference_with_one_hot_p(k):
     for b in range(batch):
         n = int(num_drafts[b])
         u = torch.rand(n, generator=rng).clamp(1e-6, 1 - 1e-6)
-        want = verify_reference(p[b, : n + 1], draft_ids[b, :n].tolist(), None, u,
-                                lambda dist, i: int(dist.argmax()))
+        want = verify_reference(
+            p[b, : n + 1], draft_ids[b, :n].tolist(), None, u, lambda dist, i: int(dist.argmax())
+        )
         assert tokens[b, : int(emitted[b])].tolist() == want, b
         lengths.add(len(want))
     assert lengths == set(range(1, k + 2))
@@ -250,15 +283,26 @@ def test_greedy_sampler_path_equals_rejection_path_with_one_hot_p():
     logits = torch.randn(batch * (k + 1), vocab, generator=rng)
     row_index = torch.arange(batch * (k + 1)).view(batch, k + 1)
     argmax = logits.argmax(-1)[row_index]
-    draft_ids = torch.where(torch.rand(batch, k, generator=rng) < 0.6, argmax[:, :k],
-                            torch.randint(vocab, (batch, k), generator=rng))
+    draft_ids = torch.where(
+        torch.rand(batch, k, generator=rng) < 0.6,
+        argmax[:, :k],
+        torch.randint(vocab, (batch, k), generator=rng),
+    )
     num_drafts = torch.randint(0, k + 1, (batch,), generator=rng)
     seeds = torch.arange(batch, dtype=torch.int64)
     zeros = torch.zeros(batch, dtype=torch.int64)
 
     def run(rows):
-        b = SamplingBatch(row_index=row_index, draft_ids=draft_ids, num_drafts=num_drafts, draft_probs=None,
-                          rows=rows, req_seeds=seeds, req_streams=zeros, req_output_lens=zeros)
+        b = SamplingBatch(
+            row_index=row_index,
+            draft_ids=draft_ids,
+            num_drafts=num_drafts,
+            draft_probs=None,
+            rows=rows,
+            req_seeds=seeds,
+            req_streams=zeros,
+            req_output_lens=zeros,
+        )
         return sample(logits, b)
 
     fast_t, fast_n = run(row_params(batch * (k + 1), temperature=0.0, top_k=0, top_p=1.0))
@@ -270,7 +314,7 @@ def test_greedy_sampler_path_equals_rejection_path_with_one_hot_p():
         assert fast_t[b, : fast_n[b]].tolist() == slow_t[b, : slow_n[b]].tolist()
 
 
-# -- engine level: seeded sampling with speculation ------------------------------------------------------------
+# -- engine level: seeded sampling with speculation ------------------------------------------------
 TINY_VOCAB = 16
 ENGINE_TOP_K, ENGINE_TOP_P, ENGINE_TEMP = 5, 0.95, 0.8
 PROMPT = [1, 5, 9, 3, 7, 11, 4, 6]
@@ -346,15 +390,21 @@ def test_engine_seeded_speculative_sampling(tiny_small_vocab, method):
     seeded requests follow the target's exact joint distribution with speculation (probabilistic drafts, or
     one-hot drafts echoing the context), as they do without it. (max_tokens=4 leaves room for 2 drafts
     after the first token, so tokens 1 and 2 come out of verification.)"""
+    from tokenleap import LLM, SamplingParams
     from tokenleap_plugins import ProposerManager
     from tokenleap_plugins.testing import echo_spec
 
-    from tokenleap import LLM, SamplingParams
-
     manager = ProposerManager(env={})
     if method == "echo":
-        plugin = type("EchoPlugin", (), {"tokenleap_register_proposers":
-                                         __import__("tokenleap_plugins").hookimpl(lambda self: [echo_spec("echo")])})()
+        plugin = type(
+            "EchoPlugin",
+            (),
+            {
+                "tokenleap_register_proposers": __import__("tokenleap_plugins").hookimpl(
+                    lambda self: [echo_spec("echo")]
+                )
+            },
+        )()
     else:
         plugin = SampledDraftPlugin()
     manager.register(plugin)
@@ -362,8 +412,17 @@ def test_engine_seeded_speculative_sampling(tiny_small_vocab, method):
     spec = {"method": method, "num_speculative_tokens": 2}
     spec_llm = LLM(str(tiny_small_vocab), speculative_config=spec, proposer_manager=manager, **common)
     n = 3000
-    params = [SamplingParams(temperature=ENGINE_TEMP, top_p=ENGINE_TOP_P, top_k=ENGINE_TOP_K, max_tokens=4,
-                             ignore_eos=True, seed=10_000 + i) for i in range(n)]
+    params = [
+        SamplingParams(
+            temperature=ENGINE_TEMP,
+            top_p=ENGINE_TOP_P,
+            top_k=ENGINE_TOP_K,
+            max_tokens=4,
+            ignore_eos=True,
+            seed=10_000 + i,
+        )
+        for i in range(n)
+    ]
     prompts = [{"prompt_token_ids": PROMPT}] * n
     outs = spec_llm.generate(prompts, params, use_tqdm=False)
     stats = spec_llm.engine.counters.spec
@@ -383,8 +442,9 @@ def test_engine_seeded_speculative_sampling(tiny_small_vocab, method):
     if method == "echo":
         return
     plain = LLM(str(tiny_small_vocab), **common)  # the same statistic without speculation
-    plain_outs = plain.generate(prompts, [p.model_copy(update={"seed": p.seed + 7 * n}) for p in params],
-                                use_tqdm=False)
+    plain_outs = plain.generate(
+        prompts, [p.model_copy(update={"seed": p.seed + 7 * n}) for p in params], use_tqdm=False
+    )
     counts_plain = torch.zeros(v * v * v)
     for o in plain_outs:
         a, b, c = o.outputs[0].token_ids[:3]

@@ -4,25 +4,42 @@ answer quotes the prompt, so n-gram lookup drafts often) and plain chat (few dra
 from __future__ import annotations
 
 _CODE = [
-    ("Rename the function `add` to `plus` and return the full code.",
-     "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\nprint(add(2, 3), sub(5, 1))\n"),
-    ("Add a docstring to each function. Return the full code.",
-     "def area(width, height):\n    return width * height\n\n\ndef perimeter(width, height):\n"
-     "    return 2 * (width + height)\n"),
-    ("Change the loop so that it counts down from 10 instead of up. Return the code.",
-     "for i in range(10):\n    print(i)\nprint(\"done\")\n"),
-    ("Add type hints to this function and return it.",
-     "def greet(name, times):\n    for _ in range(times):\n        print(\"Hello, \" + name)\n"),
-    ("Fix the bug: the function should return the largest number. Return the corrected code.",
-     "def largest(numbers):\n    best = numbers[0]\n    for n in numbers:\n        if n < best:\n"
-     "            best = n\n    return best\n"),
-    ("Rename the variable `x` to `total` everywhere and return the code.",
-     "x = 0\nfor value in [1, 2, 3, 4]:\n    x = x + value\nprint(x)\n"),
-    ("Convert this JavaScript function to use an arrow function. Return the code.",
-     "function square(n) {\n  return n * n;\n}\nconsole.log(square(4));\n"),
-    ("Make the class attribute `name` private (prefix it with an underscore). Return the full class.",
-     "class User:\n    def __init__(self, name):\n        self.name = name\n\n    def hello(self):\n"
-     "        return \"Hi \" + self.name\n"),
+    (
+        "Rename the function `add` to `plus` and return the full code.",
+        "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\n"
+        "print(add(2, 3), sub(5, 1))\n",
+    ),
+    (
+        "Add a docstring to each function. Return the full code.",
+        "def area(width, height):\n    return width * height\n\n\ndef perimeter(width, height):\n"
+        "    return 2 * (width + height)\n",
+    ),
+    (
+        "Change the loop so that it counts down from 10 instead of up. Return the code.",
+        'for i in range(10):\n    print(i)\nprint("done")\n',
+    ),
+    (
+        "Add type hints to this function and return it.",
+        'def greet(name, times):\n    for _ in range(times):\n        print("Hello, " + name)\n',
+    ),
+    (
+        "Fix the bug: the function should return the largest number. Return the corrected code.",
+        "def largest(numbers):\n    best = numbers[0]\n    for n in numbers:\n        if n < best:\n"
+        "            best = n\n    return best\n",
+    ),
+    (
+        "Rename the variable `x` to `total` everywhere and return the code.",
+        "x = 0\nfor value in [1, 2, 3, 4]:\n    x = x + value\nprint(x)\n",
+    ),
+    (
+        "Convert this JavaScript function to use an arrow function. Return the code.",
+        "function square(n) {\n  return n * n;\n}\nconsole.log(square(4));\n",
+    ),
+    (
+        "Make the class attribute `name` private (prefix it with an underscore). Return the full class.",
+        "class User:\n    def __init__(self, name):\n        self.name = name\n\n    def hello(self):\n"
+        '        return "Hi " + self.name\n',
+    ),
 ]
 _TEXT = [
     "The city council met on Tuesday to discuss the new park. The park will have a playground, a small lake "
@@ -54,7 +71,9 @@ def code_prompts() -> list[list[dict]]:
 
 
 def summary_prompts() -> list[list[dict]]:
-    return [[{"role": "user", "content": f"Summarize this text in two sentences:\n\n{text}"}] for text in _TEXT]
+    return [
+        [{"role": "user", "content": f"Summarize this text in two sentences:\n\n{text}"}] for text in _TEXT
+    ]
 
 
 def chat_prompts() -> list[list[dict]]:
