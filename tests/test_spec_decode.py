@@ -304,10 +304,11 @@ def test_speculation_near_max_model_len(engines, prompts):
 class OracleProposer(ProposerBase):
     """Knows the greedy continuation of each prompt; drafts ``a`` right tokens, then (if the draft is longer)
     a wrong one and random ones, with ``a`` and the draft length drawn from a per-(request, step) rng.
-    Records what it proposed and what ``on_verified`` reported."""
+    Records what it proposed and what ``on_verified`` reported. ``strict``: every draft is verified as
+    proposed (no preemption, enough token budget); else a draft may be dropped (verified with 0 drafts)."""
 
-    def __init__(self, truth: dict[tuple, list[int]], vocab: int, log: dict) -> None:
-        self.truth, self.vocab, self.log = truth, vocab, log
+    def __init__(self, truth: dict[tuple, list[int]], vocab: int, log: dict, strict: bool = True) -> None:
+        self.truth, self.vocab, self.log, self.strict = truth, vocab, log, strict
         self.pending: dict[str, tuple[int, int]] = {}  # request -> (drafts, right ones) proposed last
 
     def propose(self, batch):
@@ -334,18 +335,21 @@ class OracleProposer(ProposerBase):
         for v in results:
             n, right = self.pending.pop(v.request_id, (0, 0))
             self.log["verified"].append((v.request_id, v.num_draft_tokens, v.num_accepted_tokens))
+            if not self.strict and v.num_draft_tokens == 0:
+                continue
             assert (v.num_draft_tokens, v.num_accepted_tokens) == (n, right), v
 
 
 class OraclePlugin:
-    def __init__(self, truth):
-        self.truth, self.log = truth, {"proposed": [], "verified": []}
+    def __init__(self, truth, strict: bool = True):
+        self.truth, self.strict, self.log = truth, strict, {"proposed": [], "verified": []}
 
     @hookimpl
     def tokenleap_register_proposers(self):
         return [
             ProposerSpec(
-                method="oracle", build=lambda cfg, ctx: OracleProposer(self.truth, ctx.vocab_size, self.log)
+                method="oracle",
+                build=lambda cfg, ctx: OracleProposer(self.truth, ctx.vocab_size, self.log, self.strict),
             )
         ]
 
@@ -397,3 +401,64 @@ def test_metrics_match_own_count(runs, prompts, smollm2_llm_factory):
     spec = llm.engine.counters.spec
     assert spec.mean_acceptance_length == pytest.approx(1 + exp["num_accepted_tokens"] / exp["num_drafts"])
     assert spec.per_position_rates() == pytest.approx([c / exp["num_drafts"] for c in per_pos])
+
+
+# -- 6. request options under speculation (tiny model, oracle drafts: many accepted runs) ---------
+OPTIONS = {
+    "repetition_penalty": SamplingParams(
+        temperature=0, max_tokens=40, repetition_penalty=1.3, ignore_eos=True
+    ),
+    "frequency_presence": SamplingParams(
+        temperature=0, max_tokens=40, frequency_penalty=0.5, presence_penalty=0.3, ignore_eos=True
+    ),
+    "min_tokens": SamplingParams(temperature=0, max_tokens=40, min_tokens=20),
+    "stop_token_ids": SamplingParams(
+        temperature=0, max_tokens=40, stop_token_ids=[7, 8, 9, 10, 11], ignore_eos=True
+    ),
+    "logprobs": SamplingParams(temperature=0, max_tokens=24, logprobs=3, ignore_eos=True),
+}
+
+
+@pytest.mark.parametrize("preempting", [False, True], ids=["roomy-kv", "preempting-kv"])
+def test_request_options_with_drafts_equal_plain(tiny_checkpoint, preempting):
+    """Penalties (which see accepted drafts as context), min_tokens bans, stop token ids, logprobs, and
+    preemption by recompute (a KV cache too small for the batch): all unchanged by speculation."""
+    from tokenleap import LLM
+
+    rng = random.Random(0)
+    prompts = [
+        {"prompt_token_ids": [rng.randrange(3, 300) for _ in range(rng.randint(5, 40))]} for _ in range(16)
+    ]
+    truth: dict[tuple, list[int]] = {}
+    plugin = OraclePlugin(truth, strict=not preempting)
+    manager = ProposerManager(env={})
+    manager.register(plugin)
+    kw = dict(
+        max_model_len=256, disable_log_stats=True, kv_cache_memory_bytes=300_000 if preempting else 8 << 20
+    )
+    model = str(tiny_checkpoint("llama"))
+    plain = LLM(model, **kw)
+    spec = LLM(
+        model,
+        speculative_config={"method": "oracle", "num_speculative_tokens": 4},
+        proposer_manager=manager,
+        **kw,
+    )
+    for name, params in OPTIONS.items():
+        want = plain.generate(prompts, params, use_tqdm=False)
+        truth.clear()
+        truth.update({tuple(o.prompt_token_ids): list(o.outputs[0].token_ids) for o in want})
+        before = spec.engine.counters.spec.num_accepted_tokens
+        got = spec.generate(prompts, params, use_tqdm=False)
+        assert_same_outputs(got, want, name)
+        assert spec.engine.counters.spec.num_accepted_tokens - before > 100, name
+        if params.logprobs is not None:
+            for g, w in zip(got, want, strict=True):
+                g, w = g.outputs[0], w.outputs[0]
+                assert [list(s) for s in g.logprobs] == [list(s) for s in w.logprobs]
+                for gs, ws in zip(g.logprobs, w.logprobs, strict=True):
+                    for t in gs:
+                        assert gs[t].logprob == pytest.approx(ws[t].logprob, abs=1e-4)
+                        assert gs[t].rank == ws[t].rank
+                assert g.cumulative_logprob == pytest.approx(w.cumulative_logprob, abs=1e-3)
+    assert (spec.engine.counters.num_preemptions > 0) == preempting
