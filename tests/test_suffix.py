@@ -14,8 +14,8 @@ from tokenleap_plugins import (
     ProposeBatch,
     ProposerConfigError,
     ProposerContext,
-    ProposerManager,
     ProposeRequest,
+    ProposerManager,
     VerifiedRequest,
     validate_method_config,
 )

@@ -12,7 +12,6 @@ import time
 
 import pytest
 import torch
-
 from tokenleap import LLM, SamplingParams
 from tokenleap.bench.prompts import code_editing_prompts, summarization_prompts
 
@@ -28,10 +27,9 @@ def llm(smollm2_path):
 
 @pytest.fixture(scope="module")
 def hf_model(llm):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from tokenleap.model.hub import resolve_model
     from tokenleap.model.loader import load_checkpoint
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     ckpt = load_checkpoint(str(resolve_model(llm.config.model)), "float32")
     model = LlamaForCausalLM(LlamaConfig(**ckpt.hf_config))

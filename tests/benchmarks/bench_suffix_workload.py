@@ -63,7 +63,8 @@ def run(llm: LLM, chats, max_tokens: int, window: int) -> dict:
         acc = sum(s.num_accepted_tokens for s in stats)
         windows.append(round(1 + acc / drafts, 2) if drafts else 1.0)
     drafted = sum(s.num_draft_tokens for s in lengths)
-    return dict(tokens=tokens, steps=steps, tokens_per_step=round(tokens / steps, 3), tokens_per_s=round(tokens / secs, 1),
+    return dict(tokens=tokens, steps=steps, tokens_per_step=round(tokens / steps, 3),
+                tokens_per_s=round(tokens / secs, 1),
                 acceptance_length_per_window=windows, drafted_tokens=drafted,
                 us_per_drafted_token=round(spent[0] / drafted * 1e6, 1) if drafted else None, outputs=outs)
 

@@ -24,7 +24,6 @@ import types
 from pathlib import Path
 
 import torch
-
 from tokenleap import LLM, SamplingParams
 from tokenleap.bench.prompts import code_editing_prompts, summarization_prompts
 from tokenleap_plugins import Drafts, ProposerBase, ProposerManager, ProposerSpec, hookimpl
@@ -203,9 +202,8 @@ def ours_tps(llm: LLM, chats, max_new: int):
 
 
 def section_smollm2(path: str, rows: list, results: dict, max_new: int, ngram_configs: list[dict]) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from tokenleap.model.loader import load_checkpoint
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     sets = {"code-editing": code_editing_prompts()[:5], "summarization": summarization_prompts()[:5]}
     chats = {name: [[{"role": "user", "content": p}] for p in ps] for name, ps in sets.items()}
@@ -232,11 +230,10 @@ def section_smollm2(path: str, rows: list, results: dict, max_new: int, ngram_co
         label = ",".join(f"{k}={v}" for k, v in spec_cfg.items() if k != "method")
         for name, cs in chats.items():
             before = {m.name: getattr(m, "value", None) for m in spec.get_metrics()}
-            steps0 = spec.engine.counters.num_steps
             tps, out = ours_tps(spec, cs, max_new)
             after = {m.name: getattr(m, "value", None) for m in spec.get_metrics()}
-            drafts = after["tokenleap:spec_decode_num_drafts"] - before["tokenleap:spec_decode_num_drafts"]
-            acc = after["tokenleap:spec_decode_num_accepted_tokens"] - before["tokenleap:spec_decode_num_accepted_tokens"]
+            drafts, acc = (after[f"tokenleap:spec_decode_num_{n}"] - before[f"tokenleap:spec_decode_num_{n}"]
+                           for n in ("drafts", "accepted_tokens"))
             mal = 1 + acc / drafts if drafts else 1.0
             same = out == base_out[name]
             res.setdefault(name, dict(hf_tps=hf_tps[name], ours_tps=base_tps[name], ngram={}))

@@ -7,7 +7,6 @@ import gc
 
 import pytest
 import torch
-
 from helpers.tiny_models import make_tiny_checkpoint
 from tokenleap import LLM, SamplingParams
 

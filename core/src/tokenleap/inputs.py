@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict, Union
+from typing import Any, TypedDict
 
 
 class TextPrompt(TypedDict, total=False):
@@ -15,7 +15,7 @@ class TokensPrompt(TypedDict, total=False):
     prompt_token_ids: list[int]
 
 
-PromptType = Union[str, TextPrompt, TokensPrompt]
+PromptType = str | TextPrompt | TokensPrompt
 
 
 @dataclass

@@ -21,9 +21,9 @@ from tokenleap_plugins.proposer import (
     Proposer,
     ProposerBase,
     ProposerContext,
+    ProposeRequest,
     ProposerNeeds,
     ProposerSpec,
-    ProposeRequest,
     VerifiedRequest,
 )
 

@@ -112,7 +112,7 @@ def _scenario(seed: int, num_steps: int) -> list[tuple]:
     ops: list[tuple] = []
     live: dict[str, str] = {}
     ended: list[str] = []
-    for step in range(num_steps):
+    for _ in range(num_steps):
         while len(live) < 2 or (len(live) < 6 and rng.random() < 0.35):
             reuse = ended and rng.random() < 0.4
             rid = ended.pop(rng.randrange(len(ended))) if reuse else f"req-{len(ops)}"

@@ -19,8 +19,8 @@ from tokenleap_plugins import (
     ProposeBatch,
     ProposerBase,
     ProposerContext,
-    ProposerNeeds,
     ProposeRequest,
+    ProposerNeeds,
     VerifiedRequest,
 )
 

@@ -13,7 +13,7 @@ from tokenleap.engine import setup
 from tokenleap.engine.cuda_graphs import DecodeGraphs
 from tokenleap.engine.detokenizer import init_offsets
 from tokenleap.engine.kv_cache import BlockManager
-from tokenleap.engine.model_runner import ModelRunner, StepResult
+from tokenleap.engine.model_runner import ModelRunner
 from tokenleap.engine.output_processor import append_tokens
 from tokenleap.engine.request import Request, RequestStatus
 from tokenleap.engine.scheduler import Scheduler

@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from tokenleap.kernels.ops import LayerOps
 from tokenleap.model.arch import ModelArchConfig
 from tokenleap.model.attention import AttentionMetadata, paged_attention, write_kv
-from tokenleap.kernels.ops import LayerOps
 from tokenleap.model.layers import RMSNorm, rope_cos_sin_cache, rope_inv_freq
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # k, v: [num_blocks, block_size, num_kv_heads, head_dim]
