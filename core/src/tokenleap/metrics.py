@@ -6,6 +6,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from tokenleap.outputs import SpecDecodeStats
+
 PREFIX = "tokenleap:"
 
 
@@ -58,46 +60,13 @@ class HistogramAccumulator:
 
 
 @dataclass
-class SpecDecodingCounters:
-    """Acceptance counters over all requests. Invariants: accepted <= draft tokens; per-position
-    counts are non-increasing (a draft is only accepted if every earlier one was)."""
-
-    num_drafts: int = 0
-    num_draft_tokens: int = 0
-    num_accepted_tokens: int = 0
-    num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
-
-    def observe(self, num_draft_tokens: int, num_accepted: int) -> None:
-        if num_draft_tokens == 0:
-            return
-        self.num_drafts += 1
-        self.num_draft_tokens += num_draft_tokens
-        self.num_accepted_tokens += num_accepted
-        if len(self.num_accepted_tokens_per_pos) < num_draft_tokens:
-            self.num_accepted_tokens_per_pos.extend([0] * (num_draft_tokens - len(self.num_accepted_tokens_per_pos)))
-        for i in range(num_accepted):
-            self.num_accepted_tokens_per_pos[i] += 1
-
-    @property
-    def mean_acceptance_length(self) -> float:
-        return 1.0 + (self.num_accepted_tokens / self.num_drafts if self.num_drafts else 0.0)
-
-    @property
-    def draft_acceptance_rate(self) -> float:
-        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
-
-    def per_position_rates(self) -> list[float]:
-        return [c / self.num_drafts for c in self.num_accepted_tokens_per_pos] if self.num_drafts else []
-
-
-@dataclass
 class EngineCounters:
     prompt_tokens: int = 0
     generation_tokens: int = 0
     num_steps: int = 0
     num_preemptions: int = 0
     finished: dict[str, int] = field(default_factory=lambda: {"stop": 0, "length": 0, "abort": 0})
-    spec: SpecDecodingCounters = field(default_factory=SpecDecodingCounters)
+    spec: SpecDecodeStats = field(default_factory=SpecDecodeStats)
     ttft: HistogramAccumulator = field(
         default_factory=lambda: HistogramAccumulator([0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30])
     )

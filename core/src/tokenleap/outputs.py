@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -14,12 +14,29 @@ class Logprob:
 
 @dataclass
 class SpecDecodeStats:
-    """Acceptance figures of one request (zero when speculation is off)."""
+    """Speculative-decoding acceptance, for one request or summed over many.
 
-    num_drafts: int = 0  # verification steps that had at least one draft token
+    num_drafts: verification steps that had at least one draft token; num_draft_tokens / num_accepted_tokens:
+    drafts verified / accepted; num_accepted_tokens_per_pos[i]: steps whose draft at position i was
+    accepted (non-increasing in i: a draft is only accepted if every earlier one was).
+    """
+
+    num_drafts: int = 0
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
+
+    def observe(self, num_draft_tokens: int, num_accepted: int) -> None:
+        """Count one verification step of one request."""
+        if num_draft_tokens == 0:
+            return
+        self.num_drafts += 1
+        self.num_draft_tokens += num_draft_tokens
+        self.num_accepted_tokens += num_accepted
+        per_pos = self.num_accepted_tokens_per_pos
+        per_pos.extend([0] * (num_draft_tokens - len(per_pos)))
+        for i in range(num_accepted):
+            per_pos[i] += 1
 
     @property
     def mean_acceptance_length(self) -> float:
@@ -29,6 +46,18 @@ class SpecDecodeStats:
     @property
     def draft_acceptance_rate(self) -> float:
         return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
+
+    @property
+    def per_position_acceptance_rate(self) -> list[float]:
+        return [c / self.num_drafts for c in self.num_accepted_tokens_per_pos] if self.num_drafts else []
+
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "mean_acceptance_length": self.mean_acceptance_length,
+            "draft_acceptance_rate": self.draft_acceptance_rate,
+            "per_position_acceptance_rate": self.per_position_acceptance_rate,
+        }
 
 
 @dataclass

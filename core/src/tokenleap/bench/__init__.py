@@ -6,48 +6,16 @@ and turning a data set name into prompts for a given engine.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tokenleap.metrics import PREFIX
+from tokenleap.outputs import SpecDecodeStats
 
 _SPEC_COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
 
 
-@dataclass
-class AcceptanceStats:
-    """Speculative-decoding acceptance over an interval of engine work.
-
-    num_drafts: verification steps (per request) that had at least one draft token;
-    mean_acceptance_length: tokens emitted per such step, 1 + accepted / drafts (the bonus or recovered
-    token counts as one); draft_acceptance_rate: accepted / drafted tokens;
-    per_position_acceptance_rate[i]: fraction of drafting steps whose draft at position i was accepted.
-    """
-
-    num_drafts: int = 0
-    num_draft_tokens: int = 0
-    num_accepted_tokens: int = 0
-    num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
-
-    @property
-    def mean_acceptance_length(self) -> float:
-        return 1.0 + (self.num_accepted_tokens / self.num_drafts if self.num_drafts else 0.0)
-
-    @property
-    def draft_acceptance_rate(self) -> float:
-        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
-
-    @property
-    def per_position_acceptance_rate(self) -> list[float]:
-        return [c / self.num_drafts for c in self.num_accepted_tokens_per_pos] if self.num_drafts else []
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "mean_acceptance_length": self.mean_acceptance_length,
-            "draft_acceptance_rate": self.draft_acceptance_rate,
-            "per_position_acceptance_rate": self.per_position_acceptance_rate,
-        }
+# The per-request and engine-wide acceptance figures are the same type.
+AcceptanceStats = SpecDecodeStats
 
 
 def acceptance_snapshot(metrics: list[Any]) -> AcceptanceStats:

@@ -165,15 +165,7 @@ class Engine:
         req.metrics.num_generation_steps += 1
         self.counters.generation_tokens += num_kept
         self.counters.spec.observe(num_drafts, num_accepted)
-        stats = req.metrics.spec_decode
-        if num_drafts:
-            stats.num_drafts += 1
-            stats.num_draft_tokens += num_drafts
-            stats.num_accepted_tokens += num_accepted
-            if len(stats.num_accepted_tokens_per_pos) < num_drafts:
-                stats.num_accepted_tokens_per_pos += [0] * (num_drafts - len(stats.num_accepted_tokens_per_pos))
-            for i in range(num_accepted):
-                stats.num_accepted_tokens_per_pos[i] += 1
+        req.metrics.spec_decode.observe(num_drafts, num_accepted)
 
     def _retire(self, req: Request) -> None:
         self.scheduler.finish(req)
@@ -199,7 +191,7 @@ class Engine:
                       kv_usage=round(self.blocks.usage, 3), generation_tokens=self.counters.generation_tokens)
         if self.driver is not None:
             fields.update(mean_acceptance_length=round(spec.mean_acceptance_length, 3),
-                          per_position_acceptance=[round(r, 3) for r in spec.per_position_rates()],
+                          per_position_acceptance=[round(r, 3) for r in spec.per_position_acceptance_rate],
                           draft_acceptance_rate=round(spec.draft_acceptance_rate, 3))
         log.info("engine stats", **fields)
 
