@@ -3,8 +3,9 @@
     python tests/benchmarks/bench_suffix_workload.py [--model smollm2-135m-instruct] [--requests 50]
 
 50 requests each ask for the same kind of rewrite of a different function, one after another (batch 1),
-greedy. For suffix and for ngram it prints the mean acceptance length per window of 10 requests (the
-suffix global tree warms as outputs accumulate), the overall tokens per step, the drafting cost per
+greedy. For suffix and for ngram it prints, per window of 10 requests, the mean acceptance length (over
+steps that had drafts) and the tokens emitted per step (all steps; the suffix global tree warms as outputs
+accumulate), the overall tokens per step and tokens/s, the drafting cost per
 drafted token (time inside ``propose``), and checks that both give the plain-decoding tokens.
 """
 
@@ -47,25 +48,28 @@ def run(llm: LLM, chats, max_tokens: int, window: int) -> dict:
 
         driver.proposer.propose = timed
     sp = SamplingParams(temperature=0, max_tokens=max_tokens)
-    outs, lengths = [], []
+    outs, lengths, steps_per_request = [], [], []
     steps0, t0 = llm.engine.counters.num_steps, time.perf_counter()
     for chat in chats:  # one at a time: each request sees the outputs of all earlier ones
         o = llm.chat([chat], sp, use_tqdm=False)[0]
         outs.append(o.outputs[0].token_ids)
         lengths.append(o.metrics.spec_decode)
+        steps_per_request.append(o.metrics.num_generation_steps)
     secs = time.perf_counter() - t0
     steps = llm.engine.counters.num_steps - steps0
     tokens = sum(len(t) for t in outs)
-    windows = []
+    windows, window_tps = [], []
     for w in range(0, len(chats), window):
         stats = lengths[w : w + window]
         drafts = sum(s.num_drafts for s in stats)
         acc = sum(s.num_accepted_tokens for s in stats)
         windows.append(round(1 + acc / drafts, 2) if drafts else 1.0)
+        n_tok = sum(len(t) for t in outs[w : w + window])
+        window_tps.append(round(n_tok / sum(steps_per_request[w : w + window]), 2))
     drafted = sum(s.num_draft_tokens for s in lengths)
     return dict(tokens=tokens, steps=steps, tokens_per_step=round(tokens / steps, 3),
                 tokens_per_s=round(tokens / secs, 1),
-                acceptance_length_per_window=windows, drafted_tokens=drafted,
+                acceptance_length_per_window=windows, tokens_per_step_per_window=window_tps, drafted_tokens=drafted,
                 us_per_drafted_token=round(spent[0] / drafted * 1e6, 1) if drafted else None, outputs=outs)
 
 
@@ -92,8 +96,9 @@ def main() -> None:
     plain = results["plain"]["outputs"]
     for name in ("ngram", "suffix"):
         r = results[name]
-        print(f"{name:>6}: acceptance length per {args.window} requests {r['acceptance_length_per_window']}, "
-              f"tokens/step {r['tokens_per_step']}, {r['tokens_per_s']} tokens/s "
+        print(f"{name:>6}: per {args.window} requests: acceptance length {r['acceptance_length_per_window']}, "
+              f"tokens/step {r['tokens_per_step_per_window']}; overall tokens/step {r['tokens_per_step']}, "
+              f"{r['tokens_per_s']} tokens/s "
               f"(plain {results['plain']['tokens_per_s']}), drafting {r['us_per_drafted_token']} us/drafted token, "
               f"identical to plain: {r['outputs'] == plain}")
     if args.out:
