@@ -400,7 +400,7 @@ def test_metrics_match_own_count(runs, prompts, smollm2_llm_factory):
     # the engine's own mean acceptance length (what it logs) is 1 + accepted / drafts
     spec = llm.engine.counters.spec
     assert spec.mean_acceptance_length == pytest.approx(1 + exp["num_accepted_tokens"] / exp["num_drafts"])
-    assert spec.per_position_rates() == pytest.approx([c / exp["num_drafts"] for c in per_pos])
+    assert spec.per_position_acceptance_rate == pytest.approx([c / exp["num_drafts"] for c in per_pos])
 
 
 # -- 6. request options under speculation (tiny model, oracle drafts: many accepted runs) ---------
