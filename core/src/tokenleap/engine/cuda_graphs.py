@@ -2,11 +2,13 @@
 
 In a graphed step every request feeds exactly ``q`` tokens: its last token, its drafts, then padding
 (token 0 written to the null block, never attended to by a real query since attention is causal).
-Padded requests have an all-null block table. The graph covers the model forward and the logits of
-every row; sampling and verification run after it on the device. Prefill runs eagerly.
+Padded requests have an all-null block table. The graph covers the model forward, the logits of
+every row, and greedy verification (argmax, drafts accepted while equal to it), so a plain-greedy step needs
+no kernel outside the graph; other sampling runs after it on the device from the logits. Prefill runs
+eagerly.
 
-Static inputs live in two device buffers (int64: ids, positions, slots; int32: block tables, query
-start offsets, sequence lengths) filled by one host-to-device copy each.
+Static inputs live in two device buffers (int64: ids, positions, slots, drafts per request; int32: block
+tables, query start offsets, sequence lengths) filled by one host-to-device copy each.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from tokenleap.model.attention import AttentionMetadata
 from tokenleap.model.llama import KVCache, LlamaForCausalLM
+from tokenleap.spec.verify import verify_greedy
 
 
 def graph_batch_sizes(max_num_seqs: int) -> list[int]:
@@ -37,30 +40,35 @@ class DecodeGraphs:
         self.backend = backend
         self.device = device
         max_b, max_q = self.batch_sizes[-1], self.query_lens[-1]
-        self.buf64 = torch.zeros(3 * max_b * max_q, dtype=torch.int64, device=device)
+        self.buf64 = torch.zeros(3 * max_b * max_q + max_b, dtype=torch.int64, device=device)
         self.buf32 = torch.zeros(max_b * max_blocks_per_req + 2 * max_b + 1, dtype=torch.int32, device=device)
         self.host64 = torch.zeros(self.buf64.shape, dtype=torch.int64, pin_memory=True)
         self.host32 = torch.zeros(self.buf32.shape, dtype=torch.int32, pin_memory=True)
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # (b, q) -> (graph, logits [b * q, vocab], greedy [b, q + 1]: argmax per row, then tokens emitted)
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self.pool = None
 
     def _views(self, b: int, q: int):
-        """Layout per graph: int64 [ids | positions | slots] (b*q each); int32 [query_start_loc (b+1) |
-        seq_lens (b) | block tables (b * max_blocks)]. Only the used prefix is copied each step."""
+        """Layout per graph: int64 [ids | positions | slots] (b*q each) [num_drafts (b)]; int32
+        [query_start_loc (b+1) | seq_lens (b) | block tables (b * max_blocks)]. Only the used prefix is
+        copied each step."""
         n, mb = b * q, self.max_blocks
         ids, positions, slots = self.buf64[:n], self.buf64[n : 2 * n], self.buf64[2 * n : 3 * n]
+        num_drafts = self.buf64[3 * n : 3 * n + b]
         qsl = self.buf32[: b + 1]
         seq_lens = self.buf32[b + 1 : 2 * b + 1]
         tables = self.buf32[2 * b + 1 : 2 * b + 1 + b * mb].view(b, mb)
-        return ids, positions, slots, tables, qsl, seq_lens
+        return ids, positions, slots, num_drafts, tables, qsl, seq_lens
 
-    def _forward(self, b: int, q: int) -> torch.Tensor:
-        ids, positions, slots, tables, qsl, seq_lens = self._views(b, q)
+    def _forward(self, b: int, q: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, positions, slots, num_drafts, tables, qsl, seq_lens = self._views(b, q)
         meta = AttentionMetadata(slot_mapping=slots, block_tables=tables, query_start_loc=qsl, seq_lens=seq_lens,
                                  query_lens_host=[q] * b, seq_lens_host=[self.max_model_len] * b, max_query_len=q,
                                  max_seq_len=self.max_model_len, backend=self.backend)
         hidden, _ = self.model(ids, positions, self.kv_caches, meta)
-        return self.model.compute_logits(hidden)  # [b * q, vocab]
+        logits = self.model.compute_logits(hidden)  # [b * q, vocab]
+        argmax, emitted = verify_greedy(logits.argmax(dim=-1).view(b, q), ids.view(b, q)[:, 1:], num_drafts)
+        return logits, torch.cat([argmax, emitted[:, None]], dim=1)  # [b, q + 1]
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -72,9 +80,9 @@ class DecodeGraphs:
                 torch.cuda.synchronize(self.device)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=self.pool):
-                    logits = self._forward(b, q)
+                    logits, greedy = self._forward(b, q)
                 self.pool = graph.pool()
-                self.graphs[(b, q)] = (graph, logits)
+                self.graphs[(b, q)] = (graph, logits, greedy)
         torch.cuda.synchronize(self.device)
 
     def _fill_dummy(self, b: int, q: int) -> None:
@@ -93,17 +101,18 @@ class DecodeGraphs:
         return None if q is None or b is None else (b, q)
 
     def run(self, b: int, q: int, ids: np.ndarray, positions: np.ndarray, slots: np.ndarray,
-            tables: np.ndarray, seq_lens: np.ndarray) -> torch.Tensor:
-        """Inputs padded to ``b`` requests of ``q`` tokens (host arrays); returns logits [b * q, vocab]."""
+            num_drafts: np.ndarray, tables: np.ndarray, seq_lens: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs padded to ``b`` requests of ``q`` tokens (host arrays); returns logits [b * q, vocab] and
+        the greedy result [b, q + 1] (argmax per row, then how many tokens greedy verification emits)."""
         n, mb = b * q, self.max_blocks
         h64 = self.host64.numpy()
-        h64[:n], h64[n : 2 * n], h64[2 * n : 3 * n] = ids, positions, slots
+        h64[:n], h64[n : 2 * n], h64[2 * n : 3 * n], h64[3 * n : 3 * n + b] = ids, positions, slots, num_drafts
         h32 = self.host32.numpy()
         h32[: b + 1] = np.arange(b + 1) * q
         h32[b + 1 : 2 * b + 1] = seq_lens
         h32[2 * b + 1 : 2 * b + 1 + b * mb] = tables.reshape(-1)
-        self.buf64[: 3 * n].copy_(self.host64[: 3 * n], non_blocking=True)
+        self.buf64[: 3 * n + b].copy_(self.host64[: 3 * n + b], non_blocking=True)
         self.buf32[: 2 * b + 1 + b * mb].copy_(self.host32[: 2 * b + 1 + b * mb], non_blocking=True)
-        graph, logits = self.graphs[(b, q)]
+        graph, logits, greedy = self.graphs[(b, q)]
         graph.replay()
-        return logits
+        return logits, greedy

@@ -91,6 +91,7 @@ class ModelRunner:
         slots = np.zeros(b * q, dtype=np.int64)  # padding writes land in the null block
         tables = np.zeros((b, self.max_blocks_per_req), dtype=np.int32)
         seq_lens = np.full(b, q, dtype=np.int32)
+        num_drafts = np.zeros(b, dtype=np.int64)
         logits_rows: list[int] = []
         for i, s in enumerate(scheduled):
             r = s.request
@@ -104,8 +105,15 @@ class ModelRunner:
             slots[o : o + real] = block_ids[pos[:real] // bs] * bs + pos[:real] % bs
             tables[i, : len(r.block_ids)] = r.block_ids
             seq_lens[i] = start + q
+            num_drafts[i] = s.num_spec_tokens
             logits_rows.extend(range(o, o + real))
-        logits_all = self.graphs.run(b, q, ids, positions, slots, tables, seq_lens)  # [b * q, vocab]
+        logits_all, greedy = self.graphs.run(b, q, ids, positions, slots, num_drafts, tables, seq_lens)
+        if all(_plain_greedy(s.request) for s in scheduled):  # the graph already verified: read it back
+            host = greedy[: len(scheduled)].tolist()  # the step's one host sync
+            return StepResult({
+                s.request.request_id: SampledRequest(host[i][: host[i][-1]], s.num_spec_tokens, None)
+                for i, s in enumerate(scheduled)
+            }, {}, {})
         return self._sample(logits_all, logits_rows, False, scheduled, {}, {})
 
     def _execute_eager(self, scheduled: list[ScheduledRequest]) -> StepResult:
@@ -280,3 +288,10 @@ class ModelRunner:
             ban_rows=dev["ban_rows"] if ban_rows else None, ban_token_ids=dev["ban_ids"] if ban_rows else None,
         )
         return batch, dev["logits_rows"]
+
+
+def _plain_greedy(request) -> bool:
+    """Greedy with nothing that changes the logits or needs more than the argmax."""
+    p = request.params
+    return (p.temperature == 0 and not p.has_penalties and p.logprobs is None and request.spec_probs is None
+            and request.num_output_tokens >= p.min_tokens)
