@@ -93,7 +93,7 @@ def per_step_ms(llm: LLM, prompts, short: int, long: int) -> float:
 
 def graph_replay_ms(llm: LLM, b: int, q: int, n: int = 50) -> float:
     """GPU time of one captured forward (CUDA events), without the engine's host work."""
-    graph, _ = llm.engine.runner.graphs.graphs[(b, q)]
+    graph = llm.engine.runner.graphs.graphs[(b, q)][0]
     for _ in range(5):
         graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
