@@ -17,7 +17,7 @@ from helpers.spec_prompts import all_prompts, chat_token_ids, code_prompts, summ
 from tokenleap import SamplingParams
 from tokenleap_plugins import Drafts, ProposerBase, ProposerManager, ProposerSpec, hookimpl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]  # see tests/conftest.py
 
 MAX_TOKENS = 32
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
@@ -28,15 +28,6 @@ def ngram(k: int) -> dict:
     return {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The CI machine has 2 shared cores: two intra-op threads under contention run ~10x slower than one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,11 @@ import pytest
 from helpers.spec_prompts import chat_prompts, chat_token_ids, code_prompts, summary_prompts
 from tokenleap import SamplingParams
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]  # see tests/conftest.py
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ and turning a data set name into prompts for a given engine.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from tokenleap.metrics import PREFIX
@@ -16,6 +17,16 @@ _SPEC_COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
 
 # The per-request and engine-wide acceptance figures are the same type.
 AcceptanceStats = SpecDecodeStats
+
+
+class BenchResult:
+    """Mixin of the result dataclasses: ``to_dict()`` is the JSON document the CLI writes."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        acceptance = getattr(self, "acceptance", None)
+        d["acceptance"] = acceptance.to_dict() if acceptance is not None else None
+        return d
 
 
 def acceptance_snapshot(metrics: list[Any]) -> AcceptanceStats:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from tokenleap.bench import (
     AcceptanceStats,
+    BenchResult,
     acceptance_between,
     acceptance_snapshot,
     percentile,
@@ -33,7 +34,7 @@ from tokenleap.sampling_params import SamplingParams
 
 
 @dataclass
-class LatencyResult:
+class LatencyResult(BenchResult):
     batch_size: int
     output_len: int
     mean_input_len: float
@@ -52,10 +53,6 @@ class LatencyResult:
     total_output_tokens: int
     acceptance: AcceptanceStats | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["acceptance"] = self.acceptance.to_dict() if self.acceptance is not None else None
-        return d
 
 
 def run_latency(

@@ -10,11 +10,12 @@ speculation). A short warm-up request runs first unless ``warmup=False``; it is 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from tokenleap.bench import (
     AcceptanceStats,
+    BenchResult,
     acceptance_between,
     acceptance_snapshot,
     percentile,
@@ -24,7 +25,7 @@ from tokenleap.sampling_params import SamplingParams
 
 
 @dataclass
-class ThroughputResult:
+class ThroughputResult(BenchResult):
     num_prompts: int
     output_len: int  # max_tokens of every request (exact when ignore_eos)
     elapsed_s: float
@@ -38,10 +39,6 @@ class ThroughputResult:
     median_ttft_ms: float
     acceptance: AcceptanceStats | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["acceptance"] = self.acceptance.to_dict() if self.acceptance is not None else None
-        return d
 
 
 def run_throughput(
