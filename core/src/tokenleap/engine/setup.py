@@ -11,6 +11,7 @@ import structlog
 import torch
 
 from tokenleap.config import EngineConfig
+from tokenleap.kernels.dispatch import attention_backend
 from tokenleap.kernels.ops import LayerOps, layer_ops
 from tokenleap.model.arch import ModelArchConfig
 from tokenleap.model.llama import KVCache, LlamaForCausalLM
@@ -31,19 +32,7 @@ def pick_device(cfg: EngineConfig) -> torch.device:
 
 
 def pick_backend(cfg: EngineConfig, device: torch.device) -> str:
-    if cfg.attention_backend == "triton" and device.type != "cuda":
-        raise ValueError("attention_backend='triton' needs device='cuda'; the CPU uses the torch reference")
-    if cfg.attention_backend != "auto":
-        return cfg.attention_backend
-    if device.type != "cuda":
-        return "torch"
-    try:
-        import triton  # noqa: F401
-
-        from tokenleap.kernels import triton_attention  # noqa: F401
-    except ImportError:
-        return "torch"
-    return "triton"
+    return attention_backend(device.type, cfg.attention_backend)
 
 
 @dataclass
@@ -70,8 +59,7 @@ def load_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_po
     positions = max_positions or arch.max_position_embeddings
     with torch.device(device):
         model = LlamaForCausalLM(arch, positions + 64, ops).to(ckpt.torch_dtype)
-    model.load_hf_weights({k: v.to(device) for k, v in ckpt.weights.items()})
-    model.cos_sin_cache = model.cos_sin_cache.float()
+    model.load_hf_weights(ckpt.weights)  # copy_ moves each tensor to the device
     return LoadedModel(model.eval(), arch, ckpt.tokenizer, ckpt.torch_dtype)
 
 
@@ -93,7 +81,6 @@ def _dummy_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_
                 param.fill_(1.0)
             else:
                 param.normal_(0.0, 0.02, generator=gen)
-    model.cos_sin_cache = model.cos_sin_cache.float()
     tokenizer = None
     if (model_path / "tokenizer.json").exists() or cfg.tokenizer:
         from transformers import AutoTokenizer

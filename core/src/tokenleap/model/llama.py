@@ -103,7 +103,8 @@ class LlamaForCausalLM(nn.Module):
             cfg.head_dim, cfg.rope_theta, cfg.rope_type, cfg.rope_factor, cfg.rope_low_freq_factor,
             cfg.rope_high_freq_factor, cfg.rope_original_max_position,
         )
-        self.register_buffer("cos_sin_cache", rope_cos_sin_cache(inv_freq, max_positions), persistent=False)
+        # A plain attribute, not a buffer: it stays float32 when the weights are cast to bf16/fp16.
+        self.cos_sin_cache = rope_cos_sin_cache(inv_freq, max_positions)  # [max_positions, head_dim] fp32
 
     def forward(
         self,
