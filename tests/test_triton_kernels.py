@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from tokenleap.kernels import fused_ref  # noqa: E402
 from tokenleap.kernels.attention_ref import paged_attention_ref, write_kv_ref  # noqa: E402
 from tokenleap.kernels.dispatch import attention_backend  # noqa: E402
+from tokenleap.model.layers import rope_cos_sin_cache, rope_inv_freq  # noqa: E402
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 _TRITON_MARKS = (
@@ -182,7 +183,7 @@ def test_fused_ops(dtype, tol):
         close(got, want)
     qkv = torch.randn(5, 4 + 2 + 2, 64, generator=g).to(dtype)
     q, k = qkv[:, :4], qkv[:, 4:6]  # strided views, as the model produces them
-    cache, pos = fused_ref.rope_cos_sin_cache(128, 64), torch.tensor([0, 3, 127, 50, 3])
+    cache, pos = rope_cos_sin_cache(rope_inv_freq(64, 10000.0), 128), torch.tensor([0, 3, 127, 50, 3])
     before = qkv.clone()
     for got, want in zip(
         tf.rotary_embedding(pos, q, k, cache), fused_ref.rotary_embedding_ref(pos, q, k, cache), strict=True
@@ -200,7 +201,7 @@ def test_references_match_hf():
     norm = llama.LlamaRMSNorm(64, eps=1e-6).to(torch.bfloat16)
     norm.weight.data = (1 + 0.1 * torch.randn(64)).bfloat16()
     assert torch.equal(norm(x), fused_ref.rms_norm_ref(x, norm.weight, 1e-6))
-    cache = fused_ref.rope_cos_sin_cache(32, 64)
+    cache = rope_cos_sin_cache(rope_inv_freq(64, 10000.0), 32)
     pos = torch.tensor([0, 7, 31])
     q, k = torch.randn(3, 4, 64).bfloat16(), torch.randn(3, 2, 64).bfloat16()
     cos = torch.cat([cache[pos, :32]] * 2, -1).bfloat16()[None]  # HF: [batch, seq, D] in x.dtype

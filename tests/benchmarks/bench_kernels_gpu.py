@@ -27,6 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 from tokenleap.kernels import fused_ref, triton_fused  # noqa: E402
 from tokenleap.kernels.attention_ref import paged_attention_ref  # noqa: E402
 from tokenleap.kernels.triton_attention import paged_attention_triton  # noqa: E402
+from tokenleap.model.layers import rope_cos_sin_cache, rope_inv_freq  # noqa: E402
 
 
 def timed(fn, device) -> float:
@@ -173,7 +174,7 @@ def bench_attention(cases, heads, kv_heads, head_dim, page, dtype, device, check
 def bench_fused(tokens_list, hidden, inter, heads, kv_heads, head_dim, dtype, device):
     print(f"\nfused ops (hidden {hidden}, intermediate {inter}, {dtype})")
     print(f"{'op':>18} {'tokens':>6} | {'maxdiff':>8} | {'ours ms':>8} {'ref ms':>8} {'speedup':>7}")
-    cache = fused_ref.rope_cos_sin_cache(8192, head_dim).to(device)
+    cache = rope_cos_sin_cache(rope_inv_freq(head_dim, 10000.0), 8192).to(device)
     for t in tokens_list:
         x = torch.randn(t, hidden, device=device).to(dtype)
         r = torch.randn(t, hidden, device=device).to(dtype)

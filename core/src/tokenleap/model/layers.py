@@ -8,8 +8,6 @@ import math
 import torch
 from torch import nn
 
-from tokenleap.kernels.fused_ref import rms_norm_ref
-
 
 class RMSNorm(nn.Module):
     """Holds the weight and eps; the op itself is LayerOps.rms_norm (kernels/)."""
@@ -18,9 +16,6 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm_ref(x, self.weight, self.eps)
 
 
 def rope_inv_freq(
