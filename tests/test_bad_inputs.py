@@ -316,16 +316,16 @@ def test_invalid_dtype_in_loader_lists_allowed(folder):
 
 def test_error_during_generate_leaves_no_leftovers(llm, baseline, monkeypatch):
     runner = llm.engine.runner
-    real = runner.execute
+    real = runner.launch
     calls = {"n": 0}
 
-    def failing(scheduled):
+    def failing(scheduled, ahead_of=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("injected failure in step 3")
-        return real(scheduled)
+        return real(scheduled, ahead_of)
 
-    monkeypatch.setattr(runner, "execute", failing)
+    monkeypatch.setattr(runner, "launch", failing)
     prompts = [ok(5), ok(40), "Hello world!", ok(9)]
     with pytest.raises(RuntimeError, match="injected failure in step 3"):
         llm.generate(prompts, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
@@ -333,7 +333,7 @@ def test_error_during_generate_leaves_no_leftovers(llm, baseline, monkeypatch):
     assert not eng.has_unfinished_requests() and not eng.requests
     assert eng.blocks.num_free_blocks == eng.blocks.num_usable_blocks
     assert eng.counters.finished["abort"] >= len(prompts)
-    monkeypatch.setattr(runner, "execute", real)
+    monkeypatch.setattr(runner, "launch", real)
     assert [o.outputs[0].token_ids for o in llm.generate(GOOD, GREEDY, use_tqdm=False)] == baseline
     # and the aborted prompts now run to completion
     outs = llm.generate(

@@ -153,13 +153,13 @@ def test_mixed_batches_with_chunked_prefill(engines, prompts):
             speculative_config=ngram(k) if k else None,
         )
         steps = []
-        execute = llm.engine.runner.execute
+        launch = llm.engine.runner.launch
 
-        def recording(scheduled, execute=execute, steps=steps):
+        def recording(scheduled, ahead_of=None, launch=launch, steps=steps):
             steps.append([(s.num_new_tokens, s.num_spec_tokens, s.samples) for s in scheduled])
-            return execute(scheduled)
+            return launch(scheduled, ahead_of)
 
-        llm.engine.runner.execute = recording
+        llm.engine.runner.launch = recording
         outs[k] = llm.generate(mixed, GREEDY, use_tqdm=False)
         if k:
             metrics = spec_metrics(llm)

@@ -64,3 +64,27 @@ def test_seeded_sampling_on_gpu_is_batch_invariant(tiny):
     together = _tokens(llm, PROMPTS, release=False, params=[sp, SamplingParams(temperature=1.0, seed=1, max_tokens=30),
                                       SamplingParams(temperature=0, max_tokens=12)])
     assert alone[0] == together[0]
+
+
+def test_async_scheduling_with_real_graphs_equals_cpu(tiny):
+    """Steps launched ahead on the GPU (tokens fed on the device from the step in flight) give the CPU
+    reference's tokens, including requests that stop inside a step already launched for them."""
+    cpu = _tokens(LLM(model=str(tiny), device="cpu", dtype="float32", disable_log_stats=True))
+    params = [SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, stop_token_ids=[t[len(t) // 2]])
+              for t in cpu]
+    cpu_stopped = _tokens(LLM(model=str(tiny), device="cpu", dtype="float32", disable_log_stats=True),
+                          params=params)
+    llm = LLM(model=str(tiny), device="cuda", dtype="float32", disable_log_stats=True)
+    assert llm.engine.cfg.async_scheduling and llm.engine.runner.graphs is not None
+    launched_ahead = []
+    launch = llm.engine.runner.launch
+
+    def counting(scheduled, ahead_of=None):
+        launched_ahead.append(ahead_of is not None)
+        return launch(scheduled, ahead_of)
+
+    llm.engine.runner.launch = counting
+    assert _tokens(llm, release=False) == cpu
+    assert sum(launched_ahead) > 20
+    assert _tokens(llm, params=params, release=False) == cpu_stopped
+    assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks

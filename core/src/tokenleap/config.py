@@ -22,6 +22,7 @@ class EngineConfig(BaseModel):
     max_model_len: int | None = Field(None, ge=2)
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     enforce_eager: bool = False
+    async_scheduling: bool = Field(True, description="launch the next greedy decode step before reading this one")
     tensor_parallel_size: int = Field(1, ge=1)
     speculative_config: dict[str, Any] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"

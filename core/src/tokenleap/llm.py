@@ -140,8 +140,10 @@ class LLM:
                     if done.request_id in pending:
                         pending.discard(done.request_id)
                         bar.update(1)
-                rate = (engine.counters.generation_tokens - start_tokens) / max(bar.format_dict["elapsed"], 1e-9)
-                bar.set_postfix_str(f"{rate:.1f} tok/s", refresh=False)
+                if use_tqdm:
+                    elapsed = max(bar.format_dict["elapsed"], 1e-9)
+                    rate = (engine.counters.generation_tokens - start_tokens) / elapsed
+                    bar.set_postfix_str(f"{rate:.1f} tok/s", refresh=False)
         except BaseException:
             for r in requests:  # leave no half-finished batch behind
                 engine.abort_request(r.request_id)

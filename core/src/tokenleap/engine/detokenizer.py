@@ -7,9 +7,35 @@ incomplete character (U+FFFD).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from tokenleap.engine.request import Request
 
 _WINDOW = 5  # tokens of left context re-decoded so that merges at the boundary come out right
+
+Decode = Callable[[Sequence[int], bool], str]  # (token_ids, skip_special_tokens) -> text
+
+
+def text_decoder(tokenizer) -> Decode | None:
+    """The tokenizer's decode as a plain function. It calls the Rust ``tokenizers`` backend directly when that
+    gives the same text (no clean-up pass applies): transformers' wrapper around it costs more than the decode
+    itself, and it runs twice per generated token."""
+    if tokenizer is None:
+        return None
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is not None and type(backend).__module__.startswith("tokenizers") and not _cleans_up(tokenizer):
+        return lambda ids, skip: backend.decode(ids, skip_special_tokens=skip)
+    return lambda ids, skip: tokenizer.decode(ids, skip_special_tokens=skip)
+
+
+def _cleans_up(tokenizer) -> bool:
+    """Whether transformers' decode post-processes the backend's text (``clean_up_tokenization_spaces``;
+    transformers 5 skips it for BPE models unless forced)."""
+    if not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return False
+    force = getattr(tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", None)
+    is_bpe = type(tokenizer._tokenizer.model).__name__ == "BPE"
+    return not (force is False and is_bpe)
 
 
 def init_offsets(request: Request) -> None:
@@ -19,13 +45,11 @@ def init_offsets(request: Request) -> None:
     request.read_offset = n
 
 
-def append_token_text(request: Request, tokenizer, skip_special_tokens: bool) -> str:
+def append_token_text(request: Request, decode: Decode, skip_special_tokens: bool) -> str:
     """Decode the newest token of ``request.all_token_ids`` and return the text it adds (may be '')."""
     ids = request.all_token_ids
-    prefix_text = tokenizer.decode(
-        ids[request.prefix_offset : request.read_offset], skip_special_tokens=skip_special_tokens
-    )
-    full_text = tokenizer.decode(ids[request.prefix_offset :], skip_special_tokens=skip_special_tokens)
+    prefix_text = decode(ids[request.prefix_offset : request.read_offset], skip_special_tokens)
+    full_text = decode(ids[request.prefix_offset :], skip_special_tokens)
     if len(full_text) > len(prefix_text) and not full_text.endswith("\ufffd"):
         delta = full_text[len(prefix_text) :]
         request.prefix_offset = request.read_offset

@@ -10,12 +10,12 @@ from tokenleap_plugins import ProposerContext, ProposerManager, VerifiedRequest
 from tokenleap.config import EngineConfig
 from tokenleap.engine import setup
 from tokenleap.engine.cuda_graphs import DecodeGraphs
-from tokenleap.engine.detokenizer import init_offsets
+from tokenleap.engine.detokenizer import init_offsets, text_decoder
 from tokenleap.engine.kv_cache import BlockManager
-from tokenleap.engine.model_runner import ModelRunner
+from tokenleap.engine.model_runner import LaunchedStep, ModelRunner, StepResult
 from tokenleap.engine.output_processor import append_tokens
 from tokenleap.engine.request import Request, RequestStatus
-from tokenleap.engine.scheduler import Scheduler
+from tokenleap.engine.scheduler import ScheduledRequest, Scheduler
 from tokenleap.metrics import EngineCounters
 from tokenleap.model.hub import resolve_model
 from tokenleap.spec.config import ResolvedSpeculativeConfig, resolve_speculative_config
@@ -37,6 +37,7 @@ class Engine:
 
         loaded = setup.load_model(cfg, model_path, self.device, cfg.max_model_len, self.backend)
         self.model, self.arch, self.tokenizer = loaded.model, loaded.arch, loaded.tokenizer
+        self.decode = text_decoder(self.tokenizer)
         k = self.spec_cfg.num_speculative_tokens if self.spec_cfg else 0
         max_len = cfg.max_model_len or self.arch.max_position_embeddings
         self.max_num_batched_tokens = cfg.max_num_batched_tokens or max(2048, min(max_len, 8192))
@@ -82,6 +83,7 @@ class Engine:
                                   hidden_layers, graphs)
         self.counters = EngineCounters()
         self.requests: dict[str, Request] = {}
+        self._in_flight: LaunchedStep | None = None  # a step launched ahead, read back by the next step()
         self._last_log = time.monotonic()
         log.info("engine ready", model=cfg.model, device=str(self.device), dtype=str(loaded.dtype),
                  attention=self.backend, kv_blocks=num_blocks, max_model_len=max_len,
@@ -107,29 +109,62 @@ class Engine:
             return
         req.status, req.finish_reason = RequestStatus.FINISHED_ABORTED, "abort"
         self._retire(req)
+        self._drop_in_flight_if_done()
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[Request]:
-        """Run one engine step; returns the requests that finished in it."""
-        sched = self.scheduler.schedule()
-        if not sched.scheduled:
-            if self.scheduler.waiting and not self.scheduler.running:
-                head = self.scheduler.waiting[0]
-                raise RuntimeError(
-                    f"request {head.request_id!r} ({head.num_tokens} tokens) cannot be scheduled: the KV cache has "
-                    f"{self.blocks.num_free_blocks} free blocks of {self.blocks.block_size} tokens"
-                )
-            return []
+        """Run one engine step; returns the requests that finished in it.
+
+        With ``async_scheduling``, a plain-greedy decode step is followed on the device by the next one before
+        the host reads it back: step N + 1 is prepared and launched while the GPU runs step N, and the next
+        call returns step N + 1's results. Requests that finish in step N simply ignore step N + 1."""
+        launched, self._in_flight = self._in_flight, None
+        if launched is None:
+            sched = self.scheduler.schedule()
+            if not sched.scheduled:
+                if self.scheduler.waiting and not self.scheduler.running:
+                    head = self.scheduler.waiting[0]
+                    raise RuntimeError(
+                        f"request {head.request_id!r} ({head.num_tokens} tokens) cannot be scheduled: the KV cache "
+                        f"has {self.blocks.num_free_blocks} free blocks of {self.blocks.block_size} tokens"
+                    )
+                return []
+            self.counters.num_preemptions += len(sched.preempted)
+            launched = self.runner.launch(sched.scheduled)
         now = time.monotonic()
-        result = self.runner.execute(sched.scheduled)
+        if self._may_launch_ahead(launched):
+            ahead = self.scheduler.schedule_ahead(launched.scheduled)
+            if ahead is not None:
+                self._in_flight = self.runner.launch(ahead, ahead_of=launched)
+        finished = self._apply(launched.scheduled, launched.wait(), now)
+        self._drop_in_flight_if_done()
+        self._maybe_log()
+        return finished
+
+    def _may_launch_ahead(self, launched: LaunchedStep) -> bool:
+        """Decode steps of plain-greedy requests without a proposer, none of which is sure to end in it."""
+        return (self.cfg.async_scheduling and self.driver is None and self.runner.can_launch_ahead(launched)
+                and all(s.request.num_output_tokens + 1 < s.request.max_tokens
+                        and s.request.num_tokens + 1 < self.max_model_len for s in launched.scheduled))
+
+    def _drop_in_flight_if_done(self) -> None:
+        """A step launched ahead whose requests all ended has nothing to give: wait for it and drop it."""
+        if self._in_flight is not None and all(s.request.status.finished for s in self._in_flight.scheduled):
+            self._in_flight.wait()
+            self._in_flight = None
+
+    def _apply(self, scheduled: list[ScheduledRequest], result: StepResult, now: float) -> list[Request]:
+        """Account a step's results to its requests; returns those that finished. Requests that ended before
+        (in the step this one was launched ahead of, or aborted) are skipped."""
         self.counters.num_steps += 1
-        self.counters.num_preemptions += len(sched.preempted)
         verified: list[VerifiedRequest] = []
         finished: list[Request] = []
-        for s in sched.scheduled:
+        for s in scheduled:
             req = s.request
+            if req.status.finished:
+                continue
             if req.metrics.first_scheduled_time is None:
                 req.metrics.first_scheduled_time = now
             sampled = result.sampled.get(req.request_id)
@@ -138,7 +173,7 @@ class Engine:
             else:
                 num_accepted = len(sampled.token_ids) - 1
                 req.num_computed_tokens += s.num_new_tokens + num_accepted
-                kept = append_tokens(req, sampled, self.tokenizer, self.max_model_len)
+                kept = append_tokens(req, sampled, self.decode, self.max_model_len)
                 self._count_step(req, s.num_spec_tokens, num_accepted, len(kept))
                 verified.append(VerifiedRequest(req.request_id, s.num_spec_tokens, num_accepted, kept))
             req.spec_token_ids, req.spec_probs = [], None
@@ -153,7 +188,6 @@ class Engine:
         if self.driver is not None:
             decoding = [r for r in self.scheduler.running if r.is_decoding]
             self.driver.propose(decoding, result)
-        self._maybe_log()
         return finished
 
     def _count_step(self, req: Request, num_drafts: int, num_accepted: int, num_kept: int) -> None:

@@ -2,6 +2,11 @@
 
 The step is one flat batch: token ids, positions, slot mapping, block tables, query start offsets and
 logits indices. The only host sync is reading back the emitted tokens.
+
+A step is launched, then waited for. A graphed plain-greedy step stays in flight until waited for, and a
+1-token decode step of the same requests can be launched behind it before that (``ahead_of``): its input
+tokens are taken on the device from the step in flight, so the host prepares and launches step N + 1 while
+the GPU still runs step N.
 """
 
 from __future__ import annotations
@@ -33,6 +38,34 @@ class StepResult:
     sampled: dict[str, SampledRequest]  # request_id -> result, for requests that sampled
     hidden_states: dict[int, torch.Tensor]  # layer -> [num_tokens, hidden]
     token_rows: dict[str, tuple[int, int]]  # request_id -> (start, stop) rows of the flat batch
+
+
+@dataclass
+class LaunchedStep:
+    """A step handed to the device: either its result is ready, or it is a graphed greedy step in flight whose
+    result is being copied to ``host`` (valid once ``event`` completed)."""
+
+    scheduled: list[ScheduledRequest]
+    result: StepResult | None = None
+    greedy: torch.Tensor | None = None  # [b, q + 1] on the device: argmax per row, then tokens emitted
+    host: torch.Tensor | None = None  # [len(scheduled), q + 1] its host copy
+    event: torch.cuda.Event | None = None
+
+    @property
+    def is_greedy_decode(self) -> bool:
+        """In flight, 1 token per request: the next decode step can take its tokens on the device."""
+        return self.result is None and self.greedy is not None and self.greedy.shape[1] == 2
+
+    def wait(self) -> StepResult:
+        if self.result is None:
+            if self.event is not None:
+                self.event.synchronize()  # the step's one host sync
+            rows = self.host.tolist()
+            self.result = StepResult({
+                s.request.request_id: SampledRequest(rows[i][: rows[i][-1]], s.num_spec_tokens, None)
+                for i, s in enumerate(self.scheduled)
+            }, {}, {})
+        return self.result
 
 
 class ModelRunner:
@@ -74,18 +107,30 @@ class ModelRunner:
         return out
 
     @torch.inference_mode()
-    def execute(self, scheduled: list[ScheduledRequest]) -> StepResult:
+    def launch(self, scheduled: list[ScheduledRequest], ahead_of: LaunchedStep | None = None) -> LaunchedStep:
+        """Start a step. With ``ahead_of`` (an in-flight greedy decode step of the same requests, in the same
+        order), each request runs one token past its recorded state, fed the token that step emits."""
+        if ahead_of is not None:
+            assert ahead_of.is_greedy_decode and [s.request for s in ahead_of.scheduled] == [
+                s.request for s in scheduled], "a step launched ahead must continue the same decode requests"
+            picked = self.graphs.pick(len(scheduled), 1)
+            return self._launch_graph(scheduled, *picked, ahead_of=ahead_of)
         if self.graphs is not None and not self.hidden_state_layers and all(
             s.num_new_tokens == 1 and s.samples for s in scheduled
         ):
             picked = self.graphs.pick(len(scheduled), 1 + max(s.num_spec_tokens for s in scheduled))
             if picked is not None:
-                return self._execute_graph(scheduled, *picked)
-        return self._execute_eager(scheduled)
+                return self._launch_graph(scheduled, *picked)
+        return LaunchedStep(scheduled, result=self._execute_eager(scheduled))
 
-    def _execute_graph(self, scheduled: list[ScheduledRequest], b: int, q: int) -> StepResult:
+    def can_launch_ahead(self, step: LaunchedStep) -> bool:
+        return step.is_greedy_decode and self.graphs is not None
+
+    def _launch_graph(self, scheduled: list[ScheduledRequest], b: int, q: int,
+                      ahead_of: LaunchedStep | None = None) -> LaunchedStep:
         """Decode / verify through a captured graph: every request padded to ``q`` query tokens."""
         bs = self.block_size
+        ahead = int(ahead_of is not None)
         ids = np.zeros(b * q, dtype=np.int64)
         positions = np.tile(np.arange(q, dtype=np.int64), b)
         slots = np.zeros(b * q, dtype=np.int64)  # padding writes land in the null block
@@ -95,26 +140,25 @@ class ModelRunner:
         logits_rows: list[int] = []
         for i, s in enumerate(scheduled):
             r = s.request
-            start, real = r.num_computed_tokens, s.num_query_tokens
+            start, real = r.num_computed_tokens + ahead, s.num_query_tokens
             o = i * q
-            ids[o] = r.all_token_ids[start]
+            if not ahead:
+                ids[o] = r.all_token_ids[start]
             ids[o + 1 : o + real] = r.spec_token_ids[: s.num_spec_tokens]
-            pos = np.arange(start, start + q, dtype=np.int64)
-            positions[o : o + q] = pos
-            block_ids = np.asarray(r.block_ids, dtype=np.int64)
-            slots[o : o + real] = block_ids[pos[:real] // bs] * bs + pos[:real] % bs
-            tables[i, : len(r.block_ids)] = r.block_ids
+            positions[o : o + q] += start
+            blocks = r.block_ids
+            slots[o : o + real] = [blocks[p // bs] * bs + p % bs for p in range(start, start + real)]
+            tables[i, : len(blocks)] = blocks
             seq_lens[i] = start + q
             num_drafts[i] = s.num_spec_tokens
             logits_rows.extend(range(o, o + real))
-        logits_all, greedy = self.graphs.run(b, q, ids, positions, slots, num_drafts, tables, seq_lens)
+        fed = ahead_of.greedy[: len(scheduled), 0] if ahead_of is not None else None
+        logits_all, greedy = self.graphs.run(b, q, ids, positions, slots, num_drafts, tables, seq_lens, fed)
         if all(_plain_greedy(s.request) for s in scheduled):  # the graph already verified: read it back
-            host = greedy[: len(scheduled)].tolist()  # the step's one host sync
-            return StepResult({
-                s.request.request_id: SampledRequest(host[i][: host[i][-1]], s.num_spec_tokens, None)
-                for i, s in enumerate(scheduled)
-            }, {}, {})
-        return self._sample(logits_all, logits_rows, False, scheduled, {}, {})
+            host, event = self.graphs.read_back(greedy, len(scheduled))
+            return LaunchedStep(scheduled, greedy=greedy, host=host, event=event)
+        assert not ahead, "only plain-greedy steps are launched ahead"
+        return LaunchedStep(scheduled, result=self._sample(logits_all, logits_rows, False, scheduled, {}, {}))
 
     def _execute_eager(self, scheduled: list[ScheduledRequest]) -> StepResult:
         bs = self.block_size

@@ -3,13 +3,13 @@ incremental text, logprobs."""
 
 from __future__ import annotations
 
-from tokenleap.engine.detokenizer import append_token_text
+from tokenleap.engine.detokenizer import Decode, append_token_text
 from tokenleap.engine.model_runner import SampledRequest
 from tokenleap.engine.request import Request, RequestStatus
 from tokenleap.outputs import Logprob
 
 
-def append_tokens(request: Request, sampled: SampledRequest, tokenizer, max_model_len: int) -> list[int]:
+def append_tokens(request: Request, sampled: SampledRequest, decode: Decode | None, max_model_len: int) -> list[int]:
     """Append emitted tokens one by one until a stop condition ends the request.
 
     Returns the tokens actually kept (a prefix of ``sampled.token_ids``). Sets status, finish_reason
@@ -23,18 +23,18 @@ def append_tokens(request: Request, sampled: SampledRequest, tokenizer, max_mode
         request.all_token_ids.append(token)
         kept.append(token)
         if sampled.logprobs is not None:
-            _record_logprob(request, token, sampled.logprobs[j], tokenizer)
+            _record_logprob(request, token, sampled.logprobs[j], decode)
         n_out = request.num_output_tokens
         past_min = n_out >= p.min_tokens
         is_stop_id = p.stop_token_ids is not None and token in p.stop_token_ids
         is_eos = not p.ignore_eos and token in request.eos_token_ids
         if past_min and (is_stop_id or is_eos):
             skip = is_eos or not p.include_stop_str_in_output
-            if not skip and tokenizer is not None:
-                request.text += append_token_text(request, tokenizer, p.skip_special_tokens)
+            if not skip and decode is not None:
+                request.text += append_token_text(request, decode, p.skip_special_tokens)
             _finish(request, RequestStatus.FINISHED_STOPPED, None if is_eos and not is_stop_id else token)
             return kept
-        delta = append_token_text(request, tokenizer, p.skip_special_tokens) if tokenizer is not None else ""
+        delta = append_token_text(request, decode, p.skip_special_tokens) if decode is not None else ""
         if delta:
             before = len(request.text)
             request.text += delta
@@ -62,11 +62,12 @@ def _truncate_at_stop(request: Request, stop_strings: list[str], new_from: int) 
     return True
 
 
-def _record_logprob(request: Request, token: int, entry: tuple[float, int, list], tokenizer) -> None:
+def _record_logprob(request: Request, token: int, entry: tuple[float, int, list], decode: Decode | None) -> None:
     lp, rank, top = entry
     request.cumulative_logprob += lp
+
     def text(t: int) -> str | None:
-        return tokenizer.decode([t]) if tokenizer is not None else None
+        return decode([t], False) if decode is not None else None
 
     step = {token: Logprob(lp, rank, text(token))}
     for i, (tid, val) in enumerate(top):

@@ -113,6 +113,22 @@ class Scheduler:
             budget -= num_new
         return out
 
+    def schedule_ahead(self, scheduled: list[ScheduledRequest]) -> list[ScheduledRequest] | None:
+        """The decode step after ``scheduled`` (a decode step still in flight), for a step launched before the
+        in-flight one is read back: the same requests, one token further each. Only when nothing else would be
+        scheduled instead (every running request is in it, and no waiting one could be admitted) and each
+        request gets its slot without preempting anyone; otherwise None."""
+        if len(scheduled) != len(self.running) or (self.waiting and len(self.running) < self.max_num_seqs):
+            return None
+        for s in scheduled:
+            req = s.request
+            needed = self.blocks.blocks_needed(req.num_computed_tokens + 2, len(req.block_ids))
+            new_blocks = self.blocks.allocate(needed)
+            if new_blocks is None:
+                return None
+            req.block_ids.extend(new_blocks)
+        return [ScheduledRequest(s.request, 1, 0) for s in scheduled]
+
     def _reserve(self, req: Request, num_tokens: int, out: SchedulerOutput) -> bool:
         """Give ``req`` blocks for ``num_tokens`` slots, preempting lower-ranked requests as needed.
         Returns False when ``req`` itself had to be preempted."""

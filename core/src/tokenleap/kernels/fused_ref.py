@@ -8,6 +8,7 @@ against them and the engine's CPU path gives the same numbers as ``transformers`
 - Residual add (decoder layer): ``residual + x`` in the activation dtype, then RMSNorm of that sum.
 - RoPE (``apply_rotary_pos_emb``, neox style ``rotate_half``): cos/sin are built in fp32, cast to
   the activation dtype, and ``q * cos + rotate_half(q) * sin`` is computed in the activation dtype.
+- RoPE + KV write: the rotated keys and the values go to their paged-cache slots (``write_kv_ref``).
 - SwiGLU (``LlamaMLP``): ``silu(gate) * up`` in the activation dtype.
 """
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from tokenleap.kernels.attention_ref import write_kv_ref
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -52,6 +55,21 @@ def rotary_embedding_ref(
     cos = torch.cat([cs[:, :half], cs[:, :half]], dim=-1)[:, None, :].to(q.dtype)  # [T, 1, D]
     sin = torch.cat([cs[:, half:], cs[:, half:]], dim=-1)[:, None, :].to(q.dtype)
     return _rotate(q, cos, sin), _rotate(k, cos.to(k.dtype), sin.to(k.dtype))
+
+
+def rope_and_write_kv_ref(
+    positions: torch.Tensor,  # [T] int
+    q: torch.Tensor,  # [T, H, D]
+    k: torch.Tensor,  # [T, KVH, D]
+    v: torch.Tensor,  # [T, KVH, D]
+    cos_sin_cache: torch.Tensor,  # [max_pos, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, KVH, D]
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,  # [T] int64
+) -> torch.Tensor:  # q_rot [T, H, D]; rotated k and v written to the cache
+    q_rot, k_rot = rotary_embedding_ref(positions, q, k, cos_sin_cache)
+    write_kv_ref(k_rot, v, k_cache, v_cache, slot_mapping)
+    return q_rot
 
 
 def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:

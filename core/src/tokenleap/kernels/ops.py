@@ -10,7 +10,7 @@ from dataclasses import dataclass
 class LayerOps:
     rms_norm: Callable  # (x, weight, eps) -> normed
     fused_add_rms_norm: Callable  # (x, residual, weight, eps) -> (normed, x + residual)
-    rotary_embedding: Callable  # (positions, q, k, cos_sin_cache) -> (q_rot, k_rot)
+    rope_and_write_kv: Callable  # (positions, q, k, v, cos_sin_cache, k_cache, v_cache, slots) -> q_rot
     silu_and_mul: Callable  # [T, 2 * I] -> [T, I]
 
 
@@ -19,7 +19,7 @@ def layer_ops(backend: str) -> LayerOps:
     if backend == "triton":
         from tokenleap.kernels import triton_fused as t
 
-        return LayerOps(t.rms_norm, t.fused_add_rms_norm, t.rotary_embedding, t.silu_and_mul)
+        return LayerOps(t.rms_norm, t.fused_add_rms_norm, t.rope_and_write_kv, t.silu_and_mul)
     from tokenleap.kernels import fused_ref as r
 
-    return LayerOps(r.rms_norm_ref, r.fused_add_rms_norm_ref, r.rotary_embedding_ref, r.silu_and_mul_ref)
+    return LayerOps(r.rms_norm_ref, r.fused_add_rms_norm_ref, r.rope_and_write_kv_ref, r.silu_and_mul_ref)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenleap.kernels.attention_ref import paged_attention_ref, write_kv_ref
+from tokenleap.kernels.attention_ref import paged_attention_ref
 
 
 @dataclass
@@ -25,21 +25,6 @@ class AttentionMetadata:
     max_query_len: int
     max_seq_len: int
     backend: str = "torch"  # "torch" (reference, CPU and CUDA) or "triton" (CUDA)
-
-
-def write_kv(
-    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
-    value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
-    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
-    v_cache: torch.Tensor,
-    meta: AttentionMetadata,
-) -> None:
-    if meta.backend == "triton":
-        from tokenleap.kernels.triton_cache import write_kv_triton
-
-        write_kv_triton(key, value, k_cache, v_cache, meta.slot_mapping)
-    else:
-        write_kv_ref(key, value, k_cache, v_cache, meta.slot_mapping)
 
 
 def paged_attention(

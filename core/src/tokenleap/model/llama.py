@@ -14,7 +14,7 @@ from torch import nn
 
 from tokenleap.kernels.ops import LayerOps
 from tokenleap.model.arch import ModelArchConfig
-from tokenleap.model.attention import AttentionMetadata, paged_attention, write_kv
+from tokenleap.model.attention import AttentionMetadata, paged_attention
 from tokenleap.model.layers import RMSNorm, rope_cos_sin_cache, rope_inv_freq
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # k, v: [num_blocks, block_size, num_kv_heads, head_dim]
@@ -45,12 +45,11 @@ class LlamaAttention(nn.Module):
         num_tokens = x.shape[0]
         qkv = self.qkv_proj(x)  # [num_tokens, q_size + 2 * kv_size]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = self.ops.rotary_embedding(
+        q = self.ops.rope_and_write_kv(  # rotated keys and the values go to the cache
             positions, q.view(num_tokens, self.num_heads, self.head_dim),
-            k.view(num_tokens, self.num_kv_heads, self.head_dim), cos_sin_cache,
+            k.view(num_tokens, self.num_kv_heads, self.head_dim), v.view(num_tokens, self.num_kv_heads, self.head_dim),
+            cos_sin_cache, kv_cache[0], kv_cache[1], meta.slot_mapping,
         )
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        write_kv(k, v, kv_cache[0], kv_cache[1], meta)
         o = paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale, self.sliding_window)
         return self.o_proj(o.reshape(num_tokens, self.q_size))
 

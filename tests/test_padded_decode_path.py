@@ -1,0 +1,225 @@
+"""The graphed decode path (every request padded to q = 1 + k tokens, greedy verification inside the forward)
+and async scheduling (step N + 1 launched before step N is read back, its tokens taken on the device) change
+when tokens are computed, never which. On CPU the graphs run eagerly (``DecodeGraphs(use_cuda_graphs=False)``):
+the same padded inputs, null-block writes and device-fed tokens as on CUDA, minus the capture."""
+
+from __future__ import annotations
+
+import random
+import types
+
+import pytest
+from tokenleap import LLM, SamplingParams
+from tokenleap.engine.cuda_graphs import DecodeGraphs
+from tokenleap.engine.request import Request
+from tokenleap.sampling_params import SamplingParams as SP
+from tokenleap_plugins import Drafts, ProposerBase, ProposerManager, ProposerSpec, hookimpl
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+BLOCK = 16
+LENGTHS = [3, 7, 12, 20, 33, 47, 5, 60, 9, 25]
+MAX_TOKENS = [8, 30, 16, 24, 12, 28, 20, 10, 26, 18]
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
+
+
+def make_prompts():
+    rng = random.Random(7)
+    # a repeated tail gives the n-gram proposer something to find
+    return [{"prompt_token_ids": [rng.randrange(3, 300) for _ in range(n)] + [11, 12, 13] * 3} for n in LENGTHS]
+
+
+PROMPTS = make_prompts()
+GREEDY = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
+
+
+def tiny_llm(folder, padded: bool, **kwargs) -> LLM:
+    kwargs.setdefault("num_gpu_blocks_override", 256)
+    llm = LLM(model=str(folder), disable_log_stats=True, block_size=BLOCK, **kwargs)
+    if padded:
+        eng = llm.engine
+        eng.runner.graphs = DecodeGraphs(
+            eng.model, eng.runner.kv_caches, eng.cfg.max_num_seqs, [1, 1 + eng.num_speculative_tokens],
+            eng.runner.max_blocks_per_req, eng.max_model_len, eng.backend, eng.device, use_cuda_graphs=False,
+        )
+    return llm
+
+
+def count_launches(llm: LLM) -> dict[str, int]:
+    """Wrap the runner's launch to count steps launched ahead and steps that went through the padded path."""
+    counts = {"ahead": 0, "padded": 0, "eager": 0}
+    runner = llm.engine.runner
+    launch = runner.launch
+
+    def counting(scheduled, ahead_of=None):
+        step = launch(scheduled, ahead_of)
+        counts["ahead"] += ahead_of is not None
+        counts["padded" if step.greedy is not None or ahead_of is not None else "eager"] += 1
+        return step
+
+    runner.launch = counting
+    return counts
+
+
+def token_ids(outs) -> list[list[int]]:
+    return [o.outputs[0].token_ids for o in outs]
+
+
+@pytest.fixture(scope="module")
+def folder(tiny_checkpoint):
+    return tiny_checkpoint("llama")
+
+
+@pytest.fixture(scope="module")
+def eager_greedy(folder):
+    return token_ids(tiny_llm(folder, padded=False).generate(PROMPTS, GREEDY, use_tqdm=False))
+
+
+@pytest.mark.parametrize("max_num_seqs", [1, 3, 16])
+def test_async_padded_decode_equals_eager(folder, eager_greedy, max_num_seqs):
+    llm = tiny_llm(folder, padded=True, max_num_seqs=max_num_seqs)
+    counts = count_launches(llm)
+    outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+    assert token_ids(outs) == eager_greedy
+    assert [len(t) for t in token_ids(outs)] == MAX_TOKENS
+    assert all(o.outputs[0].finish_reason == "length" for o in outs)
+    # most decode steps were launched ahead of the one before
+    decode_steps = sum(MAX_TOKENS) / max_num_seqs
+    assert counts["ahead"] > 0.5 * decode_steps
+    assert llm.engine._in_flight is None
+    assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks
+
+
+def test_async_scheduling_off_launches_nothing_ahead(folder, eager_greedy):
+    llm = tiny_llm(folder, padded=True, max_num_seqs=4, async_scheduling=False)
+    counts = count_launches(llm)
+    assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == eager_greedy
+    assert counts["ahead"] == 0 and counts["padded"] > 0
+
+
+def test_stops_inside_a_step_launched_ahead(folder, eager_greedy):
+    """Each request stops on a token id it emits mid-run: the step already launched for it is ignored."""
+    params = [
+        SamplingParams(temperature=0, max_tokens=m, ignore_eos=True, stop_token_ids=[toks[len(toks) // 2]])
+        for m, toks in zip(MAX_TOKENS, eager_greedy, strict=True)
+    ]
+    eager = tiny_llm(folder, padded=False).generate(PROMPTS, params, use_tqdm=False)
+    llm = tiny_llm(folder, padded=True, max_num_seqs=4)
+    counts = count_launches(llm)
+    outs = llm.generate(PROMPTS, params, use_tqdm=False)
+    assert token_ids(outs) == token_ids(eager)
+    assert [o.outputs[0].finish_reason for o in outs] == ["stop"] * len(PROMPTS)
+    assert all(len(o.outputs[0].token_ids) <= len(e) // 2 + 1 for o, e in zip(outs, eager_greedy, strict=True))
+    assert counts["ahead"] > 0
+    assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks
+
+
+def test_stop_strings_and_text_match_eager(folder):
+    llm_eager = tiny_llm(folder, padded=False)
+    free = llm_eager.generate(PROMPTS[:4], GREEDY[:4], use_tqdm=False)
+    texts = [o.outputs[0].text for o in free]
+    assert all(len(t) >= 4 for t in texts)
+    # a stop string taken from the middle of each text
+    params = [
+        SamplingParams(temperature=0, max_tokens=m, ignore_eos=True, stop=[t[len(t) // 2 : len(t) // 2 + 2]])
+        for m, t in zip(MAX_TOKENS[:4], texts, strict=True)
+    ]
+    eager = llm_eager.generate(PROMPTS[:4], params, use_tqdm=False)
+    padded = tiny_llm(folder, padded=True, max_num_seqs=2).generate(PROMPTS[:4], params, use_tqdm=False)
+    assert [(o.outputs[0].text, o.outputs[0].token_ids, o.outputs[0].finish_reason) for o in padded] == [
+        (o.outputs[0].text, o.outputs[0].token_ids, o.outputs[0].finish_reason) for o in eager
+    ]
+    assert {o.outputs[0].finish_reason for o in eager} == {"stop"}
+
+
+def test_mixed_sampling_batch_equals_eager(folder):
+    """Seeded sampling and logprobs run after the padded forward, from its logits; such steps are not
+    launched ahead but the greedy ones beside them are unchanged."""
+    params = [
+        g if i % 2 == 0 else SamplingParams(temperature=0.8, top_p=0.9, seed=10 + i, max_tokens=g.max_tokens,
+                                            ignore_eos=True, logprobs=2 if i == 3 else None)
+        for i, g in enumerate(GREEDY)
+    ]
+    eager = tiny_llm(folder, padded=False).generate(PROMPTS, params, use_tqdm=False)
+    llm = tiny_llm(folder, padded=True, max_num_seqs=4)
+    counts = count_launches(llm)
+    outs = llm.generate(PROMPTS, params, use_tqdm=False)
+    assert token_ids(outs) == token_ids(eager)
+    assert [lp.keys() for lp in outs[3].outputs[0].logprobs] == [lp.keys() for lp in eager[3].outputs[0].logprobs]
+    assert counts["padded"] > 0
+
+
+class OracleDrafts(ProposerBase):
+    """Drafts the known greedy continuation with one token spoiled at a position that cycles through 0..k, so
+    verification inside the padded forward accepts every possible number of drafts."""
+
+    def __init__(self, expected: dict[tuple[int, ...], list[int]]) -> None:
+        self.expected = expected
+        self.calls = 0
+
+    def propose(self, batch):
+        drafts = []
+        for r in batch.requests:
+            prompt, done = tuple(r.token_ids[: r.num_prompt_tokens]), len(r.token_ids) - r.num_prompt_tokens
+            d = list(self.expected[prompt][done : done + r.max_num_drafts])
+            self.calls += 1
+            spoil = self.calls % (r.max_num_drafts + 1)
+            if spoil < len(d):
+                d[spoil] = (d[spoil] + 1) % 300
+            drafts.append(d)
+        return Drafts(drafts)
+
+
+def oracle_manager(proposer: OracleDrafts) -> ProposerManager:
+    plugin = types.SimpleNamespace()
+    plugin.tokenleap_register_proposers = hookimpl(lambda: [ProposerSpec("oracle", lambda cfg, ctx: proposer)])
+    mgr = ProposerManager()
+    mgr.register(plugin, name="oracle-drafts")
+    return mgr
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_verification_in_padded_path_equals_plain(folder, eager_greedy, k):
+    expected = {tuple(p["prompt_token_ids"]): t for p, t in zip(PROMPTS, eager_greedy, strict=True)}
+    llm = tiny_llm(folder, padded=True, max_num_seqs=4, proposer_manager=oracle_manager(OracleDrafts(expected)),
+                   speculative_config={"method": "oracle", "num_speculative_tokens": k})
+    counts = count_launches(llm)
+    assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == eager_greedy
+    per_pos = llm.engine.counters.spec.num_accepted_tokens_per_pos
+    assert len(per_pos) == k and all(n > 0 for n in per_pos)  # every draft position was accepted sometimes
+    assert llm.engine.counters.spec.num_accepted_tokens < llm.engine.counters.spec.num_draft_tokens
+    assert counts["ahead"] == 0 and counts["padded"] > 0  # a proposer needs each step's tokens first
+
+
+def test_ngram_in_padded_path_equals_plain(folder, eager_greedy):
+    llm = tiny_llm(folder, padded=True, max_num_seqs=4, speculative_config=NGRAM)
+    assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == eager_greedy
+    assert llm.engine.counters.spec.num_draft_tokens > 0
+
+
+def test_tight_kv_cache_falls_back_without_preempting(folder, eager_greedy):
+    """With few blocks the step launched ahead cannot always get its slots: it is then not launched, and
+    preemption by recompute happens in the normal schedule."""
+    llm = tiny_llm(folder, padded=True, max_num_seqs=10, num_gpu_blocks_override=12)
+    outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+    assert token_ids(outs) == eager_greedy
+    assert llm.engine.counters.num_preemptions > 0
+
+
+def test_abort_while_a_step_is_in_flight(folder, eager_greedy):
+    llm = tiny_llm(folder, padded=True, max_num_seqs=4)
+    eng = llm.engine
+    for i in range(2):
+        eng.add_request(Request(f"r{i}", PROMPTS[i]["prompt_token_ids"], SP(temperature=0, max_tokens=50,
+                                ignore_eos=True), 0, 0, 50, frozenset()))
+    while eng._in_flight is None:
+        eng.step()
+    assert eng._in_flight.result is None  # launched, not read back yet
+    eng.abort_request("r0")
+    assert eng._in_flight is not None  # r1 still continues in it
+    eng.abort_request("r1")
+    assert eng._in_flight is None
+    assert not eng.has_unfinished_requests()
+    assert eng.blocks.num_free_blocks == eng.blocks.num_usable_blocks
+    # the engine is clean: the next batch gives the reference tokens
+    assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == eager_greedy
