@@ -10,7 +10,7 @@ import types
 
 import pytest
 from tokenleap import LLM, SamplingParams
-from tokenleap.engine.cuda_graphs import DecodeGraphs
+from tokenleap.engine.cuda_graphs import DecodeGraphs, segment_bounds
 from tokenleap.engine.request import Request
 from tokenleap.sampling_params import SamplingParams as SP
 from tokenleap_plugins import Drafts, ProposerBase, ProposerManager, ProposerSpec, hookimpl
@@ -33,7 +33,7 @@ PROMPTS = make_prompts()
 GREEDY = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
 
 
-def tiny_llm(folder, padded: bool, **kwargs) -> LLM:
+def tiny_llm(folder, padded: bool, num_segments: int = 3, **kwargs) -> LLM:
     kwargs.setdefault("num_gpu_blocks_override", 256)
     llm = LLM(model=str(folder), disable_log_stats=True, block_size=BLOCK, **kwargs)
     if padded:
@@ -41,6 +41,7 @@ def tiny_llm(folder, padded: bool, **kwargs) -> LLM:
         eng.runner.graphs = DecodeGraphs(
             eng.model, eng.runner.kv_caches, eng.cfg.max_num_seqs, [1, 1 + eng.num_speculative_tokens],
             eng.runner.max_blocks_per_req, eng.max_model_len, eng.backend, eng.device, use_cuda_graphs=False,
+            num_segments=num_segments,
         )
     return llm
 
@@ -88,6 +89,20 @@ def test_async_padded_decode_equals_eager(folder, eager_greedy, max_num_seqs):
     assert counts["ahead"] > 0.5 * decode_steps
     assert llm.engine._in_flight is None
     assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks
+
+
+def test_segment_bounds():
+    assert segment_bounds(30, 3) == [0, 10, 20, 30]
+    assert segment_bounds(32, 3) == [0, 11, 21, 32]
+    assert segment_bounds(2, 3) == [0, 1, 2]  # never an empty segment
+    assert segment_bounds(5, 1) == [0, 5]
+
+
+@pytest.mark.parametrize("num_segments", [1, 2])
+def test_forward_split_into_segments_is_unchanged(folder, eager_greedy, num_segments):
+    llm = tiny_llm(folder, padded=True, num_segments=num_segments, max_num_seqs=4)
+    assert len(llm.engine.runner.graphs.bounds) == num_segments + 1
+    assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == eager_greedy
 
 
 def test_async_scheduling_off_launches_nothing_ahead(folder, eager_greedy):

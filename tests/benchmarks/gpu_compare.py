@@ -92,14 +92,17 @@ def per_step_ms(llm: LLM, prompts, short: int, long: int) -> float:
 
 
 def graph_replay_ms(llm: LLM, b: int, q: int, n: int = 50) -> float:
-    """GPU time of one captured forward (CUDA events), without the engine's host work."""
-    graph = llm.engine.runner.graphs.graphs[(b, q)][0]
+    """GPU time of one captured forward (its layer-segment graphs back to back; CUDA events), without the
+    engine's host work."""
+    segments = llm.engine.runner.graphs.graphs[(b, q)][0]
     for _ in range(5):
-        graph.replay()
+        for graph in segments:
+            graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(n):
-        graph.replay()
+        for graph in segments:
+            graph.replay()
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / n

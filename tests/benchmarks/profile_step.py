@@ -11,11 +11,16 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import sys
 import time
+from pathlib import Path
 
 import torch
 from tokenleap import LLM, SamplingParams
 from tokenleap.bench.prompts import code_editing_prompts
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_compare import fixed_manager  # noqa: E402
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
 
@@ -24,11 +29,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--ngram", action="store_true")
+    ap.add_argument("--fixed-drafts", type=int, default=0, help="verify K (rejected) drafts every step")
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--top", type=int, default=40)
     args = ap.parse_args()
-    llm = LLM(model=args.model, max_num_seqs=1, disable_log_stats=True,
-              speculative_config=NGRAM if args.ngram else None)
+    spec, mgr = (NGRAM, None) if args.ngram else (None, None)
+    if args.fixed_drafts:
+        spec, mgr = {"method": "fixed", "num_speculative_tokens": args.fixed_drafts}, fixed_manager()
+    llm = LLM(model=args.model, max_num_seqs=1, disable_log_stats=True, speculative_config=spec,
+              proposer_manager=mgr)
     chats = [[{"role": "user", "content": code_editing_prompts()[0]}]]
     sp = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
     for _ in range(2):

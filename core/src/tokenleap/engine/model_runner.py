@@ -152,8 +152,8 @@ class ModelRunner:
             seq_lens[i] = start + q
             num_drafts[i] = s.num_spec_tokens
             logits_rows.extend(range(o, o + real))
-        fed = ahead_of.greedy[: len(scheduled), 0] if ahead_of is not None else None
-        logits_all, greedy = self.graphs.run(b, q, ids, positions, slots, num_drafts, tables, seq_lens, fed)
+        num_fed = len(scheduled) if ahead_of is not None else 0
+        logits_all, greedy = self.graphs.run(b, q, ids, positions, slots, num_drafts, tables, seq_lens, num_fed)
         if all(_plain_greedy(s.request) for s in scheduled):  # the graph already verified: read it back
             host, event = self.graphs.read_back(greedy, len(scheduled))
             return LaunchedStep(scheduled, greedy=greedy, host=host, event=event)

@@ -118,12 +118,24 @@ class LlamaForCausalLM(nn.Module):
         wanted = {i % len(self.layers): i for i in hidden_state_layers}
         aux: dict[int, torch.Tensor] = {}
         x, residual = self.embed_tokens(input_ids), None  # [num_tokens, hidden]
-        for i, layer in enumerate(self.layers):
-            x, residual = layer(x, residual, positions, self.cos_sin_cache, kv_caches[i], meta)
+        for i in range(len(self.layers)):
+            x, residual = self.run_layers(x, residual, positions, kv_caches, meta, i, i + 1)
             if i in wanted:
                 aux[wanted[i]] = x + residual
+        return self.final_norm(x, residual), aux
+
+    def run_layers(self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
+                   kv_caches: Sequence[KVCache], meta: AttentionMetadata, start: int, stop: int,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder layers ``start..stop-1`` on the residual stream (``residual`` None before layer 0):
+        returns (block output, residual), both [num_tokens, hidden]."""
+        for i in range(start, stop):
+            x, residual = self.layers[i](x, residual, positions, self.cos_sin_cache, kv_caches[i], meta)
+        return x, residual
+
+    def final_norm(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:  # [num_tokens, hidden]
         normed, _ = self.ops.fused_add_rms_norm(x, residual, self.norm.weight, self.norm.eps)
-        return normed, aux
+        return normed
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [n, hidden] -> [n, vocab] fp32
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
