@@ -33,7 +33,7 @@ PROMPTS = make_prompts()
 GREEDY = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
 
 
-def tiny_llm(folder, padded: bool, num_segments: int = 3, **kwargs) -> LLM:
+def tiny_llm(folder, padded: bool, bounds: list[int] | None = None, **kwargs) -> LLM:
     kwargs.setdefault("num_gpu_blocks_override", 256)
     llm = LLM(model=str(folder), disable_log_stats=True, block_size=BLOCK, **kwargs)
     if padded:
@@ -41,7 +41,7 @@ def tiny_llm(folder, padded: bool, num_segments: int = 3, **kwargs) -> LLM:
         eng.runner.graphs = DecodeGraphs(
             eng.model, eng.runner.kv_caches, eng.cfg.max_num_seqs, [1, 1 + eng.num_speculative_tokens],
             eng.runner.max_blocks_per_req, eng.max_model_len, eng.backend, eng.device, use_cuda_graphs=False,
-            num_segments=num_segments,
+            bounds=bounds,
         )
     return llm
 
@@ -92,16 +92,17 @@ def test_async_padded_decode_equals_eager(folder, eager_greedy, max_num_seqs):
 
 
 def test_segment_bounds():
-    assert segment_bounds(30, 3) == [0, 10, 20, 30]
-    assert segment_bounds(32, 3) == [0, 11, 21, 32]
-    assert segment_bounds(2, 3) == [0, 1, 2]  # never an empty segment
-    assert segment_bounds(5, 1) == [0, 5]
+    assert segment_bounds(1) == [0, 1]
+    assert segment_bounds(2) == [0, 1, 2]
+    assert segment_bounds(30) == [0, 1, 3, 7, 15, 30]  # SmolLM2
+    assert segment_bounds(32) == [0, 1, 3, 7, 15, 32]  # Llama 3 8B: a 1-layer tail is folded in
+    assert segment_bounds(80) == [0, 1, 3, 7, 15, 31, 63, 80]
 
 
-@pytest.mark.parametrize("num_segments", [1, 2])
-def test_forward_split_into_segments_is_unchanged(folder, eager_greedy, num_segments):
-    llm = tiny_llm(folder, padded=True, num_segments=num_segments, max_num_seqs=4)
-    assert len(llm.engine.runner.graphs.bounds) == num_segments + 1
+@pytest.mark.parametrize("bounds", [[0, 2], [0, 1, 2]])
+def test_forward_split_into_segments_is_unchanged(folder, eager_greedy, bounds):
+    llm = tiny_llm(folder, padded=True, bounds=bounds, max_num_seqs=4)
+    assert llm.engine.runner.graphs.bounds == bounds
     assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == eager_greedy
 
 
