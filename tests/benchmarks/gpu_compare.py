@@ -94,7 +94,9 @@ def per_step_ms(llm: LLM, prompts, short: int, long: int) -> float:
 def graph_replay_ms(llm: LLM, b: int, q: int, n: int = 50) -> float:
     """GPU time of one captured forward (its layer-segment graphs back to back; CUDA events), without the
     engine's host work."""
-    segments = llm.engine.runner.graphs.graphs[(b, q)][0]
+    graphs = llm.engine.runner.graphs
+    # a 1-token decode launched behind the running step replays the whole-forward graph, others the segments
+    segments = graphs.whole[b][0] if q == 1 and b in graphs.whole else graphs.graphs[(b, q)][0]
     for _ in range(5):
         for graph in segments:
             graph.replay()

@@ -6,10 +6,12 @@ Padded requests have an all-null block table. The graphs cover the model forward
 every row, and greedy verification (argmax, drafts accepted while equal to it), so a plain-greedy step needs
 no kernel outside them; other sampling runs after them on the device from the logits. Prefill runs eagerly.
 
-Each (batch, q) forward is captured as a few consecutive graphs (layer segments of 1, 2, 4, ... layers) rather
-than one: launching a graph costs host time that grows with its size (measured on an H100: 0.4-0.8 ms for a
-whole 32-layer 8B forward), and while the GPU runs one segment the host launches the next, so only the first,
-one-layer segment's launch is exposed when the GPU was idle.
+Each (batch, q) forward is captured as a few consecutive graphs (layer segments of 1, 2, 4, ... layers): launching
+a graph costs host time that grows with its size (measured on an H100: 0.4-0.8 ms for a whole 32-layer 8B
+forward), and while the GPU runs one segment the host launches the next, so when the GPU was idle only the
+first, one-layer segment's launch is waited for. A step launched behind one still running (fed tokens, below)
+is not waited for at all; for those, 1-token forwards are also captured whole, which measured fewer GPU idle
+gaps between steps than segments.
 
 Static inputs live in one device byte buffer (int64 section: ids, positions, slots, drafts per request, feed
 flags; int32 section: query start offsets, sequence lengths, block tables), filled by ONE host-to-device copy
@@ -80,9 +82,12 @@ class DecodeGraphs:
         # result can be copied while the previous one is still being read.
         self.readback = [torch.zeros(max_b * (max_q + 1), dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         self._readback_turn = 0
+        self._events = [torch.cuda.Event() for _ in range(2)] if device.type == "cuda" else None
         # (b, q) -> (segment graphs, logits [b * q, vocab], greedy [b, q + 1]: argmax per row, then tokens
-        # emitted, and the tensors passed between segments, kept alive for the graphs)
+        # emitted, and the tensors passed between segments, kept alive for the graphs); whole: (b, 1) -> the same
+        # with one graph
         self.graphs: dict[tuple[int, int], tuple[list[torch.cuda.CUDAGraph], torch.Tensor, torch.Tensor, dict]] = {}
+        self.whole: dict[int, tuple[list[torch.cuda.CUDAGraph], torch.Tensor, torch.Tensor, dict]] = {}
         self.pool = None
 
     def _sizes(self, b: int, q: int) -> tuple[int, int]:
@@ -105,7 +110,8 @@ class DecodeGraphs:
         tables = i32[2 * b + 1 :].view(b, mb)
         return ids, positions, slots, num_drafts, feed, tables, qsl, seq_lens
 
-    def _segments(self, b: int, q: int, seq_lens_host: list[int] | None = None) -> tuple[list[Callable], dict]:
+    def _segments(self, b: int, q: int, seq_lens_host: list[int] | None = None,
+                  bounds: list[int] | None = None) -> tuple[list[Callable], dict]:
         """The padded forward as consecutive stages passing tensors through ``state``; the last one leaves
         ``state["logits"]`` [b * q, vocab] and ``state["greedy"]`` [b, q + 1]. Captured, it knows no host
         lengths (the Triton kernels read the device ones); run eagerly, it gets the real ones, which the torch
@@ -114,7 +120,7 @@ class DecodeGraphs:
         meta = AttentionMetadata(slot_mapping=slots, block_tables=tables, query_start_loc=qsl, seq_lens=seq_lens,
                                  query_lens_host=[q] * b, seq_lens_host=seq_lens_host or [self.max_model_len] * b,
                                  max_query_len=q, max_seq_len=self.max_model_len, backend=self.backend)
-        model, bounds, state = self.model, self.bounds, {}
+        model, bounds, state = self.model, bounds or self.bounds, {}
 
         def layers(i: int) -> None:
             if i == 0:
@@ -145,9 +151,9 @@ class DecodeGraphs:
         host = self.readback[self._readback_turn][: n * width].view(n, width)
         self._readback_turn ^= 1
         host.copy_(greedy[:n], non_blocking=True)
-        if self.device.type != "cuda":
+        if self._events is None:
             return host, None
-        event = torch.cuda.Event()
+        event = self._events[self._readback_turn]  # in turn with the buffer: reused once that one was read
         event.record()
         return host, event
 
@@ -155,23 +161,29 @@ class DecodeGraphs:
     def capture(self) -> None:
         if not self.use_cuda_graphs:
             return
+        whole = [0, len(self.model.layers)]
         for q in self.query_lens:
             for b in reversed(self.batch_sizes):
-                self._fill_dummy(b, q)
-                stages, state = self._segments(b, q)
-                for _ in range(2):  # warm up: Triton compiles, cuBLAS picks kernels
-                    for stage in stages:
-                        stage()
-                torch.cuda.synchronize(self.device)
-                graphs = []
-                for stage in stages:
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=self.pool):
-                        stage()
-                    self.pool = graph.pool()
-                    graphs.append(graph)
-                self.graphs[(b, q)] = (graphs, state["logits"], state["greedy"], state)
+                self.graphs[(b, q)] = self._capture(b, q, self.bounds)
+                if q == 1:
+                    self.whole[b] = self._capture(b, q, whole)
         torch.cuda.synchronize(self.device)
+
+    def _capture(self, b: int, q: int, bounds: list[int]):
+        self._fill_dummy(b, q)
+        stages, state = self._segments(b, q, bounds=bounds)
+        for _ in range(2):  # warm up: Triton compiles, cuBLAS picks kernels
+            for stage in stages:
+                stage()
+        torch.cuda.synchronize(self.device)
+        graphs = []
+        for stage in stages:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                stage()
+            self.pool = graph.pool()
+            graphs.append(graph)
+        return graphs, state["logits"], state["greedy"], state
 
     def _fill_dummy(self, b: int, q: int) -> None:
         host = self.staging[0]
@@ -215,7 +227,7 @@ class DecodeGraphs:
             for stage in stages:
                 stage()
             return state["logits"], state["greedy"]
-        graphs, logits, greedy, _ = self.graphs[(b, q)]
+        graphs, logits, greedy, _ = self.whole[b] if num_fed else self.graphs[(b, q)]
         for graph in graphs:
             graph.replay()
         return logits, greedy
