@@ -91,12 +91,20 @@ def per_step_ms(llm: LLM, prompts, short: int, long: int) -> float:
     return (t_l - t_s) / (n_l - n_s) * 1e3
 
 
-def graph_replay_ms(llm: LLM, b: int, q: int, n: int = 50) -> float:
-    """GPU time of one captured forward (its layer-segment graphs back to back; CUDA events), without the
-    engine's host work."""
+def graph_replay_ms(llm: LLM, b: int, q: int, n: int = 50, context: int = 256) -> float:
+    """GPU time of one captured forward (CUDA events), without the engine's host work: inputs for ``b``
+    requests of ``q`` tokens at ``context`` positions (their KV read from and written to the null block), then
+    the forward's graphs replayed back to back. A 1-token decode launched behind the running step replays the
+    whole-forward graph; other steps replay the layer segments."""
+    import numpy as np
+
     graphs = llm.engine.runner.graphs
-    # a 1-token decode launched behind the running step replays the whole-forward graph, others the segments
-    segments = graphs.whole[b][0] if q == 1 and b in graphs.whole else graphs.graphs[(b, q)][0]
+    mb = graphs.max_blocks
+    positions = np.tile(np.arange(context, context + q), b)
+    zeros = np.zeros(b * q, dtype=np.int64)
+    graphs.run(b, q, zeros, positions, zeros, np.full(b, q - 1), np.zeros((b, mb), dtype=np.int32),
+               np.full(b, context + q, dtype=np.int32), num_fed=b if q == 1 else 0)
+    segments = graphs.whole[b][0] if q == 1 else graphs.graphs[(b, q)][0]
     for _ in range(5):
         for graph in segments:
             graph.replay()
