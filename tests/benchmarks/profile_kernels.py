@@ -8,18 +8,33 @@ Eager, so every kernel shows up separately; the counts per step are what a captu
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
 
 import torch
 from tokenleap import LLM, SamplingParams
 from torch.profiler import ProfilerActivity, profile
 
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_compare import LLAMA3_8B  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--llama3-8b-shape", action="store_true", help="random bf16 weights of the Llama-3-8B shape")
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
-    llm = LLM(model=args.model, max_num_seqs=1, enforce_eager=True, disable_log_stats=True)
+    kw = dict(max_num_seqs=1, enforce_eager=True, disable_log_stats=True)
+    if args.llama3_8b_shape:
+        folder = Path(tempfile.mkdtemp()) / "llama3-8b-shape"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(LLAMA3_8B))
+        llm = LLM(model=str(folder), load_format="dummy", dtype="bfloat16", max_model_len=4096, **kw)
+    else:
+        llm = LLM(model=args.model, **kw)
     prompt = [{"prompt_token_ids": list(range(100, 400))}]
     llm.generate(prompt, SamplingParams(temperature=0, max_tokens=args.steps + 2, ignore_eos=True), use_tqdm=False)
     eng = llm.engine
@@ -42,6 +57,8 @@ def main() -> None:
     n = sum(e.count for e in events)
     print(f"{n / args.steps:.0f} kernels per decode step, "
           f"{sum(e.device_time_total for e in events) / args.steps / 1e3:.3f} ms GPU time per step")
+    for e in sorted(events, key=lambda e: -e.device_time_total):
+        print(f"  {e.count / args.steps:6.1f} per step  {e.device_time_total / e.count:8.2f} us each  {e.key[:90]}")
 
 
 if __name__ == "__main__":
