@@ -13,10 +13,11 @@ first, one-layer segment's launch is waited for. A step launched behind one stil
 is not waited for at all; for those, 1-token forwards are also captured whole, which measured fewer GPU idle
 gaps between steps than segments.
 
-Static inputs live in one device byte buffer (int64 section: ids, positions, slots, drafts per request, feed
-flags; int32 section: query start offsets, sequence lengths, block tables), filled by ONE host-to-device copy
-per step from a pinned staging buffer. Staging buffers come in two, used in turn, so the inputs of the next
-step can be written while the copy of the current step's inputs may still be queued behind the GPU.
+Static inputs live in one device byte buffer (int64: ids, positions, slots, drafts per request, feed flags;
+int32: query start offsets, sequence lengths, block tables; each field 64-byte aligned, at offsets that depend
+on (batch, q)), filled by ONE host-to-device copy per step from a pinned staging buffer. Staging buffers come
+in two, used in turn, so the inputs of the next step can be written while the copy of the current step's inputs
+may still be queued behind the GPU.
 
 A request whose feed flag is set takes its input token on the device from the previous 1-token step's argmax
 (``last_tokens``): that is how a step is launched before the host has read the previous one back.
@@ -90,25 +91,28 @@ class DecodeGraphs:
         self.whole: dict[int, tuple[list[torch.cuda.CUDAGraph], torch.Tensor, torch.Tensor, dict]] = {}
         self.pool = None
 
-    def _sizes(self, b: int, q: int) -> tuple[int, int]:
-        """Elements of the int64 section [ids | positions | slots (b*q each) | num_drafts | feed (b each)] and
-        of the int32 section [query_start_loc (b+1) | seq_lens (b) | block tables (b * max_blocks)]."""
-        return 3 * b * q + 2 * b, 2 * b + 1 + b * self.max_blocks
+    def _layout(self, b: int, q: int) -> dict[str, tuple[int, int, torch.dtype]]:
+        """Field -> (byte offset, elements, dtype) of a (b, q) step's inputs in the byte buffer. Every field
+        starts on a 64-byte boundary, so the kernels see aligned pointers whatever the shape."""
+        n = b * q
+        fields = [("ids", n, torch.int64), ("positions", n, torch.int64), ("slots", n, torch.int64),
+                  ("num_drafts", b, torch.int64), ("feed", b, torch.int64), ("qsl", b + 1, torch.int32),
+                  ("seq_lens", b, torch.int32), ("tables", b * self.max_blocks, torch.int32)]
+        out, offset = {}, 0
+        for name, count, dtype in fields:
+            out[name] = (offset, count, dtype)
+            offset += -(-count * dtype.itemsize // 64) * 64
+        return out
 
     def _nbytes(self, b: int, q: int) -> int:
-        n64, n32 = self._sizes(b, q)
-        return 8 * n64 + 4 * n32
+        offset, count, dtype = self._layout(b, q)["tables"]
+        return offset + count * dtype.itemsize
 
-    def _views(self, b: int, q: int, buf: torch.Tensor):
-        n, mb = b * q, self.max_blocks
-        n64, n32 = self._sizes(b, q)
-        i64 = buf[: 8 * n64].view(torch.int64)
-        i32 = buf[8 * n64 : 8 * n64 + 4 * n32].view(torch.int32)
-        ids, positions, slots = i64[:n], i64[n : 2 * n], i64[2 * n : 3 * n]
-        num_drafts, feed = i64[3 * n : 3 * n + b], i64[3 * n + b : 3 * n + 2 * b]
-        qsl, seq_lens = i32[: b + 1], i32[b + 1 : 2 * b + 1]
-        tables = i32[2 * b + 1 :].view(b, mb)
-        return ids, positions, slots, num_drafts, feed, tables, qsl, seq_lens
+    def _views(self, b: int, q: int, buf: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The fields of a (b, q) step as views of ``buf`` (the device buffer or a staging buffer)."""
+        views = {name: buf[o : o + c * t.itemsize].view(t) for name, (o, c, t) in self._layout(b, q).items()}
+        views["tables"] = views["tables"].view(b, self.max_blocks)
+        return views
 
     def _segments(self, b: int, q: int, seq_lens_host: list[int] | None = None,
                   bounds: list[int] | None = None) -> tuple[list[Callable], dict]:
@@ -116,7 +120,9 @@ class DecodeGraphs:
         ``state["logits"]`` [b * q, vocab] and ``state["greedy"]`` [b, q + 1]. Captured, it knows no host
         lengths (the Triton kernels read the device ones); run eagerly, it gets the real ones, which the torch
         reference needs."""
-        ids, positions, slots, num_drafts, feed, tables, qsl, seq_lens = self._views(b, q, self.buf)
+        v = self._views(b, q, self.buf)
+        ids, positions, slots, num_drafts, feed = v["ids"], v["positions"], v["slots"], v["num_drafts"], v["feed"]
+        tables, qsl, seq_lens = v["tables"], v["qsl"], v["seq_lens"]
         meta = AttentionMetadata(slot_mapping=slots, block_tables=tables, query_start_loc=qsl, seq_lens=seq_lens,
                                  query_lens_host=[q] * b, seq_lens_host=seq_lens_host or [self.max_model_len] * b,
                                  max_query_len=q, max_seq_len=self.max_model_len, backend=self.backend)
@@ -188,10 +194,10 @@ class DecodeGraphs:
     def _fill_dummy(self, b: int, q: int) -> None:
         host = self.staging[0]
         host.zero_()
-        ids, positions, slots, num_drafts, feed, tables, qsl, seq_lens = self._views(b, q, host)
-        positions.copy_(torch.arange(q).repeat(b))
-        qsl.copy_(torch.arange(b + 1) * q)
-        seq_lens.fill_(q)
+        v = self._views(b, q, host)
+        v["positions"].copy_(torch.arange(q).repeat(b))
+        v["qsl"].copy_(torch.arange(b + 1) * q)
+        v["seq_lens"].fill_(q)
         self.buf.copy_(host, non_blocking=True)
 
     def pick(self, num_reqs: int, max_q: int) -> tuple[int, int] | None:
@@ -211,16 +217,13 @@ class DecodeGraphs:
         host = self.staging[self._turn]
         self._turn ^= 1
         nbytes = self._nbytes(b, q)
-        h = host.numpy()
-        n64, n32 = self._sizes(b, q)
-        h64, h32 = h[: 8 * n64].view(np.int64), h[8 * n64 : nbytes].view(np.int32)
-        n = b * q
-        h64[:n], h64[n : 2 * n], h64[2 * n : 3 * n], h64[3 * n : 3 * n + b] = ids, positions, slots, num_drafts
-        h64[3 * n + b : 3 * n + 2 * b] = 0
-        h64[3 * n + b : 3 * n + b + num_fed] = 1
-        h32[: b + 1] = np.arange(b + 1) * q
-        h32[b + 1 : 2 * b + 1] = seq_lens
-        h32[2 * b + 1 :] = tables.reshape(-1)
+        h = {name: view.numpy() for name, view in self._views(b, q, host).items()}
+        h["ids"][:], h["positions"][:], h["slots"][:], h["num_drafts"][:] = ids, positions, slots, num_drafts
+        h["feed"][:] = 0
+        h["feed"][:num_fed] = 1
+        h["qsl"][:] = np.arange(b + 1) * q
+        h["seq_lens"][:] = seq_lens
+        h["tables"][:] = tables
         self.buf[:nbytes].copy_(host[:nbytes], non_blocking=True)
         if not self.use_cuda_graphs:
             stages, state = self._segments(b, q, seq_lens.tolist())
