@@ -93,17 +93,19 @@ def per_step_ms(llm: LLM, prompts, short: int, long: int) -> float:
 
 def graph_replay_ms(llm: LLM, b: int, q: int, n: int = 50, context: int = 256) -> float:
     """GPU time of one captured forward (CUDA events), without the engine's host work: inputs for ``b``
-    requests of ``q`` tokens at ``context`` positions (their KV read from and written to the null block), then
-    the forward's graphs replayed back to back. A 1-token decode launched behind the running step replays the
-    whole-forward graph; other steps replay the layer segments."""
+    requests of ``q`` tokens at ``context`` positions (their KV read from distinct cache blocks, as in a real
+    step; this step's writes go to the null block, so no cached block changes), then the forward's graphs
+    replayed back to back. A 1-token decode launched behind the running step replays the whole-forward graph;
+    other steps replay the layer segments."""
     import numpy as np
 
     graphs = llm.engine.runner.graphs
-    mb = graphs.max_blocks
+    mb, num_blocks = graphs.max_blocks, llm.engine.blocks.num_blocks
     positions = np.tile(np.arange(context, context + q), b)
     zeros = np.zeros(b * q, dtype=np.int64)
-    graphs.run(b, q, zeros, positions, zeros, np.full(b, q - 1), np.zeros((b, mb), dtype=np.int32),
-               np.full(b, context + q, dtype=np.int32), num_fed=b if q == 1 else 0)
+    tables = (np.arange(b * mb, dtype=np.int32) % (num_blocks - 1) + 1).reshape(b, mb)
+    graphs.run(b, q, zeros, positions, zeros, np.full(b, q - 1), tables, np.full(b, context + q, dtype=np.int32),
+               num_fed=b if q == 1 else 0)
     segments = graphs.whole[b][0] if q == 1 else graphs.graphs[(b, q)][0]
     for _ in range(5):
         for graph in segments:
