@@ -10,7 +10,7 @@ import types
 
 import pytest
 from tokenleap import LLM, SamplingParams
-from tokenleap.engine.cuda_graphs import DecodeGraphs, segment_bounds
+from tokenleap.engine.cuda_graphs import DecodeGraphs, equal_bounds, segment_bounds
 from tokenleap.engine.request import Request
 from tokenleap.sampling_params import SamplingParams as SP
 from tokenleap_plugins import Drafts, ProposerBase, ProposerManager, ProposerSpec, hookimpl
@@ -34,6 +34,8 @@ GREEDY = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in 
 
 
 def tiny_llm(folder, padded: bool, bounds: list[int] | None = None, **kwargs) -> LLM:
+    """``padded``: decode / verify steps go through the graphed path, run eagerly; ``bounds``: its layer
+    segments (for 1-token and verify graphs alike)."""
     kwargs.setdefault("num_gpu_blocks_override", 256)
     llm = LLM(model=str(folder), disable_log_stats=True, block_size=BLOCK, **kwargs)
     if padded:
@@ -41,7 +43,7 @@ def tiny_llm(folder, padded: bool, bounds: list[int] | None = None, **kwargs) ->
         eng.runner.graphs = DecodeGraphs(
             eng.model, eng.runner.kv_caches, eng.cfg.max_num_seqs, [1, 1 + eng.num_speculative_tokens],
             eng.runner.max_blocks_per_req, eng.max_model_len, eng.backend, eng.device, use_cuda_graphs=False,
-            bounds=bounds,
+            decode_bounds=bounds, verify_bounds=bounds,
         )
     return llm
 
@@ -97,12 +99,14 @@ def test_segment_bounds():
     assert segment_bounds(30) == [0, 1, 3, 7, 15, 30]  # SmolLM2
     assert segment_bounds(32) == [0, 1, 3, 7, 15, 32]  # Llama 3 8B: a 1-layer tail is folded in
     assert segment_bounds(80) == [0, 1, 3, 7, 15, 31, 63, 80]
+    assert equal_bounds(32, 3) == [0, 11, 21, 32]
+    assert equal_bounds(2, 3) == [0, 1, 2]  # never an empty segment
 
 
 @pytest.mark.parametrize("bounds", [[0, 2], [0, 1, 2]])
 def test_forward_split_into_segments_is_unchanged(folder, eager_greedy, bounds):
     llm = tiny_llm(folder, padded=True, bounds=bounds, max_num_seqs=4)
-    assert llm.engine.runner.graphs.bounds == bounds
+    assert llm.engine.runner.graphs.bounds(1) == llm.engine.runner.graphs.bounds(2) == bounds
     assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == eager_greedy
 
 

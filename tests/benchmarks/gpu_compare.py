@@ -94,9 +94,8 @@ def per_step_ms(llm: LLM, prompts, short: int, long: int) -> float:
 def graph_replay_ms(llm: LLM, b: int, q: int, n: int = 50, context: int = 256) -> float:
     """GPU time of one captured forward (CUDA events), without the engine's host work: inputs for ``b``
     requests of ``q`` tokens at ``context`` positions (their KV read from distinct cache blocks, as in a real
-    step; this step's writes go to the null block, so no cached block changes), then the forward's graphs
-    replayed back to back. A 1-token decode launched behind the running step replays the whole-forward graph;
-    other steps replay the layer segments."""
+    step; this step's writes go to the null block, so no cached block changes), then the forward's segment
+    graphs replayed back to back."""
     import numpy as np
 
     graphs = llm.engine.runner.graphs
@@ -106,7 +105,7 @@ def graph_replay_ms(llm: LLM, b: int, q: int, n: int = 50, context: int = 256) -
     tables = (np.arange(b * mb, dtype=np.int32) % (num_blocks - 1) + 1).reshape(b, mb)
     graphs.run(b, q, zeros, positions, zeros, np.full(b, q - 1), tables, np.full(b, context + q, dtype=np.int32),
                num_fed=b if q == 1 else 0)
-    segments = graphs.whole[b][0] if q == 1 else graphs.graphs[(b, q)][0]
+    segments = graphs.graphs[(b, q)][0]
     for _ in range(5):
         for graph in segments:
             graph.replay()

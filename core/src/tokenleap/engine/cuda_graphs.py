@@ -6,12 +6,14 @@ Padded requests have an all-null block table. The graphs cover the model forward
 every row, and greedy verification (argmax, drafts accepted while equal to it), so a plain-greedy step needs
 no kernel outside them; other sampling runs after them on the device from the logits. Prefill runs eagerly.
 
-Each (batch, q) forward is captured as a few consecutive graphs (layer segments of 1, 2, 4, ... layers): launching
-a graph costs host time that grows with its size (measured on an H100: 0.4-0.8 ms for a whole 32-layer 8B
-forward), and while the GPU runs one segment the host launches the next, so when the GPU was idle only the
-first, one-layer segment's launch is waited for. A step launched behind one still running (fed tokens, below)
-is not waited for at all; for those, 1-token forwards are also captured whole, which measured fewer GPU idle
-gaps between steps than segments.
+Each (batch, q) forward is captured as a few consecutive graphs (layer segments) rather than one: launching a
+graph costs host time that grows with its size (measured on an H100: 0.4-0.8 ms for a whole 32-layer 8B
+forward), and while the GPU runs one segment the host launches the next. Verify graphs (q > 1) run on an idle
+GPU (the proposer needed the previous step's tokens), so their segments are 1, 2, 4, ... layers and the GPU
+waits only for a one-layer launch. 1-token graphs are mostly launched behind a running step (below); for
+them three equal segments measured fastest on an H100 (8B shape, one machine, 272-token runs: 1.677-1.687 s
+against 1.712-1.723 s with a whole-forward graph captured beside the segments, or with the 1, 2, 4, ... split;
+about 0.15 ms per step; the cause was not found).
 
 Static inputs live in one device byte buffer (int64: ids, positions, slots, drafts per request, feed flags;
 int32: query start offsets, sequence lengths, block tables; each field 64-byte aligned, at offsets that depend
@@ -46,7 +48,7 @@ def graph_batch_sizes(max_num_seqs: int) -> list[int]:
 
 
 def segment_bounds(num_layers: int) -> list[int]:
-    """Layer boundaries of the captured segments, [0, ..., num_layers]: 1, 2, 4, 8, ... layers (the last one
+    """Layer boundaries of verify-graph segments, [0, ..., num_layers]: 1, 2, 4, 8, ... layers (the last one
     takes the rest). The first launch, the only one the GPU waits for, covers one layer; each later segment is
     launched while the GPU runs the ones before it, which are together about as long."""
     bounds, size = [0], 1
@@ -58,10 +60,17 @@ def segment_bounds(num_layers: int) -> list[int]:
     return bounds
 
 
+def equal_bounds(num_layers: int, num_segments: int) -> list[int]:
+    """Layer boundaries of ``num_segments`` near-equal segments (fewer if there are fewer layers)."""
+    s = max(1, min(num_segments, num_layers))
+    return [round(i * num_layers / s) for i in range(s + 1)]
+
+
 class DecodeGraphs:
     def __init__(self, model: LlamaForCausalLM, kv_caches: list[KVCache], max_num_seqs: int,
                  query_lens: list[int], max_blocks_per_req: int, max_model_len: int, backend: str,
-                 device: torch.device, use_cuda_graphs: bool = True, bounds: list[int] | None = None) -> None:
+                 device: torch.device, use_cuda_graphs: bool = True,
+                 decode_bounds: list[int] | None = None, verify_bounds: list[int] | None = None) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.batch_sizes = graph_batch_sizes(max_num_seqs)
@@ -71,7 +80,10 @@ class DecodeGraphs:
         self.backend = backend
         self.device = device
         self.use_cuda_graphs = use_cuda_graphs
-        self.bounds = bounds or segment_bounds(len(model.layers))  # layer segments, one graph each
+        num_layers = len(model.layers)
+        # layer segments, one graph each: for 1-token graphs, and for verify graphs
+        self.decode_bounds = decode_bounds or equal_bounds(num_layers, 3)
+        self.verify_bounds = verify_bounds or segment_bounds(num_layers)
         max_b, max_q = self.batch_sizes[-1], self.query_lens[-1]
         nbytes = max(self._nbytes(b, q) for b in self.batch_sizes for q in self.query_lens)
         self.buf = torch.zeros(nbytes, dtype=torch.uint8, device=device)
@@ -85,10 +97,8 @@ class DecodeGraphs:
         self._readback_turn = 0
         self._events = [torch.cuda.Event() for _ in range(2)] if device.type == "cuda" else None
         # (b, q) -> (segment graphs, logits [b * q, vocab], greedy [b, q + 1]: argmax per row, then tokens
-        # emitted, and the tensors passed between segments, kept alive for the graphs); whole: (b, 1) -> the same
-        # with one graph
+        # emitted, and the tensors passed between segments, kept alive for the graphs)
         self.graphs: dict[tuple[int, int], tuple[list[torch.cuda.CUDAGraph], torch.Tensor, torch.Tensor, dict]] = {}
-        self.whole: dict[int, tuple[list[torch.cuda.CUDAGraph], torch.Tensor, torch.Tensor, dict]] = {}
         self.pool = None
 
     def _layout(self, b: int, q: int) -> dict[str, tuple[int, int, torch.dtype]]:
@@ -114,8 +124,10 @@ class DecodeGraphs:
         views["tables"] = views["tables"].view(b, self.max_blocks)
         return views
 
-    def _segments(self, b: int, q: int, seq_lens_host: list[int] | None = None,
-                  bounds: list[int] | None = None) -> tuple[list[Callable], dict]:
+    def bounds(self, q: int) -> list[int]:
+        return self.decode_bounds if q == 1 else self.verify_bounds
+
+    def _segments(self, b: int, q: int, seq_lens_host: list[int] | None = None) -> tuple[list[Callable], dict]:
         """The padded forward as consecutive stages passing tensors through ``state``; the last one leaves
         ``state["logits"]`` [b * q, vocab] and ``state["greedy"]`` [b, q + 1]. Captured, it knows no host
         lengths (the Triton kernels read the device ones); run eagerly, it gets the real ones, which the torch
@@ -126,7 +138,7 @@ class DecodeGraphs:
         meta = AttentionMetadata(slot_mapping=slots, block_tables=tables, query_start_loc=qsl, seq_lens=seq_lens,
                                  query_lens_host=[q] * b, seq_lens_host=seq_lens_host or [self.max_model_len] * b,
                                  max_query_len=q, max_seq_len=self.max_model_len, backend=self.backend)
-        model, bounds, state = self.model, bounds or self.bounds, {}
+        model, bounds, state = self.model, self.bounds(q), {}
 
         def layers(i: int) -> None:
             if i == 0:
@@ -167,17 +179,14 @@ class DecodeGraphs:
     def capture(self) -> None:
         if not self.use_cuda_graphs:
             return
-        whole = [0, len(self.model.layers)]
         for q in self.query_lens:
             for b in reversed(self.batch_sizes):
-                self.graphs[(b, q)] = self._capture(b, q, self.bounds)
-                if q == 1:
-                    self.whole[b] = self._capture(b, q, whole)
+                self.graphs[(b, q)] = self._capture(b, q)
         torch.cuda.synchronize(self.device)
 
-    def _capture(self, b: int, q: int, bounds: list[int]):
+    def _capture(self, b: int, q: int):
         self._fill_dummy(b, q)
-        stages, state = self._segments(b, q, bounds=bounds)
+        stages, state = self._segments(b, q)
         for _ in range(2):  # warm up: Triton compiles, cuBLAS picks kernels
             for stage in stages:
                 stage()
@@ -230,7 +239,7 @@ class DecodeGraphs:
             for stage in stages:
                 stage()
             return state["logits"], state["greedy"]
-        graphs, logits, greedy, _ = self.whole[b] if num_fed else self.graphs[(b, q)]
+        graphs, logits, greedy, _ = self.graphs[(b, q)]
         for graph in graphs:
             graph.replay()
         return logits, greedy
