@@ -90,6 +90,7 @@ class DecodeGraphs:
         pin = device.type == "cuda"
         self.staging = [torch.zeros(nbytes, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
         self._turn = 0
+        self._host_views: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}
         self.last_tokens = torch.zeros(max_b, dtype=torch.int64, device=device)  # argmax of the last 1-token step
         # Where a step's greedy result lands on the host: two pinned buffers, used in turn, so that one step's
         # result can be copied while the previous one is still being read.
@@ -223,10 +224,12 @@ class DecodeGraphs:
         ``num_fed`` (q == 1 only): the first ``num_fed`` requests take their input token on the device from the
         previous 1-token step's argmax instead of ``ids``."""
         assert num_fed == 0 or q == 1, "fed input tokens are only for 1-token decode steps"
-        host = self.staging[self._turn]
+        turn, host = self._turn, self.staging[self._turn]
         self._turn ^= 1
         nbytes = self._nbytes(b, q)
-        h = {name: view.numpy() for name, view in self._views(b, q, host).items()}
+        h = self._host_views.get((turn, b, q))
+        if h is None:  # numpy views of the staging buffer, built once per shape (views cost µs each, per step)
+            h = self._host_views[(turn, b, q)] = {name: v.numpy() for name, v in self._views(b, q, host).items()}
         h["ids"][:], h["positions"][:], h["slots"][:], h["num_drafts"][:] = ids, positions, slots, num_drafts
         h["feed"][:] = 0
         h["feed"][:num_fed] = 1
