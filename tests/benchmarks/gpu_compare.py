@@ -125,14 +125,18 @@ def release() -> None:
     torch.cuda.empty_cache()
 
 
+def llama3_8b_shape_llm(**kwargs) -> LLM:
+    """An LLM over random bf16 weights of the Llama-3-8B shape (``load_format="dummy"``), max_model_len 4096."""
+    folder = Path(tempfile.mkdtemp()) / "llama3-8b-shape"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA3_8B))
+    return LLM(model=str(folder), load_format="dummy", dtype="bfloat16", max_model_len=4096, **kwargs)
+
+
 def section_8b(bw: float, rows: list, results: dict) -> None:
-    cfg_dir = Path(tempfile.mkdtemp()) / "llama3-8b-shape"
-    cfg_dir.mkdir()
-    (cfg_dir / "config.json").write_text(json.dumps(LLAMA3_8B))
     prompt = [{"prompt_token_ids": list(range(1000, 1128))}]  # 128 tokens
-    common = dict(model=str(cfg_dir), load_format="dummy", dtype="bfloat16", max_model_len=4096,
-                  disable_log_stats=True)
-    llm = LLM(max_num_seqs=1, **common)
+    common = dict(disable_log_stats=True)
+    llm = llama3_8b_shape_llm(max_num_seqs=1, **common)
     wb = weight_bytes(llm)
     floor_ms = wb / (bw * 1e12) * 1e3
     decode_ms = per_step_ms(llm, prompt, 16, 144)
@@ -151,8 +155,8 @@ def section_8b(bw: float, rows: list, results: dict) -> None:
     del llm
     release()
     for k in (3, 5, 7):
-        llm = LLM(max_num_seqs=1, speculative_config={"method": "fixed", "num_speculative_tokens": k},
-                  proposer_manager=fixed_manager(), **common)
+        llm = llama3_8b_shape_llm(max_num_seqs=1, speculative_config={"method": "fixed", "num_speculative_tokens": k},
+                                  proposer_manager=fixed_manager(), **common)
         verify_ms = per_step_ms(llm, prompt, 16, 144)
         verify_fwd = graph_replay_ms(llm, 1, 1 + k)
         results["8b"][f"verify_k{k}_ms"] = verify_ms
@@ -163,7 +167,7 @@ def section_8b(bw: float, rows: list, results: dict) -> None:
                      f"{verify_ms / decode_ms:.3f}x decode step"))
         del llm
     release()
-    llm = LLM(max_num_seqs=64, **common)
+    llm = llama3_8b_shape_llm(max_num_seqs=64, **common)
     prompts = [{"prompt_token_ids": [1000 + i] * 128} for i in range(64)]
     sp = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
     llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)

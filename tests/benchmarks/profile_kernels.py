@@ -8,9 +8,7 @@ Eager, so every kernel shows up separately; the counts per step are what a captu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,7 +16,7 @@ from tokenleap import LLM, SamplingParams
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpu_compare import LLAMA3_8B  # noqa: E402
+from gpu_compare import llama3_8b_shape_llm  # noqa: E402
 
 
 def main() -> None:
@@ -29,10 +27,7 @@ def main() -> None:
     args = ap.parse_args()
     kw = dict(max_num_seqs=1, enforce_eager=True, disable_log_stats=True)
     if args.llama3_8b_shape:
-        folder = Path(tempfile.mkdtemp()) / "llama3-8b-shape"
-        folder.mkdir()
-        (folder / "config.json").write_text(json.dumps(LLAMA3_8B))
-        llm = LLM(model=str(folder), load_format="dummy", dtype="bfloat16", max_model_len=4096, **kw)
+        llm = llama3_8b_shape_llm(**kw)
     else:
         llm = LLM(model=args.model, **kw)
     prompt = [{"prompt_token_ids": list(range(100, 400))}]

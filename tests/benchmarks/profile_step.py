@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import pstats
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from tokenleap import LLM, SamplingParams
 from tokenleap.bench.prompts import code_editing_prompts
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpu_compare import LLAMA3_8B, fixed_manager  # noqa: E402
+from gpu_compare import fixed_manager, llama3_8b_shape_llm  # noqa: E402
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
 
@@ -41,10 +39,7 @@ def main() -> None:
         spec, mgr = {"method": "fixed", "num_speculative_tokens": args.fixed_drafts}, fixed_manager()
     kw = dict(max_num_seqs=1, disable_log_stats=True, speculative_config=spec, proposer_manager=mgr)
     if args.llama3_8b_shape:
-        folder = Path(tempfile.mkdtemp()) / "llama3-8b-shape"
-        folder.mkdir()
-        (folder / "config.json").write_text(json.dumps(LLAMA3_8B))
-        llm = LLM(model=str(folder), load_format="dummy", dtype="bfloat16", max_model_len=4096, **kw)
+        llm = llama3_8b_shape_llm(**kw)
         prompts = [{"prompt_token_ids": list(range(1000, 1128))}]
     else:
         llm = LLM(model=args.model, **kw)

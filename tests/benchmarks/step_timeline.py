@@ -11,9 +11,7 @@ reported by CUPTI like any other.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from tokenleap import LLM, SamplingParams
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpu_compare import LLAMA3_8B, fixed_manager  # noqa: E402
+from gpu_compare import fixed_manager, llama3_8b_shape_llm  # noqa: E402
 
 
 def main() -> None:
@@ -38,10 +36,7 @@ def main() -> None:
         kw.update(speculative_config={"method": "fixed", "num_speculative_tokens": args.fixed_drafts},
                   proposer_manager=fixed_manager())
     if args.llama3_8b_shape:
-        folder = Path(tempfile.mkdtemp()) / "llama3-8b-shape"
-        folder.mkdir()
-        (folder / "config.json").write_text(json.dumps(LLAMA3_8B))
-        llm = LLM(model=str(folder), load_format="dummy", dtype="bfloat16", max_model_len=4096, **kw)
+        llm = llama3_8b_shape_llm(**kw)
     else:
         llm = LLM(model=args.model, **kw)
     prompt = [{"prompt_token_ids": list(range(1000, 1128))}]
