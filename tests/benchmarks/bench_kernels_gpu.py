@@ -180,8 +180,11 @@ def bench_fused(tokens_list, hidden, inter, heads, kv_heads, head_dim, dtype, de
         r = torch.randn(t, hidden, device=device).to(dtype)
         w = (1 + 0.1 * torch.randn(hidden, device=device)).to(dtype)
         qkv = torch.randn(t, heads + 2 * kv_heads, head_dim, device=device).to(dtype)
-        q, k = qkv[:, :heads], qkv[:, heads : heads + kv_heads]
+        q, k, v = qkv[:, :heads], qkv[:, heads : heads + kv_heads], qkv[:, heads + kv_heads :]
         pos = torch.randint(0, 8192, (t,), device=device)
+        k_cache = torch.zeros(t // 16 + 2, 16, kv_heads, head_dim, device=device, dtype=dtype)
+        v_cache, k_ref, v_ref = torch.zeros_like(k_cache), torch.zeros_like(k_cache), torch.zeros_like(k_cache)
+        slots = torch.randperm(k_cache.shape[0] * 16, device=device)[:t]
         gu = torch.randn(t, 2 * inter, device=device).to(dtype)
         ops = [
             (
@@ -195,9 +198,9 @@ def bench_fused(tokens_list, hidden, inter, heads, kv_heads, head_dim, dtype, de
                 lambda: fused_ref.fused_add_rms_norm_ref(x, r, w, 1e-5),
             ),
             (
-                "rotary_embedding",
-                lambda: triton_fused.rotary_embedding(pos, q, k, cache),
-                lambda: fused_ref.rotary_embedding_ref(pos, q, k, cache),
+                "rope_and_write_kv",
+                lambda: triton_fused.rope_and_write_kv(pos, q, k, v, cache, k_cache, v_cache, slots),
+                lambda: fused_ref.rope_and_write_kv_ref(pos, q, k, v, cache, k_ref, v_ref, slots),
             ),
             ("silu_and_mul", lambda: triton_fused.silu_and_mul(gu), lambda: fused_ref.silu_and_mul_ref(gu)),
         ]

@@ -82,16 +82,15 @@ def _rope_rows(src, dst, src_stride_h, dst_stride_h, cos, sin,
 
 
 @triton.jit
-def _rope_kernel(
-    pos_ptr, q_ptr, k_ptr, v_ptr, cs_ptr, q_out_ptr, k_out_ptr, v_out_ptr, slot_ptr,
+def _rope_write_kv_kernel(
+    pos_ptr, q_ptr, k_ptr, v_ptr, cs_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_cos,
     stride_cb, stride_cslot, stride_ch,
     H: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr,
-    H_PAD: tl.constexpr, KVH_PAD: tl.constexpr, HALF_PAD: tl.constexpr,
-    TO_CACHE: tl.constexpr, PAGE: tl.constexpr,
+    H_PAD: tl.constexpr, KVH_PAD: tl.constexpr, HALF_PAD: tl.constexpr, PAGE: tl.constexpr,
 ):
-    """One program per token. ``TO_CACHE``: rotated k and v go straight to their cache slot (skipped for
-    slots < 0) instead of to new tensors, so RoPE and the KV write are one kernel."""
+    """One program per token: q rotated into ``q_out``; k rotated and v copied straight to the token's cache
+    slot (skipped for slots < 0), so RoPE and the KV write are one kernel."""
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     d = tl.arange(0, HALF_PAD)[None, :]
@@ -103,53 +102,16 @@ def _rope_kernel(
     sin = sin.to(tl.float32)
     _rope_rows(q_ptr + t * stride_qt, q_out_ptr + t * (H * 2 * HALF), stride_qh, 2 * HALF, cos, sin,
                H, HALF, H_PAD, HALF_PAD)
-    if TO_CACHE:
-        slot = tl.load(slot_ptr + t).to(tl.int64)
-        if slot >= 0:
-            row = (slot // PAGE) * stride_cb + (slot % PAGE) * stride_cslot
-            _rope_rows(k_ptr + t * stride_kt, k_out_ptr + row, stride_kh, stride_ch, cos, sin,
-                       KVH, HALF, KVH_PAD, HALF_PAD)
-            h = tl.arange(0, KVH_PAD)[:, None]
-            dv = tl.arange(0, 2 * HALF_PAD)[None, :]
-            vmask = (h < KVH) & (dv < 2 * HALF)
-            v = tl.load(v_ptr + t * stride_vt + h * stride_vh + dv, mask=vmask)
-            tl.store(v_out_ptr + row + h * stride_ch + dv, v.to(v_out_ptr.dtype.element_ty), mask=vmask)
-    else:
-        _rope_rows(k_ptr + t * stride_kt, k_out_ptr + t * (KVH * 2 * HALF), stride_kh, 2 * HALF, cos, sin,
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    if slot >= 0:
+        row = (slot // PAGE) * stride_cb + (slot % PAGE) * stride_cslot
+        _rope_rows(k_ptr + t * stride_kt, k_cache_ptr + row, stride_kh, stride_ch, cos, sin,
                    KVH, HALF, KVH_PAD, HALF_PAD)
-
-
-def _launch_rope(positions, q, k, cos_sin_cache, q_out, k_out, v=None, v_out=None, slot_mapping=None) -> None:
-    num_tokens, num_heads, head_dim = q.shape
-    num_kv_heads = k.shape[1]
-    if q.stride(-1) != 1 or k.stride(-1) != 1 or cos_sin_cache.stride(-1) != 1 or (v is not None and v.stride(-1) != 1):
-        raise ValueError("q, k, v and cos_sin_cache need a contiguous last dimension")
-    if num_tokens == 0:
-        return
-    to_cache = v is not None
-    cache_strides = k_out.stride()[:3] if to_cache else (0, 0, 0)
-    half = head_dim // 2
-    _rope_kernel[(num_tokens,)](
-        positions, q, k, v if to_cache else k, cos_sin_cache, q_out, k_out, v_out if to_cache else k_out,
-        slot_mapping if to_cache else positions,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), *(v.stride()[:2] if to_cache else (0, 0)),
-        cos_sin_cache.stride(0), *cache_strides,
-        H=num_heads, KVH=num_kv_heads, HALF=half, H_PAD=triton.next_power_of_2(num_heads),
-        KVH_PAD=triton.next_power_of_2(num_kv_heads), HALF_PAD=triton.next_power_of_2(half),
-        TO_CACHE=to_cache, PAGE=k_out.shape[1] if to_cache else 1, num_warps=4,
-    )
-
-
-def rotary_embedding(
-    positions: torch.Tensor,  # [T] int
-    q: torch.Tensor,  # [T, H, D] (last dim contiguous; may be a view into a qkv buffer)
-    k: torch.Tensor,  # [T, KVH, D]
-    cos_sin_cache: torch.Tensor,  # [max_pos, D]: cos half | sin half
-) -> tuple[torch.Tensor, torch.Tensor]:  # new contiguous (q_rot, k_rot); inputs unchanged
-    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    _launch_rope(positions, q, k, cos_sin_cache, q_out, k_out)
-    return q_out, k_out
+        h = tl.arange(0, KVH_PAD)[:, None]
+        dv = tl.arange(0, 2 * HALF_PAD)[None, :]
+        vmask = (h < KVH) & (dv < 2 * HALF)
+        v = tl.load(v_ptr + t * stride_vt + h * stride_vh + dv, mask=vmask)
+        tl.store(v_cache_ptr + row + h * stride_ch + dv, v.to(v_cache_ptr.dtype.element_ty), mask=vmask)
 
 
 def rope_and_write_kv(
@@ -162,10 +124,24 @@ def rope_and_write_kv(
     v_cache: torch.Tensor,  # [num_blocks, block_size, KVH, D]
     slot_mapping: torch.Tensor,  # [T] int64, cache slot per token (< 0: not written)
 ) -> torch.Tensor:  # new contiguous q_rot [T, H, D]; rotated k and v written to their cache slots
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[1]
+    if any(x.stride(-1) != 1 for x in (q, k, v, cos_sin_cache)):
+        raise ValueError("q, k, v and cos_sin_cache need a contiguous last dimension")
     if k_cache.stride() != v_cache.stride() or not k_cache.is_contiguous():
         raise ValueError("k_cache and v_cache must be contiguous with the same layout")
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    _launch_rope(positions, q, k, cos_sin_cache, q_out, k_cache, v, v_cache, slot_mapping)
+    if num_tokens == 0:
+        return q_out
+    half = head_dim // 2
+    _rope_write_kv_kernel[(num_tokens,)](
+        positions, q, k, v, cos_sin_cache, q_out, k_cache, v_cache, slot_mapping,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos_sin_cache.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        H=num_heads, KVH=num_kv_heads, HALF=half, H_PAD=triton.next_power_of_2(num_heads),
+        KVH_PAD=triton.next_power_of_2(num_kv_heads), HALF_PAD=triton.next_power_of_2(half),
+        PAGE=k_cache.shape[1], num_warps=4,
+    )
     return q_out
 
 
