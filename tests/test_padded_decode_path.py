@@ -243,3 +243,56 @@ def test_abort_while_a_step_is_in_flight(folder, eager_greedy):
     assert eng.blocks.num_free_blocks == eng.blocks.num_usable_blocks
     # the engine is clean: the next batch gives the reference tokens
     assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == eager_greedy
+
+
+def _decoding_request(rid: str, num_tokens: int, blocks, block_size: int) -> Request:
+    """A running request whose first ``num_tokens - 1`` tokens are in the cache (the next step decodes)."""
+    req = Request(rid, list(range(3, 3 + num_tokens)), SP(temperature=0, max_tokens=50), 0, 0, 50, frozenset())
+    req.num_computed_tokens = num_tokens - 1
+    req.block_ids = blocks.allocate(-(-(num_tokens) // block_size))
+    return req
+
+
+def test_schedule_ahead_reserves_the_next_slot_without_preempting():
+    from tokenleap.engine.kv_cache import BlockManager
+    from tokenleap.engine.request import RequestStatus
+    from tokenleap.engine.scheduler import Scheduler
+
+    blocks = BlockManager(num_blocks=6, block_size=4)
+    sched = Scheduler(blocks, max_num_seqs=2, max_num_batched_tokens=64)
+    a = _decoding_request("a", 4, blocks, 4)  # 1 block, full after this step's token
+    b = _decoding_request("b", 6, blocks, 4)  # 2 blocks, room left
+    for r in (a, b):
+        r.status = RequestStatus.RUNNING
+        sched.running.append(r)
+    step = sched.schedule()
+    assert [(s.request, s.num_new_tokens) for s in step.scheduled] == [(a, 1), (b, 1)]
+    free = blocks.num_free_blocks
+    ahead = sched.schedule_ahead(step.scheduled)
+    assert [(s.request, s.num_new_tokens, s.num_spec_tokens) for s in ahead] == [(a, 1, 0), (b, 1, 0)]
+    assert len(a.block_ids) == 2 and len(b.block_ids) == 2  # a's next token starts a new block
+    assert blocks.num_free_blocks == free - 1
+    # a waiting request that could be admitted: nothing is launched ahead (it is scheduled next instead)
+    sched.running.remove(b)
+    sched.waiting.append(b)
+    assert sched.schedule_ahead([step.scheduled[0]]) is None
+    # running at max_num_seqs: the waiting one could not be admitted anyway, so the step goes ahead
+    sched.max_num_seqs = 1
+    assert sched.schedule_ahead([step.scheduled[0]]) is not None
+
+
+def test_schedule_ahead_gives_up_when_blocks_run_out():
+    from tokenleap.engine.kv_cache import BlockManager
+    from tokenleap.engine.request import RequestStatus
+    from tokenleap.engine.scheduler import Scheduler
+
+    blocks = BlockManager(num_blocks=3, block_size=4)  # 2 usable blocks
+    sched = Scheduler(blocks, max_num_seqs=2, max_num_batched_tokens=64)
+    a = _decoding_request("a", 4, blocks, 4)
+    b = _decoding_request("b", 4, blocks, 4)
+    for r in (a, b):
+        r.status = RequestStatus.RUNNING
+        sched.running.append(r)
+    step = sched.schedule()
+    assert sched.schedule_ahead(step.scheduled) is None  # both need a new block, none is free
+    assert sched.running == [a, b] and not sched.waiting  # nobody was preempted for it
