@@ -11,8 +11,8 @@ graph costs host time that grows with its size (measured on an H100: 0.4-0.8 ms 
 forward), and while the GPU runs one segment the host launches the next. Verify graphs (q > 1) run on an idle
 GPU (the proposer needed the previous step's tokens), so their segments are 1, 2, 4, ... layers and the GPU
 waits only for a one-layer launch. 1-token graphs are mostly launched behind a running step (below); for
-them three equal segments measured fastest on an H100 (8B shape, one machine, 272-token runs: 1.677-1.687 s
-against 1.712-1.723 s with a whole-forward graph captured beside the segments, or with the 1, 2, 4, ... split;
+them three equal segments measured fastest on an H100 (8B shape, one machine, 272-token runs: 1.671-1.687 s
+against 1.712-1.736 s with a whole-forward graph captured beside the segments, or with the 1, 2, 4, ... split;
 about 0.15 ms per step; the cause was not found).
 
 Static inputs live in one device byte buffer (int64: ids, positions, slots, drafts per request, feed flags;
@@ -166,13 +166,13 @@ class DecodeGraphs:
     def read_back(self, greedy: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         """Queue the copy of the first ``n`` rows of a greedy result [b, q + 1] to the host; returns the host
         tensor [n, q + 1] and the event after which it holds them (None on CPU, where it already does)."""
-        width = greedy.shape[1]
-        host = self.readback[self._readback_turn][: n * width].view(n, width)
+        turn, width = self._readback_turn, greedy.shape[1]
         self._readback_turn ^= 1
+        host = self.readback[turn][: n * width].view(n, width)
         host.copy_(greedy[:n], non_blocking=True)
         if self._events is None:
             return host, None
-        event = self._events[self._readback_turn]  # in turn with the buffer: reused once that one was read
+        event = self._events[turn]  # in turn with the buffer: reused once that one was read
         event.record()
         return host, event
 

@@ -145,7 +145,7 @@ class Engine:
 
     def _may_launch_ahead(self, launched: LaunchedStep) -> bool:
         """Decode steps of plain-greedy requests without a proposer, none of which is sure to end in it."""
-        return (self.cfg.async_scheduling and self.driver is None and self.runner.can_launch_ahead(launched)
+        return (self.cfg.async_scheduling and self.driver is None and launched.is_greedy_decode
                 and all(s.request.num_output_tokens + 1 < s.request.max_tokens
                         and s.request.num_tokens + 1 < self.max_model_len for s in launched.scheduled))
 

@@ -47,14 +47,13 @@ class LaunchedStep:
 
     scheduled: list[ScheduledRequest]
     result: StepResult | None = None
-    greedy: torch.Tensor | None = None  # [b, q + 1] on the device: argmax per row, then tokens emitted
-    host: torch.Tensor | None = None  # [len(scheduled), q + 1] its host copy
+    host: torch.Tensor | None = None  # [len(scheduled), q + 1]: argmax per row, then tokens emitted
     event: torch.cuda.Event | None = None
 
     @property
     def is_greedy_decode(self) -> bool:
         """In flight, 1 token per request: the next decode step can take its tokens on the device."""
-        return self.result is None and self.greedy is not None and self.greedy.shape[1] == 2
+        return self.result is None and self.host is not None and self.host.shape[1] == 2
 
     def wait(self) -> StepResult:
         if self.result is None:
@@ -113,8 +112,7 @@ class ModelRunner:
         if ahead_of is not None:
             assert ahead_of.is_greedy_decode and [s.request for s in ahead_of.scheduled] == [
                 s.request for s in scheduled], "a step launched ahead must continue the same decode requests"
-            picked = self.graphs.pick(len(scheduled), 1)
-            return self._launch_graph(scheduled, *picked, ahead_of=ahead_of)
+            return self._launch_graph(scheduled, *self.graphs.pick(len(scheduled), 1), ahead=True)
         if self.graphs is not None and not self.hidden_state_layers and all(
             s.num_new_tokens == 1 and s.samples for s in scheduled
         ):
@@ -123,24 +121,19 @@ class ModelRunner:
                 return self._launch_graph(scheduled, *picked)
         return LaunchedStep(scheduled, result=self._execute_eager(scheduled))
 
-    def can_launch_ahead(self, step: LaunchedStep) -> bool:
-        return step.is_greedy_decode and self.graphs is not None
-
-    def _launch_graph(self, scheduled: list[ScheduledRequest], b: int, q: int,
-                      ahead_of: LaunchedStep | None = None) -> LaunchedStep:
-        """Decode / verify through a captured graph: every request padded to ``q`` query tokens."""
+    def _launch_graph(self, scheduled: list[ScheduledRequest], b: int, q: int, ahead: bool = False) -> LaunchedStep:
+        """Decode / verify through a captured graph: every request padded to ``q`` query tokens. ``ahead``:
+        each request is one token past its recorded state, its input token fed on the device."""
         bs = self.block_size
-        ahead = int(ahead_of is not None)
         ids = np.zeros(b * q, dtype=np.int64)
         positions = np.tile(np.arange(q, dtype=np.int64), b)
         slots = np.zeros(b * q, dtype=np.int64)  # padding writes land in the null block
         tables = np.zeros((b, self.max_blocks_per_req), dtype=np.int32)
         seq_lens = np.full(b, q, dtype=np.int32)
         num_drafts = np.zeros(b, dtype=np.int64)
-        logits_rows: list[int] = []
         for i, s in enumerate(scheduled):
             r = s.request
-            start, real = r.num_computed_tokens + ahead, s.num_query_tokens
+            start, real = r.num_computed_tokens + int(ahead), s.num_query_tokens
             o = i * q
             if not ahead:
                 ids[o] = r.all_token_ids[start]
@@ -151,13 +144,13 @@ class ModelRunner:
             tables[i, : len(blocks)] = blocks
             seq_lens[i] = start + q
             num_drafts[i] = s.num_spec_tokens
-            logits_rows.extend(range(o, o + real))
-        num_fed = len(scheduled) if ahead_of is not None else 0
+        num_fed = len(scheduled) if ahead else 0
         logits_all, greedy = self.graphs.run(b, q, ids, positions, slots, num_drafts, tables, seq_lens, num_fed)
         if all(_plain_greedy(s.request) for s in scheduled):  # the graph already verified: read it back
             host, event = self.graphs.read_back(greedy, len(scheduled))
-            return LaunchedStep(scheduled, greedy=greedy, host=host, event=event)
+            return LaunchedStep(scheduled, host=host, event=event)
         assert not ahead, "only plain-greedy steps are launched ahead"
+        logits_rows = [i * q + j for i, s in enumerate(scheduled) for j in range(s.num_query_tokens)]
         return LaunchedStep(scheduled, result=self._sample(logits_all, logits_rows, False, scheduled, {}, {}))
 
     def _execute_eager(self, scheduled: list[ScheduledRequest]) -> StepResult:

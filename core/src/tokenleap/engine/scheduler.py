@@ -101,11 +101,8 @@ class Scheduler:
             if remaining > budget and not self.enable_chunked_prefill:
                 break
             num_new = min(remaining, budget)
-            needed = self.blocks.blocks_needed(req.num_computed_tokens + num_new, len(req.block_ids))
-            new_blocks = self.blocks.allocate(needed)
-            if new_blocks is None:
+            if not self._grow(req, req.num_computed_tokens + num_new):
                 break
-            req.block_ids.extend(new_blocks)
             self.waiting.pop(0)
             req.status = RequestStatus.RUNNING
             self.running.append(req)
@@ -120,28 +117,28 @@ class Scheduler:
         request gets its slot without preempting anyone; otherwise None."""
         if len(scheduled) != len(self.running) or (self.waiting and len(self.running) < self.max_num_seqs):
             return None
-        for s in scheduled:
-            req = s.request
-            needed = self.blocks.blocks_needed(req.num_computed_tokens + 2, len(req.block_ids))
-            new_blocks = self.blocks.allocate(needed)
-            if new_blocks is None:
-                return None
-            req.block_ids.extend(new_blocks)
+        if not all(self._grow(s.request, s.request.num_computed_tokens + 2) for s in scheduled):
+            return None
         return [ScheduledRequest(s.request, 1, 0) for s in scheduled]
 
     def _reserve(self, req: Request, num_tokens: int, out: SchedulerOutput) -> bool:
         """Give ``req`` blocks for ``num_tokens`` slots, preempting lower-ranked requests as needed.
         Returns False when ``req`` itself had to be preempted."""
         while True:
-            needed = self.blocks.blocks_needed(num_tokens, len(req.block_ids))
-            new_blocks = self.blocks.allocate(needed)
-            if new_blocks is not None:
-                req.block_ids.extend(new_blocks)
+            if self._grow(req, num_tokens):
                 return True
             victim = self.running[-1]
             self._preempt(victim, out)
             if victim is req:
                 return False
+
+    def _grow(self, req: Request, num_tokens: int) -> bool:
+        """Give ``req`` blocks for ``num_tokens`` slots if enough are free (no preemption); False if not."""
+        new_blocks = self.blocks.allocate(self.blocks.blocks_needed(num_tokens, len(req.block_ids)))
+        if new_blocks is None:
+            return False
+        req.block_ids.extend(new_blocks)
+        return True
 
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
         # Victims are taken from the end of the ranked list, so none was scheduled earlier this step.
