@@ -97,9 +97,14 @@ def test_random_prompts_seeded_and_in_range():
 
 
 def test_builtin_prompt_sets():
-    for texts in (P.code_editing_prompts(), P.summarization_prompts()):
+    for texts in (P.code_editing_prompts(), P.module_editing_prompts(), P.summarization_prompts()):
         assert len(texts) == 10 and len(set(texts)) == 10 and all(len(t) > 100 for t in texts)
-    assert all("def " in t or "class " in t for t in P.code_editing_prompts())
+    assert all("def " in t or "class " in t for t in P.code_editing_prompts() + P.module_editing_prompts())
+    modules = [t.split("```python\n")[1].split("```")[0] for t in P.module_editing_prompts()]
+    assert all(20 <= m.count("\n") <= 30 for m in modules)
+    for m in modules:
+        compile(m, "<module>", "exec")  # each module is valid Python
+    assert P.load_prompts("module-editing") == P.module_editing_prompts()
     assert P.load_prompts("code-editing", 13)[10] == P.code_editing_prompts()[0]  # cycled
     with pytest.raises(ValueError, match="unknown dataset"):
         P.load_prompts("nope")

@@ -7,8 +7,9 @@ Measures, in one process on one GPU, and prints one table:
 - Llama-3-8B shape with random bf16 weights (load_format="dummy"): batch-1 decode ms/token against the floor
   (weight bytes / bandwidth), verify steps of 1 + k tokens (k = 3, 5, 7) against a 1-token decode step, and
   batch-64 throughput against its floor (weights once per step + KV bytes read);
-- SmolLM2-135M-Instruct (real weights), batch 1, greedy: transformers `generate` vs tokenleap, and tokenleap
-  with n-gram speculation on code-editing and summarization prompts (token-identical output checked).
+- SmolLM2-135M-Instruct (real weights), batch 1, greedy: transformers `generate` vs tokenleap (256 tokens per
+  request, EOS ignored), and tokenleap with n-gram speculation vs without on the model's answers (stopping at
+  EOS) to code-editing, module-editing and summarization prompts (token-identical output checked).
 Sections can be skipped with --skip 8b,smollm2.
 """
 
@@ -25,9 +26,10 @@ from pathlib import Path
 
 import torch
 from tokenleap import LLM, SamplingParams
-from tokenleap.bench.prompts import code_editing_prompts, summarization_prompts
+from tokenleap.bench.prompts import code_editing_prompts, module_editing_prompts, summarization_prompts
 from tokenleap_plugins import Drafts, ProposerBase, ProposerManager, ProposerSpec, hookimpl
 
+ANSWER_MAX_TOKENS = 512  # the answers of the ngram comparison stop at EOS, or here
 DEFAULT_NGRAM = {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
 LLAMA3_8B = dict(
     architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=128256, hidden_size=4096,
@@ -204,12 +206,13 @@ def hf_generate_tps(model, tok, chats, max_new: int, **kw) -> tuple[float, list[
 
 
 def ours_tps(llm: LLM, chats, max_new: int):
+    """Batch-1 greedy tokens/s over ``chats``, one request at a time, each generating exactly ``max_new`` tokens
+    (EOS ignored, as transformers' ``min_new_tokens``): decode speed, prefill included."""
     sp = SamplingParams(temperature=0, max_tokens=max_new, ignore_eos=True)
     for _ in range(2):  # warm-up: cold then warm prefix cache, so every kernel variant is compiled before timing
         llm.chat(chats, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
     outs, total, secs = [], 0, 0.0
-    steps0 = llm.engine.counters.num_steps
-    for chat in chats:  # batch 1: one request at a time
+    for chat in chats:
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         o = llm.chat([chat], sp, use_tqdm=False)[0]
@@ -217,16 +220,49 @@ def ours_tps(llm: LLM, chats, max_new: int):
         secs += time.perf_counter() - t0
         outs.append(o.outputs[0].token_ids)
         total += len(o.outputs[0].token_ids)
-    per_step = total / (llm.engine.counters.num_steps - steps0)  # tokens per engine step, prefill steps included
-    return total / secs, outs, per_step
+    return total / secs, outs
+
+
+def answers(llm: LLM, chats, max_new: int) -> dict:
+    """The model's own answers (stopping at EOS, at most ``max_new`` tokens), one request at a time: tokens/s
+    end to end and in the decode phase (first token's time, measured by a 1-token run, taken out), tokens per
+    engine step (prefill steps included), and the token ids."""
+    for _ in range(2):  # warm-up as in ours_tps
+        llm.chat(chats, SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)
+
+    def timed(chat, max_tokens):
+        torch.cuda.synchronize()
+        t0, steps0 = time.perf_counter(), llm.engine.counters.num_steps
+        o = llm.chat([chat], SamplingParams(temperature=0, max_tokens=max_tokens), use_tqdm=False)[0]
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0, llm.engine.counters.num_steps - steps0, list(o.outputs[0].token_ids)
+
+    outs, tokens, secs, first_secs, steps = [], 0, 0.0, 0.0, 0
+    for chat in chats:
+        first_secs += timed(chat, 1)[0]
+        t, n, ids = timed(chat, max_new)
+        secs, steps, tokens = secs + t, steps + n, tokens + len(ids)
+        outs.append(ids)
+    return dict(tokens=tokens, tokens_per_s=tokens / secs, steps=steps, tokens_per_step=tokens / steps,
+                decode_tokens_per_s=(tokens - len(chats)) / (secs - first_secs), first_token_ms=first_secs
+                / len(chats) * 1e3, outputs=outs)
 
 
 def section_smollm2(path: str, rows: list, results: dict, max_new: int, ngram_configs: list[dict]) -> None:
+    """SmolLM2 vs transformers (fixed-length outputs), then ngram vs our plain decoding on the model's own
+    answers to three prompt sets (speculation is about the answer: with EOS ignored a small chat model goes on
+    to invent new conversations, which no prompt lookup can draft)."""
     from tokenleap.model.loader import load_checkpoint
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    sets = {"code-editing": code_editing_prompts()[:5], "summarization": summarization_prompts()[:5]}
-    chats = {name: [[{"role": "user", "content": p}] for p in ps] for name, ps in sets.items()}
+    def to_chats(prompts):
+        return [[{"role": "user", "content": p}] for p in prompts]
+
+    speed_sets = {"code-editing": to_chats(code_editing_prompts()[:5]),
+                  "summarization": to_chats(summarization_prompts()[:5])}
+    answer_sets = {"code-editing": to_chats(code_editing_prompts()),
+                   "module-editing": to_chats(module_editing_prompts()),
+                   "summarization": to_chats(summarization_prompts())}
     ckpt = load_checkpoint(path, dtype="bfloat16", device="cuda")
     hf = LlamaForCausalLM(LlamaConfig(**ckpt.hf_config)).to(torch.bfloat16)
     hf.load_state_dict(ckpt.weights, strict=False)
@@ -234,41 +270,47 @@ def section_smollm2(path: str, rows: list, results: dict, max_new: int, ngram_co
     tok = ckpt.tokenizer
     res = results.setdefault("smollm2", {})
     hf_tps = {}
-    for name, cs in chats.items():
+    for name, cs in speed_sets.items():
         hf_generate_tps(hf, tok, cs[:2], 16)  # warm-up
         hf_tps[name], _ = hf_generate_tps(hf, tok, cs, max_new)
     del hf
     release()
     base = LLM(model=path, max_num_seqs=1, disable_log_stats=True)
-    base_tps, base_out = {}, {}
-    for name, cs in chats.items():
-        base_tps[name], base_out[name], _ = ours_tps(base, cs, max_new)
+    for name, cs in speed_sets.items():
+        tps, _ = ours_tps(base, cs, max_new)
+        res.setdefault("decode", {})[name] = dict(hf_tps=hf_tps[name], ours_tps=tps)
+        rows.append((f"SmolLM2 {name}, {max_new} tokens: transformers generate", f"{hf_tps[name]:.1f} tokens/s", ""))
+        rows.append((f"SmolLM2 {name}, {max_new} tokens: tokenleap", f"{tps:.1f} tokens/s",
+                     f"{tps / hf_tps[name]:.1f}x transformers"))
+    plain = {name: answers(base, cs, ANSWER_MAX_TOKENS) for name, cs in answer_sets.items()}
     del base
     release()
+    for name, p in plain.items():
+        res.setdefault("answers", {})[name] = dict(plain={k: v for k, v in p.items() if k != "outputs"}, ngram={})
+        rows.append((f"SmolLM2 {name} answers: tokenleap", f"{p['tokens_per_s']:.1f} tokens/s",
+                     f"{p['tokens']} tokens, decode phase {p['decode_tokens_per_s']:.1f} tokens/s, "
+                     f"first token {p['first_token_ms']:.1f} ms"))
     for spec_cfg in ngram_configs:
         spec = LLM(model=path, max_num_seqs=1, disable_log_stats=True, speculative_config=spec_cfg)
         label = ",".join(f"{k}={v}" for k, v in spec_cfg.items() if k != "method")
-        for name, cs in chats.items():
+        for name, cs in answer_sets.items():
             before = {m.name: getattr(m, "value", None) for m in spec.get_metrics()}
-            tps, out, per_step = ours_tps(spec, cs, max_new)
+            got = answers(spec, cs, ANSWER_MAX_TOKENS)
             after = {m.name: getattr(m, "value", None) for m in spec.get_metrics()}
             drafts, acc = (after[f"tokenleap:spec_decode_num_{n}"] - before[f"tokenleap:spec_decode_num_{n}"]
                            for n in ("drafts", "accepted_tokens"))
-            mal = 1 + acc / drafts if drafts else 1.0
-            same = out == base_out[name]
-            # per_step: with verification as cheap as a decode step, the most speculation could give
-            res.setdefault(name, dict(hf_tps=hf_tps[name], ours_tps=base_tps[name], ngram={}))
-            res[name]["ngram"][label] = dict(tokens_per_s=tps, mean_acceptance_length=mal, identical=same,
-                                             tokens_per_step=per_step)
-            rows.append((f"SmolLM2 {name}: tokenleap + ngram {label}", f"{tps:.1f} tokens/s",
-                         f"{tps / base_tps[name]:.2f}x ours, acceptance length {mal:.2f} (per drafted step), "
-                         f"{per_step:.2f} tokens per step, identical={same}"))
+            p = plain[name]
+            same = got.pop("outputs") == p["outputs"]
+            got.update(mean_acceptance_length=1 + acc / drafts if drafts else 1.0, identical=same,
+                       speedup=got["tokens_per_s"] / p["tokens_per_s"],
+                       decode_speedup=got["decode_tokens_per_s"] / p["decode_tokens_per_s"])
+            res["answers"][name]["ngram"][label] = got
+            rows.append((f"SmolLM2 {name} answers: tokenleap + ngram {label}", f"{got['tokens_per_s']:.1f} tokens/s",
+                         f"{got['speedup']:.2f}x ours (decode phase {got['decode_speedup']:.2f}x), "
+                         f"{got['tokens_per_step']:.2f} tokens per step (plain {p['tokens_per_step']:.2f}), "
+                         f"acceptance length {got['mean_acceptance_length']:.2f}, identical={same}"))
         del spec
         release()
-    for name in chats:
-        rows.append((f"SmolLM2 {name}: transformers generate", f"{hf_tps[name]:.1f} tokens/s", ""))
-        rows.append((f"SmolLM2 {name}: tokenleap", f"{base_tps[name]:.1f} tokens/s",
-                     f"{base_tps[name] / hf_tps[name]:.1f}x transformers"))
 
 
 def main(argv=None) -> int:

@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--dataset",
             type=dataset_name,
             default=default_dataset,
-            help="random | mtbench | humaneval | sharegpt | code-editing | summarization | jsonl:PATH",
+            help="random | mtbench | humaneval | sharegpt | code-editing | module-editing | summarization | jsonl:PATH",
         )
         sp.add_argument(
             "--input-len",

