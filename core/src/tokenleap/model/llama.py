@@ -36,14 +36,13 @@ class LlamaAttention(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,  # [num_tokens, hidden]
+        qkv: torch.Tensor,  # [num_tokens, q_size + 2 * kv_size], the output of qkv_proj
         positions: torch.Tensor,  # [num_tokens]
         cos_sin_cache: torch.Tensor,  # [max_positions, head_dim] fp32
         kv_cache: KVCache,
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [num_tokens, hidden]
-        num_tokens = x.shape[0]
-        qkv = self.qkv_proj(x)  # [num_tokens, q_size + 2 * kv_size]
+        num_tokens = qkv.shape[0]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = self.ops.rope_and_write_kv(  # rotated keys and the values go to the cache
             positions, q.view(num_tokens, self.num_heads, self.head_dim),
@@ -51,23 +50,22 @@ class LlamaAttention(nn.Module):
             cos_sin_cache, kv_cache[0], kv_cache[1], meta.slot_mapping,
         )
         o = paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale, self.sliding_window)
-        return self.o_proj(o.reshape(num_tokens, self.q_size))
+        return self.ops.linear(o.reshape(num_tokens, self.q_size), self.o_proj.weight, None)
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: ModelArchConfig, ops: LayerOps) -> None:
+    """Holds gate/up (fused) and down; the layer runs them through LayerOps.norm_linear / silu_mul_linear."""
+
+    def __init__(self, cfg: ModelArchConfig) -> None:
         super().__init__()
-        self.ops = ops
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
     """Pre-norm block on a residual stream: returns (block output, residual) without adding them, so the
-    next block's norm fuses the add (HF: residual = residual + output, then norm)."""
+    next block's norm fuses the add (HF: residual = residual + output, then norm). Each norm is fused with the
+    projection after it, and SiLU-and-mul with the down projection (LayerOps)."""
 
     def __init__(self, cfg: ModelArchConfig, ops: LayerOps) -> None:
         super().__init__()
@@ -75,18 +73,19 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = LlamaAttention(cfg, ops)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = LlamaMLP(cfg, ops)
+        self.mlp = LlamaMLP(cfg)
 
     def forward(self, x, residual, positions, cos_sin_cache, kv_cache, meta):
+        # x, residual: [num_tokens, hidden] (residual None before the first layer) -> (output, residual)
+        ops, attn, mlp = self.ops, self.self_attn, self.mlp
         norm = self.input_layernorm
-        if residual is None:
-            residual, h = x, self.ops.rms_norm(x, norm.weight, norm.eps)
-        else:
-            h, residual = self.ops.fused_add_rms_norm(x, residual, norm.weight, norm.eps)
-        h = self.self_attn(h, positions, cos_sin_cache, kv_cache, meta)
+        qkv, new_residual = ops.norm_linear(x, residual, norm.weight, norm.eps, attn.qkv_proj.weight,
+                                            attn.qkv_proj.bias)
+        residual = x if residual is None else new_residual
+        h = attn(qkv, positions, cos_sin_cache, kv_cache, meta)
         norm = self.post_attention_layernorm
-        h, residual = self.ops.fused_add_rms_norm(h, residual, norm.weight, norm.eps)
-        return self.mlp(h), residual
+        gate_up, residual = ops.norm_linear(h, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight, None)
+        return ops.silu_mul_linear(gate_up, mlp.down_proj.weight), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -139,7 +138,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [n, hidden] -> [n, vocab] fp32
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return nn.functional.linear(hidden, weight).float()
+        return self.ops.linear(hidden, weight, None).float()
 
     @torch.no_grad()
     def load_hf_weights(self, weights: Mapping[str, torch.Tensor]) -> None:

@@ -1,0 +1,256 @@
+"""Linear layers for a few rows (M <= 16 tokens), optionally with the RMSNorm or SiLU-and-mul before them fused in.
+
+A decode or verify step multiplies a handful of rows by every weight matrix: the work is streaming the weight
+once from memory, and at batch 1 a 576x576 layer is mostly launch and latency (cuBLAS: ~3.6 us on an H100
+for 0.2 us of bytes). One kernel computes
+
+    linear_small_m:       y = x @ weight.T (+ bias)
+    add_rms_norm_linear:  y = rms_norm(x + residual) @ weight.T (+ bias), and new_residual = x + residual
+    silu_mul_linear:      y = silu_and_mul(gate_up) @ weight.T
+
+with the roundings of ``triton_fused``'s ops followed by a linear (references in ``linear_ref.py``).
+
+Design. Program ``p`` owns the output columns ``[p*BLOCK_N, (p+1)*BLOCK_N)`` for all M rows and walks K in
+BLOCK_K chunks: it loads a ``[BLOCK_N, BLOCK_K]`` weight tile (every weight element is read by exactly one
+program, once), builds the matching input chunk (loading x, or computing the norm / activation from the raw
+rows, which are small and come from L2), and accumulates ``chunk @ tile.T`` on the tensor cores in fp32.
+The input chunk always has 16 rows, the smallest tensor-core tile: M = 1 computes its one row and broadcasts
+it; 2 <= M <= 16 loads rows ``min(r, M - 1)``, so the extra rows repeat the last one (same cache lines: no
+extra traffic) and are never stored. No split-K: small N gets a narrow BLOCK_N instead, so that the grid
+still covers the SMs (``tile_for``). A fused prologue is recomputed by every program, N / BLOCK_N times in
+all; the RMSNorm needs the whole row first, so its programs read the rows twice (sum of squares, then
+normalize + multiply), and the first program also writes ``new_residual`` (a new tensor: the others are
+still reading the inputs).
+
+Batch invariance: row m of the result has the same bits whatever M is (1..16) and whatever the other rows
+hold. Every ``tl.dot`` is the same [16, BLOCK_K] x [BLOCK_K, BLOCK_N] product whose rows do not mix, and the
+K order depends on the weight shape only (``tile_for`` never looks at M). Only two variants are compiled per
+shape, one row (M = 1) or 16; their prologues are elementwise per row except the RMSNorm's sum of squares,
+which is added in a fixed pairwise order (``_pairwise_row_sum``): ``tl.sum`` would follow a thread layout
+that Triton may choose differently for a [1, BLOCK_K] and a [16, BLOCK_K] tile. No atomics, no host syncs;
+outputs are allocated from shapes only, so the calls can be captured in a CUDA graph.
+
+When to use: decode / verify steps with at most MAX_ROWS tokens and weights in [N, K] (``nn.Linear``) layout
+with a contiguous last dimension; activation rows may be strided. Pick the op per layer, never per M (the
+bits would change with M otherwise). Measured on an H100 (bf16, CUDA graphs, bench_linear_gpu.py) on
+SmolLM2-135M and Llama-3-8B shapes, M = 1..16: ``linear_small_m`` runs from 21% faster to 15% slower than
+cuBLAS, faster on the small layers and the Llama lm_head (338 vs 375 us at M = 1), slowest at M = 4 on
+wide-N, short-K layers (SmolLM2 lm_head 26 vs 23 us). ``add_rms_norm_linear`` beats RMSNorm + cuBLAS by
+0.5-1 us at M = 1 on SmolLM2's qkv and gate_up (hidden 576, N <= 3072) and is within 0.25 us of it for
+M >= 4; on wider N or hidden 4096 it is slower (every program re-reads the rows twice). ``silu_mul_linear``
+is 2-3x slower than SiLU-and-mul + a linear on those shapes (every program recomputes the activation):
+keep it for experiments.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_ROWS = 16  # rows (tokens) a call may have; also the row count of every tl.dot
+
+_PLAIN, _RMS, _SILU = 0, 1, 2  # prologue kinds (constexpr)
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_MIN_PROGRAMS = 96  # wider tiles stream better, until the grid leaves many of an H100's 132 SMs idle
+
+
+@triton.jit
+def _tile_rows(M, ROWS: tl.constexpr):
+    # -> [ROWS, 1] the x row behind each row of an input chunk (ROWS = 1 when M = 1, else 16)
+    return tl.minimum(tl.arange(0, ROWS), M - 1)[:, None]
+
+
+@triton.jit
+def _pairwise_row_sum(a, ROWS: tl.constexpr, WIDTH: tl.constexpr, LOG2_WIDTH: tl.constexpr):
+    # a: [ROWS, WIDTH] -> [ROWS]: adds neighbours (2j, 2j+1), then neighbouring pairs, ...: one order for any ROWS
+    for i in tl.static_range(LOG2_WIDTH):
+        lo, hi = tl.split(tl.reshape(a, (ROWS, WIDTH >> (i + 1), 2)))
+        a = lo + hi
+    return tl.reshape(a, (ROWS,))
+
+
+@triton.jit
+def _rows_plus_residual(x_ptr, res_ptr, offs_x, offs_r, mask, HAS_RESIDUAL: tl.constexpr):
+    # [ROWS, BLOCK_K] chunk of x, plus the residual when there is one, rounded to x's dtype (HF's add), as fp32
+    x = tl.load(x_ptr + offs_x, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(res_ptr + offs_r, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _inv_rms(
+    x_ptr, res_ptr, new_res_ptr, M, stride_x, stride_r, eps, write_residual,
+    K: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
+    LOG2_BLOCK_K: tl.constexpr,
+):
+    # -> [ROWS] fp32 1/sqrt(mean(h^2) + eps) of h = x (+ residual); writes h to new_res if write_residual
+    rows = _tile_rows(M, ROWS)
+    distinct = tl.arange(0, ROWS)[:, None] < M  # each x row once
+    sq = tl.zeros((ROWS, BLOCK_K), tl.float32)  # per-lane partial sums, reduced once at the end
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)[None, :]
+        h = _rows_plus_residual(x_ptr, res_ptr, rows * stride_x + k, rows * stride_r + k, k < K, HAS_RESIDUAL)
+        if HAS_RESIDUAL:
+            keep = distinct & (k < K) & write_residual
+            tl.store(new_res_ptr + rows * K + k, h.to(new_res_ptr.dtype.element_ty), mask=keep)
+        sq += h * h
+    return tl.rsqrt(_pairwise_row_sum(sq, ROWS, BLOCK_K, LOG2_BLOCK_K) / K + eps)
+
+
+@triton.jit
+def _input_chunk(
+    x_ptr, res_ptr, nw_ptr, inv_rms, k0, M, stride_x, stride_r,
+    K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ROWS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    # -> [ROWS, BLOCK_K] columns k0.. of the GEMV input, in the activation dtype
+    dtype = x_ptr.dtype.element_ty
+    rows = _tile_rows(M, ROWS)
+    k = k0 + tl.arange(0, BLOCK_K)[None, :]
+    if PROLOGUE == 2:  # _SILU: x is gate_up [M, 2K]; silu(gate) * up, each op rounded like HF
+        g = tl.load(x_ptr + rows * stride_x + k, mask=k < K, other=0.0).to(tl.float32)
+        u = tl.load(x_ptr + rows * stride_x + K + k, mask=k < K, other=0.0).to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+        a = (act * u).to(dtype)
+    elif PROLOGUE == 1:  # _RMS: normalized, cast to the dtype, THEN times the norm weight (LlamaRMSNorm)
+        h = _rows_plus_residual(x_ptr, res_ptr, rows * stride_x + k, rows * stride_r + k, k < K, HAS_RESIDUAL)
+        h = (h * inv_rms[:, None]).to(dtype).to(tl.float32)
+        nw = tl.load(nw_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+        a = (nw * h).to(dtype)
+    else:
+        a = tl.load(x_ptr + rows * stride_x + k, mask=k < K, other=0.0)
+    return a
+
+
+@triton.jit
+def _small_m_linear_kernel(
+    x_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, new_res_ptr,
+    M, N, stride_x, stride_r, stride_w, eps,
+    K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    LOG2_BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] output columns of this program
+    inv_rms = tl.zeros((ROWS,), tl.float32)
+    if PROLOGUE == 1:
+        inv_rms = _inv_rms(x_ptr, res_ptr, new_res_ptr, M, stride_x, stride_r, eps, pid == 0,
+                           K, HAS_RESIDUAL, ROWS, BLOCK_K, LOG2_BLOCK_K)
+    w_rows = w_ptr + n.to(tl.int64)[:, None] * stride_w  # [BLOCK_N, 1]
+    acc = tl.zeros((16, BLOCK_N), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a = _input_chunk(x_ptr, res_ptr, nw_ptr, inv_rms, k0, M, stride_x, stride_r,
+                         K, PROLOGUE, HAS_RESIDUAL, ROWS, BLOCK_K)  # [ROWS, BLOCK_K]
+        k = k0 + tl.arange(0, BLOCK_K)[None, :]
+        w = tl.load(w_rows + k, mask=(n[:, None] < N) & (k < K), other=0.0)  # [BLOCK_N, BLOCK_K]
+        acc = tl.dot(tl.broadcast_to(a, (16, BLOCK_K)), tl.trans(w), acc, input_precision=DOT_PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
+    rows = tl.arange(0, 16)[:, None]  # accumulator row r is x row r (rows >= M repeat another row: not stored)
+    out = y_ptr + rows * N + n[None, :]
+    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=(rows < M) & (n[None, :] < N))
+
+
+def tile_for(n: int, k: int, prologue: int = _PLAIN) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for an [N, K] weight, tuned on an H100 with
+    tests/benchmarks/bench_linear_gpu.py --sweep. Never depends on M, so every M runs the same K order
+    (BLOCK_K is 256 everywhere; BLOCK_N and the stages do not change the bits). BLOCK_N is the widest tile
+    that still gives _MIN_PROGRAMS programs, else 16 (the narrowest tensor-core tile): small N buys
+    parallelism with narrow tiles. Fused prologues are recomputed by every program, so they take wider
+    tiles (fewer programs); SiLU's at least 32. Short K loops keep fewer stages (more programs per SM)."""
+    widths = (64, 32) if prologue == _PLAIN else (128, 64, 32)
+    block_n = next((b for b in widths if triton.cdiv(n, b) >= _MIN_PROGRAMS), 16)
+    if prologue == _SILU:
+        block_n = max(block_n, 32)
+    stages = 5 if prologue == _PLAIN and k > 1024 else 3
+    return block_n, 256, 4, stages
+
+
+def _rows_arg(name: str, t: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    """Check a [M, width] activation (M <= MAX_ROWS) and give it a contiguous last dimension."""
+    want = f"[M, {width if width is not None else 'K'}] with M <= {MAX_ROWS}"
+    if t.dim() != 2 or t.shape[0] > MAX_ROWS or (width is not None and t.shape[1] != width):
+        raise ValueError(f"{name} must be {want}; got shape {tuple(t.shape)}")
+    if t.dtype not in _DTYPES:
+        raise ValueError(f"{name} must be float32, float16 or bfloat16; got {t.dtype}")
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _weight_arg(name: str, weight: torch.Tensor, k: int, dtype: torch.dtype) -> None:
+    if weight.dim() != 2 or weight.shape[1] != k:
+        raise ValueError(f"{name} must be [N, {k}] (nn.Linear layout); got shape {tuple(weight.shape)}")
+    if weight.dtype != dtype:
+        raise ValueError(f"{name} must have the activations' dtype {dtype}; got {weight.dtype}")
+    if weight.stride(-1) != 1:
+        raise ValueError(f"{name} must have a contiguous last dimension; got strides {weight.stride()}")
+
+
+def _vector_arg(name: str, v: torch.Tensor | None, n: int) -> None:
+    if v is not None and tuple(v.shape) != (n,):
+        raise ValueError(f"{name} must be [{n}]; got shape {tuple(v.shape)}")
+
+
+def _launch(prologue, x, weight, bias=None, residual=None, norm_weight=None, eps=0.0, tile=None):
+    """Run the kernel on checked arguments -> (y [M, N], new_residual [M, K] or None). K is weight.shape[1]."""
+    m, (n, k) = x.shape[0], weight.shape
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    new_res = torch.empty((m, k), dtype=x.dtype, device=x.device) if residual is not None else None
+    if m == 0:
+        return y, new_res
+    block_n, block_k, num_warps, num_stages = tile or tile_for(n, k, prologue)
+    _small_m_linear_kernel[(triton.cdiv(n, block_n),)](
+        x, residual if residual is not None else x, norm_weight if norm_weight is not None else x, weight,
+        bias if bias is not None else weight, y, new_res if new_res is not None else y,
+        m, n, x.stride(0), residual.stride(0) if residual is not None else 0, weight.stride(0), eps,
+        K=k, PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        ROWS=1 if m == 1 else MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, LOG2_BLOCK_K=block_k.bit_length() - 1,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return y, new_res
+
+
+def linear_small_m(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    # x: [M, K], M <= MAX_ROWS (rows may be strided); weight: [N, K]; bias: [N] | None -> new [M, N] in x.dtype
+    x = _rows_arg("x", x)
+    _weight_arg("weight", weight, x.shape[1], x.dtype)
+    _vector_arg("bias", bias, weight.shape[0])
+    return _launch(_PLAIN, x, weight, bias)[0]
+
+
+def add_rms_norm_linear(
+    x: torch.Tensor,  # [M, K], M <= MAX_ROWS
+    residual: torch.Tensor | None,  # [M, K] or None (plain rms_norm)
+    norm_weight: torch.Tensor,  # [K]
+    eps: float,
+    weight: torch.Tensor,  # [N, K]
+    bias: torch.Tensor | None = None,  # [N]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """-> (y = linear(rms_norm(x + residual)) [M, N], new_residual = x + residual [M, K] or None), in one
+    kernel, with the roundings of triton_fused.fused_add_rms_norm (or rms_norm) + linear_small_m; the sum of
+    squares is added in another order, so a normalized value can differ from that pair's in the last bit."""
+    x = _rows_arg("x", x)
+    m, k = x.shape
+    if residual is not None:
+        residual = _rows_arg("residual", residual, k)
+        if residual.shape[0] != m or residual.dtype != x.dtype:
+            raise ValueError(f"residual must match x ({tuple(x.shape)}, {x.dtype}); "
+                             f"got {tuple(residual.shape)}, {residual.dtype}")
+    _vector_arg("norm_weight", norm_weight, k)
+    if norm_weight.dtype != x.dtype:
+        raise ValueError(f"norm_weight must have x's dtype {x.dtype}; got {norm_weight.dtype}")
+    _weight_arg("weight", weight, k, x.dtype)
+    _vector_arg("bias", bias, weight.shape[0])
+    return _launch(_RMS, x, weight, bias, residual, norm_weight, eps)
+
+
+def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    # gate_up: [M, 2*I] (gate | up), M <= MAX_ROWS; weight: [N, I] -> new [M, N] = silu_and_mul(gate_up) @ weight.T
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be [N, I] (nn.Linear layout); got shape {tuple(weight.shape)}")
+    gate_up = _rows_arg("gate_up", gate_up, 2 * weight.shape[1])
+    _weight_arg("weight", weight, weight.shape[1], gate_up.dtype)
+    return _launch(_SILU, gate_up, weight)[0]

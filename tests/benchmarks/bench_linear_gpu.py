@@ -1,0 +1,277 @@
+"""Time the few-row linear kernels (triton_linear) against torch on SmolLM2-135M and Llama-3-8B shapes (CUDA).
+
+    python tests/benchmarks/bench_linear_gpu.py [--out FILE.json] [--sweep]
+
+Per layer and M in 1/4/8/16 rows, bf16, microseconds per call, each taken from a CUDA graph of 100
+captured calls (replayed, median of 5 replays, divided by 100): torch ``F.linear`` vs ``linear_small_m``;
+unfused (``triton_fused`` rms norm / silu-and-mul, then ``F.linear``: the engine's path today), the same
+with ``linear_small_m`` (unf+ours), and the fused kernel; the floor is weight bytes / 3.0 TB/s (a copy's
+bandwidth: a pure read stream can beat it by a few percent). The calls cycle through enough copies of the weight
+(>= 128 MB) that they come from memory, not from the 50 MB L2, as in a real decode step. err: max abs
+difference from torch / from the unfused path. Then: row m's bits alone, in a batch of 3 and of 16 (must
+be equal). ``--sweep`` then times candidate tiles per shape and M and prints the best ones.
+
+The kernels are loaded from their files: they need only torch and triton (the tokenleap package needs more).
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: B023  (the lambdas are timed within the loop iteration that defines them)
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+KERNELS = Path(__file__).resolve().parents[2] / "core" / "src" / "tokenleap" / "kernels"
+BANDWIDTH = 3.0e12  # bytes/s, H100 device-to-device copy (DESIGN.md)
+ROWS = (1, 4, 8, 16)
+EPS = 1e-5
+SHAPES = [  # model, layer, N, K, prologue fused into it ("rms": with residual, "norm": without, "silu", None)
+    ("SmolLM2-135M", "qkv", 960, 576, "rms"),
+    ("SmolLM2-135M", "o_proj", 576, 576, None),
+    ("SmolLM2-135M", "gate_up", 3072, 576, "rms"),
+    ("SmolLM2-135M", "down", 576, 1536, "silu"),
+    ("SmolLM2-135M", "lm_head", 49152, 576, "norm"),
+    ("Llama-3-8B", "qkv", 6144, 4096, "rms"),
+    ("Llama-3-8B", "o_proj", 4096, 4096, None),
+    ("Llama-3-8B", "gate_up", 28672, 4096, "rms"),
+    ("Llama-3-8B", "down", 4096, 14336, "silu"),
+    ("Llama-3-8B", "lm_head", 128256, 4096, "norm"),
+]
+SWEEP_TILES = [(bn, 256, 4, s) for bn in (16, 32, 64, 128) for s in (3, 5)]  # (BLOCK_N, BLOCK_K, warps, stages)
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", KERNELS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tlin, tfused = load("triton_linear"), load("triton_fused")
+
+
+class Layer:
+    """Random bf16 weights of one layer (with stream=True, copies of them totalling >= 128 MB, so that calls
+    cycling through them read memory, not L2) and activations for m rows (``set_rows``)."""
+
+    def __init__(self, n, k, prologue, device, stream=True, seed=0):
+        self.g = torch.Generator(device=device).manual_seed(seed)
+        self.n, self.k, self.prologue, self.device = n, k, prologue, device
+        w = self.rand(n, k, scale=k**-0.5)
+        extra = min(99, -(-(128 << 20) // w.nbytes) - 1) if stream else 0
+        self.weights = [w] + [w.clone() for _ in range(extra)]
+        self.nw = 1 + 0.1 * self.rand(k)
+
+    def rand(self, *shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=self.g, device=self.device)).to(torch.bfloat16)
+
+    def set_rows(self, m):
+        self.m, k = m, self.k
+        self.x, self.gate_up = self.rand(m, k), self.rand(m, 2 * k, scale=2.0)
+        self.res = self.rand(m, k) if self.prologue == "rms" else None
+        return self
+
+    def torch_linear(self, i=0):
+        return F.linear(self.x, self.weights[i])
+
+    def ours(self, i=0, tile=None, x=None):
+        return tlin._launch(tlin._PLAIN, self.x if x is None else x, self.weights[i], tile=tile)[0]
+
+    def unfused(self, i=0, ours=False):
+        if self.prologue == "silu":
+            h = tfused.silu_and_mul(self.gate_up)
+        elif self.res is None:
+            h = tfused.rms_norm(self.x, self.nw, EPS)
+        else:
+            h, _ = tfused.fused_add_rms_norm(self.x, self.res, self.nw, EPS)
+        return self.ours(i, x=h) if ours else F.linear(h, self.weights[i])
+
+    def fused(self, i=0, tile=None):
+        if self.prologue == "silu":
+            return tlin._launch(tlin._SILU, self.gate_up, self.weights[i], tile=tile)[0]
+        return tlin._launch(tlin._RMS, self.x, self.weights[i], None, self.res, self.nw, EPS, tile=tile)[0]
+
+
+def graph_us(fn, copies: int, calls: int = 100, reps: int = 5) -> float:
+    """Microseconds per call of fn(i) (i cycling through the weight copies), from a captured CUDA graph."""
+    for i in range(copies):
+        fn(i)  # compile / load outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(i % copies)
+    graph.replay()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return statistics.median(times)
+
+
+def _compile_one(job) -> str | None:
+    """Worker: build (and launch once, on a 64-row weight) one kernel variant so the main process finds it in
+    Triton's cache. Same argument specializations as the real calls (all N, K here are multiples of 16)."""
+    prologue, m, k, tile = job
+    layer = Layer(64, k, prologue, torch.device("cuda"), stream=False).set_rows(m)
+    try:
+        layer.fused(tile=tile) if prologue else layer.ours(tile=tile)
+        torch.cuda.synchronize()
+    except Exception as e:  # e.g. a tile that needs more shared memory than the SM has
+        return f"{type(e).__name__}: {str(e)[:120]}"
+    return None
+
+
+def precompile(jobs) -> dict:
+    """Compile the kernel variants in parallel processes (serial compiles would take minutes)."""
+    jobs = sorted(set(jobs), key=str)
+    workers = max(1, min(14, (os.cpu_count() or 2) - 2))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        return {job: err for job, err in zip(jobs, pool.map(_compile_one, jobs)) if err}
+
+
+def default_tile(n, k, prologue):  # what the kernels pick for this layer
+    kind = {None: tlin._PLAIN, "silu": tlin._SILU}.get(prologue, tlin._RMS)
+    return tlin.tile_for(n, k, kind)
+
+
+def sweep(device) -> list[dict]:
+    """Time every SWEEP_TILES tile of linear_small_m and of the fused op per shape and M."""
+    runs = [(model, name, n, k, None, m) for model, name, n, k, _ in SHAPES for m in ROWS]
+    runs += [(model, name, n, k, p, m) for model, name, n, k, p in SHAPES if p for m in ROWS]
+    failed = precompile((p, m, k, tile) for *_, k, p, m in runs for tile in SWEEP_TILES)
+    results = []
+    print(f"\nsweep: us per call (CUDA graph), best tiles (BLOCK_N, BLOCK_K, warps, stages); {len(failed)} failed")
+    layers = {}
+    for model, name, n, k, p, m in runs:
+        if (n, k) not in layers:
+            layers = {(n, k): Layer(n, k, p, device)}  # one shape's weights at a time
+        layer = layers[(n, k)]
+        layer.prologue = p
+        layer.set_rows(m)
+        op = layer.fused if p else layer.ours
+        times, differ = {}, []
+        default = default_tile(n, k, p)
+        want = op(tile=default)
+        for tile in SWEEP_TILES:
+            if (p, m, k, tile) in failed:
+                continue
+            try:
+                times[tile] = graph_us(lambda i, t=tile: op(i, tile=t), len(layer.weights), reps=3)
+                if not torch.equal(op(tile=tile), want):  # same BLOCK_K: the same bits are expected
+                    differ.append(tile)
+            except Exception as e:
+                print(f"  {tile}: {type(e).__name__}")
+        best = sorted(times, key=times.get)[:3]
+        shown = ", ".join(f"{t} {times[t]:.2f}" for t in best)
+        print(f"{model:>13} {name:>8} {p or 'plain':>5} M={m:<2} default {default} "
+              f"{times.get(default, float('nan')):.2f} | best {shown}" + (f" | bits differ: {differ}" if differ else ""),
+              flush=True)
+        results.append({"model": model, "layer": name, "prologue": p, "M": m,
+                        "times": {str(t): v for t, v in times.items()}, "default": str(default)})
+    return results
+
+
+def bench(device) -> list[dict]:
+    failed = precompile((p, m, k, default_tile(n, k, p)) for *_, n, k, pro in SHAPES for m in ROWS for p in {None, pro})
+    if failed:
+        print("compile failures:", failed)
+    rows = []
+    print(f"\n{'model':>13} {'layer':>8} {'N':>6} {'K':>5} {'M':>2} | {'torch':>6} {'ours':>6} | {'unfused':>7} "
+          f"{'unf+ours':>8} {'fused':>6} ({'kind':>4}) | {'floor':>6} | {'err ours':>8} {'err fused':>9}")
+    for model, name, n, k, pro in SHAPES:
+        layer = Layer(n, k, pro, device)
+        for m in ROWS:
+            layer.set_rows(m)
+            copies = len(layer.weights)
+            row = {"model": model, "layer": name, "N": n, "K": k, "M": m, "prologue": pro,
+                   "floor_us": n * k * 2 / BANDWIDTH * 1e6,
+                   "torch_us": graph_us(layer.torch_linear, copies), "ours_us": graph_us(layer.ours, copies),
+                   "err_ours": (layer.ours().float() - layer.torch_linear().float()).abs().max().item()}
+            if pro:
+                row["unfused_us"] = graph_us(layer.unfused, copies)
+                row["unfused_ours_us"] = graph_us(lambda i: layer.unfused(i, ours=True), copies)
+                row["fused_us"] = graph_us(layer.fused, copies)
+                row["err_fused"] = (layer.fused().float() - layer.unfused().float()).abs().max().item()
+            rows.append(row)
+            fmt = lambda key, w=6: f"{row[key]:{w}.2f}" if key in row else f"{'-':>{w}}"  # noqa: E731
+            print(f"{model:>13} {name:>8} {n:>6} {k:>5} {m:>2} | {row['torch_us']:6.2f} {row['ours_us']:6.2f} | "
+                  f"{fmt('unfused_us', 7)} {fmt('unfused_ours_us', 8)} {fmt('fused_us')} ({pro or '-':>4}) | {row['floor_us']:6.2f} | "
+                  f"{row['err_ours']:8.4f} {fmt('err_fused', 9)}", flush=True)
+    return rows
+
+
+def bitwise_across_m(device) -> dict:
+    """Row m alone, with two other rows, and in a batch of 16: the same bits, for each op and shape."""
+    out = {}
+    for model, name, n, k, pro in SHAPES:
+        if n * k > 64 << 20:
+            continue  # the lm_heads: same code as the other shapes, and slow to set up
+        full = Layer(n, k, pro, device, stream=False, seed=1).set_rows(16)
+        alone, mixed = (Layer(16, k, pro, device, stream=False, seed=m).set_rows(m) for m in (1, 3))
+        ok = True
+        for mm in (0, 7, 15):
+            for part in (alone, mixed):
+                last = part.m - 1
+                for attr in ("x", "res", "gate_up"):  # put row mm of the full batch last in the smaller one
+                    if getattr(full, attr) is not None:
+                        getattr(part, attr)[last] = getattr(full, attr)[mm]
+                part.weights, part.nw = full.weights[:1], full.nw
+                ok &= torch.equal(part.ours()[last], full.ours()[mm])
+                if pro:
+                    ok &= torch.equal(part.fused()[last], full.fused()[mm])
+        out[f"{model} {name}"] = bool(ok)
+    print("\nbitwise equal across M (row alone / in 3 rows / in 16 rows):",
+          "yes" if all(out.values()) else f"NO: {[key for key, v in out.items() if not v]}", flush=True)
+    return out
+
+
+def fp32_errors(device) -> dict:
+    """The fp32 path (ieee tl.dot) on one shape: max abs difference from the unfused torch ops."""
+    g = torch.Generator(device=device).manual_seed(4)
+    x, res, gate_up = (torch.randn(5, k, generator=g, device=device) for k in (576, 576, 576))
+    nw, w = 1 + 0.1 * torch.randn(576, generator=g, device=device), torch.randn(960, 576, generator=g, device=device)
+    normed, _ = tfused.fused_add_rms_norm(x, res, nw, EPS)
+    errs = {
+        "linear": tlin.linear_small_m(x, w) - F.linear(x, w),
+        "rms": tlin.add_rms_norm_linear(x, res, nw, EPS, w)[0] - F.linear(normed, w),
+        "silu": tlin.silu_mul_linear(gate_up, w[:, :288]) - F.linear(tfused.silu_and_mul(gate_up), w[:, :288]),
+    }
+    out = {key: e.abs().max().item() for key, e in errs.items()}
+    print("fp32 max abs difference from torch (outputs ~30):", ", ".join(f"{k} {v:.2e}" for k, v in out.items()))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", help="write the results here as JSON")
+    parser.add_argument("--sweep", action="store_true", help="also time candidate tiles per shape first")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_linear_gpu.py needs a CUDA device")
+    device = torch.device("cuda")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {tlin.triton.__version__}, bf16")
+    results = {"device": torch.cuda.get_device_name()}
+    results["bitwise_across_m"] = bitwise_across_m(device)
+    results["fp32_errors"] = fp32_errors(device)
+    results["table"] = bench(device)
+    if args.sweep:
+        results["sweep"] = sweep(device)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
