@@ -25,6 +25,7 @@ import types
 from pathlib import Path
 
 import torch
+from graph_replay import graph_replay_ms  # this folder is on sys.path when run as a script
 from tokenleap import LLM, SamplingParams
 from tokenleap.bench.prompts import code_editing_prompts, module_editing_prompts, summarization_prompts
 from tokenleap_plugins import Drafts, ProposerBase, ProposerManager, ProposerSpec, hookimpl
@@ -91,34 +92,6 @@ def per_step_ms(llm: LLM, prompts, short: int, long: int) -> float:
     t_l, n_l = run(long)
     print(f"  per_step_ms: short {n_s} steps {t_s:.3f}s, long {n_l} steps {t_l:.3f}s", flush=True)
     return (t_l - t_s) / (n_l - n_s) * 1e3
-
-
-def graph_replay_ms(llm: LLM, b: int, q: int, n: int = 50, context: int = 256) -> float:
-    """GPU time of one captured forward (CUDA events), without the engine's host work: inputs for ``b``
-    requests of ``q`` tokens at ``context`` positions (their KV read from distinct cache blocks, as in a real
-    step; this step's writes go to the null block, so no cached block changes), then the forward's segment
-    graphs replayed back to back."""
-    import numpy as np
-
-    graphs = llm.engine.runner.graphs
-    mb, num_blocks = graphs.max_blocks, llm.engine.blocks.num_blocks
-    positions = np.tile(np.arange(context, context + q), b)
-    zeros = np.zeros(b * q, dtype=np.int64)
-    tables = (np.arange(b * mb, dtype=np.int32) % (num_blocks - 1) + 1).reshape(b, mb)
-    graphs.run(b, q, zeros, positions, zeros, np.full(b, q - 1), tables, np.full(b, context + q, dtype=np.int32),
-               num_fed=b if q == 1 else 0)
-    segments = graphs.graphs[(b, q)][0]
-    for _ in range(5):
-        for graph in segments:
-            graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(n):
-        for graph in segments:
-            graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / n
 
 
 def release() -> None:
