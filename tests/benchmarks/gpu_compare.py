@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -77,8 +78,9 @@ def weight_bytes(llm: LLM) -> int:
     return sum(p.numel() * p.element_size() for p in llm.engine.model.parameters())
 
 
-def per_step_ms(llm: LLM, prompts, short: int, long: int) -> float:
-    """Time per engine step in steady decode: (t(long) - t(short)) / (steps(long) - steps(short))."""
+def per_step_ms(llm: LLM, prompts, short: int, long: int, repeats: int = 3) -> float:
+    """Time per engine step in steady decode: (t(long) - t(short)) / (steps(long) - steps(short)), the median
+    of ``repeats`` such pairs (one pair is at the mercy of a one-off stall: a GC pause, a late compile)."""
     def run(n):
         sp = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
         torch.cuda.synchronize()
@@ -88,10 +90,13 @@ def per_step_ms(llm: LLM, prompts, short: int, long: int) -> float:
         return time.perf_counter() - t0, llm.engine.counters.num_steps - steps0
     run(long)  # warm-up: compiles every kernel variant the timed runs will use
     run(short)
-    t_s, n_s = run(short)
-    t_l, n_l = run(long)
-    print(f"  per_step_ms: short {n_s} steps {t_s:.3f}s, long {n_l} steps {t_l:.3f}s", flush=True)
-    return (t_l - t_s) / (n_l - n_s) * 1e3
+    per_step = []
+    for _ in range(repeats):
+        t_s, n_s = run(short)
+        t_l, n_l = run(long)
+        per_step.append((t_l - t_s) / (n_l - n_s) * 1e3)
+    print(f"  per_step_ms: {', '.join(f'{x:.3f}' for x in per_step)}", flush=True)
+    return statistics.median(per_step)
 
 
 def release() -> None:
