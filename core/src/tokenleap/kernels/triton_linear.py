@@ -125,7 +125,10 @@ def _input_chunk(
     return a
 
 
-@triton.jit
+# M (the row count, 1..16) is not specialized on: Triton would otherwise compile a variant for M == 1, one for
+# M % 16 == 0 and one for the rest, and an eager step with a new row count would stall on a compile mid-serving.
+# M == 1 still gets its own variant through M_PAD (a constexpr).
+@triton.jit(do_not_specialize=["M"])
 def _small_m_linear_kernel(
     x_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, new_res_ptr,
     M, N, stride_x, stride_r, stride_w, eps,
