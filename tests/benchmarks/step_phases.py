@@ -3,7 +3,8 @@ work. Batch 1, greedy, the model's answers to module-editing prompts (stopping a
 
     python tests/benchmarks/step_phases.py --model PATH_OR_ALIAS [--speculative-config JSON]
 
-Each phase is timed by wrapping the engine's own callables; "wait" is the time the host blocks on the GPU
+Steps that ran a prefill (eager) are reported apart from decode / verify steps. Each phase is timed by
+wrapping the engine's own callables; "wait" is the time the host blocks on the GPU
 (the step's one sync), so with a busy host it shrinks and with an idle host it grows.
 """
 
@@ -21,13 +22,14 @@ from tokenleap.engine import engine as engine_module
 from tokenleap.engine import model_runner
 
 
-def timed(totals: dict, name: str, fn):
+def timed(current: dict, name: str, fn):
+    """``fn`` whose wall time is added to ``current[name]`` (the phases of the step under way)."""
     def wrapper(*args, **kwargs):
         t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            totals[name] += time.perf_counter() - t0
+            current[name] += time.perf_counter() - t0
     return wrapper
 
 
@@ -43,32 +45,53 @@ def main() -> None:
     for _ in range(2):  # warm-up: cold, then warm prefix cache (its short prefills are other kernel variants)
         llm.chat(chats, sp, use_tqdm=False)
     eng = llm.engine
-    totals: dict[str, float] = defaultdict(float)
-    eng.scheduler.schedule = timed(totals, "schedule", eng.scheduler.schedule)
-    eng.runner.launch = timed(totals, "launch (inputs + graph launch)", eng.runner.launch)
-    eng.blocks.cache_full_blocks = timed(totals, "  cache_full_blocks", eng.blocks.cache_full_blocks)
+    current: dict[str, float] = defaultdict(float)  # this step's phases
+    buckets = {"decode": defaultdict(float), "prefill": defaultdict(float)}  # steps with / without a prefill
+    counts = {"decode": 0, "prefill": 0}
+    eng.scheduler.schedule = timed(current, "schedule", eng.scheduler.schedule)
+    launch = timed(current, "launch (inputs + graph launch)", eng.runner.launch)
+
+    def launch_noting_prefill(scheduled, *rest, **kw):
+        current["_prefill"] += any(s.num_new_tokens > 1 for s in scheduled)
+        return launch(scheduled, *rest, **kw)
+
+    eng.runner.launch = launch_noting_prefill
+    eng.blocks.cache_full_blocks = timed(current, "  cache_full_blocks", eng.blocks.cache_full_blocks)
     if eng.driver is not None:
-        eng.driver.propose = timed(totals, "  propose", eng.driver.propose)
-        eng.driver.verified = timed(totals, "  proposer.on_verified", eng.driver.verified)
-    eng._apply = timed(totals, "apply (all below)", eng._apply)
-    engine_module.append_tokens = timed(totals, "  append_tokens (detokenize, stops)", engine_module.append_tokens)
+        eng.driver.propose = timed(current, "  propose", eng.driver.propose)
+        eng.driver.verified = timed(current, "  proposer.on_verified", eng.driver.verified)
+    eng._apply = timed(current, "apply (all below)", eng._apply)
+    engine_module.append_tokens = timed(current, "  append_tokens (detokenize, stops)", engine_module.append_tokens)
     wait = model_runner.LaunchedStep.wait
-    model_runner.LaunchedStep.wait = timed(totals, "wait (GPU sync + read back)", wait)
-    step = eng.step
-    eng.step = timed(totals, "whole step", step)
-    steps0, t0 = eng.counters.num_steps, time.perf_counter()
+    model_runner.LaunchedStep.wait = timed(current, "wait (GPU sync + read back)", wait)
+    step = timed(current, "whole step", eng.step)
+
+    def step_by_kind():
+        try:
+            return step()
+        finally:
+            kind = "prefill" if current.pop("_prefill", 0) else "decode"
+            counts[kind] += 1
+            for name, secs in current.items():
+                buckets[kind][name] += secs
+            current.clear()
+
+    eng.step = step_by_kind
+    t0 = time.perf_counter()
     outs = llm.chat(chats, sp, use_tqdm=False)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
-    steps = eng.counters.num_steps - steps0
-    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     model_runner.LaunchedStep.wait = wait
-    print(f"{steps} steps, {tokens} tokens ({tokens / steps:.2f} per step), {wall / steps * 1e6:.0f} us per step "
-          f"wall, {tokens / wall:.0f} tokens/s")
-    for name, secs in totals.items():
-        print(f"  {name:<40} {secs / steps * 1e6:8.1f} us per step")
-
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    steps = counts["decode"] + counts["prefill"]
+    print(f"{steps} steps ({counts['prefill']} with a prefill), {tokens} tokens ({tokens / steps:.2f} per step), "
+          f"{wall / steps * 1e6:.0f} us per step wall, {tokens / wall:.0f} tokens/s")
+    for kind in ("decode", "prefill"):
+        if counts[kind]:
+            print(f"  {kind} steps ({counts[kind]}):")
+            for name, secs in buckets[kind].items():
+                print(f"    {name:<40} {secs / counts[kind] * 1e6:8.1f} us per step")
 
 if __name__ == "__main__":
     main()
