@@ -33,9 +33,10 @@ PROMPTS = make_prompts()
 GREEDY = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in MAX_TOKENS]
 
 
-def tiny_llm(folder, padded: bool, bounds: list[int] | None = None, **kwargs) -> LLM:
+def tiny_llm(folder, padded: bool, bounds: list[int] | None = None, prefill: tuple[int, ...] = (),
+             **kwargs) -> LLM:
     """``padded``: decode / verify steps go through the graphed path, run eagerly; ``bounds``: its layer
-    segments (for 1-token and verify graphs alike)."""
+    segments (for 1-token and verify graphs alike); ``prefill``: buckets of one-request prefill graphs."""
     kwargs.setdefault("num_gpu_blocks_override", 256)
     llm = LLM(model=str(folder), disable_log_stats=True, block_size=BLOCK, **kwargs)
     if padded:
@@ -43,14 +44,14 @@ def tiny_llm(folder, padded: bool, bounds: list[int] | None = None, **kwargs) ->
         eng.runner.graphs = DecodeGraphs(
             eng.model, eng.runner.kv_caches, eng.cfg.max_num_seqs, [1, 1 + eng.num_speculative_tokens],
             eng.runner.max_blocks_per_req, eng.max_model_len, eng.backend, eng.device, use_cuda_graphs=False,
-            decode_bounds=bounds, verify_bounds=bounds,
+            decode_bounds=bounds, verify_bounds=bounds, prefill_query_lens=list(prefill),
         )
     return llm
 
 
 def count_launches(llm: LLM) -> dict[str, int]:
     """Count steps launched ahead (runner.launch) and steps that ran the padded forward (graphs.run)."""
-    counts = {"ahead": 0, "padded": 0}
+    counts = {"ahead": 0, "padded": 0, "prefill": 0}
     runner = llm.engine.runner
     launch = runner.launch
 
@@ -64,7 +65,7 @@ def count_launches(llm: LLM) -> dict[str, int]:
         run = graphs.run
 
         def counting_run(*args, **kwargs):
-            counts["padded"] += 1
+            counts["prefill" if kwargs.get("prefill") else "padded"] += 1
             return run(*args, **kwargs)
 
         graphs.run = counting_run
@@ -98,6 +99,32 @@ def test_async_padded_decode_equals_eager(folder, eager_greedy, max_num_seqs):
     assert counts["ahead"] > 0.5 * decode_steps
     assert llm.engine._in_flight is None
     assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks
+
+
+@pytest.mark.parametrize("spec", [None, NGRAM])
+def test_prefill_graphs_equal_eager(folder, spec):
+    """One-request prefill chunks padded to a bucket (16 / 32 / 64; chunks of at most 40 tokens, so the longer
+    prompts take two), then again with the prompts cached (short tails): the same tokens as eager prefill, for
+    greedy and seeded sampling requests alike."""
+    kw = dict(max_num_seqs=1, max_num_batched_tokens=40, speculative_config=spec)
+    params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) if i % 2 else
+              SamplingParams(temperature=0.9, seed=i, max_tokens=m, ignore_eos=True)
+              for i, m in enumerate(MAX_TOKENS)]
+    want = token_ids(tiny_llm(folder, padded=False, **kw).generate(PROMPTS, params, use_tqdm=False))
+    llm = tiny_llm(folder, padded=True, prefill=(16, 32, 64), **kw)
+    counts = count_launches(llm)
+    for _ in range(2):  # the second time the prompts hit the prefix cache
+        assert token_ids(llm.generate(PROMPTS, params, use_tqdm=False)) == want
+    longest = max(len(p["prompt_token_ids"]) for p in PROMPTS)
+    assert counts["prefill"] >= 2 * len(PROMPTS) + 1 and longest > 40  # one prompt took two chunks
+    assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks
+
+
+def test_prefill_buckets():
+    from tokenleap.engine.cuda_graphs import prefill_buckets
+
+    assert prefill_buckets(2048) == [32, 64, 128, 256, 512]
+    assert prefill_buckets(100) == [32, 64]
 
 
 def test_segment_bounds():

@@ -4,7 +4,11 @@ In a graphed step every request feeds exactly ``q`` tokens: its last token, its 
 (token 0 written to the null block, never attended to by a real query since attention is causal).
 Padded requests have an all-null block table. The graphs cover the model forward, the logits of
 every row, and greedy verification (argmax, drafts accepted while equal to it), so a plain-greedy step needs
-no kernel outside them; other sampling runs after them on the device from the logits. Prefill runs eagerly.
+no kernel outside them; other sampling runs after them on the device from the logits.
+
+A step that is one request's prefill chunk of at most 512 tokens runs through a prefill graph: batch 1, the
+chunk padded to the next bucket (32, 64, ..., 512) the same way, logits only for the chunk's last real token
+(its row travels in the ``num_drafts`` field). Other prefills (longer chunks, several requests) run eagerly.
 
 Each (batch, q) forward is captured as a few consecutive graphs (layer segments) rather than one: launching a
 graph costs host time that grows with its size (measured on an H100: 0.4-0.8 ms for a whole 32-layer 8B
@@ -47,6 +51,16 @@ def graph_batch_sizes(max_num_seqs: int) -> list[int]:
     return sorted(set(out))
 
 
+PREFILL_BUCKETS = (32, 64, 128, 256, 512)
+
+
+def prefill_buckets(max_num_batched_tokens: int) -> list[int]:
+    """Token counts of the one-request prefill graphs: chunks up to 512 tokens (a chat turn, a prompt's tail
+    after a prefix-cache hit) pay one graph launch instead of a few hundred eager kernel launches (SmolLM2 on an
+    H100: 11 ms of host time for a 150-token prefill whose kernels take 1 ms). Longer chunks run eagerly."""
+    return [q for q in PREFILL_BUCKETS if q <= max_num_batched_tokens]
+
+
 def segment_bounds(num_layers: int) -> list[int]:
     """Layer boundaries of verify-graph segments, [0, ..., num_layers]: 1, 2, 4, 8, ... layers (the last one
     takes the rest). The first launch, the only one the GPU waits for, covers one layer; each later segment is
@@ -70,11 +84,13 @@ class DecodeGraphs:
     def __init__(self, model: LlamaForCausalLM, kv_caches: list[KVCache], max_num_seqs: int,
                  query_lens: list[int], max_blocks_per_req: int, max_model_len: int, backend: str,
                  device: torch.device, use_cuda_graphs: bool = True,
-                 decode_bounds: list[int] | None = None, verify_bounds: list[int] | None = None) -> None:
+                 decode_bounds: list[int] | None = None, verify_bounds: list[int] | None = None,
+                 prefill_query_lens: list[int] = ()) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.batch_sizes = graph_batch_sizes(max_num_seqs)
         self.query_lens = sorted(set(query_lens))
+        self.prefill_query_lens = sorted(set(prefill_query_lens))  # buckets of one-request prefill graphs
         self.max_blocks = max_blocks_per_req
         self.max_model_len = max_model_len
         self.backend = backend
@@ -85,7 +101,8 @@ class DecodeGraphs:
         self.decode_bounds = decode_bounds or equal_bounds(num_layers, 3)
         self.verify_bounds = verify_bounds or segment_bounds(num_layers)
         max_b, max_q = self.batch_sizes[-1], self.query_lens[-1]
-        nbytes = max(self._nbytes(b, q) for b in self.batch_sizes for q in self.query_lens)
+        nbytes = max([self._nbytes(b, q) for b in self.batch_sizes for q in self.query_lens]
+                     + [self._nbytes(1, q) for q in self.prefill_query_lens])
         self.buf = torch.zeros(nbytes, dtype=torch.uint8, device=device)
         pin = device.type == "cuda"
         self.staging = [torch.zeros(nbytes, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
@@ -100,6 +117,8 @@ class DecodeGraphs:
         # (b, q) -> (segment graphs, logits [b * q, vocab], greedy [b, q + 1]: argmax per row, then tokens
         # emitted, and the tensors passed between segments, kept alive for the graphs)
         self.graphs: dict[tuple[int, int], tuple[list[torch.cuda.CUDAGraph], torch.Tensor, torch.Tensor, dict]] = {}
+        # q -> the same for a one-request prefill chunk padded to q tokens (logits of its last real row only)
+        self.prefill_graphs: dict[int, tuple[list[torch.cuda.CUDAGraph], torch.Tensor, torch.Tensor, dict]] = {}
         self.pool = None
 
     def _layout(self, b: int, q: int) -> dict[str, tuple[int, int, torch.dtype]]:
@@ -128,11 +147,13 @@ class DecodeGraphs:
     def bounds(self, q: int) -> list[int]:
         return self.decode_bounds if q == 1 else self.verify_bounds
 
-    def _segments(self, b: int, q: int, seq_lens_host: list[int] | None = None) -> tuple[list[Callable], dict]:
+    def _segments(self, b: int, q: int, seq_lens_host: list[int] | None = None,
+                  prefill: bool = False) -> tuple[list[Callable], dict]:
         """The padded forward as consecutive stages passing tensors through ``state``; the last one leaves
         ``state["logits"]`` [b * q, vocab] and ``state["greedy"]`` [b, q + 1]. Captured, it knows no host
         lengths (the Triton kernels read the device ones); run eagerly, it gets the real ones, which the torch
-        reference needs."""
+        reference needs. ``prefill``: each request's ``num_drafts`` field holds the row of its last real token,
+        and only those rows get logits: ``state["logits"]`` [b, vocab]."""
         v = self._views(b, q, self.buf)
         ids, positions, slots, num_drafts, feed = v["ids"], v["positions"], v["slots"], v["num_drafts"], v["feed"]
         tables, qsl, seq_lens = v["tables"], v["qsl"], v["seq_lens"]
@@ -151,7 +172,12 @@ class DecodeGraphs:
                                                              self.kv_caches, meta, bounds[i], bounds[i + 1])
 
         def head() -> None:
-            hidden = model.final_norm(state["x"], state["residual"])
+            hidden = model.final_norm(state["x"], state["residual"])  # [b * q, hidden]
+            if prefill:
+                last = hidden.view(b, q, -1)[torch.arange(b, device=hidden.device), num_drafts]  # [b, hidden]
+                state["logits"] = logits = model.compute_logits(last)  # [b, vocab]
+                state["greedy"] = torch.stack([logits.argmax(dim=-1), torch.ones_like(num_drafts)], dim=1)
+                return
             logits = model.compute_logits(hidden)  # [b * q, vocab]
             argmax, emitted = verify_greedy(logits.argmax(dim=-1).view(b, q), ids.view(b, q)[:, 1:], num_drafts)
             if q == 1:
@@ -183,11 +209,13 @@ class DecodeGraphs:
         for q in self.query_lens:
             for b in reversed(self.batch_sizes):
                 self.graphs[(b, q)] = self._capture(b, q)
+        for q in reversed(self.prefill_query_lens):
+            self.prefill_graphs[q] = self._capture(1, q, prefill=True)
         torch.cuda.synchronize(self.device)
 
-    def _capture(self, b: int, q: int):
+    def _capture(self, b: int, q: int, prefill: bool = False):
         self._fill_dummy(b, q)
-        stages, state = self._segments(b, q)
+        stages, state = self._segments(b, q, prefill=prefill)
         for _ in range(2):  # warm up: Triton compiles, cuBLAS picks kernels
             for stage in stages:
                 stage()
@@ -215,11 +243,17 @@ class DecodeGraphs:
         b = next((x for x in self.batch_sizes if x >= num_reqs), None)
         return None if q is None or b is None else (b, q)
 
+    def pick_prefill(self, num_tokens: int) -> int | None:
+        """The smallest prefill bucket that holds a chunk of ``num_tokens`` tokens, if any."""
+        return next((q for q in self.prefill_query_lens if q >= num_tokens), None)
+
     def run(self, b: int, q: int, ids: np.ndarray, positions: np.ndarray, slots: np.ndarray,
             num_drafts: np.ndarray, tables: np.ndarray, seq_lens: np.ndarray,
-            num_fed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+            num_fed: int = 0, prefill: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs padded to ``b`` requests of ``q`` tokens (host arrays); returns logits [b * q, vocab] and
         the greedy result [b, q + 1] (argmax per row, then how many tokens greedy verification emits).
+        ``prefill`` (b == 1): a prefill chunk, ``num_drafts`` holding its last real row; returns logits [1, vocab]
+        of that row.
 
         ``num_fed`` (q == 1 only): the first ``num_fed`` requests take their input token on the device from the
         previous 1-token step's argmax instead of ``ids``."""
@@ -238,11 +272,11 @@ class DecodeGraphs:
         h["tables"][:] = tables
         self.buf[:nbytes].copy_(host[:nbytes], non_blocking=True)
         if not self.use_cuda_graphs:
-            stages, state = self._segments(b, q, seq_lens.tolist())
+            stages, state = self._segments(b, q, seq_lens.tolist(), prefill)
             for stage in stages:
                 stage()
             return state["logits"], state["greedy"]
-        graphs, logits, greedy, _ = self.graphs[(b, q)]
+        graphs, logits, greedy, _ = self.prefill_graphs[q] if prefill else self.graphs[(b, q)]
         for graph in graphs:
             graph.replay()
         return logits, greedy

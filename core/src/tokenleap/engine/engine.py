@@ -9,7 +9,7 @@ from tokenleap_plugins import ProposerContext, ProposerManager, VerifiedRequest
 
 from tokenleap.config import EngineConfig
 from tokenleap.engine import setup
-from tokenleap.engine.cuda_graphs import DecodeGraphs
+from tokenleap.engine.cuda_graphs import DecodeGraphs, prefill_buckets
 from tokenleap.engine.detokenizer import init_offsets, text_decoder
 from tokenleap.engine.kv_cache import BlockManager
 from tokenleap.engine.model_runner import LaunchedStep, ModelRunner, StepResult
@@ -75,9 +75,10 @@ class Engine:
         if self.device.type == "cuda" and not cfg.enforce_eager and self.backend == "triton" and not hidden_layers:
             t0 = time.monotonic()
             graphs = DecodeGraphs(self.model, kv, cfg.max_num_seqs, [1, 1 + k], max_blocks, max_len, self.backend,
-                                  self.device)
+                                  self.device, prefill_query_lens=prefill_buckets(self.max_num_batched_tokens))
             graphs.capture()
             log.info("captured CUDA graphs", batch_sizes=graphs.batch_sizes, query_lens=graphs.query_lens,
+                     prefill_query_lens=graphs.prefill_query_lens,
                      seconds=round(time.monotonic() - t0, 1))
         self.runner = ModelRunner(self.model, kv, cfg.block_size, max_blocks, self.device, self.backend,
                                   hidden_layers, graphs)

@@ -119,7 +119,33 @@ class ModelRunner:
             picked = self.graphs.pick(len(scheduled), 1 + max(s.num_spec_tokens for s in scheduled))
             if picked is not None:
                 return self._launch_graph(scheduled, *picked)
+        if self.graphs is not None and not self.hidden_state_layers and len(scheduled) == 1:
+            s = scheduled[0]
+            q = self.graphs.pick_prefill(s.num_new_tokens) if s.num_spec_tokens == 0 else None
+            if q is not None:
+                return LaunchedStep(scheduled, result=self._prefill_graph(s, q))
         return LaunchedStep(scheduled, result=self._execute_eager(scheduled))
+
+    def _prefill_graph(self, s: ScheduledRequest, q: int) -> StepResult:
+        """One request's prefill chunk through the captured graph of ``q`` >= its tokens, padded at the end
+        (padding writes go to the null block; causal attention keeps real queries off padded keys)."""
+        r, bs, n = s.request, self.block_size, s.num_new_tokens
+        start = r.num_computed_tokens
+        ids = np.zeros(q, dtype=np.int64)
+        ids[:n] = r.all_token_ids[start : start + n]
+        positions = np.arange(start, start + q, dtype=np.int64)
+        slots = np.zeros(q, dtype=np.int64)
+        blocks = np.asarray(r.block_ids, dtype=np.int64)
+        slots[:n] = blocks[positions[:n] // bs] * bs + positions[:n] % bs
+        tables = np.zeros((1, self.max_blocks_per_req), dtype=np.int32)
+        tables[0, : len(blocks)] = blocks
+        seq_lens = np.array([start + q], dtype=np.int32)
+        last_row = np.array([n - 1], dtype=np.int64)  # the prefill graph's head reads it from num_drafts
+        logits, _ = self.graphs.run(1, q, ids, positions, slots, last_row, tables, seq_lens, prefill=True)
+        token_rows = {r.request_id: (0, n)}
+        if not s.samples:
+            return StepResult({}, {}, token_rows)
+        return self._sample(logits, [0], False, [s], {}, token_rows)
 
     def _launch_graph(self, scheduled: list[ScheduledRequest], b: int, q: int, ahead: bool = False) -> LaunchedStep:
         """Decode / verify through a captured graph: every request padded to ``q`` query tokens. ``ahead``:
