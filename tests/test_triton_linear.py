@@ -11,27 +11,10 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 
-import importlib.util  # noqa: E402
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers.triton_marks import HAVE_TRITON, needs_triton  # noqa: E402
 from tokenleap.kernels import fused_ref, linear_ref  # noqa: E402
-
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
-_TRITON_MARKS = (
-    pytest.mark.triton,
-    pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed (CI installs it)"),
-    pytest.mark.skipif(
-        os.environ.get("TRITON_INTERPRET") != "1",
-        reason="TRITON_INTERPRET was set to something other than 1 before this module",
-    ),
-)
-
-
-def needs_triton(fn):
-    for mark in _TRITON_MARKS:
-        fn = mark(fn)
-    return fn
 
 
 @pytest.fixture(autouse=True)

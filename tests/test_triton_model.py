@@ -6,18 +6,12 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
 
-import importlib.util  # noqa: E402
-
 import pytest  # noqa: E402
 from helpers.tiny_models import make_tiny_checkpoint  # noqa: E402
+from helpers.triton_marks import TRITON_MARKS  # noqa: E402
 from tokenleap import LLM, SamplingParams  # noqa: E402
 
-pytestmark = [
-    pytest.mark.triton,
-    pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed (CI installs it)"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="TRITON_INTERPRET was set to something else"),
-    pytest.mark.usefixtures("torch_one_thread"),
-]
+pytestmark = [*TRITON_MARKS, pytest.mark.usefixtures("torch_one_thread")]
 
 PROMPTS = [  # 5 tokens: every step has few rows; 40 tokens: the prefill has more than MAX_ROWS
     {"prompt_token_ids": [5, 9, 14, 3, 27]},

@@ -105,12 +105,17 @@ def release() -> None:
     torch.cuda.empty_cache()
 
 
-def llama3_8b_shape_llm(**kwargs) -> LLM:
-    """An LLM over random bf16 weights of the Llama-3-8B shape (``load_format="dummy"``), max_model_len 4096."""
-    folder = Path(tempfile.mkdtemp()) / "llama3-8b-shape"
+def shape_llm(config: dict, name: str, **kwargs) -> LLM:
+    """An LLM over random bf16 weights of a Hugging Face ``config`` (``load_format="dummy"``)."""
+    folder = Path(tempfile.mkdtemp()) / name
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(LLAMA3_8B))
-    return LLM(model=str(folder), load_format="dummy", dtype="bfloat16", max_model_len=4096, **kwargs)
+    (folder / "config.json").write_text(json.dumps(config))
+    return LLM(model=str(folder), load_format="dummy", dtype="bfloat16", **kwargs)
+
+
+def llama3_8b_shape_llm(**kwargs) -> LLM:
+    """An LLM over random bf16 weights of the Llama-3-8B shape, max_model_len 4096."""
+    return shape_llm(LLAMA3_8B, "llama3-8b-shape", max_model_len=4096, **kwargs)
 
 
 def section_8b(bw: float, rows: list, results: dict) -> None:

@@ -7,14 +7,16 @@ random weights (``load_format="dummy"``: nothing to download or carry) or a give
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import torch
 from tokenleap import LLM, SamplingParams
 from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_compare import shape_llm  # noqa: E402
 
 SMOLLM2_SHAPE = dict(
     architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=49152, hidden_size=576,
@@ -32,11 +34,8 @@ def main() -> None:
     if args.model:
         llm = LLM(model=args.model, max_num_seqs=1, disable_log_stats=True)
     else:
-        folder = Path(tempfile.mkdtemp()) / "smollm2-shape"
-        folder.mkdir()
-        (folder / "config.json").write_text(json.dumps(SMOLLM2_SHAPE))
-        llm = LLM(model=str(folder), load_format="dummy", dtype="bfloat16", max_num_seqs=1, disable_log_stats=True,
-                  enable_prefix_caching=False)
+        llm = shape_llm(SMOLLM2_SHAPE, "smollm2-shape", max_num_seqs=1, disable_log_stats=True,
+                        enable_prefix_caching=False)
     sp = SamplingParams(temperature=0, max_tokens=1)
     prompt = [{"prompt_token_ids": [(37 * i) % 40000 + 100 for i in range(args.prompt_len)]}]
     for _ in range(3):
