@@ -114,11 +114,11 @@ class DecodeGraphs:
         self.readback = [torch.zeros(max_b * (max_q + 1), dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         self._readback_turn = 0
         self._events = [torch.cuda.Event() for _ in range(2)] if device.type == "cuda" else None
-        # (b, q) -> (segment graphs, logits [b * q, vocab], greedy [b, q + 1]: argmax per row, then tokens
-        # emitted, and the tensors passed between segments, kept alive for the graphs)
-        self.graphs: dict[tuple[int, int], tuple[list[torch.cuda.CUDAGraph], torch.Tensor, torch.Tensor, dict]] = {}
-        # q -> the same for a one-request prefill chunk padded to q tokens (logits of its last real row only)
-        self.prefill_graphs: dict[int, tuple[list[torch.cuda.CUDAGraph], torch.Tensor, torch.Tensor, dict]] = {}
+        # (b, q) -> (segment graphs, their state: the tensors passed between segments, kept alive for the graphs,
+        # and the outputs "logits" [b * q, vocab] and "greedy" [b, q + 1]: argmax per row, then tokens emitted)
+        self.graphs: dict[tuple[int, int], tuple[list[torch.cuda.CUDAGraph], dict]] = {}
+        # q -> the same for a one-request prefill chunk padded to q tokens ("logits" of its last real row only)
+        self.prefill_graphs: dict[int, tuple[list[torch.cuda.CUDAGraph], dict]] = {}
         self.pool = None
 
     def _layout(self, b: int, q: int) -> dict[str, tuple[int, int, torch.dtype]]:
@@ -153,7 +153,8 @@ class DecodeGraphs:
         ``state["logits"]`` [b * q, vocab] and ``state["greedy"]`` [b, q + 1]. Captured, it knows no host
         lengths (the Triton kernels read the device ones); run eagerly, it gets the real ones, which the torch
         reference needs. ``prefill``: each request's ``num_drafts`` field holds the row of its last real token,
-        and only those rows get logits: ``state["logits"]`` [b, vocab]."""
+        and only those rows get logits: ``state["logits"]`` [b, vocab], no ``greedy`` (a prefill is sampled from
+        its logits)."""
         v = self._views(b, q, self.buf)
         ids, positions, slots, num_drafts, feed = v["ids"], v["positions"], v["slots"], v["num_drafts"], v["feed"]
         tables, qsl, seq_lens = v["tables"], v["qsl"], v["seq_lens"]
@@ -175,8 +176,7 @@ class DecodeGraphs:
             hidden = model.final_norm(state["x"], state["residual"])  # [b * q, hidden]
             if prefill:
                 last = hidden.view(b, q, -1)[torch.arange(b, device=hidden.device), num_drafts]  # [b, hidden]
-                state["logits"] = logits = model.compute_logits(last)  # [b, vocab]
-                state["greedy"] = torch.stack([logits.argmax(dim=-1), torch.ones_like(num_drafts)], dim=1)
+                state["logits"], state["greedy"] = model.compute_logits(last), None  # [b, vocab]
                 return
             logits = model.compute_logits(hidden)  # [b * q, vocab]
             argmax, emitted = verify_greedy(logits.argmax(dim=-1).view(b, q), ids.view(b, q)[:, 1:], num_drafts)
@@ -227,7 +227,7 @@ class DecodeGraphs:
                 stage()
             self.pool = graph.pool()
             graphs.append(graph)
-        return graphs, state["logits"], state["greedy"], state
+        return graphs, state
 
     def _fill_dummy(self, b: int, q: int) -> None:
         host = self.staging[0]
@@ -249,11 +249,11 @@ class DecodeGraphs:
 
     def run(self, b: int, q: int, ids: np.ndarray, positions: np.ndarray, slots: np.ndarray,
             num_drafts: np.ndarray, tables: np.ndarray, seq_lens: np.ndarray,
-            num_fed: int = 0, prefill: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+            num_fed: int = 0, prefill: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Inputs padded to ``b`` requests of ``q`` tokens (host arrays); returns logits [b * q, vocab] and
         the greedy result [b, q + 1] (argmax per row, then how many tokens greedy verification emits).
         ``prefill`` (b == 1): a prefill chunk, ``num_drafts`` holding its last real row; returns logits [1, vocab]
-        of that row.
+        of that row and None.
 
         ``num_fed`` (q == 1 only): the first ``num_fed`` requests take their input token on the device from the
         previous 1-token step's argmax instead of ``ids``."""
@@ -275,8 +275,8 @@ class DecodeGraphs:
             stages, state = self._segments(b, q, seq_lens.tolist(), prefill)
             for stage in stages:
                 stage()
-            return state["logits"], state["greedy"]
-        graphs, logits, greedy, _ = self.prefill_graphs[q] if prefill else self.graphs[(b, q)]
-        for graph in graphs:
-            graph.replay()
-        return logits, greedy
+        else:
+            graphs, state = self.prefill_graphs[q] if prefill else self.graphs[(b, q)]
+            for graph in graphs:
+                graph.replay()
+        return state["logits"], state["greedy"]

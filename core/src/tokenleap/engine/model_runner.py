@@ -113,32 +113,29 @@ class ModelRunner:
             assert ahead_of.is_greedy_decode and [s.request for s in ahead_of.scheduled] == [
                 s.request for s in scheduled], "a step launched ahead must continue the same decode requests"
             return self._launch_graph(scheduled, *self.graphs.pick(len(scheduled), 1), ahead=True)
-        if self.graphs is not None and not self.hidden_state_layers and all(
-            s.num_new_tokens == 1 and s.samples for s in scheduled
-        ):
+        graphed = self.graphs is not None and not self.hidden_state_layers
+        if graphed and all(s.num_new_tokens == 1 and s.samples for s in scheduled):
             picked = self.graphs.pick(len(scheduled), 1 + max(s.num_spec_tokens for s in scheduled))
             if picked is not None:
                 return self._launch_graph(scheduled, *picked)
-        if self.graphs is not None and not self.hidden_state_layers and len(scheduled) == 1:
-            s = scheduled[0]
-            q = self.graphs.pick_prefill(s.num_new_tokens) if s.num_spec_tokens == 0 else None
+        if graphed and len(scheduled) == 1 and scheduled[0].num_spec_tokens == 0:
+            q = self.graphs.pick_prefill(scheduled[0].num_new_tokens)
             if q is not None:
-                return LaunchedStep(scheduled, result=self._prefill_graph(s, q))
+                return LaunchedStep(scheduled, result=self._prefill_graph(scheduled[0], q))
         return LaunchedStep(scheduled, result=self._execute_eager(scheduled))
 
     def _prefill_graph(self, s: ScheduledRequest, q: int) -> StepResult:
         """One request's prefill chunk through the captured graph of ``q`` >= its tokens, padded at the end
         (padding writes go to the null block; causal attention keeps real queries off padded keys)."""
-        r, bs, n = s.request, self.block_size, s.num_new_tokens
+        r, n = s.request, s.num_new_tokens
         start = r.num_computed_tokens
         ids = np.zeros(q, dtype=np.int64)
         ids[:n] = r.all_token_ids[start : start + n]
         positions = np.arange(start, start + q, dtype=np.int64)
-        slots = np.zeros(q, dtype=np.int64)
-        blocks = np.asarray(r.block_ids, dtype=np.int64)
-        slots[:n] = blocks[positions[:n] // bs] * bs + positions[:n] % bs
+        slots = np.zeros(q, dtype=np.int64)  # padding writes land in the null block
+        slots[:n] = _slots(r.block_ids, positions[:n], self.block_size)
         tables = np.zeros((1, self.max_blocks_per_req), dtype=np.int32)
-        tables[0, : len(blocks)] = blocks
+        tables[0, : len(r.block_ids)] = r.block_ids
         seq_lens = np.array([start + q], dtype=np.int32)
         last_row = np.array([n - 1], dtype=np.int64)  # the prefill graph's head reads it from num_drafts
         logits, _ = self.graphs.run(1, q, ids, positions, slots, last_row, tables, seq_lens, prefill=True)
@@ -165,7 +162,7 @@ class ModelRunner:
                 ids[o] = r.all_token_ids[start]
             ids[o + 1 : o + real] = r.spec_token_ids[: s.num_spec_tokens]
             positions[o : o + q] += start
-            blocks = r.block_ids
+            blocks = r.block_ids  # a few slots: a list comprehension beats building numpy arrays here
             slots[o : o + real] = [blocks[p // bs] * bs + p % bs for p in range(start, start + real)]
             tables[i, : len(blocks)] = blocks
             seq_lens[i] = start + q
@@ -197,9 +194,8 @@ class ModelRunner:
             ids.extend(r.all_token_ids[start : start + s.num_new_tokens])
             ids.extend(r.spec_token_ids[: s.num_spec_tokens])
             pos = np.arange(start, start + q, dtype=np.int64)
-            block_ids = np.asarray(r.block_ids, dtype=np.int64)
             positions.append(pos)
-            slots.append(block_ids[pos // bs] * bs + pos % bs)
+            slots.append(_slots(r.block_ids, pos, bs))
             tables[i, : len(r.block_ids)] = r.block_ids
             query_lens.append(q)
             seq_lens.append(start + q)
@@ -354,6 +350,12 @@ class ModelRunner:
             ban_rows=dev["ban_rows"] if ban_rows else None, ban_token_ids=dev["ban_ids"] if ban_rows else None,
         )
         return batch, dev["logits_rows"]
+
+
+def _slots(block_ids: list[int], positions: np.ndarray, block_size: int) -> np.ndarray:
+    """KV-cache slot of each position of a request: its block's id * block_size + the offset in the block."""
+    blocks = np.asarray(block_ids, dtype=np.int64)
+    return blocks[positions // block_size] * block_size + positions % block_size
 
 
 def _plain_sampling(request) -> bool:
