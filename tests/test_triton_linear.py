@@ -99,17 +99,6 @@ def test_add_rms_norm_linear(m, n, k, with_residual, bias, dtype):
     assert all(torch.equal(a, b) for a, b in zip(before, [t for t in (x, res) if t is not None]))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("m,n,inter", [(1, 576, 100), (8, 50, 576), (16, 40, 64)])
-@needs_triton
-def test_silu_mul_linear(m, n, inter, dtype):
-    g = torch.Generator().manual_seed(m + n + inter)
-    gate_up = _rand(g, m, 2 * inter, dtype=dtype, scale=2.0)
-    w = _rand(g, n, inter, dtype=dtype, scale=inter**-0.5)
-    want = linear_ref.silu_mul_linear_ref(gate_up, w)
-    _close(_ops().silu_mul_linear(gate_up, w), want, dtype, fused_ref.silu_and_mul_ref(gate_up), w)
-
-
 @needs_triton
 def test_strided_rows():
     """Activations may be row views of wider buffers (a slice of a fused projection's output)."""
@@ -121,8 +110,6 @@ def test_strided_rows():
     for got, want in zip(ops.add_rms_norm_linear(x, res, nw, 1e-5, w, b),
                          linear_ref.add_rms_norm_linear_ref(x, res, nw, 1e-5, w, b)):
         _close(got, want, torch.float32)
-    gate_up = buf[:, 40:240]  # [6, 200]
-    _close(ops.silu_mul_linear(gate_up, w), linear_ref.silu_mul_linear_ref(gate_up, w), torch.float32)
     x_cols = _rand(g, 100, 6).T  # last stride != 1: copied, same result
     _close(ops.linear_small_m(x_cols, w), linear_ref.linear_ref(x_cols, w), torch.float32)
 
@@ -133,19 +120,18 @@ def test_batch_invariance(dtype):
     """Row m has the same bits alone, in a batch of 3 with other rows, and in a batch of 16."""
     ops, g = _ops(), torch.Generator().manual_seed(7)
     n, k = 40, 160
-    x, res, gate_up = _rand(g, 16, k, dtype=dtype), _rand(g, 16, k, dtype=dtype), _rand(g, 16, 2 * k, dtype=dtype)
+    x, res = _rand(g, 16, k, dtype=dtype), _rand(g, 16, k, dtype=dtype)
     nw, w, b = (1 + 0.1 * _rand(g, k)).to(dtype), _rand(g, n, k, dtype=dtype, scale=0.1), _rand(g, n, dtype=dtype)
     others = _rand(g, 2, 2 * k, dtype=dtype)
 
-    def all_ops(rows, res_rows, gu_rows):  # every output of the three ops for one batch of rows
+    def all_ops(rows, res_rows):  # every output of the ops for one batch of rows
         return [ops.linear_small_m(rows, w, b), *ops.add_rms_norm_linear(rows, res_rows, nw, 1e-6, w, b),
-                ops.add_rms_norm_linear(rows, None, nw, 1e-6, w)[0], ops.silu_mul_linear(gu_rows, w)]
+                ops.add_rms_norm_linear(rows, None, nw, 1e-6, w)[0]]
 
-    full = all_ops(x, res, gate_up)
+    full = all_ops(x, res)
     for m in (0, 5, 15):
-        alone = all_ops(x[m : m + 1], res[m : m + 1], gate_up[m : m + 1])
-        mixed = all_ops(torch.cat([others[:, :k], x[m : m + 1]]), torch.cat([others[:, k:], res[m : m + 1]]),
-                        torch.cat([others, gate_up[m : m + 1]]))
+        alone = all_ops(x[m : m + 1], res[m : m + 1])
+        mixed = all_ops(torch.cat([others[:, :k], x[m : m + 1]]), torch.cat([others[:, k:], res[m : m + 1]]))
         for f, a, mx in zip(full, alone, mixed):
             assert torch.equal(f[m], a[0]) and torch.equal(f[m], mx[2])
 
@@ -174,8 +160,6 @@ def test_bad_arguments():
         (lambda: ops.add_rms_norm_linear(x, torch.zeros(3, 32), torch.ones(32), 1e-6, w), "residual must match x"),
         (lambda: ops.add_rms_norm_linear(x, None, torch.ones(31), 1e-6, w), r"norm_weight must be \[32\]"),
         (lambda: ops.add_rms_norm_linear(x, None, torch.ones(32).half(), 1e-6, w), "norm_weight must have x's"),
-        (lambda: ops.silu_mul_linear(torch.zeros(2, 63), w), r"gate_up must be \[M, 64\] .*got shape \(2, 63\)"),
-        (lambda: ops.silu_mul_linear(torch.zeros(2, 64), torch.zeros(8)), r"weight must be \[N, I\]"),
     ]
     for call, message in bad:
         with pytest.raises(ValueError, match=message):

@@ -4,8 +4,9 @@
 
 Per layer and M in 1/4/8/16 rows, bf16, microseconds per call, each taken from a CUDA graph of 100
 captured calls (replayed, median of 5 replays, divided by 100): torch ``F.linear`` vs ``linear_small_m``;
-unfused (``triton_fused`` rms norm / silu-and-mul, then ``F.linear``: the engine's path today), the same
-with ``linear_small_m`` (unf+ours), and the fused kernel; the floor is weight bytes / 3.0 TB/s (a copy's
+unfused (``triton_fused`` rms norm / silu-and-mul, then ``F.linear``), the same with ``linear_small_m``
+(unf+ours: the engine's path for silu-and-mul and for hidden sizes over 1024), and the fused kernel (RMSNorm
+only); the floor is weight bytes / 3.0 TB/s (a copy's
 bandwidth: a pure read stream can beat it by a few percent). The calls cycle through enough copies of the weight
 (>= 128 MB) that they come from memory, not from the 50 MB L2, as in a real decode step. err: max abs
 difference from torch / from the unfused path. Then: row m's bits alone, in a batch of 3 and of 16 (must
@@ -33,7 +34,8 @@ KERNELS = Path(__file__).resolve().parents[2] / "core" / "src" / "tokenleap" / "
 BANDWIDTH = 3.0e12  # bytes/s, H100 device-to-device copy (DESIGN.md)
 ROWS = (1, 4, 8, 16)
 EPS = 1e-5
-SHAPES = [  # model, layer, N, K, prologue fused into it ("rms": with residual, "norm": without, "silu", None)
+FUSED = ("rms", "norm")  # prologues with a fused kernel (add_rms_norm_linear); "silu" is timed unfused only
+SHAPES = [  # model, layer, N, K, prologue before it ("rms": with residual, "norm": without, "silu", None)
     ("SmolLM2-135M", "qkv", 960, 576, "rms"),
     ("SmolLM2-135M", "o_proj", 576, 576, None),
     ("SmolLM2-135M", "gate_up", 3072, 576, "rms"),
@@ -95,8 +97,6 @@ class Layer:
         return self.ours(i, x=h) if ours else F.linear(h, self.weights[i])
 
     def fused(self, i=0, tile=None):
-        if self.prologue == "silu":
-            return tlin._launch(tlin._SILU, self.gate_up, self.weights[i], tile=tile)[0]
         return tlin._launch(tlin._RMS, self.x, self.weights[i], None, self.res, self.nw, EPS, tile=tile)[0]
 
 
@@ -127,7 +127,7 @@ def _compile_one(job) -> str | None:
     prologue, m, k, tile = job
     layer = Layer(64, k, prologue, torch.device("cuda"), stream=False).set_rows(m)
     try:
-        layer.fused(tile=tile) if prologue else layer.ours(tile=tile)
+        layer.fused(tile=tile) if prologue in FUSED else layer.ours(tile=tile)
         torch.cuda.synchronize()
     except Exception as e:  # e.g. a tile that needs more shared memory than the SM has
         return f"{type(e).__name__}: {str(e)[:120]}"
@@ -143,14 +143,13 @@ def precompile(jobs) -> dict:
 
 
 def default_tile(n, k, prologue):  # what the kernels pick for this layer
-    kind = {None: tlin._PLAIN, "silu": tlin._SILU}.get(prologue, tlin._RMS)
-    return tlin.tile_for(n, k, kind)
+    return tlin.tile_for(n, k, tlin._RMS if prologue in FUSED else tlin._PLAIN)
 
 
 def sweep(device) -> list[dict]:
     """Time every SWEEP_TILES tile of linear_small_m and of the fused op per shape and M."""
     runs = [(model, name, n, k, None, m) for model, name, n, k, _ in SHAPES for m in ROWS]
-    runs += [(model, name, n, k, p, m) for model, name, n, k, p in SHAPES if p for m in ROWS]
+    runs += [(model, name, n, k, p, m) for model, name, n, k, p in SHAPES if p in FUSED for m in ROWS]
     failed = precompile((p, m, k, tile) for *_, k, p, m in runs for tile in SWEEP_TILES)
     results = []
     print(f"\nsweep: us per call (CUDA graph), best tiles (BLOCK_N, BLOCK_K, warps, stages); {len(failed)} failed")
@@ -203,6 +202,7 @@ def bench(device) -> list[dict]:
             if pro:
                 row["unfused_us"] = graph_us(layer.unfused, copies)
                 row["unfused_ours_us"] = graph_us(lambda i: layer.unfused(i, ours=True), copies)
+            if pro in FUSED:
                 row["fused_us"] = graph_us(layer.fused, copies)
                 row["err_fused"] = (layer.fused().float() - layer.unfused().float()).abs().max().item()
             rows.append(row)
@@ -230,7 +230,7 @@ def bitwise_across_m(device) -> dict:
                         getattr(part, attr)[last] = getattr(full, attr)[mm]
                 part.weights, part.nw = full.weights[:1], full.nw
                 ok &= torch.equal(part.ours()[last], full.ours()[mm])
-                if pro:
+                if pro in FUSED:
                     ok &= torch.equal(part.fused()[last], full.fused()[mm])
         out[f"{model} {name}"] = bool(ok)
     print("\nbitwise equal across M (row alone / in 3 rows / in 16 rows):",
@@ -241,13 +241,12 @@ def bitwise_across_m(device) -> dict:
 def fp32_errors(device) -> dict:
     """The fp32 path (ieee tl.dot) on one shape: max abs difference from the unfused torch ops."""
     g = torch.Generator(device=device).manual_seed(4)
-    x, res, gate_up = (torch.randn(5, k, generator=g, device=device) for k in (576, 576, 576))
+    x, res = (torch.randn(5, 576, generator=g, device=device) for _ in range(2))
     nw, w = 1 + 0.1 * torch.randn(576, generator=g, device=device), torch.randn(960, 576, generator=g, device=device)
     normed, _ = tfused.fused_add_rms_norm(x, res, nw, EPS)
     errs = {
         "linear": tlin.linear_small_m(x, w) - F.linear(x, w),
         "rms": tlin.add_rms_norm_linear(x, res, nw, EPS, w)[0] - F.linear(normed, w),
-        "silu": tlin.silu_mul_linear(gate_up, w[:, :288]) - F.linear(tfused.silu_and_mul(gate_up), w[:, :288]),
     }
     out = {key: e.abs().max().item() for key, e in errs.items()}
     print("fp32 max abs difference from torch (outputs ~30):", ", ".join(f"{k} {v:.2e}" for k, v in out.items()))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from tokenleap.kernels.fused_ref import fused_add_rms_norm_ref, rms_norm_ref, silu_and_mul_ref
+from tokenleap.kernels.fused_ref import fused_add_rms_norm_ref, rms_norm_ref
 
 
 def linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -33,7 +33,3 @@ def add_rms_norm_linear_ref(
     normed, new_residual = fused_add_rms_norm_ref(x, residual, norm_weight, eps)
     return linear_ref(normed, weight, bias), new_residual
 
-
-def silu_mul_linear_ref(gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    # gate_up: [M, 2*I] (gate | up); weight: [N, I] -> [M, N]
-    return linear_ref(silu_and_mul_ref(gate_up), weight)

@@ -1,4 +1,4 @@
-"""Linear layers for a few rows (M <= 16 tokens), optionally with the RMSNorm or SiLU-and-mul before them fused in.
+"""Linear layers for a few rows (M <= 16 tokens), optionally with the RMSNorm before them fused in.
 
 A decode or verify step multiplies a handful of rows by every weight matrix: the work is streaming the weight
 once from memory, and at batch 1 a 576x576 layer is mostly launch and latency (cuBLAS: ~3.6 us on an H100
@@ -6,7 +6,6 @@ for 0.2 us of bytes). One kernel computes
 
     linear_small_m:       y = x @ weight.T (+ bias)
     add_rms_norm_linear:  y = rms_norm(x + residual) @ weight.T (+ bias), and new_residual = x + residual
-    silu_mul_linear:      y = silu_and_mul(gate_up) @ weight.T
 
 with the roundings of ``triton_fused``'s ops followed by a linear (references in ``linear_ref.py``).
 
@@ -37,9 +36,9 @@ SmolLM2-135M and Llama-3-8B shapes, M = 1..16: ``linear_small_m`` runs from 21% 
 cuBLAS, faster on the small layers and the Llama lm_head (338 vs 375 us at M = 1), slowest at M = 4 on
 wide-N, short-K layers (SmolLM2 lm_head 26 vs 23 us). ``add_rms_norm_linear`` beats RMSNorm + cuBLAS by
 0.5-1 us at M = 1 on SmolLM2's qkv and gate_up (hidden 576, N <= 3072) and is within 0.25 us of it for
-M >= 4; on wider N or hidden 4096 it is slower (every program re-reads the rows twice). ``silu_mul_linear``
-is 2-3x slower than SiLU-and-mul + a linear on those shapes (every program recomputes the activation):
-keep it for experiments.
+M >= 4; on wider N or hidden 4096 it is slower (every program re-reads the rows twice). A SiLU-and-mul
+prologue was tried the same way and measured 2-3x slower than SiLU-and-mul + ``linear_small_m`` (every program
+recomputes the activation; bench_linear_gpu.py at commit eccd682), so it is not offered.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ import triton.language as tl
 
 MAX_ROWS = 16  # rows (tokens) a call may have; also the row count of every tl.dot
 
-_PLAIN, _RMS, _SILU = 0, 1, 2  # prologue kinds (constexpr)
+_PLAIN, _RMS = 0, 1  # prologue kinds (constexpr)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MIN_PROGRAMS = 96  # wider tiles stream better, until the grid leaves many of an H100's 132 SMs idle
 
@@ -110,12 +109,7 @@ def _input_chunk(
     dtype = x_ptr.dtype.element_ty
     rows = _tile_rows(M, ROWS)
     k = k0 + tl.arange(0, BLOCK_K)[None, :]
-    if PROLOGUE == 2:  # _SILU: x is gate_up [M, 2K]; silu(gate) * up, each op rounded like HF
-        g = tl.load(x_ptr + rows * stride_x + k, mask=k < K, other=0.0).to(tl.float32)
-        u = tl.load(x_ptr + rows * stride_x + K + k, mask=k < K, other=0.0).to(tl.float32)
-        act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
-        a = (act * u).to(dtype)
-    elif PROLOGUE == 1:  # _RMS: normalized, cast to the dtype, THEN times the norm weight (LlamaRMSNorm)
+    if PROLOGUE == 1:  # _RMS: normalized, cast to the dtype, THEN times the norm weight (LlamaRMSNorm)
         h = _rows_plus_residual(x_ptr, res_ptr, rows * stride_x + k, rows * stride_r + k, k < K, HAS_RESIDUAL)
         h = (h * inv_rms[:, None]).to(dtype).to(tl.float32)
         nw = tl.load(nw_ptr + k, mask=k < K, other=0.0).to(tl.float32)
@@ -127,7 +121,7 @@ def _input_chunk(
 
 # M (the row count, 1..16) is not specialized on: Triton would otherwise compile a variant for M == 1, one for
 # M % 16 == 0 and one for the rest, and an eager step with a new row count would stall on a compile mid-serving.
-# M == 1 still gets its own variant through M_PAD (a constexpr).
+# M == 1 still gets its own variant through ROWS (a constexpr).
 @triton.jit(do_not_specialize=["M"])
 def _small_m_linear_kernel(
     x_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, new_res_ptr,
@@ -162,12 +156,10 @@ def tile_for(n: int, k: int, prologue: int = _PLAIN) -> tuple[int, int, int, int
     tests/benchmarks/bench_linear_gpu.py --sweep. Never depends on M, so every M runs the same K order
     (BLOCK_K is 256 everywhere; BLOCK_N and the stages do not change the bits). BLOCK_N is the widest tile
     that still gives _MIN_PROGRAMS programs, else 16 (the narrowest tensor-core tile): small N buys
-    parallelism with narrow tiles. Fused prologues are recomputed by every program, so they take wider
-    tiles (fewer programs); SiLU's at least 32. Short K loops keep fewer stages (more programs per SM)."""
+    parallelism with narrow tiles. The fused RMSNorm is recomputed by every program, so it takes wider
+    tiles (fewer programs). Short K loops keep fewer stages (more programs per SM)."""
     widths = (64, 32) if prologue == _PLAIN else (128, 64, 32)
     block_n = next((b for b in widths if triton.cdiv(n, b) >= _MIN_PROGRAMS), 16)
-    if prologue == _SILU:
-        block_n = max(block_n, 32)
     stages = 5 if prologue == _PLAIN and k > 1024 else 3
     return block_n, 256, 4, stages
 
@@ -249,11 +241,3 @@ def add_rms_norm_linear(
     _vector_arg("bias", bias, weight.shape[0])
     return _launch(_RMS, x, weight, bias, residual, norm_weight, eps)
 
-
-def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    # gate_up: [M, 2*I] (gate | up), M <= MAX_ROWS; weight: [N, I] -> new [M, N] = silu_and_mul(gate_up) @ weight.T
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be [N, I] (nn.Linear layout); got shape {tuple(weight.shape)}")
-    gate_up = _rows_arg("gate_up", gate_up, 2 * weight.shape[1])
-    _weight_arg("weight", weight, weight.shape[1], gate_up.dtype)
-    return _launch(_SILU, gate_up, weight)[0]

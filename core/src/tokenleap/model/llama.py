@@ -64,8 +64,9 @@ class LlamaMLP(nn.Module):
 
 class LlamaDecoderLayer(nn.Module):
     """Pre-norm block on a residual stream: returns (block output, residual) without adding them, so the
-    next block's norm fuses the add (HF: residual = residual + output, then norm). Each norm is fused with the
-    projection after it, and SiLU-and-mul with the down projection (LayerOps)."""
+    next block's norm fuses the add (HF: residual = residual + output, then norm). Each norm runs together with
+    the projection after it (LayerOps.norm_linear: one kernel where that measured faster), SiLU-and-mul with the
+    down projection (LayerOps.silu_mul_linear)."""
 
     def __init__(self, cfg: ModelArchConfig, ops: LayerOps) -> None:
         super().__init__()
