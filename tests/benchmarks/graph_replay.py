@@ -13,21 +13,25 @@ import argparse
 import numpy as np
 import torch
 from tokenleap import LLM
+from tokenleap.engine.cuda_graphs import DecodeGraphs
+
+
+def replay_inputs(graphs: DecodeGraphs, b: int, q: int, num_blocks: int, context: int = 256) -> tuple:
+    """``graphs.run`` arguments for ``b`` requests of ``q`` tokens at ``context`` positions: their KV read from
+    distinct cache blocks, as in a real step; this step's writes go to the null block, so no cached block
+    changes; 1-token steps take their input token on the device (as launched ahead)."""
+    mb = graphs.max_blocks
+    zeros = np.zeros(b * q, dtype=np.int64)
+    tables = (np.arange(b * mb, dtype=np.int32) % (num_blocks - 1) + 1).reshape(b, mb)
+    return (b, q, zeros, np.tile(np.arange(context, context + q), b), zeros, np.full(b, q - 1), tables,
+            np.full(b, context + q, dtype=np.int32), b if q == 1 else 0)
 
 
 def graph_replay_ms(llm: LLM, b: int, q: int, n: int = 50, context: int = 256) -> float:
-    """GPU time of one captured forward (CUDA events), without the engine's host work: inputs for ``b``
-    requests of ``q`` tokens at ``context`` positions (their KV read from distinct cache blocks, as in a real
-    step; this step's writes go to the null block, so no cached block changes), then the forward's segment
-    graphs replayed back to back."""
-
+    """GPU time of one captured forward (CUDA events), without the engine's host work: ``replay_inputs``, then
+    the forward's segment graphs replayed back to back."""
     graphs = llm.engine.runner.graphs
-    mb, num_blocks = graphs.max_blocks, llm.engine.blocks.num_blocks
-    positions = np.tile(np.arange(context, context + q), b)
-    zeros = np.zeros(b * q, dtype=np.int64)
-    tables = (np.arange(b * mb, dtype=np.int32) % (num_blocks - 1) + 1).reshape(b, mb)
-    graphs.run(b, q, zeros, positions, zeros, np.full(b, q - 1), tables, np.full(b, context + q, dtype=np.int32),
-               num_fed=b if q == 1 else 0)
+    graphs.run(*replay_inputs(graphs, b, q, llm.engine.blocks.num_blocks, context))
     segments = graphs.graphs[(b, q)][0]
     for _ in range(5):
         for graph in segments:

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
 import torch
 from tokenleap import LLM
 from tokenleap.engine.cuda_graphs import DecodeGraphs, equal_bounds, segment_bounds
+
+sys.path.insert(0, str(Path(__file__).parent))
+from graph_replay import replay_inputs  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +37,7 @@ def main() -> None:
     n = len(eng.model.layers)
     options = {"whole": [0, n], "1,2,4,...": segment_bounds(n), "3 equal": equal_bounds(n, 3),
                "6 equal": equal_bounds(n, 6), "1 + 2 equal": [0, 1, 1 + (n - 1) // 2, n],
-               "2,4,8,...": [0] + [b for b in segment_bounds(n)[2:]]}
+               "2,4,8,...": [0] + segment_bounds(n)[2:]}
     for name, bounds in options.items():
         graphs = DecodeGraphs(eng.model, eng.runner.kv_caches, 1, [q], eng.runner.max_blocks_per_req,
                               eng.max_model_len, eng.backend, eng.device, decode_bounds=bounds, verify_bounds=bounds)
@@ -47,13 +51,10 @@ def main() -> None:
 
 def measure(graphs: DecodeGraphs, q: int, num_blocks: int, repeats: int, context: int = 256):
     """(median idle-GPU latency, median host time of the launch calls, back-to-back time per forward), seconds."""
-    positions = np.arange(context, context + q)
-    zeros = np.zeros(q, dtype=np.int64)
-    tables = (np.arange(graphs.max_blocks, dtype=np.int32) % (num_blocks - 1) + 1)[None]
-    seq_lens = np.array([context + q], dtype=np.int32)
+    inputs = replay_inputs(graphs, 1, q, num_blocks, context)
 
     def launch():
-        graphs.run(1, q, zeros, positions, zeros, np.array([q - 1]), tables, seq_lens)
+        graphs.run(*inputs)
 
     for _ in range(5):
         launch()
@@ -71,6 +72,7 @@ def measure(graphs: DecodeGraphs, q: int, num_blocks: int, repeats: int, context
         launch()
     torch.cuda.synchronize()
     return statistics.median(latency), statistics.median(host), (time.perf_counter() - t0) / repeats
+
 
 if __name__ == "__main__":
     main()
