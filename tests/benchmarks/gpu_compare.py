@@ -188,42 +188,40 @@ def hf_generate_tps(model, tok, chats, max_new: int, **kw) -> tuple[float, list[
     return total / secs, outs
 
 
+def warm_up(llm: LLM, chats, ignore_eos: bool) -> None:
+    """Two short runs of ``chats``: cold, then warm prefix cache, so every kernel variant is compiled before
+    timing."""
+    for _ in range(2):
+        llm.chat(chats, SamplingParams(temperature=0, max_tokens=16, ignore_eos=ignore_eos), use_tqdm=False)
+
+
+def timed_chat(llm: LLM, chat, params: SamplingParams) -> tuple[float, int, list[int]]:
+    """One request alone: (seconds, engine steps, token ids)."""
+    torch.cuda.synchronize()
+    t0, steps0 = time.perf_counter(), llm.engine.counters.num_steps
+    o = llm.chat([chat], params, use_tqdm=False)[0]
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0, llm.engine.counters.num_steps - steps0, list(o.outputs[0].token_ids)
+
+
 def ours_tps(llm: LLM, chats, max_new: int):
     """Batch-1 greedy tokens/s over ``chats``, one request at a time, each generating exactly ``max_new`` tokens
     (EOS ignored, as transformers' ``min_new_tokens``): decode speed, prefill included."""
+    warm_up(llm, chats, ignore_eos=True)
     sp = SamplingParams(temperature=0, max_tokens=max_new, ignore_eos=True)
-    for _ in range(2):  # warm-up: cold then warm prefix cache, so every kernel variant is compiled before timing
-        llm.chat(chats, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
-    outs, total, secs = [], 0, 0.0
-    for chat in chats:
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        o = llm.chat([chat], sp, use_tqdm=False)[0]
-        torch.cuda.synchronize()
-        secs += time.perf_counter() - t0
-        outs.append(o.outputs[0].token_ids)
-        total += len(o.outputs[0].token_ids)
-    return total / secs, outs
+    runs = [timed_chat(llm, chat, sp) for chat in chats]
+    return sum(len(ids) for _, _, ids in runs) / sum(t for t, _, _ in runs), [ids for _, _, ids in runs]
 
 
 def answers(llm: LLM, chats, max_new: int) -> dict:
     """The model's own answers (stopping at EOS, at most ``max_new`` tokens), one request at a time: tokens/s
     end to end and in the decode phase (first token's time, measured by a 1-token run, taken out), tokens per
     engine step (prefill steps included), and the token ids."""
-    for _ in range(2):  # warm-up as in ours_tps
-        llm.chat(chats, SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)
-
-    def timed(chat, max_tokens):
-        torch.cuda.synchronize()
-        t0, steps0 = time.perf_counter(), llm.engine.counters.num_steps
-        o = llm.chat([chat], SamplingParams(temperature=0, max_tokens=max_tokens), use_tqdm=False)[0]
-        torch.cuda.synchronize()
-        return time.perf_counter() - t0, llm.engine.counters.num_steps - steps0, list(o.outputs[0].token_ids)
-
+    warm_up(llm, chats, ignore_eos=False)
     outs, tokens, secs, first_secs, steps = [], 0, 0.0, 0.0, 0
     for chat in chats:
-        first_secs += timed(chat, 1)[0]
-        t, n, ids = timed(chat, max_new)
+        first_secs += timed_chat(llm, chat, SamplingParams(temperature=0, max_tokens=1))[0]
+        t, n, ids = timed_chat(llm, chat, SamplingParams(temperature=0, max_tokens=max_new))
         secs, steps, tokens = secs + t, steps + n, tokens + len(ids)
         outs.append(ids)
     return dict(tokens=tokens, tokens_per_s=tokens / secs, steps=steps, tokens_per_step=tokens / steps,
