@@ -17,10 +17,8 @@ from torch.nn import functional as F
 
 @dataclass(frozen=True)
 class LayerOps:
-    rms_norm: Callable  # (x, weight, eps) -> normed
     fused_add_rms_norm: Callable  # (x, residual, weight, eps) -> (normed, x + residual)
     rope_and_write_kv: Callable  # (positions, q, k, v, cos_sin_cache, k_cache, v_cache, slots) -> q_rot
-    silu_and_mul: Callable  # [T, 2 * I] -> [T, I]
     # (x, residual | None, norm_weight, eps, weight, bias | None) -> (linear(rms_norm(x + residual)), x + residual
     # or None when residual is None)
     norm_linear: Callable
@@ -51,8 +49,7 @@ def layer_ops(backend: str) -> LayerOps:
     from tokenleap.kernels import fused_ref as r
 
     norm_linear, silu_mul_linear = _composed(r.rms_norm_ref, r.fused_add_rms_norm_ref, r.silu_and_mul_ref, F.linear)
-    return LayerOps(r.rms_norm_ref, r.fused_add_rms_norm_ref, r.rope_and_write_kv_ref, r.silu_and_mul_ref,
-                    norm_linear, silu_mul_linear, F.linear)
+    return LayerOps(r.fused_add_rms_norm_ref, r.rope_and_write_kv_ref, norm_linear, silu_mul_linear, F.linear)
 
 
 # Fuse the RMSNorm into the few-row linear only for hidden sizes up to this: measured on an H100 (bf16, CUDA
@@ -79,5 +76,4 @@ def _triton_ops() -> LayerOps:
             return few.add_rms_norm_linear(x, residual, norm_weight, eps, weight, bias)
         return norm_linear_unfused(x, residual, norm_weight, eps, weight, bias)
 
-    return LayerOps(t.rms_norm, t.fused_add_rms_norm, t.rope_and_write_kv, t.silu_and_mul, norm_linear,
-                    silu_mul_linear, linear)
+    return LayerOps(t.fused_add_rms_norm, t.rope_and_write_kv, norm_linear, silu_mul_linear, linear)

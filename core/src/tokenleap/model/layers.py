@@ -10,7 +10,7 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    """Holds the weight and eps; the op itself is LayerOps.rms_norm (kernels/)."""
+    """Holds the weight and eps; the op runs in LayerOps.norm_linear / fused_add_rms_norm (kernels/)."""
 
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()
