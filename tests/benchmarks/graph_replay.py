@@ -1,9 +1,11 @@
 """GPU time of captured forwards (graph replay, no engine host work), and the kernels one replay runs.
 
     python tests/benchmarks/graph_replay.py --model PATH_OR_ALIAS [--query-lens 1,6,9] [--kernels]
+    python tests/benchmarks/graph_replay.py --shape smollm2 --query-lens 1,2,5,9   # random weights, no files
 
 Imports only ``tokenleap.LLM``, so it also runs against an older checkout (PYTHONPATH=OLD/core/src) for a
-same-machine A/B of the forward alone.
+same-machine A/B of the forward alone. With ``--shape`` every verify length gets its own engine (an engine
+captures 1 and 1 + k only).
 """
 
 from __future__ import annotations
@@ -66,19 +68,37 @@ def kernel_table(llm: LLM, b: int, q: int, top: int = 25) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--shape", choices=["smollm2", "llama3-8b"], help="random bf16 weights of this shape instead")
     ap.add_argument("--query-lens", default="1,6,9", help="comma list of 1 + k to time (batch 1)")
     ap.add_argument("--kernels", action="store_true", help="also print the kernels of each replay")
     args = ap.parse_args()
     qs = [int(q) for q in args.query_lens.split(",")]
-    k = max(qs) - 1
-    spec = {"method": "ngram", "num_speculative_tokens": k} if k else None
-    llm = LLM(model=args.model, max_num_seqs=1, disable_log_stats=True, speculative_config=spec)
-    for q in qs:
-        if (1, q) not in llm.engine.runner.graphs.graphs:
-            continue  # only 1 and 1 + k are captured
-        print(f"forward (b=1, q={q}): {graph_replay_ms(llm, 1, q) * 1e3:.1f} us per replay")
-        if args.kernels:
-            kernel_table(llm, 1, q)
+    groups = [qs] if args.shape is None else [[q] for q in qs]  # the query lengths each engine times
+    for group in groups:
+        k = max(group) - 1
+        llm = build(args.model, args.shape, {"method": "ngram", "num_speculative_tokens": k} if k else None)
+        for q in group:
+            if (1, q) not in llm.engine.runner.graphs.graphs:
+                continue  # only 1 and 1 + k are captured
+            print(f"forward (b=1, q={q}): {graph_replay_ms(llm, 1, q) * 1e3:.1f} us per replay")
+            if args.kernels:
+                kernel_table(llm, 1, q)
+        del llm
+        torch.cuda.empty_cache()
+
+
+def build(model: str, shape: str | None, spec: dict | None) -> LLM:
+    common = dict(max_num_seqs=1, disable_log_stats=True, speculative_config=spec)
+    if shape is None:
+        return LLM(model=model, **common)
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gpu_compare import LLAMA3_8B, SMOLLM2_SHAPE, shape_llm  # not at the top: gpu_compare imports this file
+
+    config, max_len = (SMOLLM2_SHAPE, 8192) if shape == "smollm2" else (LLAMA3_8B, 4096)
+    return shape_llm(config, f"{shape}-shape", max_model_len=max_len, **common)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,7 @@ from tokenleap import LLM, SamplingParams
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpu_compare import shape_llm  # noqa: E402
-
-SMOLLM2_SHAPE = dict(
-    architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=49152, hidden_size=576,
-    intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-    max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True,
-    bos_token_id=1, eos_token_id=2,
-)
+from gpu_compare import SMOLLM2_SHAPE, shape_llm  # noqa: E402
 
 
 def main() -> None:

@@ -62,10 +62,12 @@ def _tile_rows(M, ROWS: tl.constexpr):
 
 @triton.jit
 def _pairwise_row_sum(a, ROWS: tl.constexpr, WIDTH: tl.constexpr, LOG2_WIDTH: tl.constexpr):
-    # a: [ROWS, WIDTH] -> [ROWS]: adds neighbours (2j, 2j+1), then neighbouring pairs, ...: one order for any ROWS
+    # a: [ROWS, WIDTH] -> [ROWS]: adds neighbours (2j, 2j+1), then neighbouring pairs, ...: one order for any ROWS.
+    # Each level is a tl.sum over an axis of 2 (a + b: exact whatever the layout), which the compiler spreads over
+    # the threads; a tl.split per level instead forced every thread to hold and add the whole [ROWS, WIDTH] tile
+    # (4096 adds per thread at ROWS = 16: ~0.3 us per call on an H100).
     for i in tl.static_range(LOG2_WIDTH):
-        lo, hi = tl.split(tl.reshape(a, (ROWS, WIDTH >> (i + 1), 2)))
-        a = lo + hi
+        a = tl.sum(tl.reshape(a, (ROWS, WIDTH >> (i + 1), 2)), axis=2)
     return tl.reshape(a, (ROWS,))
 
 
