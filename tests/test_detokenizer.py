@@ -64,3 +64,33 @@ def test_incremental_text_equals_whole_decode(tokenizers):
         pieces.append(append_token_text(req, decode, True))
     assert "".join(pieces) == tok.decode(output)
     assert any(p == "" for p in pieces)  # some tokens ended inside a character and waited for the next
+
+
+@pytest.mark.parametrize("name", ["smollm2", "tiny"])
+def test_text_of_many_tokens_at_once_equals_token_by_token(tokenizers, name):
+    """A verify step emits several tokens whose text is made in one go (``end``): the same text as one by one,
+    wherever the chunks split (multi-byte characters and special tokens included)."""
+    tok = tokenizers[name]
+    decode = text_decoder(tok)
+    rng = random.Random(1)
+    prompt = tok.encode("Grüße 👋 from")
+    output = tok.encode(" 日本語のテキスト, émojis 🎉🎉 and plain words.", add_special_tokens=False)
+    for trial in range(60):
+        if trial % 2:  # with bytes that form no valid character, anywhere
+            cut = rng.randrange(len(output))
+            ids = output[:cut] + _random_ids(tok, rng, 8) + output[cut:] + _random_ids(tok, rng, 8)
+        else:
+            ids = output
+        skip = trial % 3 != 0
+        texts = []
+        for chunked in (False, True):
+            req = Request("r", prompt, SamplingParams(max_tokens=100), 0, 0, 100, frozenset())
+            init_offsets(req)
+            text, i = "", 0
+            while i < len(ids):
+                n = rng.randint(1, 9) if chunked else 1
+                req.all_token_ids.extend(ids[i : i + n])
+                i += n
+                text += append_token_text(req, decode, skip, len(req.all_token_ids))
+            texts.append(text)
+        assert texts[0] == texts[1], (ids, skip)

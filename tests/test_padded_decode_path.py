@@ -251,6 +251,59 @@ def test_ngram_in_padded_path_equals_plain(folder, eager_greedy):
     assert llm.engine.counters.spec.num_draft_tokens > 0
 
 
+def test_verify_steps_launched_before_the_text(folder, eager_greedy):
+    """With a proposer, the next verify step is launched as soon as the drafts are in, and this step's text is
+    made while it runs: most steps return with the next one in flight; tokens, text and finish reasons are
+    those of plain decoding (one token per step, text token by token)."""
+    plain = tiny_llm(folder, padded=False).generate(PROMPTS, GREEDY, use_tqdm=False)
+    expected = {tuple(p["prompt_token_ids"]): t for p, t in zip(PROMPTS, eager_greedy, strict=True)}
+    llm = tiny_llm(folder, padded=True, max_num_seqs=16, proposer_manager=oracle_manager(OracleDrafts(expected)),
+                   speculative_config={"method": "oracle", "num_speculative_tokens": 4})
+    eng = llm.engine
+    step, returned = eng.step, []
+
+    def noting_step():
+        done = step()
+        returned.append(eng._in_flight is not None)
+        return done
+
+    eng.step = noting_step
+    outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+    assert token_ids(outs) == eager_greedy
+    assert [o.outputs[0].text for o in outs] == [o.outputs[0].text for o in plain]
+    assert all(o.outputs[0].text for o in outs)
+    assert eng.counters.spec.num_accepted_tokens > 0.3 * eng.counters.spec.num_draft_tokens  # text of many at once
+    assert sum(returned) > 0.5 * len(returned)
+    assert eng._in_flight is None and eng.blocks.num_free_blocks == eng.blocks.num_usable_blocks
+
+
+def test_add_and_abort_while_a_verify_step_is_in_flight(folder, eager_greedy):
+    """A request added while a verify step is in flight joins at the step after it; aborting every request of
+    the step in flight drops it; the engine is clean afterwards."""
+    llm = tiny_llm(folder, padded=True, max_num_seqs=4, speculative_config=NGRAM)
+    eng = llm.engine
+
+    def add(i):
+        eng.add_request(Request(f"r{i}", PROMPTS[i]["prompt_token_ids"], SP(temperature=0, max_tokens=40,
+                                ignore_eos=True), 0, 0, 40, frozenset()))
+
+    add(0)
+    while eng._in_flight is None:
+        eng.step()
+    assert [s.request.request_id for s in eng._in_flight.scheduled] == ["r0"]
+    add(1)
+    eng.step()  # reads back the step in flight; r1 waits, so nothing is launched ahead of it
+    assert eng._in_flight is None and eng.requests["r1"].num_computed_tokens == 0
+    while eng._in_flight is None or len(eng._in_flight.scheduled) < 2:
+        eng.step()
+    eng.abort_request("r0")
+    assert eng._in_flight is not None  # r1 still continues in it
+    eng.abort_request("r1")
+    assert eng._in_flight is None and not eng.has_unfinished_requests()
+    assert eng.blocks.num_free_blocks == eng.blocks.num_usable_blocks
+    assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == eager_greedy
+
+
 def test_tight_kv_cache_falls_back_without_preempting(folder, eager_greedy):
     """With few blocks the step launched ahead cannot always get its slots: it is then not launched, and
     preemption by recompute happens in the normal schedule."""

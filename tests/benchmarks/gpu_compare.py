@@ -290,13 +290,15 @@ def section_smollm2(path: str, rows: list, results: dict, max_new: int, ngram_co
             p = plain[name]
             same = got.pop("outputs") == p["outputs"]
             got.update(mean_acceptance_length=1 + acc / drafts if drafts else 1.0, identical=same,
+                       steps_with_drafts=drafts / got["steps"],
                        speedup=got["tokens_per_s"] / p["tokens_per_s"],
                        decode_speedup=got["decode_tokens_per_s"] / p["decode_tokens_per_s"])
             res["answers"][name]["ngram"][label] = got
             rows.append((f"SmolLM2 {name} answers: tokenleap + ngram {label}", f"{got['tokens_per_s']:.1f} tokens/s",
                          f"{got['speedup']:.2f}x ours (decode phase {got['decode_speedup']:.2f}x), "
                          f"{got['tokens_per_step']:.2f} tokens per step (plain {p['tokens_per_step']:.2f}), "
-                         f"acceptance length {got['mean_acceptance_length']:.2f}, identical={same}"))
+                         f"acceptance length {got['mean_acceptance_length']:.2f} on the "
+                         f"{got['steps_with_drafts']:.0%} of steps with drafts, identical={same}"))
         del spec
         release()
 

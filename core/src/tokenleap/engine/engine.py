@@ -13,7 +13,7 @@ from tokenleap.engine.cuda_graphs import DecodeGraphs, prefill_buckets
 from tokenleap.engine.detokenizer import init_offsets, text_decoder
 from tokenleap.engine.kv_cache import BlockManager
 from tokenleap.engine.model_runner import LaunchedStep, ModelRunner, StepResult
-from tokenleap.engine.output_processor import append_tokens
+from tokenleap.engine.output_processor import append_tokens, flush_text, text_waits
 from tokenleap.engine.request import Request, RequestStatus
 from tokenleap.engine.scheduler import ScheduledRequest, Scheduler
 from tokenleap.metrics import EngineCounters
@@ -123,8 +123,8 @@ class Engine:
         call returns step N + 1's results. Requests that finish in step N simply ignore step N + 1."""
         launched, self._in_flight = self._in_flight, None
         if launched is None:
-            sched = self.scheduler.schedule()
-            if not sched.scheduled:
+            launched = self._schedule_and_launch()
+            if launched is None:
                 if self.scheduler.waiting and not self.scheduler.running:
                     head = self.scheduler.waiting[0]
                     raise RuntimeError(
@@ -132,17 +132,44 @@ class Engine:
                         f"has {self.blocks.num_free_blocks} free blocks of {self.blocks.block_size} tokens"
                     )
                 return []
-            self.counters.num_preemptions += len(sched.preempted)
-            launched = self.runner.launch(sched.scheduled)
         now = time.monotonic()
         if self._may_launch_ahead(launched):
             ahead = self.scheduler.schedule_ahead(launched.scheduled)
             if ahead is not None:
                 self._in_flight = self.runner.launch(ahead, ahead_of=launched)
-        finished = self._apply(launched.scheduled, launched.wait(), now)
+        text_later = self._text_after_next_launch()
+        finished = self._apply(launched.scheduled, launched.wait(), now, text_later)
+        if self._in_flight is None and self._may_launch_next():
+            self._in_flight = self._schedule_and_launch()
+        for s in launched.scheduled:
+            if s.request in text_later:
+                flush_text(s.request, self.decode)
         self._drop_in_flight_if_done()
         self._maybe_log()
         return finished
+
+    def _schedule_and_launch(self) -> LaunchedStep | None:
+        sched = self.scheduler.schedule()
+        if not sched.scheduled:
+            return None
+        self.counters.num_preemptions += len(sched.preempted)
+        return self.runner.launch(sched.scheduled)
+
+    def _text_after_next_launch(self) -> set[Request]:
+        """Requests whose text for this step may wait until the next step is launched (whether it is, is
+        decided once this step's tokens are in; if not, the text still comes before step() returns): those
+        whose tokens alone decide when they stop. Their text is then made once per step, not per token."""
+        if self.decode is None:
+            return set()
+        return {r for r in self.scheduler.running if text_waits(r)}
+
+    def _may_launch_next(self) -> bool:
+        """Launch the next step before making this step's text (the GPU runs while the host decodes): when
+        it continues every running request, all of them decoding greedy-plain, with nobody waiting (so that
+        new requests still get in when step() is next called), on captured graphs, so it stays in flight."""
+        running = self.scheduler.running
+        return (bool(running) and not self.scheduler.waiting and self.runner.graphs is not None
+                and all(r.is_decoding and self.runner.stays_in_flight(r) for r in running))
 
     def _may_launch_ahead(self, launched: LaunchedStep) -> bool:
         """Decode steps of plain-greedy requests without a proposer, none of which is sure to end in it."""
@@ -156,9 +183,11 @@ class Engine:
             self._in_flight.wait()
             self._in_flight = None
 
-    def _apply(self, scheduled: list[ScheduledRequest], result: StepResult, now: float) -> list[Request]:
+    def _apply(self, scheduled: list[ScheduledRequest], result: StepResult, now: float,
+               text_later: set[Request] = frozenset()) -> list[Request]:
         """Account a step's results to its requests; returns those that finished. Requests that ended before
-        (in the step this one was launched ahead of, or aborted) are skipped."""
+        (in the step this one was launched ahead of, or aborted) are skipped. Those in ``text_later`` get
+        their tokens but not yet their text (``flush_text``)."""
         self.counters.num_steps += 1
         verified: list[VerifiedRequest] = []
         finished: list[Request] = []
@@ -174,7 +203,7 @@ class Engine:
             else:
                 num_accepted = len(sampled.token_ids) - 1
                 req.num_computed_tokens += s.num_new_tokens + num_accepted
-                kept = append_tokens(req, sampled, self.decode, self.max_model_len)
+                kept = append_tokens(req, sampled, self.decode, self.max_model_len, req not in text_later)
                 self._count_step(req, s.num_spec_tokens, num_accepted, len(kept))
                 verified.append(VerifiedRequest(req.request_id, s.num_spec_tokens, num_accepted, kept))
             req.spec_token_ids, req.spec_probs = [], None

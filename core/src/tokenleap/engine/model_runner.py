@@ -124,6 +124,11 @@ class ModelRunner:
                 return LaunchedStep(scheduled, result=self._prefill_graph(scheduled[0], q))
         return LaunchedStep(scheduled, result=self._execute_eager(scheduled))
 
+    def stays_in_flight(self, request) -> bool:
+        """A decode / verify step of this request alone would run on a captured graph and stay in flight after
+        launch (nothing but the argmax to read back; other requests sync inside ``launch``)."""
+        return self.graphs is not None and not self.hidden_state_layers and _plain_greedy(request)
+
     def _prefill_graph(self, s: ScheduledRequest, q: int) -> StepResult:
         """One request's prefill chunk through the captured graph of ``q`` >= its tokens, padded at the end
         (padding writes go to the null block; causal attention keeps real queries off padded keys)."""

@@ -9,14 +9,24 @@ from tokenleap.engine.request import Request, RequestStatus
 from tokenleap.outputs import Logprob
 
 
-def append_tokens(request: Request, sampled: SampledRequest, decode: Decode | None, max_model_len: int) -> list[int]:
+def text_waits(request: Request) -> bool:
+    """Whether the text of a step's tokens may be made after the step (``flush_text``): nothing but the tokens
+    decides when the request stops (no stop strings)."""
+    return not request.params.stop_strings
+
+
+def append_tokens(request: Request, sampled: SampledRequest, decode: Decode | None, max_model_len: int,
+                  text_now: bool = True) -> list[int]:
     """Append emitted tokens one by one until a stop condition ends the request.
 
     Returns the tokens actually kept (a prefix of ``sampled.token_ids``). Sets status, finish_reason
-    and stop_reason when the request finished.
+    and stop_reason when the request finished. With ``text_now=False`` (only where ``text_waits``) the text
+    is left to ``flush_text``, which decodes the step's tokens in one go.
     """
     p = request.params
     stop_strings = p.stop_strings
+    assert text_now or not stop_strings, "stop strings need the text of every token"
+    text_decode = decode if text_now else None  # the text of each token, here (logprobs use decode either way)
     kept: list[int] = []
     for j, token in enumerate(sampled.token_ids):
         request.output_token_ids.append(token)
@@ -29,12 +39,12 @@ def append_tokens(request: Request, sampled: SampledRequest, decode: Decode | No
         is_stop_id = p.stop_token_ids is not None and token in p.stop_token_ids
         is_eos = not p.ignore_eos and token in request.eos_token_ids
         if past_min and (is_stop_id or is_eos):
-            skip = is_eos or not p.include_stop_str_in_output
-            if not skip and decode is not None:
-                request.text += append_token_text(request, decode, p.skip_special_tokens)
+            skip = _text_left_out(request, token)
+            if not skip and text_decode is not None:
+                request.text += append_token_text(request, text_decode, p.skip_special_tokens)
             _finish(request, RequestStatus.FINISHED_STOPPED, None if is_eos and not is_stop_id else token)
             return kept
-        delta = append_token_text(request, decode, p.skip_special_tokens) if decode is not None else ""
+        delta = append_token_text(request, text_decode, p.skip_special_tokens) if text_decode is not None else ""
         if delta:
             before = len(request.text)
             request.text += delta
@@ -44,6 +54,26 @@ def append_tokens(request: Request, sampled: SampledRequest, decode: Decode | No
             _finish(request, RequestStatus.FINISHED_LENGTH, None)
             return kept
     return kept
+
+
+def flush_text(request: Request, decode: Decode | None) -> None:
+    """Add the text of the tokens ``append_tokens(..., text_now=False)`` appended: the same text as token by
+    token (a final EOS / stop token stays out of it as there)."""
+    if decode is None:
+        return
+    ids = request.all_token_ids
+    end = len(ids)
+    if request.status == RequestStatus.FINISHED_STOPPED and _text_left_out(request, ids[-1]):
+        end -= 1
+    if end > request.read_offset:
+        request.text += append_token_text(request, decode, request.params.skip_special_tokens, end)
+
+
+def _text_left_out(request: Request, stop_token: int) -> bool:
+    """A token that stopped the request is left out of the text: always EOS, a stop token id unless
+    include_stop_str_in_output."""
+    p = request.params
+    return (not p.ignore_eos and stop_token in request.eos_token_ids) or not p.include_stop_str_in_output
 
 
 def _truncate_at_stop(request: Request, stop_strings: list[str], new_from: int) -> bool:
