@@ -79,10 +79,10 @@ def test_verify(k, group):
     _check_attention([1 + k, 1 + k, 1], [1 + k, 70, 33], heads=2 * group, kv_heads=2)
 
 
-@pytest.mark.parametrize("num_splits", [1, 3, 8])
+@pytest.mark.parametrize("split_tokens", [0, 64, 128])
 @needs_triton
-def test_verify_split_counts_agree(num_splits):
-    _check_attention([8, 4], [200, 97], heads=8, kv_heads=2, page=32, num_splits=num_splits)
+def test_verify_split_sizes_agree(split_tokens):
+    _check_attention([8, 4], [200, 97], heads=8, kv_heads=2, page=32, split_tokens=split_tokens)
 
 
 @needs_triton
@@ -127,7 +127,7 @@ def test_padding_tokens_and_out_buffer():
     query, k_cache, v_cache, tables, qsl, sl = _paged_batch([1, 1], [30, 64], 4, 2, 64, 16)
     padded = torch.cat([query, torch.randn(2, 4, 64)])
     out = torch.full_like(padded, 7.0)
-    res = paged_attention_triton(padded, k_cache, v_cache, tables, qsl, sl, 1, 0.125, out=out, num_splits=4)
+    res = paged_attention_triton(padded, k_cache, v_cache, tables, qsl, sl, 1, 0.125, out=out, split_tokens=64)
     assert res is out
     ref = paged_attention_ref(query, k_cache, v_cache, tables, [1, 1], [30, 64], 0.125)
     torch.testing.assert_close(out[:2], ref, atol=1e-4, rtol=0)
@@ -214,3 +214,4 @@ def test_dispatch(monkeypatch):
     assert attention_backend("cpu") == "torch"  # auto never picks the interpreter
     if HAVE_TRITON:
         assert attention_backend("cpu", prefer="triton") == "triton"
+

@@ -282,15 +282,17 @@ def section_smollm2(path: str, rows: list, results: dict, max_new: int, ngram_co
         spec = LLM(model=path, max_num_seqs=1, disable_log_stats=True, speculative_config=spec_cfg)
         label = ",".join(f"{k}={v}" for k, v in spec_cfg.items() if k != "method")
         for name, cs in answer_sets.items():
+            steps_before = spec.engine.counters.num_steps
             before = {m.name: getattr(m, "value", None) for m in spec.get_metrics()}
             got = answers(spec, cs, ANSWER_MAX_TOKENS)
             after = {m.name: getattr(m, "value", None) for m in spec.get_metrics()}
+            all_steps = spec.engine.counters.num_steps - steps_before  # warm-up and first-token runs too
             drafts, acc = (after[f"tokenleap:spec_decode_num_{n}"] - before[f"tokenleap:spec_decode_num_{n}"]
                            for n in ("drafts", "accepted_tokens"))
             p = plain[name]
             same = got.pop("outputs") == p["outputs"]
             got.update(mean_acceptance_length=1 + acc / drafts if drafts else 1.0, identical=same,
-                       steps_with_drafts=drafts / got["steps"],
+                       steps_with_drafts=drafts / all_steps,
                        speedup=got["tokens_per_s"] / p["tokens_per_s"],
                        decode_speedup=got["decode_tokens_per_s"] / p["decode_tokens_per_s"])
             res["answers"][name]["ngram"][label] = got

@@ -80,7 +80,7 @@ class Engine:
             log.info("captured CUDA graphs", batch_sizes=graphs.batch_sizes, query_lens=graphs.query_lens,
                      prefill_query_lens=graphs.prefill_query_lens,
                      seconds=round(time.monotonic() - t0, 1))
-        self.runner = ModelRunner(self.model, kv, cfg.block_size, max_blocks, self.device, self.backend,
+        self.runner = ModelRunner(self.model, kv, cfg.block_size, max_blocks, max_len, self.device, self.backend,
                                   hidden_layers, graphs)
         self.counters = EngineCounters()
         self.requests: dict[str, Request] = {}

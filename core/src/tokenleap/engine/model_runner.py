@@ -74,6 +74,7 @@ class ModelRunner:
         kv_caches: list[KVCache],
         block_size: int,
         max_blocks_per_req: int,
+        max_model_len: int,
         device: torch.device,
         backend: str,
         hidden_state_layers: tuple[int, ...] = (),
@@ -83,6 +84,7 @@ class ModelRunner:
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.max_blocks_per_req = max_blocks_per_req
+        self.max_model_len = max_model_len  # the attention's bound on seq_lens (its KV splits): fixed per engine
         self.device = device
         self.backend = backend
         self.hidden_state_layers = hidden_state_layers
@@ -218,7 +220,7 @@ class ModelRunner:
             query_lens_host=query_lens,
             seq_lens_host=seq_lens,
             max_query_len=max(query_lens),
-            max_seq_len=max(seq_lens),
+            max_seq_len=self.max_model_len,
             backend=self.backend,
         )
         hidden, aux = self.model(

@@ -23,7 +23,7 @@ class AttentionMetadata:
     query_lens_host: list[int]  # [num_reqs] the same lengths as host ints (no device sync needed)
     seq_lens_host: list[int]  # [num_reqs]
     max_query_len: int
-    max_seq_len: int
+    max_seq_len: int  # an upper bound on seq_lens fixed per engine (max_model_len): it sets the KV splits
     backend: str = "torch"  # "torch" (reference, CPU and CUDA) or "triton" (CUDA)
 
 
