@@ -120,7 +120,9 @@ class Engine:
 
         With ``async_scheduling``, a plain-greedy decode step is followed on the device by the next one before
         the host reads it back: step N + 1 is prepared and launched while the GPU runs step N, and the next
-        call returns step N + 1's results. Requests that finish in step N simply ignore step N + 1."""
+        call returns step N + 1's results. Requests that finish in step N simply ignore step N + 1. Otherwise
+        (a proposer, which needs step N's tokens first) step N + 1 is launched as soon as step N's tokens and
+        drafts are in, and step N's text is made while it runs."""
         launched, self._in_flight = self._in_flight, None
         if launched is None:
             launched = self._schedule_and_launch()
