@@ -267,8 +267,9 @@ def paged_attention_triton(
     sliding_window: int | None = None,
     out: torch.Tensor | None = None,  # [num_tokens, num_heads, head_dim]
     *,
-    max_seq_len: int | None = None,  # host upper bound on seq_lens, fixed per engine: the number of KV splits
-    split_tokens: int | None = None,  # positions per KV split (decode/verify; default SPLIT_TOKENS; 0: no split)
+    max_seq_len: int | None = None,  # host bound on seq_lens, fixed per engine (sets the KV splits); None: max
+    split_tokens: int | None = None,  # positions per KV split (decode/verify); None: split_tokens_for(bound)
+    # while splits_pay, else 0 (no split)
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     num_tokens, num_heads, head_dim = query.shape
     num_reqs = block_tables.shape[0]
