@@ -6,7 +6,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from tokenleap.engine.detokenizer import _cleans_up, append_token_text, init_offsets, text_decoder
+from tokenleap.engine.detokenizer import (
+    _cleans_up,
+    append_token_text,
+    append_tokens_text,
+    init_offsets,
+    text_decoder,
+)
 from tokenleap.engine.request import Request
 from tokenleap.sampling_params import SamplingParams
 
@@ -91,6 +97,7 @@ def test_text_of_many_tokens_at_once_equals_token_by_token(tokenizers, name):
                 n = rng.randint(1, 9) if chunked else 1
                 req.all_token_ids.extend(ids[i : i + n])
                 i += n
-                text += append_token_text(req, decode, skip, len(req.all_token_ids))
+                end = len(req.all_token_ids)
+                text += append_tokens_text(req, decode, skip, end) if chunked else append_token_text(req, decode, skip)
             texts.append(text)
         assert texts[0] == texts[1], (ids, skip)

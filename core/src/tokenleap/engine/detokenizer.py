@@ -46,28 +46,10 @@ def init_offsets(request: Request) -> None:
 
 
 def append_token_text(request: Request, decode: Decode, skip_special_tokens: bool, end: int | None = None) -> str:
-    """Decode the tokens of ``request.all_token_ids`` after the last decoded one, up to ``end`` (default: all),
-    and return the text they add (may be ''): the same text as one ``append_token_text`` per token.
-
-    Several tokens are decoded in one go when their text is clean (no U+FFFD: every character complete and
-    valid), where it is the concatenation of the one-by-one texts; otherwise token by token."""
+    """Decode the tokens of ``request.all_token_ids`` up to ``end`` (default: all; the newest being ``end - 1``)
+    and return the text they add after the last emitted text (may be '': a character still incomplete)."""
     ids = request.all_token_ids
     end = len(ids) if end is None else end
-    if end - request.read_offset > 1:
-        prefix_text = decode(ids[request.prefix_offset : request.read_offset], skip_special_tokens)
-        full_text = decode(ids[request.prefix_offset : end], skip_special_tokens)
-        delta = full_text[len(prefix_text) :]
-        if full_text.startswith(prefix_text) and delta and "\ufffd" not in delta:
-            request.prefix_offset, request.read_offset = end - 1, end
-            return delta
-        first = request.read_offset + 1
-        return "".join(_one_token_text(request, decode, skip_special_tokens, i) for i in range(first, end + 1))
-    return _one_token_text(request, decode, skip_special_tokens, end)
-
-
-def _one_token_text(request: Request, decode: Decode, skip_special_tokens: bool, end: int) -> str:
-    """The text that tokens up to ``end`` (the newest being ``end - 1``) add after the last emitted text."""
-    ids = request.all_token_ids
     prefix_text = decode(ids[request.prefix_offset : request.read_offset], skip_special_tokens)
     full_text = decode(ids[request.prefix_offset : end], skip_special_tokens)
     if len(full_text) > len(prefix_text) and not full_text.endswith("\ufffd"):
@@ -76,3 +58,19 @@ def _one_token_text(request: Request, decode: Decode, skip_special_tokens: bool,
         request.read_offset = end
         return delta
     return ""
+
+
+def append_tokens_text(request: Request, decode: Decode, skip_special_tokens: bool, end: int) -> str:
+    """The text of the tokens after the last decoded one up to ``end``, made at once: the same text as one
+    ``append_token_text`` per token. One decode when their text is clean (no U+FFFD: every character complete
+    and valid), where it is the concatenation of the one-by-one texts; otherwise token by token."""
+    if end - request.read_offset > 1:
+        ids = request.all_token_ids
+        prefix_text = decode(ids[request.prefix_offset : request.read_offset], skip_special_tokens)
+        full_text = decode(ids[request.prefix_offset : end], skip_special_tokens)
+        delta = full_text[len(prefix_text) :]
+        if full_text.startswith(prefix_text) and delta and "\ufffd" not in delta:
+            request.prefix_offset, request.read_offset = end - 1, end
+            return delta
+    first = request.read_offset + 1
+    return "".join(append_token_text(request, decode, skip_special_tokens, i) for i in range(first, end + 1))

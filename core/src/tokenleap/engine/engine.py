@@ -139,12 +139,11 @@ class Engine:
             ahead = self.scheduler.schedule_ahead(launched.scheduled)
             if ahead is not None:
                 self._in_flight = self.runner.launch(ahead, ahead_of=launched)
-        text_later = self._text_after_next_launch()
-        finished = self._apply(launched.scheduled, launched.wait(), now, text_later)
+        finished = self._apply(launched.scheduled, launched.wait(), now)
         if self._in_flight is None and self._may_launch_next():
             self._in_flight = self._schedule_and_launch()
-        for s in launched.scheduled:
-            if s.request in text_later:
+        for s in launched.scheduled:  # the text append_tokens left (no stop strings), while the next step runs
+            if text_waits(s.request):
                 flush_text(s.request, self.decode)
         self._drop_in_flight_if_done()
         self._maybe_log()
@@ -157,20 +156,12 @@ class Engine:
         self.counters.num_preemptions += len(sched.preempted)
         return self.runner.launch(sched.scheduled)
 
-    def _text_after_next_launch(self) -> set[Request]:
-        """Requests whose text for this step may wait until the next step is launched (whether it is, is
-        decided once this step's tokens are in; if not, the text still comes before step() returns): those
-        whose tokens alone decide when they stop. Their text is then made once per step, not per token."""
-        if self.decode is None:
-            return set()
-        return {r for r in self.scheduler.running if text_waits(r)}
-
     def _may_launch_next(self) -> bool:
         """Launch the next step before making this step's text (the GPU runs while the host decodes): when
         it continues every running request, all of them decoding greedy-plain, with nobody waiting (so that
         new requests still get in when step() is next called), on captured graphs, so it stays in flight."""
         running = self.scheduler.running
-        return (bool(running) and not self.scheduler.waiting and self.runner.graphs is not None
+        return (bool(running) and not self.scheduler.waiting
                 and all(r.is_decoding and self.runner.stays_in_flight(r) for r in running))
 
     def _may_launch_ahead(self, launched: LaunchedStep) -> bool:
@@ -185,11 +176,10 @@ class Engine:
             self._in_flight.wait()
             self._in_flight = None
 
-    def _apply(self, scheduled: list[ScheduledRequest], result: StepResult, now: float,
-               text_later: set[Request] = frozenset()) -> list[Request]:
+    def _apply(self, scheduled: list[ScheduledRequest], result: StepResult, now: float) -> list[Request]:
         """Account a step's results to its requests; returns those that finished. Requests that ended before
-        (in the step this one was launched ahead of, or aborted) are skipped. Those in ``text_later`` get
-        their tokens but not yet their text (``flush_text``)."""
+        (in the step this one was launched ahead of, or aborted) are skipped. The text of requests without
+        stop strings is left to ``flush_text``."""
         self.counters.num_steps += 1
         verified: list[VerifiedRequest] = []
         finished: list[Request] = []
@@ -205,7 +195,7 @@ class Engine:
             else:
                 num_accepted = len(sampled.token_ids) - 1
                 req.num_computed_tokens += s.num_new_tokens + num_accepted
-                kept = append_tokens(req, sampled, self.decode, self.max_model_len, req not in text_later)
+                kept = append_tokens(req, sampled, self.decode, self.max_model_len)
                 self._count_step(req, s.num_spec_tokens, num_accepted, len(kept))
                 verified.append(VerifiedRequest(req.request_id, s.num_spec_tokens, num_accepted, kept))
             req.spec_token_ids, req.spec_probs = [], None

@@ -3,30 +3,28 @@ incremental text, logprobs."""
 
 from __future__ import annotations
 
-from tokenleap.engine.detokenizer import Decode, append_token_text
+from tokenleap.engine.detokenizer import Decode, append_token_text, append_tokens_text
 from tokenleap.engine.model_runner import SampledRequest
 from tokenleap.engine.request import Request, RequestStatus
 from tokenleap.outputs import Logprob
 
 
 def text_waits(request: Request) -> bool:
-    """Whether the text of a step's tokens may be made after the step (``flush_text``): nothing but the tokens
-    decides when the request stops (no stop strings)."""
+    """Whether the text of a step's tokens is left to ``flush_text`` (made once per step, possibly while the
+    next step runs): nothing but the tokens decides when the request stops (no stop strings)."""
     return not request.params.stop_strings
 
 
-def append_tokens(request: Request, sampled: SampledRequest, decode: Decode | None, max_model_len: int,
-                  text_now: bool = True) -> list[int]:
+def append_tokens(request: Request, sampled: SampledRequest, decode: Decode | None, max_model_len: int) -> list[int]:
     """Append emitted tokens one by one until a stop condition ends the request.
 
     Returns the tokens actually kept (a prefix of ``sampled.token_ids``). Sets status, finish_reason
-    and stop_reason when the request finished. With ``text_now=False`` (only where ``text_waits``) the text
-    is left to ``flush_text``, which decodes the step's tokens in one go.
+    and stop_reason when the request finished. The text comes token by token here only for a request with
+    stop strings (the text decides where it stops); otherwise ``flush_text`` makes it afterwards.
     """
     p = request.params
     stop_strings = p.stop_strings
-    assert text_now or not stop_strings, "stop strings need the text of every token"
-    text_decode = decode if text_now else None  # the text of each token, here (logprobs use decode either way)
+    text_decode = None if text_waits(request) else decode  # the text of each token, here (logprobs use decode)
     kept: list[int] = []
     for j, token in enumerate(sampled.token_ids):
         request.output_token_ids.append(token)
@@ -57,8 +55,8 @@ def append_tokens(request: Request, sampled: SampledRequest, decode: Decode | No
 
 
 def flush_text(request: Request, decode: Decode | None) -> None:
-    """Add the text of the tokens ``append_tokens(..., text_now=False)`` appended: the same text as token by
-    token (a final EOS / stop token stays out of it as there)."""
+    """Add the text of the tokens ``append_tokens`` appended without it (``text_waits``): the same text as
+    token by token (a final EOS / stop token stays out of it as there)."""
     if decode is None:
         return
     ids = request.all_token_ids
@@ -66,7 +64,7 @@ def flush_text(request: Request, decode: Decode | None) -> None:
     if request.status == RequestStatus.FINISHED_STOPPED and _text_left_out(request, ids[-1]):
         end -= 1
     if end > request.read_offset:
-        request.text += append_token_text(request, decode, request.params.skip_special_tokens, end)
+        request.text += append_tokens_text(request, decode, request.params.skip_special_tokens, end)
 
 
 def _text_left_out(request: Request, stop_token: int) -> bool:
