@@ -50,7 +50,7 @@ class LlamaAttention(nn.Module):
             cos_sin_cache, kv_cache[0], kv_cache[1], meta.slot_mapping,
         )
         o = paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale, self.sliding_window)
-        return self.ops.linear(o.reshape(num_tokens, self.q_size), self.o_proj.weight, None)
+        return self.ops.linear(o.reshape(num_tokens, self.q_size), self.o_proj.weight, self.o_proj.bias)
 
 
 class LlamaMLP(nn.Module):
@@ -85,7 +85,8 @@ class LlamaDecoderLayer(nn.Module):
         residual = x if residual is None else new_residual
         h = attn(qkv, positions, cos_sin_cache, kv_cache, meta)
         norm = self.post_attention_layernorm
-        gate_up, residual = ops.norm_linear(h, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight, None)
+        gate_up, residual = ops.norm_linear(h, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight,
+                                            mlp.gate_up_proj.bias)
         return ops.silu_mul_linear(gate_up, mlp.down_proj.weight), residual
 
 
