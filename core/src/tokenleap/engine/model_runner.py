@@ -115,7 +115,7 @@ class ModelRunner:
             assert ahead_of.is_greedy_decode and [s.request for s in ahead_of.scheduled] == [
                 s.request for s in scheduled], "a step launched ahead must continue the same decode requests"
             return self._launch_graph(scheduled, *self.graphs.pick(len(scheduled), 1), ahead=True)
-        graphed = self.graphs is not None and not self.hidden_state_layers
+        graphed = self._graphed
         if graphed and all(s.num_new_tokens == 1 and s.samples for s in scheduled):
             picked = self.graphs.pick(len(scheduled), 1 + max(s.num_spec_tokens for s in scheduled))
             if picked is not None:
@@ -129,7 +129,12 @@ class ModelRunner:
     def stays_in_flight(self, request) -> bool:
         """A decode / verify step of this request alone would run on a captured graph and stay in flight after
         launch (nothing but the argmax to read back; other requests sync inside ``launch``)."""
-        return self.graphs is not None and not self.hidden_state_layers and _plain_greedy(request)
+        return self._graphed and _plain_greedy(request)
+
+    @property
+    def _graphed(self) -> bool:
+        """Decode / verify steps (and one-request prefill chunks) may run on captured graphs."""
+        return self.graphs is not None and not self.hidden_state_layers
 
     def _prefill_graph(self, s: ScheduledRequest, q: int) -> StepResult:
         """One request's prefill chunk through the captured graph of ``q`` >= its tokens, padded at the end
