@@ -50,7 +50,7 @@ def tiny_llm(folder, padded: bool, bounds: list[int] | None = None, prefill: tup
 
 
 def count_launches(llm: LLM) -> dict[str, int]:
-    """Count steps launched ahead (runner.launch) and steps that ran the padded forward (graphs.run)."""
+    """Count steps launched ahead (runner.launch) and steps that ran the padded forward (graphs.replay_staged)."""
     counts = {"ahead": 0, "padded": 0, "prefill": 0}
     runner = llm.engine.runner
     launch = runner.launch
@@ -62,13 +62,13 @@ def count_launches(llm: LLM) -> dict[str, int]:
     runner.launch = counting
     graphs = runner.graphs
     if graphs is not None:
-        run = graphs.run
+        replay = graphs.replay_staged
 
-        def counting_run(*args, **kwargs):
-            counts["prefill" if kwargs.get("prefill") else "padded"] += 1
-            return run(*args, **kwargs)
+        def counting_replay(b, q, prefill=False):
+            counts["prefill" if prefill else "padded"] += 1
+            return replay(b, q, prefill)
 
-        graphs.run = counting_run
+        graphs.replay_staged = counting_replay
     return counts
 
 

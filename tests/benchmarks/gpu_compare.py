@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -320,7 +321,8 @@ def main(argv=None) -> int:
     skip = set(filter(None, args.skip.split(",")))
     rows: list[tuple[str, str, str]] = []
     results: dict = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
-                     "torch": torch.__version__}
+                     "torch": torch.__version__, "cpu_affinity": sorted(os.sched_getaffinity(0)),
+                     "cpu_count": os.cpu_count()}  # a run under `taskset -c N` shows one core here
     bw = bandwidth_tb_s()
     results["bandwidth_tb_s"] = bw
     rows.append(("device-to-device copy bandwidth", f"{bw:.2f} TB/s", results["device"]))

@@ -2,6 +2,7 @@
 
     python tests/benchmarks/step_timeline.py --model PATH_OR_ALIAS [--fixed-drafts K] [--steps 30]
     python tests/benchmarks/step_timeline.py --llama3-8b-shape [--fixed-drafts K]
+    python tests/benchmarks/step_timeline.py --smollm2-shape [--fixed-drafts K]
 
 Prints wall time per step, GPU busy time per step (union of kernel / copy intervals), the idle time between
 them, and the largest idle gaps with the GPU activity on each side. Kernels replayed from CUDA graphs are
@@ -20,13 +21,14 @@ from tokenleap import LLM, SamplingParams
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpu_compare import fixed_manager, llama3_8b_shape_llm  # noqa: E402
+from gpu_compare import SMOLLM2_SHAPE, fixed_manager, llama3_8b_shape_llm, shape_llm  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model")
     ap.add_argument("--llama3-8b-shape", action="store_true")
+    ap.add_argument("--smollm2-shape", action="store_true")
     ap.add_argument("--fixed-drafts", type=int, default=0, help="verify K drafts every step (0: plain decode)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--no-async", action="store_true")
@@ -37,6 +39,8 @@ def main() -> None:
                   proposer_manager=fixed_manager())
     if args.llama3_8b_shape:
         llm = llama3_8b_shape_llm(**kw)
+    elif args.smollm2_shape:
+        llm = shape_llm(SMOLLM2_SHAPE, "smollm2-shape", max_model_len=8192, **kw)
     else:
         llm = LLM(model=args.model, **kw)
     prompt = [{"prompt_token_ids": list(range(1000, 1128))}]

@@ -1,6 +1,7 @@
 """Latency of one graphed forward launched on an idle GPU, for several ways of cutting it into segment graphs.
 
     python tests/benchmarks/verify_segments.py --model PATH_OR_ALIAS [--query-len 9] [--repeats 30]
+    python tests/benchmarks/verify_segments.py --shape smollm2|llama3-8b [--query-len 16]   # random weights
 
 A verify step starts on an idle GPU (the proposer needed the previous step's tokens), so what counts is the time
 from the first launch to the last kernel's end, host launch cost included: printed as the median over
@@ -17,22 +18,21 @@ import time
 from pathlib import Path
 
 import torch
-from tokenleap import LLM
 from tokenleap.engine.cuda_graphs import DecodeGraphs, equal_bounds, segment_bounds
 
 sys.path.insert(0, str(Path(__file__).parent))
-from graph_replay import replay_inputs  # noqa: E402
+from graph_replay import build, replay_inputs  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--shape", choices=["smollm2", "llama3-8b"], help="random bf16 weights of this shape instead")
     ap.add_argument("--query-len", type=int, default=9)
     ap.add_argument("--repeats", type=int, default=30)
     args = ap.parse_args()
     q = args.query_len
-    llm = LLM(model=args.model, max_num_seqs=1, disable_log_stats=True,
-              speculative_config={"method": "ngram", "num_speculative_tokens": q - 1} if q > 1 else None)
+    llm = build(args.model, args.shape, {"method": "ngram", "num_speculative_tokens": q - 1} if q > 1 else None)
     eng = llm.engine
     n = len(eng.model.layers)
     options = {"whole": [0, n], "1,2,4,...": segment_bounds(n), "3 equal": equal_bounds(n, 3),

@@ -107,7 +107,10 @@ class DecodeGraphs:
         pin = device.type == "cuda"
         self.staging = [torch.zeros(nbytes, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
         self._turn = 0
-        self._host_views: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}
+        # (turn, b, q) -> (numpy views of the staging fields, staging bytes, device bytes, query start offsets)
+        self._staged: dict[tuple[int, int, int], tuple[dict[str, np.ndarray], torch.Tensor, torch.Tensor,
+                                                         np.ndarray]] = {}
+        self._pending: tuple | None = None  # what the last stage() handed out, for replay_staged()
         self.last_tokens = torch.zeros(max_b, dtype=torch.int64, device=device)  # argmax of the last 1-token step
         # Where a step's greedy result lands on the host: two pinned buffers, used in turn, so that one step's
         # result can be copied while the previous one is still being read.
@@ -247,6 +250,37 @@ class DecodeGraphs:
         """The smallest prefill bucket that holds a chunk of ``num_tokens`` tokens, if any."""
         return next((q for q in self.prefill_query_lens if q >= num_tokens), None)
 
+    def stage(self, b: int, q: int) -> dict[str, np.ndarray]:
+        """The next staging buffer's fields for a (b, q) step, as numpy views (built once per shape and turn);
+        the caller writes ids, positions, slots, num_drafts, feed, seq_lens and tables (the query start offsets
+        are written here), then calls ``replay_staged``."""
+        turn = self._turn
+        self._turn ^= 1
+        staged = self._staged.get((turn, b, q))
+        if staged is None:  # views and slices cost µs each: once per shape and turn, not per step
+            host, nbytes = self.staging[turn], self._nbytes(b, q)
+            views = {name: v.numpy() for name, v in self._views(b, q, host).items()}
+            staged = self._staged[(turn, b, q)] = (views, host[:nbytes], self.buf[:nbytes], np.arange(b + 1) * q)
+        views, _, _, qsl = staged
+        views["qsl"][:] = qsl
+        self._pending = staged
+        return views
+
+    def replay_staged(self, b: int, q: int, prefill: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Copy the inputs written after ``stage(b, q)`` to the device (one copy) and run the (b, q) forward;
+        returns what ``run`` returns."""
+        views, src, dst, _ = self._pending
+        dst.copy_(src, non_blocking=True)
+        if not self.use_cuda_graphs:
+            stages, state = self._segments(b, q, views["seq_lens"].tolist(), prefill)
+            for stage in stages:
+                stage()
+        else:
+            graphs, state = self.prefill_graphs[q] if prefill else self.graphs[(b, q)]
+            for graph in graphs:
+                graph.replay()
+        return state["logits"], state["greedy"]
+
     def run(self, b: int, q: int, ids: np.ndarray, positions: np.ndarray, slots: np.ndarray,
             num_drafts: np.ndarray, tables: np.ndarray, seq_lens: np.ndarray,
             num_fed: int = 0, prefill: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -258,25 +292,10 @@ class DecodeGraphs:
         ``num_fed`` (q == 1 only): the first ``num_fed`` requests take their input token on the device from the
         previous 1-token step's argmax instead of ``ids``."""
         assert num_fed == 0 or q == 1, "fed input tokens are only for 1-token decode steps"
-        turn, host = self._turn, self.staging[self._turn]
-        self._turn ^= 1
-        nbytes = self._nbytes(b, q)
-        h = self._host_views.get((turn, b, q))
-        if h is None:  # numpy views of the staging buffer, built once per shape (views cost µs each, per step)
-            h = self._host_views[(turn, b, q)] = {name: v.numpy() for name, v in self._views(b, q, host).items()}
+        h = self.stage(b, q)
         h["ids"][:], h["positions"][:], h["slots"][:], h["num_drafts"][:] = ids, positions, slots, num_drafts
         h["feed"][:] = 0
         h["feed"][:num_fed] = 1
-        h["qsl"][:] = np.arange(b + 1) * q
         h["seq_lens"][:] = seq_lens
         h["tables"][:] = tables
-        self.buf[:nbytes].copy_(host[:nbytes], non_blocking=True)
-        if not self.use_cuda_graphs:
-            stages, state = self._segments(b, q, seq_lens.tolist(), prefill)
-            for stage in stages:
-                stage()
-        else:
-            graphs, state = self.prefill_graphs[q] if prefill else self.graphs[(b, q)]
-            for graph in graphs:
-                graph.replay()
-        return state["logits"], state["greedy"]
+        return self.replay_staged(b, q, prefill)

@@ -90,6 +90,7 @@ class ModelRunner:
         self.hidden_state_layers = hidden_state_layers
         self.vocab_size = model.cfg.vocab_size
         self.graphs = graphs
+        self._positions: dict[tuple[int, int], np.ndarray] = {}  # (b, q) -> padded positions, built once
 
     def _tensor(self, array: np.ndarray | list, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=dtype).to(self.device, non_blocking=True)
@@ -160,33 +161,40 @@ class ModelRunner:
         """Decode / verify through a captured graph: every request padded to ``q`` query tokens. ``ahead``:
         each request is one token past its recorded state, its input token fed on the device."""
         bs = self.block_size
-        ids = np.zeros(b * q, dtype=np.int64)
-        positions = np.tile(np.arange(q, dtype=np.int64), b)
-        slots = np.zeros(b * q, dtype=np.int64)  # padding writes land in the null block
-        tables = np.zeros((b, self.max_blocks_per_req), dtype=np.int32)
-        seq_lens = np.full(b, q, dtype=np.int32)
-        num_drafts = np.zeros(b, dtype=np.int64)
+        h = self.graphs.stage(b, q)  # written in place: this is the host's critical path before a verify step
+        ids, positions, slots, tables = h["ids"], h["positions"], h["slots"], h["tables"]
+        ids[:], slots[:], tables[:] = 0, 0, 0  # padding: token 0 written to the null block
+        positions[:] = self._padded_positions(b, q)
+        h["seq_lens"][:], h["num_drafts"][:], h["feed"][:] = q, 0, 0
         for i, s in enumerate(scheduled):
-            r = s.request
-            start, real = r.num_computed_tokens + int(ahead), s.num_query_tokens
-            o = i * q
+            r, d = s.request, s.num_spec_tokens
+            start, real, o = r.num_computed_tokens + int(ahead), s.num_query_tokens, i * q
             if not ahead:
                 ids[o] = r.all_token_ids[start]
-            ids[o + 1 : o + real] = r.spec_token_ids[: s.num_spec_tokens]
+            if d:
+                ids[o + 1 : o + 1 + d] = r.spec_token_ids[:d]
             positions[o : o + q] += start
             blocks = r.block_ids  # a few slots: a list comprehension beats building numpy arrays here
             slots[o : o + real] = [blocks[p // bs] * bs + p % bs for p in range(start, start + real)]
             tables[i, : len(blocks)] = blocks
-            seq_lens[i] = start + q
-            num_drafts[i] = s.num_spec_tokens
-        num_fed = len(scheduled) if ahead else 0
-        logits_all, greedy = self.graphs.run(b, q, ids, positions, slots, num_drafts, tables, seq_lens, num_fed)
+            h["seq_lens"][i] = start + q
+            h["num_drafts"][i] = d
+        if ahead:
+            h["feed"][: len(scheduled)] = 1
+        logits_all, greedy = self.graphs.replay_staged(b, q)
         if all(_plain_greedy(s.request) for s in scheduled):  # the graph already verified: read it back
             host, event = self.graphs.read_back(greedy, len(scheduled))
             return LaunchedStep(scheduled, host=host, event=event)
         assert not ahead, "only plain-greedy steps are launched ahead"
         logits_rows = [i * q + j for i, s in enumerate(scheduled) for j in range(s.num_query_tokens)]
         return LaunchedStep(scheduled, result=self._sample(logits_all, logits_rows, False, scheduled, {}, {}))
+
+    def _padded_positions(self, b: int, q: int) -> np.ndarray:
+        """[b * q] 0..q-1 per request (the positions of padded requests; real ones add their start)."""
+        key = (b, q)
+        if key not in self._positions:
+            self._positions[key] = np.tile(np.arange(q, dtype=np.int64), b)
+        return self._positions[key]
 
     def _execute_eager(self, scheduled: list[ScheduledRequest]) -> StepResult:
         bs = self.block_size
