@@ -15,6 +15,7 @@ from tokenleap_plugins import (
     UnknownMethodError,
     hookimpl,
 )
+from tokenleap_plugins.prompt_lookup import prompt_lookup
 from tokenleap_plugins.testing import (
     EchoProposer,
     check_bounds,
@@ -127,6 +128,31 @@ def test_echo_spec_passes_with_defaults():
 def test_bounds_failures(cls, message):
     with pytest.raises(AssertionError, match=message):
         check_bounds(spec(cls))
+
+
+class LooksUpPrompt(ProposerBase):
+    """Declares prompt lookup (so the engine may draft on the device) and drafts exactly that."""
+
+    needs = ProposerNeeds(device_prompt_lookup=(1, 3))
+
+    def __init__(self, config=None, context=None):
+        pass
+
+    def propose(self, batch):
+        return Drafts([prompt_lookup(r.token_ids, r.max_num_drafts, 1, 3) for r in batch.requests])
+
+
+class ClaimsPromptLookup(EchoProposer):
+    """Declares prompt lookup but echoes the last tokens: an engine drafting on the device would differ."""
+
+    needs = ProposerNeeds(device_prompt_lookup=(1, 3))
+
+
+def test_a_declared_prompt_lookup_is_held_to_the_definition():
+    run_conformance(spec(LooksUpPrompt), num_memory_requests=500)
+    with pytest.raises(AssertionError, match=r"fake: declares device_prompt_lookup=\(1, 3\) but drafted \[.*\] for "
+                                             r"request 'req-\d+' at step \d+; prompt lookup gives"):
+        check_bounds(spec(ClaimsPromptLookup))
 
 
 def test_a_proposer_that_never_drafts_is_suspicious():

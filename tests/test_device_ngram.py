@@ -14,8 +14,9 @@ import random  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from helpers.triton_marks import needs_triton  # noqa: E402
-from tokenleap.kernels.ngram_ref import next_verify_inputs_ref, ngram_source  # noqa: E402
+from tokenleap.kernels.ngram_ref import next_verify_inputs_ref  # noqa: E402
 from tokenleap_ngram import lookup_reference  # noqa: E402
+from tokenleap_plugins.prompt_lookup import prompt_lookup, prompt_lookup_source  # noqa: E402
 
 
 def _history(rng: random.Random, size: int, vocab: int) -> list[int]:
@@ -31,14 +32,14 @@ def _history(rng: random.Random, size: int, vocab: int) -> list[int]:
 
 
 @pytest.mark.parametrize("lo,hi", [(1, 4), (2, 4), (3, 3), (1, 8)])
-def test_source_is_the_ngram_proposers_lookup(lo, hi):
+def test_prompt_lookup_is_the_ngram_proposers_lookup(lo, hi):
     rng = random.Random(lo * 10 + hi)
     for _ in range(300):
         tokens = _history(rng, rng.randrange(1, 60), vocab=rng.choice([3, 10, 50]))
         k = rng.randrange(1, 16)
-        src = ngram_source(tokens, lo, hi)
-        drafts = tokens[src : src + k] if src >= 0 else []
-        assert drafts == lookup_reference(tokens, k, lo, hi), tokens
+        src = prompt_lookup_source(tokens, lo, hi)
+        assert prompt_lookup(tokens, k, lo, hi) == (tokens[src : src + k] if src >= 0 else [])
+        assert prompt_lookup(tokens, k, lo, hi) == lookup_reference(tokens, k, lo, hi), tokens
 
 
 def _case(rng: random.Random, b: int, q: int, block_size: int, max_blocks: int, hist_width: int):

@@ -53,10 +53,15 @@ class ProposerNeeds:
     hidden_state_layers: target layers whose output hidden states the proposer reads, as layer indices
         (negative counts from the end: ``(-1,)`` is the last layer, as EAGLE uses; EAGLE-3 asks for three).
     kv_cache: its own KV cache pages (draft model, EAGLE heads), or None.
+    device_prompt_lookup: ``(lookup_min, lookup_max)`` when the drafts are always exactly
+        ``prompt_lookup.prompt_lookup(token_ids, max_num_drafts, lookup_min, lookup_max)``: the engine may then
+        draft on the device instead of calling ``propose`` (so that a verify step can be launched before the
+        previous one is read back); lifecycle events still arrive. None: the engine always calls ``propose``.
     """
 
     hidden_state_layers: tuple[int, ...] = ()
     kv_cache: KVCacheNeeds | None = None
+    device_prompt_lookup: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tokenleap_plugins.manager import validate_method_config
+from tokenleap_plugins.prompt_lookup import prompt_lookup
 from tokenleap_plugins.proposer import (
     Drafts,
     ProposeBatch,
@@ -136,6 +137,7 @@ def _run(proposer: Proposer, ops: Sequence[tuple], *, method: str, vocab_size: i
     """Play ``ops``; check every answer; return the transcript (step, life key, drafts)."""
     live, keys, transcript, step = {}, {}, [], 0
     layers = tuple(getattr(proposer.needs, "hidden_state_layers", ()) or ())
+    lookup = getattr(proposer.needs, "device_prompt_lookup", None)
     for op in ops:
         if op[0] == "add":
             _, rid, key, plen = op
@@ -161,6 +163,12 @@ def _run(proposer: Proposer, ops: Sequence[tuple], *, method: str, vocab_size: i
             batch = ProposeBatch(reqs, _hidden_states(layers, rows, vocab_size, seed) if layers else {})
             drafts = proposer.propose(batch)
             check_drafts(batch, drafts, vocab_size, where=f"{method}: step {step}: ")
+            if lookup is not None:  # the declaration lets the engine draft without asking: hold it to it
+                for req, ids in zip(reqs, drafts.token_ids):
+                    want = prompt_lookup(req.token_ids, req.max_num_drafts, *lookup)
+                    assert list(ids) == want, (
+                        f"{method}: declares device_prompt_lookup={lookup} but drafted {list(ids)} for request "
+                        f"{req.request_id!r} at step {step}; prompt lookup gives {want}")
             for req, ids in zip(reqs, drafts.token_ids):
                 live[req.request_id].pending = list(ids)
                 transcript.append((step, keys[req.request_id], tuple(ids)))

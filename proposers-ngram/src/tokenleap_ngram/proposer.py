@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-from tokenleap_plugins import Drafts, ProposeBatch, ProposerBase, ProposerContext, VerifiedRequest
+from tokenleap_plugins import Drafts, ProposeBatch, ProposerBase, ProposerContext, ProposerNeeds, VerifiedRequest
 
 # vLLM's defaults, so that a speculative_config written for vLLM drafts the same here: with neither key
 # both are 5; with one key the other takes its value.
@@ -90,6 +90,9 @@ class NgramProposer(ProposerBase):
         self.lo = config.prompt_lookup_min
         self.hi = config.prompt_lookup_max
         self.k = context.num_speculative_tokens
+        # the drafts are exactly prompt lookup's: the engine may make them on the device (the conformance kit
+        # and tests/test_ngram.py hold this to lookup_reference)
+        self.needs = ProposerNeeds(device_prompt_lookup=(self.lo, self.hi))
         self._requests: dict[str, _RequestIndex] = {}
 
     def on_request_added(self, request_id: str, prompt_token_ids: Sequence[int]) -> None:

@@ -2,11 +2,11 @@
 
 A verify step can be launched before the previous one is read back when its drafts come from the tokens alone:
 the device appends the previous step's emitted tokens to each request's token history, looks up the drafts
-(n-gram prompt lookup: for n from ``lookup_max`` down to ``lookup_min``, the most recent earlier occurrence of
-the last n tokens; the up to k tokens that followed it), and writes the step's inputs in place: token ids (the
-last emitted token, then the drafts, then padding), positions, KV slots, sequence lengths and draft counts. The
-lookup is the one ``tokenleap-ngram`` defines (``lookup_reference``), so the drafts are the ones its proposer
-would have made on the host.
+(``tokenleap_plugins.prompt_lookup``: for n from ``lookup_max`` down to ``lookup_min``, the most recent earlier
+occurrence of the last n tokens; the up to k tokens that followed it), and writes the step's inputs in place:
+token ids (the last emitted token, then the drafts, then padding), positions, KV slots, sequence lengths and
+draft counts. A proposer declaring ``needs.device_prompt_lookup`` (tokenleap-ngram does) would have made the
+same drafts on the host.
 
 Only rows whose ``feed`` flag is set are touched; the others keep what the host staged. Shapes:
 
@@ -25,20 +25,7 @@ The Triton version is ``triton_ngram.next_verify_inputs``; this one runs on any 
 from __future__ import annotations
 
 import torch
-
-
-def ngram_source(tokens: list[int], lookup_min: int, lookup_max: int) -> int:
-    """Where the drafts start: the end of the most recent earlier occurrence of the longest matching suffix
-    n-gram (``tokens[end - n : end] == tokens[-n:]`` with ``end < len(tokens)``), or -1 when none matches."""
-    size = len(tokens)
-    for n in range(lookup_max, lookup_min - 1, -1):
-        if n >= size:
-            continue
-        suffix = tokens[size - n :]
-        for end in range(size - 1, n - 1, -1):
-            if tokens[end - n : end] == suffix:
-                return end
-    return -1
+from tokenleap_plugins.prompt_lookup import prompt_lookup_source
 
 
 def next_verify_inputs_ref(
@@ -54,7 +41,7 @@ def next_verify_inputs_ref(
         n = start + emitted  # tokens now known; the last one is this step's first input
         hist_len[i] = n
         tokens = hist[i, :n].tolist()
-        src = ngram_source(tokens, lookup_min, lookup_max)
+        src = prompt_lookup_source(tokens, lookup_min, lookup_max)
         room = max(0, int(limits[i]) - n - 1)  # drafts that keep the request within its limit
         nd = 0 if src < 0 else min(q - 1, n - src, room)
         row = slice(i * q, (i + 1) * q)
