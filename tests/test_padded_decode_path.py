@@ -34,9 +34,10 @@ GREEDY = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in 
 
 
 def tiny_llm(folder, padded: bool, bounds: list[int] | None = None, prefill: tuple[int, ...] = (),
-             **kwargs) -> LLM:
+             device_drafting: bool = True, **kwargs) -> LLM:
     """``padded``: decode / verify steps go through the graphed path, run eagerly; ``bounds``: its layer
-    segments (for 1-token and verify graphs alike); ``prefill``: buckets of one-request prefill graphs."""
+    segments (for 1-token and verify graphs alike); ``prefill``: buckets of one-request prefill graphs;
+    ``device_drafting``: verify steps draft on the device when the proposer allows it (as on CUDA)."""
     kwargs.setdefault("num_gpu_blocks_override", 256)
     llm = LLM(model=str(folder), disable_log_stats=True, block_size=BLOCK, **kwargs)
     if padded:
@@ -45,6 +46,7 @@ def tiny_llm(folder, padded: bool, bounds: list[int] | None = None, prefill: tup
             eng.model, eng.runner.kv_caches, eng.cfg.max_num_seqs, [1, 1 + eng.num_speculative_tokens],
             eng.runner.max_blocks_per_req, eng.max_model_len, eng.backend, eng.device, use_cuda_graphs=False,
             decode_bounds=bounds, verify_bounds=bounds, prefill_query_lens=list(prefill),
+            device_lookup=eng.device_lookup if device_drafting else None, block_size=BLOCK,
         )
     return llm
 
@@ -55,9 +57,9 @@ def count_launches(llm: LLM) -> dict[str, int]:
     runner = llm.engine.runner
     launch = runner.launch
 
-    def counting(scheduled, ahead_of=None):
+    def counting(scheduled, ahead_of=None, q=1):
         counts["ahead"] += ahead_of is not None
-        return launch(scheduled, ahead_of)
+        return launch(scheduled, ahead_of, q)
 
     runner.launch = counting
     graphs = runner.graphs
@@ -249,6 +251,88 @@ def test_ngram_in_padded_path_equals_plain(folder, eager_greedy):
     llm = tiny_llm(folder, padded=True, max_num_seqs=4, speculative_config=NGRAM)
     assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == eager_greedy
     assert llm.engine.counters.spec.num_draft_tokens > 0
+
+
+def _spec_totals(llm: LLM) -> tuple[int, int, list[int]]:
+    spec = llm.engine.counters.spec
+    return spec.num_draft_tokens, spec.num_accepted_tokens, list(spec.num_accepted_tokens_per_pos)
+
+
+def _without_attention_output(llm: LLM) -> LLM:
+    """Zero every o_proj: the tiny model then decodes like a bigram table and soon cycles, so prompt lookup's
+    drafts are often accepted (several tokens per step, partial acceptance early on)."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in llm.engine.model.named_parameters():
+            if "o_proj" in name:
+                p.zero_()
+    return llm
+
+
+@pytest.mark.parametrize("cycling", [False, True])
+@pytest.mark.parametrize("max_num_seqs", [1, 4])
+def test_device_drafting_equals_plain_and_host_drafting(folder, eager_greedy, max_num_seqs, cycling):
+    """ngram declares prompt lookup, so verify steps draft on the device and are launched behind the verify step
+    before them: the tokens of plain decoding, and the drafts of host drafting (same draft and accepted counts,
+    per position), with most verify steps launched ahead. Drafts near each request's max_tokens are cut as the
+    host cuts them (the limits of MAX_TOKENS fall inside the runs). ``cycling``: a model whose drafts are
+    often accepted (several tokens appended to the device's history per step)."""
+    prep = _without_attention_output if cycling else (lambda llm: llm)
+    want = eager_greedy
+    if cycling:
+        want = token_ids(prep(tiny_llm(folder, padded=False)).generate(PROMPTS, GREEDY, use_tqdm=False))
+    host = prep(tiny_llm(folder, padded=True, max_num_seqs=max_num_seqs, speculative_config=NGRAM,
+                         device_drafting=False))
+    assert token_ids(host.generate(PROMPTS, GREEDY, use_tqdm=False)) == want
+    llm = prep(tiny_llm(folder, padded=True, max_num_seqs=max_num_seqs, speculative_config=NGRAM))
+    assert llm.engine.runner.graphs.device_lookup == (1, 3)
+    counts = count_launches(llm)
+    assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == want
+    assert _spec_totals(llm) == _spec_totals(host) and _spec_totals(llm)[0] > 0
+    if cycling:
+        assert _spec_totals(llm)[1] > 0.25 * _spec_totals(llm)[0] and _spec_totals(llm)[2][-1] > 0  # all 3, at times
+    assert counts["ahead"] > 0.5 * counts["padded"]
+    assert llm.engine._in_flight is None and llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks
+
+
+def test_device_drafting_stops_like_plain_decoding(folder, eager_greedy):
+    """Stop token ids and stop strings met inside a verify step with the next one already launched behind it:
+    that step is ignored; tokens, text and finish reasons are plain decoding's."""
+    plain = tiny_llm(folder, padded=False).generate(PROMPTS, GREEDY, use_tqdm=False)
+    texts = [o.outputs[0].text for o in plain]
+    params = [
+        SamplingParams(temperature=0, max_tokens=m, ignore_eos=True, stop_token_ids=[toks[len(toks) // 2]])
+        if i % 2 else
+        SamplingParams(temperature=0, max_tokens=m, ignore_eos=True, stop=[t[len(t) // 2 : len(t) // 2 + 2]])
+        for i, (m, toks, t) in enumerate(zip(MAX_TOKENS, eager_greedy, texts, strict=True))
+    ]
+    want = tiny_llm(folder, padded=False).generate(PROMPTS, params, use_tqdm=False)
+    llm = tiny_llm(folder, padded=True, max_num_seqs=3, speculative_config=NGRAM)
+    counts = count_launches(llm)
+    outs = llm.generate(PROMPTS, params, use_tqdm=False)
+    assert [(o.outputs[0].text, o.outputs[0].token_ids, o.outputs[0].finish_reason) for o in outs] == [
+        (o.outputs[0].text, o.outputs[0].token_ids, o.outputs[0].finish_reason) for o in want]
+    assert {o.outputs[0].finish_reason for o in outs} == {"stop"} and counts["ahead"] > 0
+    assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks
+
+
+def test_device_drafting_off_by_batch_size(folder, eager_greedy):
+    """disable_by_batch_size switches drafting off for large batches: then nothing drafts on the device either
+    (with 4 running requests and the limit at 2, no verify step is launched ahead while 2 or more run)."""
+    spec = dict(NGRAM, disable_by_batch_size=2)
+    llm = tiny_llm(folder, padded=True, max_num_seqs=4, speculative_config=spec)
+    launch = llm.engine.runner.launch
+    sizes = []
+
+    def noting(scheduled, ahead_of=None, q=1):
+        if ahead_of is not None and q > 1:
+            sizes.append(len(scheduled))
+        return launch(scheduled, ahead_of, q)
+
+    llm.engine.runner.launch = noting
+    assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == eager_greedy
+    assert sizes and max(sizes) == 1
 
 
 def test_verify_steps_launched_before_the_text(folder, eager_greedy):

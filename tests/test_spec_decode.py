@@ -155,9 +155,9 @@ def test_mixed_batches_with_chunked_prefill(engines, prompts):
         steps = []
         launch = llm.engine.runner.launch
 
-        def recording(scheduled, ahead_of=None, launch=launch, steps=steps):
+        def recording(scheduled, ahead_of=None, q=1, launch=launch, steps=steps):
             steps.append([(s.num_new_tokens, s.num_spec_tokens, s.samples) for s in scheduled])
-            return launch(scheduled, ahead_of)
+            return launch(scheduled, ahead_of, q)
 
         llm.engine.runner.launch = recording
         outs[k] = llm.generate(mixed, GREEDY, use_tqdm=False)

@@ -19,14 +19,18 @@ them three equal segments measured fastest on an H100 (8B shape, one machine, 27
 against 1.712-1.736 s with a whole-forward graph captured beside the segments, or with the 1, 2, 4, ... split;
 about 0.15 ms per step; the cause was not found).
 
-Static inputs live in one device byte buffer (int64: ids, positions, slots, drafts per request, feed flags;
-int32: query start offsets, sequence lengths, block tables; each field 64-byte aligned, at offsets that depend
-on (batch, q)), filled by ONE host-to-device copy per step from a pinned staging buffer. Staging buffers come
-in two, used in turn, so the inputs of the next step can be written while the copy of the current step's inputs
-may still be queued behind the GPU.
+Static inputs live in one device byte buffer (int64: ids, positions, slots, drafts per request, feed flags,
+token limits; int32: query start offsets, sequence lengths, block tables; each field 64-byte aligned, at offsets
+that depend on (batch, q)), filled by ONE host-to-device copy per step from a pinned staging buffer. Staging
+buffers come in two, used in turn, so the inputs of the next step can be written while the copy of the current
+step's inputs may still be queued behind the GPU.
 
 A request whose feed flag is set takes its input token on the device from the previous 1-token step's argmax
-(``last_tokens``): that is how a step is launched before the host has read the previous one back.
+(``last_tokens``): that is how a step is launched before the host has read the previous one back. With device
+drafting (``device_lookup``), a verify step's fed rows go further: the graph's first kernel appends the previous
+step's emitted tokens (``last_verify``, written by every graph's head) to the row's token history and drafts by
+prompt lookup, writing the row's ids, positions, slots, sequence length and draft count in place
+(``kernels/ngram_ref.py``), so a verify step too can be launched behind the (decode or verify) step before it.
 
 With ``use_cuda_graphs=False`` nothing is captured and every run executes the same padded segments eagerly:
 the whole graphed path (padding, null-block writes, in-graph verification, fed tokens) then runs on any
@@ -85,7 +89,8 @@ class DecodeGraphs:
                  query_lens: list[int], max_blocks_per_req: int, max_model_len: int, backend: str,
                  device: torch.device, use_cuda_graphs: bool = True,
                  decode_bounds: list[int] | None = None, verify_bounds: list[int] | None = None,
-                 prefill_query_lens: list[int] = ()) -> None:
+                 prefill_query_lens: list[int] = (), device_lookup: tuple[int, int] | None = None,
+                 block_size: int = 16) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.batch_sizes = graph_batch_sizes(max_num_seqs)
@@ -114,11 +119,24 @@ class DecodeGraphs:
         self.last_tokens = torch.zeros(max_b, dtype=torch.int64, device=device)  # argmax of the last 1-token step
         # Where a step's greedy result lands on the host: two pinned buffers, used in turn, so that one step's
         # result can be copied while the previous one is still being read.
-        self.readback = [torch.zeros(max_b * (max_q + 1), dtype=torch.int64, pin_memory=pin) for _ in range(2)]
+        self.readback = [torch.zeros(max_b * (max_q + 2), dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         self._readback_turn = 0
         self._events = [torch.cuda.Event() for _ in range(2)] if device.type == "cuda" else None
+        # Device drafting (prompt lookup, (lookup_min, lookup_max)): verify steps whose rows are flagged to feed
+        # draft on the device from each row's token history, so they can be launched behind the verify step
+        # before them (``kernels/ngram_ref.py`` says how). None: verify steps take the host's drafts only.
+        self.device_lookup = device_lookup if max_q > 1 else None
+        self.block_size = block_size
+        if self.device_lookup is not None:
+            width = max_model_len + 2 * max_q  # room for a verify step's tokens past the limit
+            self.hist = torch.zeros(max_b, width, dtype=torch.int32, device=device)
+            self.hist_len = torch.zeros(max_b, dtype=torch.int64, device=device)
+            self.last_verify = torch.zeros(max_b, max_q + 2, dtype=torch.int64, device=device)
+            self.hist_staging = torch.zeros(max_b, width, dtype=torch.int32, pin_memory=pin)
+            self.hist_len_staging = torch.zeros(max_b, dtype=torch.int64, pin_memory=pin)
         # (b, q) -> (segment graphs, their state: the tensors passed between segments, kept alive for the graphs,
-        # and the outputs "logits" [b * q, vocab] and "greedy" [b, q + 1]: argmax per row, then tokens emitted)
+        # and the outputs "logits" [b * q, vocab] and "greedy" [b, q + 2]: argmax per row, then tokens emitted,
+        # then drafts verified)
         self.graphs: dict[tuple[int, int], tuple[list[torch.cuda.CUDAGraph], dict]] = {}
         # q -> the same for a one-request prefill chunk padded to q tokens ("logits" of its last real row only)
         self.prefill_graphs: dict[int, tuple[list[torch.cuda.CUDAGraph], dict]] = {}
@@ -129,7 +147,8 @@ class DecodeGraphs:
         starts on a 64-byte boundary, so the kernels see aligned pointers whatever the shape."""
         n = b * q
         fields = [("ids", n, torch.int64), ("positions", n, torch.int64), ("slots", n, torch.int64),
-                  ("num_drafts", b, torch.int64), ("feed", b, torch.int64), ("qsl", b + 1, torch.int32),
+                  ("num_drafts", b, torch.int64), ("feed", b, torch.int64), ("limits", b, torch.int64),
+                  ("qsl", b + 1, torch.int32),
                   ("seq_lens", b, torch.int32), ("tables", b * self.max_blocks, torch.int32)]
         out, offset = {}, 0
         for name, count, dtype in fields:
@@ -151,13 +170,14 @@ class DecodeGraphs:
         return self.decode_bounds if q == 1 else self.verify_bounds
 
     def _segments(self, b: int, q: int, seq_lens_host: list[int] | None = None,
-                  prefill: bool = False) -> tuple[list[Callable], dict]:
+                  prefill: bool = False, draft: bool = True) -> tuple[list[Callable], dict]:
         """The padded forward as consecutive stages passing tensors through ``state``; the last one leaves
-        ``state["logits"]`` [b * q, vocab] and ``state["greedy"]`` [b, q + 1]. Captured, it knows no host
+        ``state["logits"]`` [b * q, vocab] and ``state["greedy"]`` [b, q + 2]. Captured, it knows no host
         lengths (the Triton kernels read the device ones); run eagerly, it gets the real ones, which the torch
         reference needs. ``prefill``: each request's ``num_drafts`` field holds the row of its last real token,
         and only those rows get logits: ``state["logits"]`` [b, vocab], no ``greedy`` (a prefill is sampled from
-        its logits)."""
+        its logits). ``draft``: the first stage drafts the fed rows of a verify step on the device (when device
+        drafting is on); the eager path does that before it reads the lengths, and passes False."""
         v = self._views(b, q, self.buf)
         ids, positions, slots, num_drafts, feed = v["ids"], v["positions"], v["slots"], v["num_drafts"], v["feed"]
         tables, qsl, seq_lens = v["tables"], v["qsl"], v["seq_lens"]
@@ -167,6 +187,8 @@ class DecodeGraphs:
         model, bounds, state = self.model, self.bounds(q), {}
 
         def layers(i: int) -> None:
+            if i == 0 and draft and q > 1 and self.device_lookup is not None:  # fed rows draft here, others kept
+                self._draft_on_device(b, q, v)
             if i == 0:
                 tokens = ids
                 if q == 1:  # requests flagged to feed take the previous 1-token step's argmax
@@ -183,18 +205,46 @@ class DecodeGraphs:
                 return
             logits = model.compute_logits(hidden)  # [b * q, vocab]
             argmax, emitted = verify_greedy(logits.argmax(dim=-1).view(b, q), ids.view(b, q)[:, 1:], num_drafts)
+            greedy = torch.cat([argmax, emitted[:, None], num_drafts[:, None]], dim=1)  # [b, q + 2]
             if q == 1:
                 self.last_tokens[:b].copy_(argmax[:, 0])
-            state["logits"], state["greedy"] = logits, torch.cat([argmax, emitted[:, None]], dim=1)
+            if self.device_lookup is not None:  # what a fed verify step launched behind this one appends
+                qv = self.last_verify.shape[1] - 2
+                self.last_verify[:b, :q].copy_(argmax)
+                self.last_verify[:b, qv:].copy_(greedy[:, q:])
+            state["logits"], state["greedy"] = logits, greedy
 
         stages: list[Callable] = [lambda i=i: layers(i) for i in range(len(bounds) - 1)]
         last = stages[-1]
         stages[-1] = lambda: (last(), head())
         return stages, state
 
+    def _draft_on_device(self, b: int, q: int, v: dict[str, torch.Tensor]) -> None:
+        """The fed rows' inputs of a (b, q) verify step, drafted from their token histories."""
+        if self.backend == "triton":
+            from tokenleap.kernels.triton_ngram import next_verify_inputs
+        else:
+            from tokenleap.kernels.ngram_ref import next_verify_inputs_ref as next_verify_inputs
+        lo, hi = self.device_lookup
+        next_verify_inputs(self.hist, self.hist_len, self.last_verify, v["feed"], v["limits"], v["tables"], v["ids"],
+                           v["positions"], v["slots"], v["seq_lens"], v["num_drafts"], q=q,
+                           block_size=self.block_size, lookup_min=lo, lookup_max=hi)
+
+    def load_histories(self, histories: list[list[int]]) -> None:
+        """Set the token history of graph rows 0.. (one list per row) for device drafting: queued on the stream,
+        so a step launched after this call sees them. The next fed verify step appends the tokens of the verify
+        step launched just before it."""
+        for i, tokens in enumerate(histories):
+            n = len(tokens)
+            self.hist_staging[i, :n] = torch.as_tensor(tokens, dtype=torch.int32)
+            self.hist_len_staging[i] = n
+            self.hist[i, :n].copy_(self.hist_staging[i, :n], non_blocking=True)
+        nb = len(histories)
+        self.hist_len[:nb].copy_(self.hist_len_staging[:nb], non_blocking=True)
+
     def read_back(self, greedy: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-        """Queue the copy of the first ``n`` rows of a greedy result [b, q + 1] to the host; returns the host
-        tensor [n, q + 1] and the event after which it holds them (None on CPU, where it already does)."""
+        """Queue the copy of the first ``n`` rows of a greedy result [b, q + 2] to the host; returns the host
+        tensor [n, q + 2] and the event after which it holds them (None on CPU, where it already does)."""
         turn, width = self._readback_turn, greedy.shape[1]
         self._readback_turn ^= 1
         host = self.readback[turn][: n * width].view(n, width)
@@ -252,8 +302,8 @@ class DecodeGraphs:
 
     def stage(self, b: int, q: int) -> dict[str, np.ndarray]:
         """The next staging buffer's fields for a (b, q) step, as numpy views (built once per shape and turn);
-        the caller writes ids, positions, slots, num_drafts, feed, seq_lens and tables (the query start offsets
-        are written here), then calls ``replay_staged``."""
+        the caller writes ids, positions, slots, num_drafts, feed, limits, seq_lens and tables (the query start
+        offsets are written here), then calls ``replay_staged``."""
         turn = self._turn
         self._turn ^= 1
         staged = self._staged.get((turn, b, q))
@@ -272,7 +322,12 @@ class DecodeGraphs:
         views, src, dst, _ = self._pending
         dst.copy_(src, non_blocking=True)
         if not self.use_cuda_graphs:
-            stages, state = self._segments(b, q, views["seq_lens"].tolist(), prefill)
+            seq_lens = views["seq_lens"].tolist()
+            if q > 1 and not prefill and self.device_lookup is not None:  # the torch attention needs the lengths
+                device_views = self._views(b, q, self.buf)
+                self._draft_on_device(b, q, device_views)
+                seq_lens = device_views["seq_lens"].tolist()
+            stages, state = self._segments(b, q, seq_lens, prefill, draft=False)
             for stage in stages:
                 stage()
         else:
@@ -285,7 +340,8 @@ class DecodeGraphs:
             num_drafts: np.ndarray, tables: np.ndarray, seq_lens: np.ndarray,
             num_fed: int = 0, prefill: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Inputs padded to ``b`` requests of ``q`` tokens (host arrays); returns logits [b * q, vocab] and
-        the greedy result [b, q + 1] (argmax per row, then how many tokens greedy verification emits).
+        the greedy result [b, q + 2] (argmax per row, then how many tokens greedy verification emits, then the
+        number of drafts verified).
         ``prefill`` (b == 1): a prefill chunk, ``num_drafts`` holding its last real row; returns logits [1, vocab]
         of that row and None.
 
@@ -296,6 +352,7 @@ class DecodeGraphs:
         h["ids"][:], h["positions"][:], h["slots"][:], h["num_drafts"][:] = ids, positions, slots, num_drafts
         h["feed"][:] = 0
         h["feed"][:num_fed] = 1
+        h["limits"][:] = 0
         h["seq_lens"][:] = seq_lens
         h["tables"][:] = tables
         return self.replay_staged(b, q, prefill)

@@ -16,6 +16,7 @@ from tokenleap.engine.model_runner import LaunchedStep, ModelRunner, StepResult
 from tokenleap.engine.output_processor import append_tokens, flush_text, text_waits
 from tokenleap.engine.request import Request, RequestStatus
 from tokenleap.engine.scheduler import ScheduledRequest, Scheduler
+from tokenleap.kernels.ngram_ref import MAX_LOOKUP
 from tokenleap.metrics import EngineCounters
 from tokenleap.model.hub import resolve_model
 from tokenleap.spec.config import ResolvedSpeculativeConfig, resolve_speculative_config
@@ -60,6 +61,7 @@ class Engine:
         kv = setup.allocate_kv_caches(self.arch, num_blocks, cfg.block_size, loaded.dtype, self.device)
         self.driver: ProposerDriver | None = None
         hidden_layers: tuple[int, ...] = ()
+        device_lookup: tuple[int, int] | None = None  # prompt lookup the device may draft (verify steps ahead)
         if self.spec_cfg is not None:
             proposer = self.spec_cfg.spec.build(self.spec_cfg.method_config, ProposerContext(
                 num_speculative_tokens=k, vocab_size=self.arch.vocab_size, max_model_len=max_len, seed=cfg.seed,
@@ -68,14 +70,19 @@ class Engine:
                 eos_token_ids=self.arch.eos_token_ids, target_model=self.model,
             ))
             hidden_layers = tuple(proposer.needs.hidden_state_layers)
+            lookup = getattr(proposer.needs, "device_prompt_lookup", None)
+            if lookup is not None and 1 <= lookup[0] <= lookup[1] <= MAX_LOOKUP and cfg.async_scheduling:
+                device_lookup = (int(lookup[0]), int(lookup[1]))
             self.driver = ProposerDriver(proposer, self.spec_cfg.common.method, k, self.arch.vocab_size, max_len,
                                          self.spec_cfg.common.disable_by_batch_size)
-        max_blocks = -(-(max_len + k + 1) // cfg.block_size)
+        self.device_lookup = device_lookup
+        max_blocks = -(-(max_len + 2 * (k + 1)) // cfg.block_size)  # a verify step launched ahead: 2(k+1) slots
         graphs = None
         if self.device.type == "cuda" and not cfg.enforce_eager and self.backend == "triton" and not hidden_layers:
             t0 = time.monotonic()
             graphs = DecodeGraphs(self.model, kv, cfg.max_num_seqs, [1, 1 + k], max_blocks, max_len, self.backend,
-                                  self.device, prefill_query_lens=prefill_buckets(self.max_num_batched_tokens))
+                                  self.device, prefill_query_lens=prefill_buckets(self.max_num_batched_tokens),
+                                  device_lookup=device_lookup, block_size=cfg.block_size)
             graphs.capture()
             log.info("captured CUDA graphs", batch_sizes=graphs.batch_sizes, query_lens=graphs.query_lens,
                      prefill_query_lens=graphs.prefill_query_lens,
@@ -120,9 +127,10 @@ class Engine:
 
         With ``async_scheduling``, a plain-greedy decode step is followed on the device by the next one before
         the host reads it back: step N + 1 is prepared and launched while the GPU runs step N, and the next
-        call returns step N + 1's results. Requests that finish in step N simply ignore step N + 1. Otherwise
-        (a proposer, which needs step N's tokens first) step N + 1 is launched as soon as step N's tokens and
-        drafts are in, and step N's text is made while it runs."""
+        call returns step N + 1's results. Requests that finish in step N simply ignore step N + 1. A verify
+        step is followed the same way when the device drafts (prompt lookup on the device's copy of each
+        request's tokens). Otherwise (a proposer, which needs step N's tokens first) step N + 1 is launched as
+        soon as step N's tokens and drafts are in, and step N's text is made while it runs."""
         launched, self._in_flight = self._in_flight, None
         if launched is None:
             launched = self._schedule_and_launch()
@@ -135,10 +143,11 @@ class Engine:
                     )
                 return []
         now = time.monotonic()
-        if self._may_launch_ahead(launched):
-            ahead = self.scheduler.schedule_ahead(launched.scheduled)
+        q = self._ahead_query_len(launched)
+        if q is not None:
+            ahead = self.scheduler.schedule_ahead(launched.scheduled, q)
             if ahead is not None:
-                self._in_flight = self.runner.launch(ahead, ahead_of=launched)
+                self._in_flight = self.runner.launch(ahead, ahead_of=launched, q=q)
         finished = self._apply(launched.scheduled, launched.wait(), now)
         if self._in_flight is None and self._may_launch_next():
             self._in_flight = self._schedule_and_launch()
@@ -164,11 +173,22 @@ class Engine:
         return (bool(running) and not self.scheduler.waiting
                 and all(r.is_decoding and self.runner.stays_in_flight(r) for r in running))
 
-    def _may_launch_ahead(self, launched: LaunchedStep) -> bool:
-        """Decode steps of plain-greedy requests without a proposer, none of which is sure to end in it."""
-        return (self.cfg.async_scheduling and self.driver is None and launched.is_greedy_decode
-                and all(s.request.num_output_tokens + 1 < s.request.max_tokens
-                        and s.request.num_tokens + 1 < self.max_model_len for s in launched.scheduled))
+    def _ahead_query_len(self, launched: LaunchedStep) -> int | None:
+        """Tokens per request of a step that may be launched behind ``launched`` (a plain-greedy step in flight,
+        none of whose requests is sure to end in it), or None: 1 (decode) behind a decode step without a
+        proposer; 1 + k (verify, drafted on the device) behind a decode or verify step when the proposer
+        declares prompt lookup, the graphs draft for it and drafting is not switched off by the batch size."""
+        if not self.cfg.async_scheduling or not (launched.is_greedy_decode or launched.is_greedy_verify):
+            return None
+        if not all(s.request.num_output_tokens + 1 < s.request.max_tokens
+                   and s.request.num_tokens + 1 < self.max_model_len for s in launched.scheduled):
+            return None
+        if self.driver is None:
+            return 1 if launched.is_greedy_decode else None
+        graphs, limit = self.runner.graphs, self.driver.disable_by_batch_size
+        if graphs is None or graphs.device_lookup is None or (limit is not None and len(launched.scheduled) >= limit):
+            return None
+        return 1 + self.num_speculative_tokens
 
     def _drop_in_flight_if_done(self) -> None:
         """A step launched ahead whose requests all ended has nothing to give: wait for it and drop it."""
@@ -196,8 +216,9 @@ class Engine:
                 num_accepted = len(sampled.token_ids) - 1
                 req.num_computed_tokens += s.num_new_tokens + num_accepted
                 kept = append_tokens(req, sampled, self.decode, self.max_model_len)
-                self._count_step(req, s.num_spec_tokens, num_accepted, len(kept))
-                verified.append(VerifiedRequest(req.request_id, s.num_spec_tokens, num_accepted, kept))
+                num_drafts = sampled.num_draft_tokens  # the host's, or the device's (drafted there)
+                self._count_step(req, num_drafts, num_accepted, len(kept))
+                verified.append(VerifiedRequest(req.request_id, num_drafts, num_accepted, kept))
             req.spec_token_ids, req.spec_probs = [], None
             self.blocks.cache_full_blocks(req.block_ids, req.block_hashes, req.all_token_ids,
                                           req.num_computed_tokens)

@@ -47,13 +47,19 @@ class LaunchedStep:
 
     scheduled: list[ScheduledRequest]
     result: StepResult | None = None
-    host: torch.Tensor | None = None  # [len(scheduled), q + 1]: argmax per row, then tokens emitted
+    host: torch.Tensor | None = None  # [len(scheduled), q + 2]: argmax per row, tokens emitted, drafts verified
     event: torch.cuda.Event | None = None
+    drafted_on_device: bool = False  # a verify step whose drafts the device made (launched behind another)
 
     @property
     def is_greedy_decode(self) -> bool:
         """In flight, 1 token per request: the next decode step can take its tokens on the device."""
-        return self.result is None and self.host is not None and self.host.shape[1] == 2
+        return self.result is None and self.host is not None and self.host.shape[1] == 3
+
+    @property
+    def is_greedy_verify(self) -> bool:
+        """In flight, 1 + k tokens per request: with device drafting, the next verify step can follow it."""
+        return self.result is None and self.host is not None and self.host.shape[1] > 3
 
     def wait(self) -> StepResult:
         if self.result is None:
@@ -61,7 +67,7 @@ class LaunchedStep:
                 self.event.synchronize()  # the step's one host sync
             rows = self.host.tolist()
             self.result = StepResult({
-                s.request.request_id: SampledRequest(rows[i][: rows[i][-1]], s.num_spec_tokens, None)
+                s.request.request_id: SampledRequest(rows[i][: rows[i][-2]], rows[i][-1], None)
                 for i, s in enumerate(self.scheduled)
             }, {}, {})
         return self.result
@@ -109,13 +115,22 @@ class ModelRunner:
         return out
 
     @torch.inference_mode()
-    def launch(self, scheduled: list[ScheduledRequest], ahead_of: LaunchedStep | None = None) -> LaunchedStep:
-        """Start a step. With ``ahead_of`` (an in-flight greedy decode step of the same requests, in the same
-        order), each request runs one token past its recorded state, fed the token that step emits."""
+    def launch(self, scheduled: list[ScheduledRequest], ahead_of: LaunchedStep | None = None,
+               q: int = 1) -> LaunchedStep:
+        """Start a step. With ``ahead_of`` (an in-flight greedy step of the same requests, in the same order),
+        each request continues past that step's tokens on the device: a decode step (``q`` = 1) behind a decode
+        step is fed the token it emits; a verify step (``q`` = 1 + k, device drafting) behind a decode or
+        verify step also drafts from them."""
         if ahead_of is not None:
-            assert ahead_of.is_greedy_decode and [s.request for s in ahead_of.scheduled] == [
-                s.request for s in scheduled], "a step launched ahead must continue the same decode requests"
-            return self._launch_graph(scheduled, *self.graphs.pick(len(scheduled), 1), ahead=True)
+            assert [s.request for s in ahead_of.scheduled] == [s.request for s in scheduled], (
+                "a step launched ahead must continue the same requests")
+            if q == 1:
+                assert ahead_of.is_greedy_decode, "a decode step is launched ahead of a decode step only"
+                return self._launch_graph(scheduled, *self.graphs.pick(len(scheduled), 1), ahead=True)
+            assert self.graphs.device_lookup is not None and ahead_of.host is not None
+            if not ahead_of.drafted_on_device:  # the histories start here: tokens before ahead_of's outputs
+                self.graphs.load_histories([s.request.all_token_ids for s in scheduled])
+            return self._launch_graph(scheduled, *self.graphs.pick(len(scheduled), q), ahead=True)
         graphed = self._graphed
         if graphed and all(s.num_new_tokens == 1 and s.samples for s in scheduled):
             picked = self.graphs.pick(len(scheduled), 1 + max(s.num_spec_tokens for s in scheduled))
@@ -165,7 +180,16 @@ class ModelRunner:
         ids, positions, slots, tables = h["ids"], h["positions"], h["slots"], h["tables"]
         ids[:], slots[:], tables[:] = 0, 0, 0  # padding: token 0 written to the null block
         positions[:] = self._padded_positions(b, q)
-        h["seq_lens"][:], h["num_drafts"][:], h["feed"][:] = q, 0, 0
+        h["seq_lens"][:], h["num_drafts"][:], h["feed"][:], h["limits"][:] = q, 0, 0, 0
+        if ahead and q > 1:  # device drafting: the graph builds each row from its history; the host gives blocks
+            for i, s in enumerate(scheduled):
+                r = s.request
+                tables[i, : len(r.block_ids)] = r.block_ids
+                h["limits"][i] = min(self.max_model_len, r.num_prompt_tokens + r.max_tokens)
+            h["feed"][: len(scheduled)] = 1
+            _, greedy = self.graphs.replay_staged(b, q)
+            host, event = self.graphs.read_back(greedy, len(scheduled))
+            return LaunchedStep(scheduled, host=host, event=event, drafted_on_device=True)
         for i, s in enumerate(scheduled):
             r, d = s.request, s.num_spec_tokens
             start, real, o = r.num_computed_tokens + int(ahead), s.num_query_tokens, i * q

@@ -110,16 +110,18 @@ class Scheduler:
             budget -= num_new
         return out
 
-    def schedule_ahead(self, scheduled: list[ScheduledRequest]) -> list[ScheduledRequest] | None:
-        """The decode step after ``scheduled`` (a decode step still in flight), for a step launched before the
-        in-flight one is read back: the same requests, one token further each. Only when nothing else would be
-        scheduled instead (every running request is in it, and no waiting one could be admitted) and each
-        request gets its slot without preempting anyone; otherwise None."""
+    def schedule_ahead(self, scheduled: list[ScheduledRequest], q: int = 1) -> list[ScheduledRequest] | None:
+        """The step after ``scheduled`` (a step of ``q`` tokens per request still in flight: 1 for decode, 1 + k
+        for verify), for a step launched before the in-flight one is read back: the same requests, each
+        continuing from whatever that step emits (at most ``q`` tokens), with up to ``q - 1`` drafts made on the
+        device. Only when nothing else would be scheduled instead (every running request is in it, and no
+        waiting one could be admitted) and each request gets slots for both steps (2 * q) without preempting
+        anyone; otherwise None."""
         if len(scheduled) != len(self.running) or (self.waiting and len(self.running) < self.max_num_seqs):
             return None
-        if not all(self._grow(s.request, s.request.num_computed_tokens + 2) for s in scheduled):
+        if not all(self._grow(s.request, s.request.num_computed_tokens + 2 * q) for s in scheduled):
             return None
-        return [ScheduledRequest(s.request, 1, 0) for s in scheduled]
+        return [ScheduledRequest(s.request, 1, q - 1) for s in scheduled]
 
     def _reserve(self, req: Request, num_tokens: int, out: SchedulerOutput) -> bool:
         """Give ``req`` blocks for ``num_tokens`` slots, preempting lower-ranked requests as needed.

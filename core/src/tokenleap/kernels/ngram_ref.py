@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from tokenleap_plugins.prompt_lookup import prompt_lookup_source
 
+MAX_LOOKUP = 16  # the largest lookup_max drafted on the device (the Triton kernel unrolls one compare per size)
+
 
 def next_verify_inputs_ref(
     hist: torch.Tensor, hist_len: torch.Tensor, last: torch.Tensor, feed: torch.Tensor, limits: torch.Tensor,

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_LOOKUP = 16  # the largest lookup_max the kernel is compiled for (one comparison per n-gram position)
+from tokenleap.kernels.ngram_ref import MAX_LOOKUP
 
 
 @triton.jit
