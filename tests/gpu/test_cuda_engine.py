@@ -79,9 +79,9 @@ def test_async_scheduling_with_real_graphs_equals_cpu(tiny):
     launched_ahead = []
     launch = llm.engine.runner.launch
 
-    def counting(scheduled, ahead_of=None):
+    def counting(scheduled, ahead_of=None, q=1):
         launched_ahead.append(ahead_of is not None)
-        return launch(scheduled, ahead_of)
+        return launch(scheduled, ahead_of, q)
 
     llm.engine.runner.launch = counting
     assert _tokens(llm, release=False) == cpu
