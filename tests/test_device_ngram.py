@@ -16,6 +16,7 @@ import torch  # noqa: E402
 from helpers.triton_marks import needs_triton  # noqa: E402
 from tokenleap.kernels.ngram_ref import next_verify_inputs_ref  # noqa: E402
 from tokenleap_ngram import lookup_reference  # noqa: E402
+from tokenleap_ngram.proposer import _RequestIndex  # noqa: E402
 from tokenleap_plugins.prompt_lookup import prompt_lookup, prompt_lookup_source  # noqa: E402
 
 
@@ -33,13 +34,14 @@ def _history(rng: random.Random, size: int, vocab: int) -> list[int]:
 
 @pytest.mark.parametrize("lo,hi", [(1, 4), (2, 4), (3, 3), (1, 8)])
 def test_prompt_lookup_is_the_ngram_proposers_lookup(lo, hi):
+    """The definition the device drafts by, against the ngram proposer's own (indexed) lookup."""
     rng = random.Random(lo * 10 + hi)
     for _ in range(300):
         tokens = _history(rng, rng.randrange(1, 60), vocab=rng.choice([3, 10, 50]))
         k = rng.randrange(1, 16)
         src = prompt_lookup_source(tokens, lo, hi)
         assert prompt_lookup(tokens, k, lo, hi) == (tokens[src : src + k] if src >= 0 else [])
-        assert prompt_lookup(tokens, k, lo, hi) == lookup_reference(tokens, k, lo, hi), tokens
+        assert prompt_lookup(tokens, k, lo, hi) == _RequestIndex(tokens, lo, hi).lookup(k, lo, hi), tokens
 
 
 def _case(rng: random.Random, b: int, q: int, block_size: int, max_blocks: int, hist_width: int):

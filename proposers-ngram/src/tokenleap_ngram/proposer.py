@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from tokenleap_plugins import Drafts, ProposeBatch, ProposerBase, ProposerContext, ProposerNeeds, VerifiedRequest
+from tokenleap_plugins.prompt_lookup import prompt_lookup
 
 # vLLM's defaults, so that a speculative_config written for vLLM drafts the same here: with neither key
 # both are 5; with one key the other takes its value.
@@ -138,14 +139,6 @@ class NgramProposer(ProposerBase):
 
 
 def lookup_reference(token_ids: Sequence[int], num_drafts: int, lo: int, hi: int) -> list[int]:
-    """Brute force: scan the whole history. The definition the fast path must match (used by tests)."""
-    toks = list(token_ids)
-    size = len(toks)
-    for n in range(hi, lo - 1, -1):
-        if n >= size:
-            continue
-        suffix = toks[size - n :]
-        for end in range(size - 1, n - 1, -1):
-            if toks[end - n : end] == suffix:
-                return toks[end : end + num_drafts]
-    return []
+    """Brute force: scan the whole history. The definition the fast path must match (used by tests); it is
+    the plugins package's prompt lookup, the one this proposer declares (``needs.device_prompt_lookup``)."""
+    return prompt_lookup(token_ids, num_drafts, lo, hi)
