@@ -88,3 +88,50 @@ def test_async_scheduling_with_real_graphs_equals_cpu(tiny):
     assert sum(launched_ahead) > 20
     assert _tokens(llm, params=params, release=False) == cpu_stopped
     assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks
+
+
+def _spec_counts(llm) -> tuple[int, int, list[int]]:
+    spec = llm.engine.counters.spec
+    return spec.num_draft_tokens, spec.num_accepted_tokens, list(spec.num_accepted_tokens_per_pos)
+
+
+@pytest.mark.parametrize("cycling", [False, True])
+def test_device_drafting_in_captured_graphs_equals_host_drafting(tiny, cycling):
+    """ngram declares prompt lookup: on CUDA the captured verify graphs draft with the Triton kernel and are
+    launched behind the step in flight. Tokens are plain decoding's; draft and accepted counts (per position)
+    are those of host drafting (async scheduling off); most verify steps went ahead. ``cycling`` zeroes every
+    o_proj, so the tiny model cycles and drafts are often accepted (several tokens appended per step)."""
+    spec = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
+    common = dict(model=str(tiny), device="cuda", dtype="float32", disable_log_stats=True, max_num_seqs=2)
+
+    def build(**kw):
+        llm = LLM(**common, **kw)
+        if cycling:
+            with torch.no_grad():
+                for name, p in llm.engine.model.named_parameters():
+                    if "o_proj" in name:
+                        p.zero_()
+        return llm
+
+    plain = _tokens(build())
+    host = build(speculative_config=spec, async_scheduling=False)
+    assert host.engine.runner.graphs.device_lookup is None
+    assert _tokens(host, release=False) == plain
+    host_counts = _spec_counts(host)
+    del host
+    gc.collect()
+    torch.cuda.empty_cache()
+    dev = build(speculative_config=spec)
+    assert dev.engine.runner.graphs.device_lookup == (1, 3)
+    launch, ahead = dev.engine.runner.launch, []
+
+    def noting(scheduled, ahead_of=None, q=1):
+        ahead.append(ahead_of is not None and q > 1)
+        return launch(scheduled, ahead_of, q)
+
+    dev.engine.runner.launch = noting
+    assert _tokens(dev, release=False) == plain
+    assert _spec_counts(dev) == host_counts and host_counts[0] > 0
+    if cycling:
+        assert host_counts[1] > 0.25 * host_counts[0] and host_counts[2][-1] > 0
+    assert sum(ahead) > 0.5 * len(ahead)
