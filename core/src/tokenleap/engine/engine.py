@@ -95,7 +95,8 @@ class Engine:
         self._last_log = time.monotonic()
         log.info("engine ready", model=cfg.model, device=str(self.device), dtype=str(loaded.dtype),
                  attention=self.backend, kv_blocks=num_blocks, max_model_len=max_len,
-                 speculative=self.spec_cfg.common.method if self.spec_cfg else None, k=k)
+                 speculative=self.spec_cfg.common.method if self.spec_cfg else None, k=k,
+                 device_drafting=graphs is not None and graphs.device_lookup is not None)
 
     @property
     def num_speculative_tokens(self) -> int:
