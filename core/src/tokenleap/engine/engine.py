@@ -200,7 +200,7 @@ class Engine:
     def _apply(self, scheduled: list[ScheduledRequest], result: StepResult, now: float) -> list[Request]:
         """Account a step's results to its requests; returns those that finished. Requests that ended before
         (in the step this one was launched ahead of, or aborted) are skipped. The text of requests without
-        stop strings is left to ``flush_text``."""
+        stop strings is left to ``flush_text``. The proposer drafts for the next step unless it is in flight."""
         self.counters.num_steps += 1
         verified: list[VerifiedRequest] = []
         finished: list[Request] = []
@@ -229,7 +229,9 @@ class Engine:
             self.driver.verified(verified)
         for req in finished:
             self._retire(req)
-        if self.driver is not None:
+        if self.driver is not None and self._in_flight is None:
+            # (a step already in flight drafted on the device; drafts made now would be replaced, unused, when
+            # that step is applied)
             decoding = [r for r in self.scheduler.running if r.is_decoding]
             self.driver.propose(decoding, result)
         return finished
