@@ -185,7 +185,7 @@ class ModelRunner:
             for i, s in enumerate(scheduled):
                 r = s.request
                 tables[i, : len(r.block_ids)] = r.block_ids
-                h["limits"][i] = min(self.max_model_len, r.num_prompt_tokens + r.max_tokens)
+                h["limits"][i] = r.token_limit(self.max_model_len)  # drafts are cut as the host cuts them
             h["feed"][: len(scheduled)] = 1
             _, greedy = self.graphs.replay_staged(b, q)
             host, event = self.graphs.read_back(greedy, len(scheduled))

@@ -81,6 +81,10 @@ class Request:
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
 
+    def token_limit(self, max_model_len: int) -> int:
+        """The most tokens (prompt + output) the request may reach: its max_tokens or the model's length."""
+        return min(max_model_len, self.num_prompt_tokens + self.max_tokens)
+
     @property
     def is_decoding(self) -> bool:
         """All but the last token are in the cache: the next step samples."""

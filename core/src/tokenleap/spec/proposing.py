@@ -36,9 +36,7 @@ class ProposerDriver:
 
     def max_drafts(self, request: Request) -> int:
         """Drafts allowed next step: none that could run past max_model_len or max_tokens."""
-        room_len = self.max_model_len - request.num_tokens - 1
-        room_out = request.max_tokens - request.num_output_tokens - 1
-        return max(0, min(self.k, room_len, room_out))
+        return max(0, min(self.k, request.token_limit(self.max_model_len) - request.num_tokens - 1))
 
     def propose(self, requests: Sequence[Request], step: StepResult | None) -> None:
         """Set ``spec_token_ids`` (and ``spec_probs``) of each request for the next step."""
