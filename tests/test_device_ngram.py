@@ -1,7 +1,8 @@
 """Device drafting of the next verify step (kernels/ngram_ref.py, kernels/triton_ngram.py).
 
-The reference's lookup must be the ngram proposer's (``lookup_reference``), and the Triton kernel (in the
-interpreter on CPU) must write exactly what the reference writes, on histories with repeats, ragged lengths,
+The reference must write the step of prompt lookup's drafts (``tokenleap_plugins.prompt_lookup``, the definition
+tests/test_ngram.py holds the ngram proposer to), and the Triton kernel (in the interpreter on CPU) must write
+exactly what the reference writes, on histories with repeats, ragged lengths,
 rows not fed, drafts cut by the request's limit and by the history's end.
 """
 
@@ -15,9 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from helpers.triton_marks import needs_triton  # noqa: E402
 from tokenleap.kernels.ngram_ref import next_verify_inputs_ref  # noqa: E402
-from tokenleap_ngram import lookup_reference  # noqa: E402
-from tokenleap_ngram.proposer import _RequestIndex  # noqa: E402
-from tokenleap_plugins.prompt_lookup import prompt_lookup, prompt_lookup_source  # noqa: E402
+from tokenleap_plugins.prompt_lookup import prompt_lookup  # noqa: E402
 
 
 def _history(rng: random.Random, size: int, vocab: int) -> list[int]:
@@ -30,18 +29,6 @@ def _history(rng: random.Random, size: int, vocab: int) -> list[int]:
         else:
             tokens.append(rng.randrange(vocab))
     return tokens[:size]
-
-
-@pytest.mark.parametrize("lo,hi", [(1, 4), (2, 4), (3, 3), (1, 8)])
-def test_prompt_lookup_is_the_ngram_proposers_lookup(lo, hi):
-    """The definition the device drafts by, against the ngram proposer's own (indexed) lookup."""
-    rng = random.Random(lo * 10 + hi)
-    for _ in range(300):
-        tokens = _history(rng, rng.randrange(1, 60), vocab=rng.choice([3, 10, 50]))
-        k = rng.randrange(1, 16)
-        src = prompt_lookup_source(tokens, lo, hi)
-        assert prompt_lookup(tokens, k, lo, hi) == (tokens[src : src + k] if src >= 0 else [])
-        assert prompt_lookup(tokens, k, lo, hi) == _RequestIndex(tokens, lo, hi).lookup(k, lo, hi), tokens
 
 
 def _case(rng: random.Random, b: int, q: int, block_size: int, max_blocks: int, hist_width: int):
@@ -87,7 +74,7 @@ def test_reference_writes_the_step_of_the_proposers_drafts():
         tokens = hist0[i, : int(len0[i])].tolist() + last[i, :e].tolist()
         n = len(tokens)
         assert hist[i, :n].tolist() == tokens and int(hist_len[i]) == n
-        drafts = lookup_reference(tokens, max(0, min(q - 1, int(limits[i]) - n - 1)), 1, 4)
+        drafts = prompt_lookup(tokens, max(0, min(q - 1, int(limits[i]) - n - 1)), 1, 4)
         assert int(num_drafts[i]) == len(drafts)
         assert ids[i * q : (i + 1) * q].tolist() == [tokens[-1], *drafts] + [0] * (q - 1 - len(drafts))
         assert positions[i * q : (i + 1) * q].tolist() == list(range(n - 1, n - 1 + q))

@@ -9,6 +9,7 @@ import random
 import types
 
 import pytest
+from helpers.spec_counts import spec_totals, without_attention_output
 from tokenleap import LLM, SamplingParams
 from tokenleap.engine.cuda_graphs import DecodeGraphs, equal_bounds, segment_bounds
 from tokenleap.engine.request import Request
@@ -253,23 +254,6 @@ def test_ngram_in_padded_path_equals_plain(folder, eager_greedy):
     assert llm.engine.counters.spec.num_draft_tokens > 0
 
 
-def _spec_totals(llm: LLM) -> tuple[int, int, list[int]]:
-    spec = llm.engine.counters.spec
-    return spec.num_draft_tokens, spec.num_accepted_tokens, list(spec.num_accepted_tokens_per_pos)
-
-
-def _without_attention_output(llm: LLM) -> LLM:
-    """Zero every o_proj: the tiny model then decodes like a bigram table and soon cycles, so prompt lookup's
-    drafts are often accepted (several tokens per step, partial acceptance early on)."""
-    import torch
-
-    with torch.no_grad():
-        for name, p in llm.engine.model.named_parameters():
-            if "o_proj" in name:
-                p.zero_()
-    return llm
-
-
 @pytest.mark.parametrize("cycling", [False, True])
 @pytest.mark.parametrize("max_num_seqs", [1, 4])
 def test_device_drafting_equals_plain_and_host_drafting(folder, eager_greedy, max_num_seqs, cycling):
@@ -278,7 +262,7 @@ def test_device_drafting_equals_plain_and_host_drafting(folder, eager_greedy, ma
     per position), with most verify steps launched ahead. Drafts near each request's max_tokens are cut as the
     host cuts them (the limits of MAX_TOKENS fall inside the runs). ``cycling``: a model whose drafts are
     often accepted (several tokens appended to the device's history per step)."""
-    prep = _without_attention_output if cycling else (lambda llm: llm)
+    prep = without_attention_output if cycling else (lambda llm: llm)
     want = eager_greedy
     if cycling:
         want = token_ids(prep(tiny_llm(folder, padded=False)).generate(PROMPTS, GREEDY, use_tqdm=False))
@@ -289,9 +273,9 @@ def test_device_drafting_equals_plain_and_host_drafting(folder, eager_greedy, ma
     assert llm.engine.runner.graphs.device_lookup == (1, 3)
     counts = count_launches(llm)
     assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == want
-    assert _spec_totals(llm) == _spec_totals(host) and _spec_totals(llm)[0] > 0
+    assert spec_totals(llm) == spec_totals(host) and spec_totals(llm)[0] > 0
     if cycling:
-        assert _spec_totals(llm)[1] > 0.25 * _spec_totals(llm)[0] and _spec_totals(llm)[2][-1] > 0  # all 3, at times
+        assert spec_totals(llm)[1] > 0.25 * spec_totals(llm)[0] and spec_totals(llm)[2][-1] > 0  # all 3, at times
     assert counts["ahead"] > 0.5 * counts["padded"]
     assert llm.engine._in_flight is None and llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks
 

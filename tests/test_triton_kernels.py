@@ -214,4 +214,3 @@ def test_dispatch(monkeypatch):
     assert attention_backend("cpu") == "torch"  # auto never picks the interpreter
     if HAVE_TRITON:
         assert attention_backend("cpu", prefer="triton") == "triton"
-

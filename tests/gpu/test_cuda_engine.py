@@ -7,6 +7,7 @@ import gc
 
 import pytest
 import torch
+from helpers.spec_counts import spec_totals, without_attention_output
 from helpers.tiny_models import make_tiny_checkpoint
 from tokenleap import LLM, SamplingParams
 
@@ -90,11 +91,6 @@ def test_async_scheduling_with_real_graphs_equals_cpu(tiny):
     assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks
 
 
-def _spec_counts(llm) -> tuple[int, int, list[int]]:
-    spec = llm.engine.counters.spec
-    return spec.num_draft_tokens, spec.num_accepted_tokens, list(spec.num_accepted_tokens_per_pos)
-
-
 @pytest.mark.parametrize("cycling", [False, True])
 def test_device_drafting_in_captured_graphs_equals_host_drafting(tiny, cycling):
     """ngram declares prompt lookup: on CUDA the captured verify graphs draft with the Triton kernel and are
@@ -106,18 +102,13 @@ def test_device_drafting_in_captured_graphs_equals_host_drafting(tiny, cycling):
 
     def build(**kw):
         llm = LLM(**common, **kw)
-        if cycling:
-            with torch.no_grad():
-                for name, p in llm.engine.model.named_parameters():
-                    if "o_proj" in name:
-                        p.zero_()
-        return llm
+        return without_attention_output(llm) if cycling else llm
 
     plain = _tokens(build())
     host = build(speculative_config=spec, async_scheduling=False)
     assert host.engine.runner.graphs.device_lookup is None
     assert _tokens(host, release=False) == plain
-    host_counts = _spec_counts(host)
+    host_counts = spec_totals(host)
     del host
     gc.collect()
     torch.cuda.empty_cache()
@@ -131,7 +122,7 @@ def test_device_drafting_in_captured_graphs_equals_host_drafting(tiny, cycling):
 
     dev.engine.runner.launch = noting
     assert _tokens(dev, release=False) == plain
-    assert _spec_counts(dev) == host_counts and host_counts[0] > 0
+    assert spec_totals(dev) == host_counts and host_counts[0] > 0
     if cycling:
         assert host_counts[1] > 0.25 * host_counts[0] and host_counts[2][-1] > 0
     assert sum(ahead) > 0.5 * len(ahead)
