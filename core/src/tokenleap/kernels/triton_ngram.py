@@ -46,8 +46,9 @@ def _next_verify_inputs_kernel(
             match = e < n  # e <= n - 1: the n-gram is followed by at least one token
             for m in tl.static_range(1, HI + 1):
                 suffix_m = tl.load(row + n - m, mask=n - m >= 0, other=-1)  # hist[n - m]
-                before_e = tl.load(row + e - m, mask=(e - m >= 0) & (e < n), other=-2)  # hist[e - m]
-                match = match & (before_e == suffix_m) & (e - m >= 0)
+                # hist[e - m]; -2 off the history, which no token (>= 0) nor a missing suffix (-1) equals
+                before_e = tl.load(row + e - m, mask=(e - m >= 0) & (e < n), other=-2)
+                match = match & (before_e == suffix_m)
                 if m >= LO:
                     latest = tl.max(tl.where(match, e, -1), axis=0)
                     best = tl.maximum(best, tl.where(sizes == m, latest, -1))
