@@ -31,33 +31,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-
-def _interpreter_numpy_compat() -> None:
-    """Triton 3.6's interpreter turns scalars (shape-(1,) arrays) into ints with ``int(array)``, which
-    NumPy >= 2.4 refuses; loops with data-dependent bounds then fail. Wrap its tensor patch to use
-    ``.item()``. Only under ``TRITON_INTERPRET=1``; a no-op when the interpreter lacks the hook."""
-    from triton.runtime import interpreter
-
-    original = getattr(interpreter, "_patch_lang_tensor", None)
-    if original is None or getattr(original, "_tokenleap_compat", False):
-        return
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    patched._tokenleap_compat = True
-    interpreter._patch_lang_tensor = patched
-
-
-if os.environ.get("TRITON_INTERPRET") == "1":
-    _interpreter_numpy_compat()
+from tokenleap.kernels import triton_compat  # noqa: F401  (the interpreter's loop bounds, under TRITON_INTERPRET=1)
 
 DECODE_MAX_ROWS = 128  # max_query_len * group at or below this takes the split-KV decode/verify config
 DECODE_BLOCK_M = 16  # rows of every decode / verify tile (one shape for all: query invariance)

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from tokenleap.kernels import triton_compat  # noqa: F401  (the interpreter's loop bounds, under TRITON_INTERPRET=1)
 from tokenleap.kernels.ngram_ref import MAX_LOOKUP
 
 
@@ -40,8 +41,7 @@ def _next_verify_inputs_kernel(
 
         sizes = tl.arange(0, HI_POW2) + 1  # [HI_POW2] n-gram size of each slot of `best`
         best = tl.full([HI_POW2], -1, tl.int64)  # per size: the latest end e < n whose n-gram matches
-        e0 = n * 0  # a while loop: the interpreter cannot take a loaded scalar as a range() bound
-        while e0 < n:
+        for e0 in range(0, n, BLOCK):
             e = e0 + tl.arange(0, BLOCK).to(tl.int64)  # [BLOCK] candidate ends
             match = e < n  # e <= n - 1: the n-gram is followed by at least one token
             for m in tl.static_range(1, HI + 1):
@@ -52,7 +52,6 @@ def _next_verify_inputs_kernel(
                 if m >= LO:
                     latest = tl.max(tl.where(match, e, -1), axis=0)
                     best = tl.maximum(best, tl.where(sizes == m, latest, -1))
-            e0 += BLOCK
         size = tl.max(tl.where((sizes >= LO) & (sizes <= HI) & (best >= 0), sizes, 0), axis=0)
         src = tl.max(tl.where((sizes == size) & (size > 0), best, -1), axis=0)
         room = tl.maximum(tl.load(limits_ptr + i) - n - 1, 0)
