@@ -47,7 +47,11 @@ SHAPES = [  # model, layer, N, K, prologue before it ("rms": with residual, "nor
     ("Llama-3-8B", "down", 4096, 14336, "silu"),
     ("Llama-3-8B", "lm_head", 128256, 4096, "norm"),
 ]
-SWEEP_TILES = [(bn, 256, 4, s) for bn in (16, 32, 64, 128) for s in (3, 5)]  # (BLOCK_N, BLOCK_K, warps, stages)
+
+
+def sweep_tiles(warps=(4,), stages=(3, 5)) -> list[tuple[int, int, int, int]]:
+    """Candidate (BLOCK_N, BLOCK_K, warps, stages) tiles; BLOCK_K stays 256 (it fixes the bits)."""
+    return [(bn, 256, w, s) for bn in (16, 32, 64, 128) for w in warps for s in stages]
 
 
 def load(name: str):
@@ -142,15 +146,17 @@ def precompile(jobs) -> dict:
         return {job: err for job, err in zip(jobs, pool.map(_compile_one, jobs)) if err}
 
 
-def default_tile(n, k, prologue):  # what the kernels pick for this layer
-    return tlin.tile_for(n, k, tlin._RMS if prologue in FUSED else tlin._PLAIN)
+def default_tile(n, k, prologue, m=tlin.MAX_ROWS):  # what the kernels pick for this layer and row count
+    return tlin.tile_for(n, k, tlin._RMS if prologue in FUSED else tlin._PLAIN, 1 if m == 1 else tlin.MAX_ROWS)
 
 
-def sweep(device) -> list[dict]:
-    """Time every SWEEP_TILES tile of linear_small_m and of the fused op per shape and M."""
-    runs = [(model, name, n, k, None, m) for model, name, n, k, _ in SHAPES for m in ROWS]
-    runs += [(model, name, n, k, p, m) for model, name, n, k, p in SHAPES if p in FUSED for m in ROWS]
-    failed = precompile((p, m, k, tile) for *_, k, p, m in runs for tile in SWEEP_TILES)
+def sweep(device, tiles, models=None, rows=ROWS) -> list[dict]:
+    """Time every tile of ``tiles`` for linear_small_m and the fused op per shape (of ``models``, default all)
+    and M (in ``rows``)."""
+    shapes = [s for s in SHAPES if models is None or s[0] in models]
+    runs = [(model, name, n, k, None, m) for model, name, n, k, _ in shapes for m in rows]
+    runs += [(model, name, n, k, p, m) for model, name, n, k, p in shapes if p in FUSED for m in rows]
+    failed = precompile((p, m, k, tile) for *_, k, p, m in runs for tile in tiles)
     results = []
     print(f"\nsweep: us per call (CUDA graph), best tiles (BLOCK_N, BLOCK_K, warps, stages); {len(failed)} failed")
     layers = {}
@@ -162,9 +168,9 @@ def sweep(device) -> list[dict]:
         layer.set_rows(m)
         op = layer.fused if p else layer.ours
         times, differ = {}, []
-        default = default_tile(n, k, p)
+        default = default_tile(n, k, p, m)
         want = op(tile=default)
-        for tile in SWEEP_TILES:
+        for tile in tiles:
             if (p, m, k, tile) in failed:
                 continue
             try:
@@ -184,7 +190,7 @@ def sweep(device) -> list[dict]:
 
 
 def bench(device) -> list[dict]:
-    failed = precompile((p, m, k, default_tile(n, k, p)) for *_, n, k, pro in SHAPES for m in ROWS for p in {None, pro})
+    failed = precompile((p, m, k, default_tile(n, k, p, m)) for *_, n, k, pro in SHAPES for m in ROWS for p in {None, pro})
     if failed:
         print("compile failures:", failed)
     rows = []
@@ -257,17 +263,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="write the results here as JSON")
     parser.add_argument("--sweep", action="store_true", help="also time candidate tiles per shape first")
+    parser.add_argument("--sweep-only", action="store_true", help="only the sweep (no bit checks, no table)")
+    parser.add_argument("--models", help="sweep these models only (comma list, e.g. SmolLM2-135M)")
+    parser.add_argument("--rows", default=",".join(map(str, ROWS)), help="sweep these row counts (default %(default)s)")
+    parser.add_argument("--warps", default="4", help="sweep these num_warps (comma list, default %(default)s)")
+    parser.add_argument("--stages", default="3,5", help="sweep these num_stages (comma list, default %(default)s)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_linear_gpu.py needs a CUDA device")
     device = torch.device("cuda")
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {tlin.triton.__version__}, bf16")
     results = {"device": torch.cuda.get_device_name()}
-    results["bitwise_across_m"] = bitwise_across_m(device)
-    results["fp32_errors"] = fp32_errors(device)
-    results["table"] = bench(device)
-    if args.sweep:
-        results["sweep"] = sweep(device)
+    if not args.sweep_only:
+        results["bitwise_across_m"] = bitwise_across_m(device)
+        results["fp32_errors"] = fp32_errors(device)
+        results["table"] = bench(device)
+    if args.sweep or args.sweep_only:
+        ints = lambda text: tuple(int(v) for v in text.split(","))  # noqa: E731
+        models = set(args.models.split(",")) if args.models else None
+        results["sweep"] = sweep(device, sweep_tiles(ints(args.warps), ints(args.stages)), models, ints(args.rows))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 
