@@ -10,7 +10,8 @@ Measures, in one process on one GPU, and prints one table:
 - SmolLM2-135M-Instruct (real weights), batch 1, greedy: transformers `generate` vs tokenleap (256 tokens per
   request, EOS ignored), and tokenleap with n-gram speculation vs without on the model's answers (stopping at
   EOS) to code-editing, module-editing and summarization prompts (token-identical output checked).
-Sections can be skipped with --skip 8b,smollm2.
+Sections can be skipped with --skip 8b,smollm2; --skip hf leaves out transformers' SmolLM2 timings (ours and
+the n-gram comparison still run).
 """
 
 from __future__ import annotations
@@ -237,7 +238,8 @@ def answers(llm: LLM, chats, max_new: int) -> dict:
                 / len(chats) * 1e3, outputs=outs)
 
 
-def section_smollm2(path: str, rows: list, results: dict, max_new: int, ngram_configs: list[dict]) -> None:
+def section_smollm2(path: str, rows: list, results: dict, max_new: int, ngram_configs: list[dict],
+                    with_hf: bool = True) -> None:
     """SmolLM2 vs transformers (fixed-length outputs), then ngram vs our plain decoding on the model's own
     answers to three prompt sets (speculation is about the answer: with EOS ignored a small chat model goes on
     to invent new conversations, which no prompt lookup can draft)."""
@@ -252,25 +254,27 @@ def section_smollm2(path: str, rows: list, results: dict, max_new: int, ngram_co
     answer_sets = {"code-editing": to_chats(code_editing_prompts()),
                    "module-editing": to_chats(module_editing_prompts()),
                    "summarization": to_chats(summarization_prompts())}
-    ckpt = load_checkpoint(path, dtype="bfloat16", device="cuda")
-    hf = LlamaForCausalLM(LlamaConfig(**ckpt.hf_config)).to(torch.bfloat16)
-    hf.load_state_dict(ckpt.weights, strict=False)
-    hf = hf.cuda().eval()
-    tok = ckpt.tokenizer
     res = results.setdefault("smollm2", {})
     hf_tps = {}
-    for name, cs in speed_sets.items():
-        hf_generate_tps(hf, tok, cs[:2], 16)  # warm-up
-        hf_tps[name], _ = hf_generate_tps(hf, tok, cs, max_new)
-    del hf
-    release()
+    if with_hf:
+        ckpt = load_checkpoint(path, dtype="bfloat16", device="cuda")
+        hf = LlamaForCausalLM(LlamaConfig(**ckpt.hf_config)).to(torch.bfloat16)
+        hf.load_state_dict(ckpt.weights, strict=False)
+        hf = hf.cuda().eval()
+        for name, cs in speed_sets.items():
+            hf_generate_tps(hf, ckpt.tokenizer, cs[:2], 16)  # warm-up
+            hf_tps[name], _ = hf_generate_tps(hf, ckpt.tokenizer, cs, max_new)
+        del hf, ckpt
+        release()
     base = LLM(model=path, max_num_seqs=1, disable_log_stats=True)
     for name, cs in speed_sets.items():
         tps, _ = ours_tps(base, cs, max_new)
-        res.setdefault("decode", {})[name] = dict(hf_tps=hf_tps[name], ours_tps=tps)
-        rows.append((f"SmolLM2 {name}, {max_new} tokens: transformers generate", f"{hf_tps[name]:.1f} tokens/s", ""))
+        res.setdefault("decode", {})[name] = dict(hf_tps=hf_tps.get(name), ours_tps=tps)
+        if name in hf_tps:
+            rows.append((f"SmolLM2 {name}, {max_new} tokens: transformers generate", f"{hf_tps[name]:.1f} tokens/s",
+                         ""))
         rows.append((f"SmolLM2 {name}, {max_new} tokens: tokenleap", f"{tps:.1f} tokens/s",
-                     f"{tps / hf_tps[name]:.1f}x transformers"))
+                     f"{tps / hf_tps[name]:.1f}x transformers" if name in hf_tps else ""))
     plain = {name: answers(base, cs, ANSWER_MAX_TOKENS) for name, cs in answer_sets.items()}
     del base
     release()
@@ -310,7 +314,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smollm2", help="path to SmolLM2-135M-Instruct.Q4_1.gguf (or an alias)")
     ap.add_argument("--out", help="write the results as JSON here")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: 8b, smollm2")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: 8b, smollm2, hf")
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--ngram-configs", default=json.dumps([DEFAULT_NGRAM]),
                     help="JSON list of speculative_config dicts to compare (default: %(default)s)")
@@ -328,7 +332,7 @@ def main(argv=None) -> int:
     rows.append(("device-to-device copy bandwidth", f"{bw:.2f} TB/s", results["device"]))
     for name, fn in (("8b", lambda: section_8b(bw, rows, results)),
                      ("smollm2", lambda: section_smollm2(args.smollm2, rows, results, args.max_new_tokens,
-                                                      json.loads(args.ngram_configs)))):
+                                                      json.loads(args.ngram_configs), "hf" not in skip))):
         if name in skip or (name == "smollm2" and not args.smollm2):
             continue
         try:

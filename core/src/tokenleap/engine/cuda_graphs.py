@@ -46,7 +46,6 @@ import torch
 
 from tokenleap.model.attention import AttentionMetadata
 from tokenleap.model.llama import KVCache, LlamaForCausalLM
-from tokenleap.spec.verify import verify_greedy
 
 
 def graph_batch_sizes(max_num_seqs: int) -> list[int]:
@@ -172,12 +171,13 @@ class DecodeGraphs:
     def _segments(self, b: int, q: int, seq_lens_host: list[int] | None = None,
                   prefill: bool = False, draft: bool = True) -> tuple[list[Callable], dict]:
         """The padded forward as consecutive stages passing tensors through ``state``; the last one leaves
-        ``state["logits"]`` [b * q, vocab] and ``state["greedy"]`` [b, q + 2]. Captured, it knows no host
-        lengths (the Triton kernels read the device ones); run eagerly, it gets the real ones, which the torch
-        reference needs. ``prefill``: each request's ``num_drafts`` field holds the row of its last real token,
-        and only those rows get logits: ``state["logits"]`` [b, vocab], no ``greedy`` (a prefill is sampled from
-        its logits). ``draft``: the first stage drafts the fed rows of a verify step on the device (when device
-        drafting is on); the eager path does that before it reads the lengths, and passes False."""
+        ``state["logits"]`` [b * q, vocab] (the model's dtype) and ``state["greedy"]`` [b, q + 2]. Captured, it
+        knows no host lengths (the Triton kernels read the device ones); run eagerly, it gets the real ones,
+        which the torch reference needs. ``prefill``: each request's ``num_drafts`` field holds the row of its
+        last real token, and only those rows get logits: ``state["logits"]`` [b, vocab] fp32, no ``greedy`` (a
+        prefill is sampled from its logits). ``draft``: the first stage drafts the fed rows of a verify step on the
+        device (when device drafting is on); the eager path does that before it reads the lengths, and passes
+        False."""
         v = self._views(b, q, self.buf)
         ids, positions, slots, num_drafts, feed = v["ids"], v["positions"], v["slots"], v["num_drafts"], v["feed"]
         tables, qsl, seq_lens = v["tables"], v["qsl"], v["seq_lens"]
@@ -203,21 +203,25 @@ class DecodeGraphs:
                 last = hidden.view(b, q, -1)[torch.arange(b, device=hidden.device), num_drafts]  # [b, hidden]
                 state["logits"], state["greedy"] = model.compute_logits(last), None  # [b, vocab]
                 return
-            logits = model.compute_logits(hidden)  # [b * q, vocab]
-            argmax, emitted = verify_greedy(logits.argmax(dim=-1).view(b, q), ids.view(b, q)[:, 1:], num_drafts)
-            greedy = torch.cat([argmax, emitted[:, None], num_drafts[:, None]], dim=1)  # [b, q + 2]
-            if q == 1:
-                self.last_tokens[:b].copy_(argmax[:, 0])
-            if self.device_lookup is not None:  # what a fed verify step launched behind this one appends
-                qv = self.last_verify.shape[1] - 2
-                self.last_verify[:b, :q].copy_(argmax)
-                self.last_verify[:b, qv:].copy_(greedy[:, q:])
+            logits = model.raw_logits(hidden)  # [b * q, vocab] in the model's dtype
+            # argmax and greedy verification; the copies a step launched behind this one reads: a 1-token step's
+            # argmax (fed input) and, with device drafting, the tokens a verify step appends to the histories
+            greedy = self._greedy_head(logits, ids, num_drafts, q, self.last_tokens if q == 1 else None,
+                                       self.last_verify if self.device_lookup is not None else None)
             state["logits"], state["greedy"] = logits, greedy
 
         stages: list[Callable] = [lambda i=i: layers(i) for i in range(len(bounds) - 1)]
         last = stages[-1]
         stages[-1] = lambda: (last(), head())
         return stages, state
+
+    def _greedy_head(self, *args) -> torch.Tensor:
+        """``kernels/greedy_ref.py``'s greedy head, on the backend's kernels."""
+        if self.backend == "triton":
+            from tokenleap.kernels.triton_greedy import greedy_head
+        else:
+            from tokenleap.kernels.greedy_ref import greedy_head_ref as greedy_head
+        return greedy_head(*args)
 
     def _draft_on_device(self, b: int, q: int, v: dict[str, torch.Tensor]) -> None:
         """The fed rows' inputs of a (b, q) verify step, drafted from their token histories."""

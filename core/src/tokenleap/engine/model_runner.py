@@ -274,7 +274,7 @@ class ModelRunner:
         when ``is_hidden`` is False) are the sampled positions, request after request."""
         batch, rows_dev = self._sampling_batch(samplers, rows)
         picked = source[rows_dev]
-        logits = self.model.compute_logits(picked) if is_hidden else picked  # [rows, vocab]
+        logits = self.model.compute_logits(picked) if is_hidden else picked.float()  # [rows, vocab] fp32
         tokens, num_emitted = sample(logits, batch)  # [batch, k + 1], [batch]
         want_lp = [s.request.params.logprobs for s in samplers if s.request.params.logprobs is not None]
         lp = None
