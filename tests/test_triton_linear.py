@@ -99,6 +99,33 @@ def test_add_rms_norm_linear(m, n, k, with_residual, bias, dtype):
     assert all(torch.equal(a, b) for a, b in zip(before, [t for t in (x, res) if t is not None]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,inter,k,with_residual,bias", [(1, 48, 576, True, False), (5, 40, 100, False, True),
+                                                          (16, 1536, 64, True, False)])
+@needs_triton
+def test_add_rms_norm_linear_swiglu(m, inter, k, with_residual, bias, dtype):
+    """The gate/up projection with SiLU-and-mul in its epilogue: the same bits as the unfused Triton pair
+    (projection, then triton_fused.silu_and_mul), within fp32 tolerance of the torch references, and the same
+    new residual."""
+    from tokenleap.kernels import triton_fused
+
+    g = torch.Generator().manual_seed(m + inter + k)
+    x = _rand(g, m, k, dtype=dtype)
+    res = _rand(g, m, k, dtype=dtype) if with_residual else None
+    nw = (1 + 0.1 * torch.randn(k, generator=g)).to(dtype)
+    w = _rand(g, 2 * inter, k, dtype=dtype, scale=k**-0.5)
+    b = _rand(g, 2 * inter, dtype=dtype) if bias else None
+    y, new_res = _ops().add_rms_norm_linear(x, res, nw, 1e-6, w, b, swiglu=True)
+    gate_up, unfused_res = _ops().add_rms_norm_linear(x, res, nw, 1e-6, w, b)
+    assert y.shape == (m, inter) and y.dtype == dtype
+    assert torch.equal(y, triton_fused.silu_and_mul(gate_up))
+    if with_residual:
+        assert torch.equal(new_res, unfused_res)
+    if dtype == torch.float32:
+        want, _ = linear_ref.add_rms_norm_linear_ref(x, res, nw, 1e-6, w, b)
+        torch.testing.assert_close(y, fused_ref.silu_and_mul_ref(want), atol=2e-5, rtol=2e-5)
+
+
 @needs_triton
 def test_strided_rows():
     """Activations may be row views of wider buffers (a slice of a fused projection's output)."""
@@ -126,7 +153,8 @@ def test_batch_invariance(dtype):
 
     def all_ops(rows, res_rows):  # every output of the ops for one batch of rows
         return [ops.linear_small_m(rows, w, b), *ops.add_rms_norm_linear(rows, res_rows, nw, 1e-6, w, b),
-                ops.add_rms_norm_linear(rows, None, nw, 1e-6, w)[0]]
+                ops.add_rms_norm_linear(rows, None, nw, 1e-6, w)[0],
+                *ops.add_rms_norm_linear(rows, res_rows, nw, 1e-6, w, b, swiglu=True)]
 
     full = all_ops(x, res)
     for m in (0, 5, 15):
@@ -160,6 +188,8 @@ def test_bad_arguments():
         (lambda: ops.add_rms_norm_linear(x, torch.zeros(3, 32), torch.ones(32), 1e-6, w), "residual must match x"),
         (lambda: ops.add_rms_norm_linear(x, None, torch.ones(31), 1e-6, w), r"norm_weight must be \[32\]"),
         (lambda: ops.add_rms_norm_linear(x, None, torch.ones(32).half(), 1e-6, w), "norm_weight must have x's"),
+        (lambda: ops.add_rms_norm_linear(x, None, torch.ones(32), 1e-6, torch.ones(7, 32), swiglu=True),
+         "swiglu needs a .gate; up. weight with an even number of rows; got 7"),
     ]
     for call, message in bad:
         with pytest.raises(ValueError, match=message):

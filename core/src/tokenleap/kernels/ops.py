@@ -1,10 +1,11 @@
 """The per-layer ops of a decoder, as one bundle: torch references or their Triton versions.
 
-Besides the small ops, the linears: a plain one, and a projection with the RMSNorm or SiLU-and-mul in front
-of it. The torch bundle composes the reference ops with ``F.linear``. The Triton bundle runs steps of at most
-``MAX_ROWS`` tokens (decode and verify steps of small batches, where a layer is launch- and latency-bound)
-through the few-row kernels of ``triton_linear`` (the RMSNorm fused in for small hidden sizes), and larger
-steps through cuBLAS.
+Besides the small ops, the linears: a plain one, a projection with the RMSNorm in front of it, and the MLP's
+gate/up projection with the RMSNorm in front and SiLU-and-mul after it. The torch bundle composes the
+reference ops with ``F.linear``. The Triton bundle runs steps of at most ``MAX_ROWS`` tokens (decode and
+verify steps of small batches, where a layer is launch- and latency-bound) through the few-row kernels of
+``triton_linear`` (for small hidden sizes the RMSNorm, and SiLU-and-mul, fused in), and larger steps through
+cuBLAS.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ class LayerOps:
     # (x, residual | None, norm_weight, eps, weight, bias | None) -> (linear(rms_norm(x + residual)), x + residual
     # or None when residual is None)
     norm_linear: Callable
-    silu_mul_linear: Callable  # (gate_up [T, 2 * I], weight [N, I]) -> [T, N]
+    # (x, residual | None, norm_weight, eps, gate_up weight [2 * I, K], bias | None) -> (silu_and_mul(
+    # linear(rms_norm(x + residual))) [T, I], x + residual or None)
+    norm_swiglu: Callable
     linear: Callable  # (x [T, K], weight [N, K], bias [N] | None) -> [T, N]
 
 
 def _composed(rms_norm: Callable, fused_add_rms_norm: Callable, silu_and_mul: Callable, linear: Callable,
               ) -> tuple[Callable, Callable]:
-    """norm_linear and silu_mul_linear as the given norm / activation followed by ``linear``."""
+    """norm_linear and norm_swiglu as the given norm, ``linear`` and activation one after the other."""
 
     def norm_linear(x, residual, norm_weight, eps, weight, bias):
         if residual is None:
@@ -36,10 +39,11 @@ def _composed(rms_norm: Callable, fused_add_rms_norm: Callable, silu_and_mul: Ca
         normed, new_residual = fused_add_rms_norm(x, residual, norm_weight, eps)
         return linear(normed, weight, bias), new_residual
 
-    def silu_mul_linear(gate_up, weight):
-        return linear(silu_and_mul(gate_up), weight)
+    def norm_swiglu(x, residual, norm_weight, eps, weight, bias):
+        gate_up, new_residual = norm_linear(x, residual, norm_weight, eps, weight, bias)
+        return silu_and_mul(gate_up), new_residual
 
-    return norm_linear, silu_mul_linear
+    return norm_linear, norm_swiglu
 
 
 def layer_ops(backend: str) -> LayerOps:
@@ -48,8 +52,8 @@ def layer_ops(backend: str) -> LayerOps:
         return _triton_ops()
     from tokenleap.kernels import fused_ref as r
 
-    norm_linear, silu_mul_linear = _composed(r.rms_norm_ref, r.fused_add_rms_norm_ref, r.silu_and_mul_ref, F.linear)
-    return LayerOps(r.fused_add_rms_norm_ref, r.rope_and_write_kv_ref, norm_linear, silu_mul_linear, F.linear)
+    norm_linear, norm_swiglu = _composed(r.rms_norm_ref, r.fused_add_rms_norm_ref, r.silu_and_mul_ref, F.linear)
+    return LayerOps(r.fused_add_rms_norm_ref, r.rope_and_write_kv_ref, norm_linear, norm_swiglu, F.linear)
 
 
 # Fuse the RMSNorm into the few-row linear only for hidden sizes up to this: measured on an H100 (bf16, CUDA
@@ -69,11 +73,19 @@ def _triton_ops() -> LayerOps:
     def linear(x, weight, bias=None):
         return few.linear_small_m(x, weight, bias) if x.shape[0] <= few.MAX_ROWS else F.linear(x, weight, bias)
 
-    norm_linear_unfused, silu_mul_linear = _composed(t.rms_norm, t.fused_add_rms_norm, t.silu_and_mul, linear)
+    norm_linear_unfused, norm_swiglu_unfused = _composed(t.rms_norm, t.fused_add_rms_norm, t.silu_and_mul, linear)
+
+    def fused(x):
+        return x.shape[0] <= few.MAX_ROWS and x.shape[1] <= FUSED_NORM_MAX_HIDDEN
 
     def norm_linear(x, residual, norm_weight, eps, weight, bias):
-        if x.shape[0] <= few.MAX_ROWS and x.shape[1] <= FUSED_NORM_MAX_HIDDEN:
+        if fused(x):
             return few.add_rms_norm_linear(x, residual, norm_weight, eps, weight, bias)
         return norm_linear_unfused(x, residual, norm_weight, eps, weight, bias)
 
-    return LayerOps(t.fused_add_rms_norm, t.rope_and_write_kv, norm_linear, silu_mul_linear, linear)
+    def norm_swiglu(x, residual, norm_weight, eps, weight, bias):
+        if fused(x):
+            return few.add_rms_norm_linear(x, residual, norm_weight, eps, weight, bias, swiglu=True)
+        return norm_swiglu_unfused(x, residual, norm_weight, eps, weight, bias)
+
+    return LayerOps(t.fused_add_rms_norm, t.rope_and_write_kv, norm_linear, norm_swiglu, linear)

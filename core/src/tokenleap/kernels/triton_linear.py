@@ -40,7 +40,10 @@ wide-N, short-K layers (SmolLM2 lm_head 26 vs 23 us). ``add_rms_norm_linear`` be
 0.5-1 us at M = 1 on SmolLM2's qkv and gate_up (hidden 576, N <= 3072) and is within 0.25 us of it for
 M >= 4; on wider N or hidden 4096 it is slower (every program re-reads the rows twice). A SiLU-and-mul
 prologue was tried the same way and measured 2-3x slower than SiLU-and-mul + ``linear_small_m`` (every program
-recomputes the activation; bench_linear_gpu.py at commit eccd682), so it is not offered.
+recomputes the activation; bench_linear_gpu.py at commit eccd682), so it is not offered; SiLU-and-mul as the
+gate/up projection's epilogue is (``swiglu``: each program computes matching gate and up columns, no
+[M, 2 * I] round trip, no second kernel): 11 us less per 1-token SmolLM2 forward, 22 us per 1 + 15 one
+(graph_replay.py on an H100).
 """
 
 from __future__ import annotations
@@ -131,9 +134,11 @@ def _small_m_linear_kernel(
     x_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, new_res_ptr,
     M, N, stride_x, stride_r, stride_w, eps,
     K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    LOG2_BLOCK_K: tl.constexpr,
+    SWIGLU: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, LOG2_BLOCK_K: tl.constexpr,
 ):
+    # SWIGLU: the weight holds 2N rows (gate, then up); program p computes columns n of both and writes
+    # silu(gate) * up [M, N] (the projection's output rounded to the dtype first, as an unfused step stores it)
     pid = tl.program_id(0)
     n = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] output columns of this program
     inv_rms = tl.zeros((ROWS,), tl.float32)
@@ -141,18 +146,31 @@ def _small_m_linear_kernel(
         inv_rms = _inv_rms(x_ptr, res_ptr, new_res_ptr, M, stride_x, stride_r, eps, pid == 0,
                            K, HAS_RESIDUAL, ROWS, BLOCK_K, LOG2_BLOCK_K)
     w_rows = w_ptr + n.to(tl.int64)[:, None] * stride_w  # [BLOCK_N, 1]
+    up_rows = w_ptr + (n + N).to(tl.int64)[:, None] * stride_w  # SWIGLU: the up projection's rows
     acc = tl.zeros((16, BLOCK_N), tl.float32)
+    acc_up = tl.zeros((16, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
         a = _input_chunk(x_ptr, res_ptr, nw_ptr, inv_rms, k0, M, stride_x, stride_r,
                          K, PROLOGUE, HAS_RESIDUAL, ROWS, BLOCK_K)  # [ROWS, BLOCK_K]
         k = k0 + tl.arange(0, BLOCK_K)[None, :]
+        a16 = tl.broadcast_to(a, (16, BLOCK_K))
         w = tl.load(w_rows + k, mask=(n[:, None] < N) & (k < K), other=0.0)  # [BLOCK_N, BLOCK_K]
-        acc = tl.dot(tl.broadcast_to(a, (16, BLOCK_K)), tl.trans(w), acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(a16, tl.trans(w), acc, input_precision=DOT_PRECISION)
+        if SWIGLU:
+            w_up = tl.load(up_rows + k, mask=(n[:, None] < N) & (k < K), other=0.0)
+            acc_up = tl.dot(a16, tl.trans(w_up), acc_up, input_precision=DOT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
+        if SWIGLU:
+            acc_up += tl.load(b_ptr + N + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
+    dtype = y_ptr.dtype.element_ty
+    if SWIGLU:  # triton_fused.silu_and_mul's roundings
+        g = acc.to(dtype).to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+        acc = act * acc_up.to(dtype).to(tl.float32)
     rows = tl.arange(0, 16)[:, None]  # accumulator row r is x row r (rows >= M repeat another row: not stored)
     out = y_ptr + rows * N + n[None, :]
-    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=(rows < M) & (n[None, :] < N))
+    tl.store(out, acc.to(dtype), mask=(rows < M) & (n[None, :] < N))
 
 
 def tile_for(n: int, k: int, prologue: int = _PLAIN, rows: int = MAX_ROWS) -> tuple[int, int, int, int]:
@@ -199,23 +217,26 @@ def _vector_arg(name: str, v: torch.Tensor | None, n: int) -> None:
         raise ValueError(f"{name} must be [{n}]; got shape {tuple(v.shape)}")
 
 
-def _launch(prologue, x, weight, bias=None, residual=None, norm_weight=None, eps=0.0, tile=None):
-    """Run the kernel on checked arguments -> (y [M, N], new_residual [M, K] or None). K is weight.shape[1]."""
+def _launch(prologue, x, weight, bias=None, residual=None, norm_weight=None, eps=0.0, tile=None, swiglu=False):
+    """Run the kernel on checked arguments -> (y [M, N], new_residual [M, K] or None). K is weight.shape[1];
+    N is weight.shape[0], or half of it with ``swiglu`` (y = silu(gate) * up)."""
     m, (n, k) = x.shape[0], weight.shape
+    n = n // 2 if swiglu else n
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     new_res = torch.empty((m, k), dtype=x.dtype, device=x.device) if residual is not None else None
     if m == 0:
         return y, new_res
     rows = 1 if m == 1 else MAX_ROWS
-    block_n, block_k, num_warps, num_stages = tile or tile_for(n, k, prologue, rows)
+    block_n, block_k, num_warps, num_stages = tile or tile_for(2 * n if swiglu else n, k, prologue, rows)
+    if swiglu:  # each program computes BLOCK_N columns of the gate and of the up projection
+        block_n = max(16, block_n // 2)
     _small_m_linear_kernel[(triton.cdiv(n, block_n),)](
         x, residual if residual is not None else x, norm_weight if norm_weight is not None else x, weight,
         bias if bias is not None else weight, y, new_res if new_res is not None else y,
         m, n, x.stride(0), residual.stride(0) if residual is not None else 0, weight.stride(0), eps,
-        K=k, PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, LOG2_BLOCK_K=block_k.bit_length() - 1,
-        num_warps=num_warps, num_stages=num_stages,
+        K=k, PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, SWIGLU=swiglu,
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", ROWS=rows, BLOCK_N=block_n,
+        BLOCK_K=block_k, LOG2_BLOCK_K=block_k.bit_length() - 1, num_warps=num_warps, num_stages=num_stages,
     )
     return y, new_res
 
@@ -235,10 +256,14 @@ def add_rms_norm_linear(
     eps: float,
     weight: torch.Tensor,  # [N, K]
     bias: torch.Tensor | None = None,  # [N]
+    swiglu: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """-> (y = linear(rms_norm(x + residual)) [M, N], new_residual = x + residual [M, K] or None), in one
     kernel, with the roundings of triton_fused.fused_add_rms_norm (or rms_norm) + linear_small_m; the sum of
-    squares is added in another order, so a normalized value can differ from that pair's in the last bit."""
+    squares is added in another order, so a normalized value can differ from that pair's in the last bit.
+    ``swiglu``: weight is a fused [gate; up] projection [2 * I, K] and y is triton_fused.silu_and_mul of the
+    linear, [M, I] (each program computes matching columns of both halves: no [M, 2 * I] round trip, no
+    second kernel)."""
     x = _rows_arg("x", x)
     m, k = x.shape
     if residual is not None:
@@ -251,5 +276,7 @@ def add_rms_norm_linear(
         raise ValueError(f"norm_weight must have x's dtype {x.dtype}; got {norm_weight.dtype}")
     _weight_arg("weight", weight, k, x.dtype)
     _vector_arg("bias", bias, weight.shape[0])
-    return _launch(_RMS, x, weight, bias, residual, norm_weight, eps)
+    if swiglu and weight.shape[0] % 2:
+        raise ValueError(f"swiglu needs a [gate; up] weight with an even number of rows; got {weight.shape[0]}")
+    return _launch(_RMS, x, weight, bias, residual, norm_weight, eps, swiglu=swiglu)
 

@@ -54,7 +54,7 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    """Holds gate/up (fused) and down; the layer runs them through LayerOps.norm_linear / silu_mul_linear."""
+    """Holds gate/up (fused) and down; the layer runs them through LayerOps.norm_swiglu / linear."""
 
     def __init__(self, cfg: ModelArchConfig) -> None:
         super().__init__()
@@ -65,8 +65,8 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     """Pre-norm block on a residual stream: returns (block output, residual) without adding them, so the
     next block's norm fuses the add (HF: residual = residual + output, then norm). Each norm runs together with
-    the projection after it (LayerOps.norm_linear: one kernel where that measured faster), SiLU-and-mul with the
-    down projection (LayerOps.silu_mul_linear)."""
+    the projection after it (LayerOps.norm_linear: one kernel where that measured faster), and the MLP's
+    SiLU-and-mul with the gate/up projection before it (LayerOps.norm_swiglu)."""
 
     def __init__(self, cfg: ModelArchConfig, ops: LayerOps) -> None:
         super().__init__()
@@ -85,9 +85,9 @@ class LlamaDecoderLayer(nn.Module):
         residual = x if residual is None else new_residual
         h = attn(qkv, positions, cos_sin_cache, kv_cache, meta)
         norm = self.post_attention_layernorm
-        gate_up, residual = ops.norm_linear(h, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight,
-                                            mlp.gate_up_proj.bias)
-        return ops.silu_mul_linear(gate_up, mlp.down_proj.weight), residual
+        act, residual = ops.norm_swiglu(h, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight,
+                                        mlp.gate_up_proj.bias)  # [num_tokens, intermediate]
+        return ops.linear(act, mlp.down_proj.weight, None), residual
 
 
 class LlamaForCausalLM(nn.Module):
