@@ -126,6 +126,49 @@ def test_add_rms_norm_linear_swiglu(m, inter, k, with_residual, bias, dtype):
         torch.testing.assert_close(y, fused_ref.silu_and_mul_ref(want), atol=2e-5, rtol=2e-5)
 
 
+def _qkv_rope_case(g, m, heads, kv_heads, head_dim, dtype, bias):
+    """Inputs of add_rms_norm_qkv_rope: rows, residual, norm, a qkv weight, positions, a cos/sin table, caches
+    and slots (one row of three without a slot)."""
+    k = 96
+    n = (heads + 2 * kv_heads) * head_dim
+    x, res = _rand(g, m, k, dtype=dtype), _rand(g, m, k, dtype=dtype)
+    nw = (1 + 0.1 * torch.randn(k, generator=g)).to(dtype)
+    w = _rand(g, n, k, dtype=dtype, scale=k**-0.5)
+    b = _rand(g, n, dtype=dtype) if bias else None
+    positions = torch.randint(0, 200, (m,), generator=g)
+    angles = torch.rand(256, head_dim // 2, generator=g) * 6.3
+    cos_sin = torch.cat([angles.cos(), angles.sin()], dim=1)
+    caches = [torch.zeros(6, 8, kv_heads, head_dim, dtype=dtype) for _ in range(2)]
+    slots = torch.randperm(48, generator=g)[:m]
+    slots[1::3] = -1
+    return x, res, nw, w, b, positions, cos_sin, caches, slots
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,heads,kv_heads,head_dim,bias", [(1, 3, 1, 64, False), (5, 4, 2, 32, True),
+                                                            (16, 2, 1, 128, False)])
+@needs_triton
+def test_add_rms_norm_qkv_rope(m, heads, kv_heads, head_dim, bias, dtype):
+    """The qkv projection with RoPE and the KV-cache write in its epilogue: the same bits as the unfused Triton
+    ops (the fused-norm projection, then triton_fused.rope_and_write_kv): q_rot, both caches (rows without a slot
+    left alone) and the new residual."""
+    from tokenleap.kernels import triton_fused
+
+    g = torch.Generator().manual_seed(m * heads + head_dim)
+    x, res, nw, w, b, positions, cos_sin, caches, slots = _qkv_rope_case(g, m, heads, kv_heads, head_dim, dtype, bias)
+    fused_caches = [c.clone() for c in caches]
+    q_rot, new_res = _ops().add_rms_norm_qkv_rope(x, res, nw, 1e-6, w, b, positions, cos_sin, *fused_caches, slots,
+                                                  heads, kv_heads)
+    qkv, want_res = _ops().add_rms_norm_linear(x, res, nw, 1e-6, w, b)
+    q, kk, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=1)
+    want_q = triton_fused.rope_and_write_kv(positions, q.reshape(m, heads, head_dim), kk.reshape(m, kv_heads, head_dim),
+                                            v.reshape(m, kv_heads, head_dim), cos_sin, *caches, slots)
+    assert q_rot.shape == (m, heads, head_dim)
+    assert torch.equal(q_rot, want_q) and torch.equal(new_res, want_res)
+    assert torch.equal(fused_caches[0], caches[0]) and torch.equal(fused_caches[1], caches[1])
+    assert bool(caches[0].any()) == bool((slots >= 0).any())  # the rows with a slot were written
+
+
 @needs_triton
 def test_strided_rows():
     """Activations may be row views of wider buffers (a slice of a fused projection's output)."""
@@ -150,16 +193,25 @@ def test_batch_invariance(dtype):
     x, res = _rand(g, 16, k, dtype=dtype), _rand(g, 16, k, dtype=dtype)
     nw, w, b = (1 + 0.1 * _rand(g, k)).to(dtype), _rand(g, n, k, dtype=dtype, scale=0.1), _rand(g, n, dtype=dtype)
     others = _rand(g, 2, 2 * k, dtype=dtype)
+    w_qkv = _rand(g, 3 * 32, k, dtype=dtype, scale=0.1)
+    cos_sin = torch.cat([torch.rand(64, 16, generator=g).cos(), torch.rand(64, 16, generator=g).sin()], dim=1)
 
-    def all_ops(rows, res_rows):  # every output of the ops for one batch of rows
+    def all_ops(rows, res_rows, pos, checked):  # every output of the ops for one batch (row `checked`'s KV in slot 5)
+        cache = [torch.zeros(2, 16, 1, 32, dtype=dtype) for _ in range(2)]
+        slots = torch.full((rows.shape[0],), -1)
+        slots[checked] = 5
+        q_rot, _ = ops.add_rms_norm_qkv_rope(rows, res_rows, nw, 1e-6, w_qkv, None, pos, cos_sin, *cache, slots, 1, 1)
+        kv = [c[0, 5:6].expand(rows.shape[0], -1, -1) for c in cache]
         return [ops.linear_small_m(rows, w, b), *ops.add_rms_norm_linear(rows, res_rows, nw, 1e-6, w, b),
                 ops.add_rms_norm_linear(rows, None, nw, 1e-6, w)[0],
-                *ops.add_rms_norm_linear(rows, res_rows, nw, 1e-6, w, b, swiglu=True)]
+                *ops.add_rms_norm_linear(rows, res_rows, nw, 1e-6, w, b, swiglu=True), q_rot, *kv]
 
-    full = all_ops(x, res)
+    pos = torch.randint(0, 64, (16,), generator=g)
     for m in (0, 5, 15):
-        alone = all_ops(x[m : m + 1], res[m : m + 1])
-        mixed = all_ops(torch.cat([others[:, :k], x[m : m + 1]]), torch.cat([others[:, k:], res[m : m + 1]]))
+        full = all_ops(x, res, pos, m)
+        alone = all_ops(x[m : m + 1], res[m : m + 1], pos[m : m + 1], 0)
+        mixed = all_ops(torch.cat([others[:, :k], x[m : m + 1]]), torch.cat([others[:, k:], res[m : m + 1]]),
+                        torch.cat([pos[:2], pos[m : m + 1]]), 2)
         for f, a, mx in zip(full, alone, mixed):
             assert torch.equal(f[m], a[0]) and torch.equal(f[m], mx[2])
 

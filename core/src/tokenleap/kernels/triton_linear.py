@@ -55,6 +55,7 @@ import triton.language as tl
 MAX_ROWS = 16  # rows (tokens) a call may have; also the row count of every tl.dot
 
 _PLAIN, _RMS = 0, 1  # prologue kinds (constexpr)
+_STORE, _SWIGLU, _ROPE = 0, 1, 2  # epilogue kinds (constexpr)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MIN_PROGRAMS = 96  # wider tiles stream better, until the grid leaves many of an H100's 132 SMs idle
 
@@ -129,48 +130,110 @@ def _input_chunk(
 # M (the row count, 1..16) is not specialized on: Triton would otherwise compile a variant for M == 1, one for
 # M % 16 == 0 and one for the rest, and an eager step with a new row count would stall on a compile mid-serving.
 # M == 1 still gets its own variant through ROWS (a constexpr).
+@triton.jit
+def _rope_epilogue(acc, acc2, head, half_cols, M, q_ptr, pos_ptr, cs_ptr, slot_ptr, k_cache_ptr, v_cache_ptr,
+                   stride_cos, stride_cb, stride_cs, stride_ch, HEAD_DIM: tl.constexpr, NUM_HEADS: tl.constexpr,
+                   NUM_KV_HEADS: tl.constexpr, PAGE: tl.constexpr):
+    # acc, acc2: [16, BLOCK_N] columns half_cols of head slot `head` (q heads, then k, then v) in its first and
+    # second half. q and k are rotated (triton_fused.rope_and_write_kv's roundings), q goes to q_ptr [M, H, D],
+    # k and v to their cache slots (rows whose slot is < 0 are not written).
+    dtype = q_ptr.dtype.element_ty
+    half: tl.constexpr = HEAD_DIM // 2
+    rows = tl.arange(0, 16)[:, None]
+    x_rows = tl.minimum(rows, M - 1)
+    x1 = acc.to(dtype).to(tl.float32)  # the projection's output, rounded as an unfused step stores it
+    x2 = acc2.to(dtype).to(tl.float32)
+    if head < NUM_HEADS + NUM_KV_HEADS:
+        pos = tl.load(pos_ptr + x_rows).to(tl.int64)  # [16, 1]
+        cos = tl.load(cs_ptr + pos * stride_cos + half_cols).to(dtype).to(tl.float32)  # HF casts cos / sin
+        sin = tl.load(cs_ptr + pos * stride_cos + half + half_cols).to(dtype).to(tl.float32)
+        o1 = x1 * cos - x2 * sin
+        o2 = x2 * cos + x1 * sin
+    else:
+        o1 = x1
+        o2 = x2
+    if head < NUM_HEADS:
+        out = q_ptr + rows * (NUM_HEADS * HEAD_DIM) + head * HEAD_DIM + half_cols
+        tl.store(out, o1.to(dtype), mask=rows < M)
+        tl.store(out + half, o2.to(dtype), mask=rows < M)
+    else:
+        slot = tl.load(slot_ptr + x_rows).to(tl.int64)  # [16, 1]
+        ok = (rows < M) & (slot >= 0)
+        kv_row = (slot // PAGE) * stride_cb + (slot % PAGE) * stride_cs
+        if head < NUM_HEADS + NUM_KV_HEADS:
+            out = k_cache_ptr + kv_row + (head - NUM_HEADS) * stride_ch + half_cols
+        else:
+            out = v_cache_ptr + kv_row + (head - NUM_HEADS - NUM_KV_HEADS) * stride_ch + half_cols
+        tl.store(out, o1.to(out.dtype.element_ty), mask=ok)
+        tl.store(out + half, o2.to(out.dtype.element_ty), mask=ok)
+
+
+# M (the row count, 1..16) is not specialized on: Triton would otherwise compile a variant for M == 1, one for
+# M % 16 == 0 and one for the rest, and an eager step with a new row count would stall on a compile mid-serving.
+# M == 1 still gets its own variant through ROWS (a constexpr).
 @triton.jit(do_not_specialize=["M"])
 def _small_m_linear_kernel(
     x_ptr, res_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, new_res_ptr,
     M, N, stride_x, stride_r, stride_w, eps,
+    pos_ptr, cs_ptr, slot_ptr, k_cache_ptr, v_cache_ptr, stride_cos, stride_cb, stride_cs, stride_ch,
     K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SWIGLU: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, LOG2_BLOCK_K: tl.constexpr,
+    EPILOGUE: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, LOG2_BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_HEADS: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr, PAGE: tl.constexpr,
 ):
-    # SWIGLU: the weight holds 2N rows (gate, then up); program p computes columns n of both and writes
-    # silu(gate) * up [M, N] (the projection's output rounded to the dtype first, as an unfused step stores it)
+    # Epilogues with a second column tile (columns n2, the same rows of input):
+    # _SWIGLU: the weight holds 2N rows (gate, then up); program p computes columns n of both and writes
+    #   silu(gate) * up [M, N] (the projection's output rounded to the dtype first, as an unfused step stores it).
+    # _ROPE: a fused qkv projection (N = (H + 2 KVH) * HEAD_DIM columns, head after head); program p computes
+    #   BLOCK_N columns of one head's first half and the matching ones of its second half (rotate-half pairs),
+    #   then _rope_epilogue.
     pid = tl.program_id(0)
-    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] output columns of this program
+    head = 0
+    half_cols = tl.arange(0, BLOCK_N)
+    if EPILOGUE == 2:
+        per_head: tl.constexpr = HEAD_DIM // 2 // BLOCK_N
+        head = pid // per_head
+        half_cols = (pid % per_head) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] within the half
+        n = head * HEAD_DIM + half_cols
+        n2 = n + HEAD_DIM // 2
+    else:
+        n = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] output columns of this program
+        n2 = n + N
     inv_rms = tl.zeros((ROWS,), tl.float32)
     if PROLOGUE == 1:
         inv_rms = _inv_rms(x_ptr, res_ptr, new_res_ptr, M, stride_x, stride_r, eps, pid == 0,
                            K, HAS_RESIDUAL, ROWS, BLOCK_K, LOG2_BLOCK_K)
     w_rows = w_ptr + n.to(tl.int64)[:, None] * stride_w  # [BLOCK_N, 1]
-    up_rows = w_ptr + (n + N).to(tl.int64)[:, None] * stride_w  # SWIGLU: the up projection's rows
+    w2_rows = w_ptr + n2.to(tl.int64)[:, None] * stride_w  # the second tile's weight rows
+    n_ok = n < N  # [BLOCK_N] (_ROPE: N is the projection's width, which its programs cover exactly)
     acc = tl.zeros((16, BLOCK_N), tl.float32)
-    acc_up = tl.zeros((16, BLOCK_N), tl.float32)
+    acc2 = tl.zeros((16, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
         a = _input_chunk(x_ptr, res_ptr, nw_ptr, inv_rms, k0, M, stride_x, stride_r,
                          K, PROLOGUE, HAS_RESIDUAL, ROWS, BLOCK_K)  # [ROWS, BLOCK_K]
         k = k0 + tl.arange(0, BLOCK_K)[None, :]
         a16 = tl.broadcast_to(a, (16, BLOCK_K))
-        w = tl.load(w_rows + k, mask=(n[:, None] < N) & (k < K), other=0.0)  # [BLOCK_N, BLOCK_K]
+        w = tl.load(w_rows + k, mask=n_ok[:, None] & (k < K), other=0.0)  # [BLOCK_N, BLOCK_K]
         acc = tl.dot(a16, tl.trans(w), acc, input_precision=DOT_PRECISION)
-        if SWIGLU:
-            w_up = tl.load(up_rows + k, mask=(n[:, None] < N) & (k < K), other=0.0)
-            acc_up = tl.dot(a16, tl.trans(w_up), acc_up, input_precision=DOT_PRECISION)
+        if EPILOGUE != 0:
+            w2 = tl.load(w2_rows + k, mask=n_ok[:, None] & (k < K), other=0.0)
+            acc2 = tl.dot(a16, tl.trans(w2), acc2, input_precision=DOT_PRECISION)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
-        if SWIGLU:
-            acc_up += tl.load(b_ptr + N + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
+        acc += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        if EPILOGUE != 0:
+            acc2 += tl.load(b_ptr + n2, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     dtype = y_ptr.dtype.element_ty
-    if SWIGLU:  # triton_fused.silu_and_mul's roundings
-        g = acc.to(dtype).to(tl.float32)
-        act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
-        acc = act * acc_up.to(dtype).to(tl.float32)
     rows = tl.arange(0, 16)[:, None]  # accumulator row r is x row r (rows >= M repeat another row: not stored)
-    out = y_ptr + rows * N + n[None, :]
-    tl.store(out, acc.to(dtype), mask=(rows < M) & (n[None, :] < N))
+    if EPILOGUE == 2:
+        _rope_epilogue(acc, acc2, head, half_cols[None, :], M, y_ptr, pos_ptr, cs_ptr, slot_ptr, k_cache_ptr,
+                       v_cache_ptr, stride_cos, stride_cb, stride_cs, stride_ch, HEAD_DIM, NUM_HEADS,
+                       NUM_KV_HEADS, PAGE)
+    else:
+        if EPILOGUE == 1:  # triton_fused.silu_and_mul's roundings
+            g = acc.to(dtype).to(tl.float32)
+            act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+            acc = act * acc2.to(dtype).to(tl.float32)
+        tl.store(y_ptr + rows * N + n[None, :], acc.to(dtype), mask=(rows < M) & n_ok[None, :])
 
 
 def tile_for(n: int, k: int, prologue: int = _PLAIN, rows: int = MAX_ROWS) -> tuple[int, int, int, int]:
@@ -217,26 +280,44 @@ def _vector_arg(name: str, v: torch.Tensor | None, n: int) -> None:
         raise ValueError(f"{name} must be [{n}]; got shape {tuple(v.shape)}")
 
 
-def _launch(prologue, x, weight, bias=None, residual=None, norm_weight=None, eps=0.0, tile=None, swiglu=False):
+def _launch(prologue, x, weight, bias=None, residual=None, norm_weight=None, eps=0.0, tile=None, swiglu=False,
+            rope=None):
     """Run the kernel on checked arguments -> (y [M, N], new_residual [M, K] or None). K is weight.shape[1];
-    N is weight.shape[0], or half of it with ``swiglu`` (y = silu(gate) * up)."""
+    N is weight.shape[0], or half of it with ``swiglu`` (y = silu(gate) * up). ``rope``: a dict of the fused
+    qkv epilogue's arguments (add_rms_norm_qkv_rope); y is then q_rot [M, H, D]."""
     m, (n, k) = x.shape[0], weight.shape
-    n = n // 2 if swiglu else n
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    epilogue = _ROPE if rope is not None else _SWIGLU if swiglu else _STORE
+    out_n = n // 2 if swiglu else n
+    if rope is not None:
+        y = torch.empty((m, rope["num_heads"], rope["head_dim"]), dtype=x.dtype, device=x.device)
+    else:
+        y = torch.empty((m, out_n), dtype=x.dtype, device=x.device)
     new_res = torch.empty((m, k), dtype=x.dtype, device=x.device) if residual is not None else None
     if m == 0:
         return y, new_res
     rows = 1 if m == 1 else MAX_ROWS
-    block_n, block_k, num_warps, num_stages = tile or tile_for(2 * n if swiglu else n, k, prologue, rows)
-    if swiglu:  # each program computes BLOCK_N columns of the gate and of the up projection
+    block_n, block_k, num_warps, num_stages = tile or tile_for(n, k, prologue, rows)
+    if epilogue == _SWIGLU:  # each program computes BLOCK_N columns of the gate and of the up projection
         block_n = max(16, block_n // 2)
-    _small_m_linear_kernel[(triton.cdiv(n, block_n),)](
+    if epilogue == _ROPE:  # 16 columns of a head's first half and 16 of its second
+        block_n = 16
+        grid = n // 32
+    else:
+        grid = triton.cdiv(out_n, block_n)
+    r = rope or {}
+    kc = r.get("k_cache", y)
+    _small_m_linear_kernel[(grid,)](
         x, residual if residual is not None else x, norm_weight if norm_weight is not None else x, weight,
         bias if bias is not None else weight, y, new_res if new_res is not None else y,
-        m, n, x.stride(0), residual.stride(0) if residual is not None else 0, weight.stride(0), eps,
-        K=k, PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, SWIGLU=swiglu,
+        m, out_n, x.stride(0), residual.stride(0) if residual is not None else 0, weight.stride(0), eps,
+        r.get("positions", y), r.get("cos_sin_cache", y), r.get("slot_mapping", y), kc, r.get("v_cache", y),
+        r["cos_sin_cache"].stride(0) if rope else 0, kc.stride(0) if rope else 0, kc.stride(1) if rope else 0,
+        kc.stride(2) if rope else 0,
+        K=k, PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, EPILOGUE=epilogue,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", ROWS=rows, BLOCK_N=block_n,
-        BLOCK_K=block_k, LOG2_BLOCK_K=block_k.bit_length() - 1, num_warps=num_warps, num_stages=num_stages,
+        BLOCK_K=block_k, LOG2_BLOCK_K=block_k.bit_length() - 1, HEAD_DIM=r.get("head_dim", 0),
+        NUM_HEADS=r.get("num_heads", 0), NUM_KV_HEADS=r.get("num_kv_heads", 0), PAGE=kc.shape[1] if rope else 0,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return y, new_res
 
@@ -280,3 +361,52 @@ def add_rms_norm_linear(
         raise ValueError(f"swiglu needs a [gate; up] weight with an even number of rows; got {weight.shape[0]}")
     return _launch(_RMS, x, weight, bias, residual, norm_weight, eps, swiglu=swiglu)
 
+
+
+def add_rms_norm_qkv_rope(
+    x: torch.Tensor,  # [M, K], M <= MAX_ROWS
+    residual: torch.Tensor | None,  # [M, K] or None
+    norm_weight: torch.Tensor,  # [K]
+    eps: float,
+    weight: torch.Tensor,  # [(H + 2 * KVH) * D, K]: q, k, v projections, head after head
+    bias: torch.Tensor | None,  # [(H + 2 * KVH) * D]
+    positions: torch.Tensor,  # [M] int
+    cos_sin_cache: torch.Tensor,  # [max_pos, D] fp32: cos half | sin half
+    k_cache: torch.Tensor,  # [num_blocks, block_size, KVH, D]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, KVH, D]
+    slot_mapping: torch.Tensor,  # [M] int64, cache slot per row (< 0: not written)
+    num_heads: int,
+    num_kv_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """-> (q_rot [M, H, D], new_residual): ``add_rms_norm_linear`` of the fused qkv projection followed by
+    ``triton_fused.rope_and_write_kv`` (same roundings), in one kernel: each program computes 16 columns of one
+    head's first half and the 16 they rotate with in its second half, rotates q and k, writes q_rot and puts k
+    and v in their cache slots. Needs D / 2 to be a multiple of 16."""
+    x = _rows_arg("x", x)
+    m, k = x.shape
+    if residual is not None:
+        residual = _rows_arg("residual", residual, k)
+        if residual.shape[0] != m or residual.dtype != x.dtype:
+            raise ValueError(f"residual must match x ({tuple(x.shape)}, {x.dtype}); "
+                             f"got {tuple(residual.shape)}, {residual.dtype}")
+    _vector_arg("norm_weight", norm_weight, k)
+    _weight_arg("weight", weight, k, x.dtype)
+    _vector_arg("bias", bias, weight.shape[0])
+    heads = num_heads + 2 * num_kv_heads
+    head_dim = weight.shape[0] // heads
+    if weight.shape[0] != heads * head_dim or head_dim % 32:
+        raise ValueError(f"weight must have (num_heads + 2 * num_kv_heads) * head_dim rows with head_dim a multiple "
+                         f"of 32; got {weight.shape[0]} rows for {num_heads} + 2 * {num_kv_heads} heads")
+    want_cache = (num_kv_heads, head_dim)
+    if k_cache.dim() != 4 or tuple(k_cache.shape[2:]) != want_cache or k_cache.stride() != v_cache.stride() or \
+            k_cache.stride(-1) != 1:
+        raise ValueError(f"k_cache / v_cache must be [blocks, block_size, {num_kv_heads}, {head_dim}] with one layout "
+                         f"and a contiguous last dimension; got {tuple(k_cache.shape)}, strides {k_cache.stride()}")
+    if tuple(cos_sin_cache.shape[1:]) != (head_dim,) or cos_sin_cache.stride(-1) != 1:
+        raise ValueError(f"cos_sin_cache must be [max_pos, {head_dim}]; got {tuple(cos_sin_cache.shape)}")
+    if positions.shape != (m,) or slot_mapping.shape != (m,):
+        raise ValueError(f"positions and slot_mapping must be [{m}]; got {tuple(positions.shape)}, "
+                         f"{tuple(slot_mapping.shape)}")
+    rope = dict(positions=positions, cos_sin_cache=cos_sin_cache, slot_mapping=slot_mapping, k_cache=k_cache,
+                v_cache=v_cache, head_dim=head_dim, num_heads=num_heads, num_kv_heads=num_kv_heads)
+    return _launch(_RMS, x, weight, bias, residual, norm_weight, eps, rope=rope)

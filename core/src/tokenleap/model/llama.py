@@ -36,21 +36,12 @@ class LlamaAttention(nn.Module):
 
     def forward(
         self,
-        qkv: torch.Tensor,  # [num_tokens, q_size + 2 * kv_size], the output of qkv_proj
-        positions: torch.Tensor,  # [num_tokens]
-        cos_sin_cache: torch.Tensor,  # [max_positions, head_dim] fp32
+        q: torch.Tensor,  # [num_tokens, num_heads, head_dim], rotated (the layer's norm_qkv_rope wrote k and v)
         kv_cache: KVCache,
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [num_tokens, hidden]
-        num_tokens = qkv.shape[0]
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = self.ops.rope_and_write_kv(  # rotated keys and the values go to the cache
-            positions, q.view(num_tokens, self.num_heads, self.head_dim),
-            k.view(num_tokens, self.num_kv_heads, self.head_dim), v.view(num_tokens, self.num_kv_heads, self.head_dim),
-            cos_sin_cache, kv_cache[0], kv_cache[1], meta.slot_mapping,
-        )
         o = paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale, self.sliding_window)
-        return self.ops.linear(o.reshape(num_tokens, self.q_size), self.o_proj.weight, self.o_proj.bias)
+        return self.ops.linear(o.reshape(q.shape[0], self.q_size), self.o_proj.weight, self.o_proj.bias)
 
 
 class LlamaMLP(nn.Module):
@@ -65,8 +56,9 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     """Pre-norm block on a residual stream: returns (block output, residual) without adding them, so the
     next block's norm fuses the add (HF: residual = residual + output, then norm). Each norm runs together with
-    the projection after it (LayerOps.norm_linear: one kernel where that measured faster), and the MLP's
-    SiLU-and-mul with the gate/up projection before it (LayerOps.norm_swiglu)."""
+    the projection after it, one kernel where that measured faster: the attention's input norm with the qkv
+    projection, RoPE and the KV-cache write (LayerOps.norm_qkv_rope), the MLP's norm with the gate/up
+    projection and SiLU-and-mul (LayerOps.norm_swiglu)."""
 
     def __init__(self, cfg: ModelArchConfig, ops: LayerOps) -> None:
         super().__init__()
@@ -80,10 +72,11 @@ class LlamaDecoderLayer(nn.Module):
         # x, residual: [num_tokens, hidden] (residual None before the first layer) -> (output, residual)
         ops, attn, mlp = self.ops, self.self_attn, self.mlp
         norm = self.input_layernorm
-        qkv, new_residual = ops.norm_linear(x, residual, norm.weight, norm.eps, attn.qkv_proj.weight,
-                                            attn.qkv_proj.bias)
+        q, new_residual = ops.norm_qkv_rope(x, residual, norm.weight, norm.eps, attn.qkv_proj.weight,
+                                            attn.qkv_proj.bias, positions, cos_sin_cache, kv_cache[0], kv_cache[1],
+                                            meta.slot_mapping, attn.num_heads, attn.num_kv_heads)
         residual = x if residual is None else new_residual
-        h = attn(qkv, positions, cos_sin_cache, kv_cache, meta)
+        h = attn(q, kv_cache, meta)
         norm = self.post_attention_layernorm
         act, residual = ops.norm_swiglu(h, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight,
                                         mlp.gate_up_proj.bias)  # [num_tokens, intermediate]
