@@ -184,6 +184,26 @@ def test_fused_ops(dtype, tol):
     close(tf.silu_and_mul(gu), fused_ref.silu_and_mul_ref(gu))
 
 
+@pytest.mark.parametrize("q", [1, 4])
+@needs_triton
+def test_embed_fed(q):
+    """Embedding of a graphed step: the weight's rows of the ids, except the first row of each request flagged to
+    feed, which takes the fed token; exactly the reference's, and the reference is that definition."""
+    from tokenleap.kernels import triton_fused as tf
+
+    g = torch.Generator().manual_seed(q)
+    weight = torch.randn(50, 40, generator=g).bfloat16()
+    ids = torch.randint(0, 50, (3 * q,), generator=g)
+    feed, fed = torch.tensor([1, 0, 1]), torch.tensor([7, 8, 9, 10])  # fed may be longer than the batch
+    want = weight[ids].clone()
+    want[0], want[2 * q] = weight[7], weight[9]
+    assert torch.equal(fused_ref.embed_fed_ref(weight, ids, feed, fed), want)
+    assert torch.equal(tf.embed_fed(weight, ids, feed, fed), want)
+    assert torch.equal(tf.embed_fed(weight, ids), weight[ids])
+    with pytest.raises(ValueError, match="feed and fed come together"):
+        tf.embed_fed(weight, ids, feed)
+
+
 def test_references_match_hf():
     """The fused-op references are bit-identical to transformers' Llama modules."""
     llama = pytest.importorskip("transformers.models.llama.modeling_llama")

@@ -189,11 +189,10 @@ class DecodeGraphs:
         def layers(i: int) -> None:
             if i == 0 and draft and q > 1 and self.device_lookup is not None:  # fed rows draft here, others kept
                 self._draft_on_device(b, q, v)
-            if i == 0:
-                tokens = ids
-                if q == 1:  # requests flagged to feed take the previous 1-token step's argmax
-                    tokens = torch.where(feed.bool(), self.last_tokens[:b], ids)
-                state["x"], state["residual"] = model.embed_tokens(tokens), None  # [b * q, hidden]
+            if i == 0:  # on a 1-token step, requests flagged to feed take the previous step's argmax
+                fed = (feed, self.last_tokens[:b]) if q == 1 else (None, None)
+                state["x"] = self._embed(model.embed_tokens.weight, ids, *fed)  # [b * q, hidden]
+                state["residual"] = None
             state["x"], state["residual"] = model.run_layers(state["x"], state["residual"], positions,
                                                              self.kv_caches, meta, bounds[i], bounds[i + 1])
 
@@ -214,6 +213,14 @@ class DecodeGraphs:
         last = stages[-1]
         stages[-1] = lambda: (last(), head())
         return stages, state
+
+    def _embed(self, *args) -> torch.Tensor:
+        """``kernels/fused_ref.py``'s embed_fed_ref, on the backend's kernels."""
+        if self.backend == "triton":
+            from tokenleap.kernels.triton_fused import embed_fed
+        else:
+            from tokenleap.kernels.fused_ref import embed_fed_ref as embed_fed
+        return embed_fed(*args)
 
     def _greedy_head(self, *args) -> torch.Tensor:
         """``kernels/greedy_ref.py``'s greedy head, on the backend's kernels."""

@@ -10,6 +10,8 @@ against them and the engine's CPU path gives the same numbers as ``transformers`
   the activation dtype, and ``q * cos + rotate_half(q) * sin`` is computed in the activation dtype.
 - RoPE + KV write: the rotated keys and the values go to their paged-cache slots (``write_kv_ref``).
 - SwiGLU (``LlamaMLP``): ``silu(gate) * up`` in the activation dtype.
+- Embedding of a graphed step's tokens, where a request flagged to feed takes its token from the device
+  (the previous step's argmax) instead of the staged id.
 """
 
 from __future__ import annotations
@@ -76,3 +78,18 @@ def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
     # x: [T, 2*I] (gate | up) -> [T, I]
     inter = x.shape[-1] // 2
     return F.silu(x[..., :inter]) * x[..., inter:]
+
+
+def embed_fed_ref(
+    weight: torch.Tensor,  # [vocab, hidden]
+    ids: torch.Tensor,  # [b * q] int64
+    feed: torch.Tensor | None = None,  # [b] int64: nonzero -> request i's first row takes fed[i]
+    fed: torch.Tensor | None = None,  # [b] int64
+) -> torch.Tensor:  # [b * q, hidden]
+    tokens = ids
+    if feed is not None:
+        b = feed.shape[0]
+        tokens = ids.clone().view(b, -1)
+        tokens[:, 0] = torch.where(feed != 0, fed[:b], tokens[:, 0])
+        tokens = tokens.view(-1)
+    return weight[tokens]
