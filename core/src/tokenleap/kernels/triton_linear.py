@@ -330,6 +330,23 @@ def linear_small_m(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return _launch(_PLAIN, x, weight, bias)[0]
 
 
+def _norm_linear_args(x, residual, norm_weight, weight, bias) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Check the arguments of a fused RMSNorm + projection -> (x, residual) with contiguous last dimensions."""
+    x = _rows_arg("x", x)
+    m, k = x.shape
+    if residual is not None:
+        residual = _rows_arg("residual", residual, k)
+        if residual.shape[0] != m or residual.dtype != x.dtype:
+            raise ValueError(f"residual must match x ({tuple(x.shape)}, {x.dtype}); "
+                             f"got {tuple(residual.shape)}, {residual.dtype}")
+    _vector_arg("norm_weight", norm_weight, k)
+    if norm_weight.dtype != x.dtype:
+        raise ValueError(f"norm_weight must have x's dtype {x.dtype}; got {norm_weight.dtype}")
+    _weight_arg("weight", weight, k, x.dtype)
+    _vector_arg("bias", bias, weight.shape[0])
+    return x, residual
+
+
 def add_rms_norm_linear(
     x: torch.Tensor,  # [M, K], M <= MAX_ROWS
     residual: torch.Tensor | None,  # [M, K] or None (plain rms_norm)
@@ -345,22 +362,10 @@ def add_rms_norm_linear(
     ``swiglu``: weight is a fused [gate; up] projection [2 * I, K] and y is triton_fused.silu_and_mul of the
     linear, [M, I] (each program computes matching columns of both halves: no [M, 2 * I] round trip, no
     second kernel)."""
-    x = _rows_arg("x", x)
-    m, k = x.shape
-    if residual is not None:
-        residual = _rows_arg("residual", residual, k)
-        if residual.shape[0] != m or residual.dtype != x.dtype:
-            raise ValueError(f"residual must match x ({tuple(x.shape)}, {x.dtype}); "
-                             f"got {tuple(residual.shape)}, {residual.dtype}")
-    _vector_arg("norm_weight", norm_weight, k)
-    if norm_weight.dtype != x.dtype:
-        raise ValueError(f"norm_weight must have x's dtype {x.dtype}; got {norm_weight.dtype}")
-    _weight_arg("weight", weight, k, x.dtype)
-    _vector_arg("bias", bias, weight.shape[0])
+    x, residual = _norm_linear_args(x, residual, norm_weight, weight, bias)
     if swiglu and weight.shape[0] % 2:
         raise ValueError(f"swiglu needs a [gate; up] weight with an even number of rows; got {weight.shape[0]}")
     return _launch(_RMS, x, weight, bias, residual, norm_weight, eps, swiglu=swiglu)
-
 
 
 def add_rms_norm_qkv_rope(
@@ -382,16 +387,8 @@ def add_rms_norm_qkv_rope(
     ``triton_fused.rope_and_write_kv`` (same roundings), in one kernel: each program computes 16 columns of one
     head's first half and the 16 they rotate with in its second half, rotates q and k, writes q_rot and puts k
     and v in their cache slots. Needs D / 2 to be a multiple of 16."""
-    x = _rows_arg("x", x)
-    m, k = x.shape
-    if residual is not None:
-        residual = _rows_arg("residual", residual, k)
-        if residual.shape[0] != m or residual.dtype != x.dtype:
-            raise ValueError(f"residual must match x ({tuple(x.shape)}, {x.dtype}); "
-                             f"got {tuple(residual.shape)}, {residual.dtype}")
-    _vector_arg("norm_weight", norm_weight, k)
-    _weight_arg("weight", weight, k, x.dtype)
-    _vector_arg("bias", bias, weight.shape[0])
+    x, residual = _norm_linear_args(x, residual, norm_weight, weight, bias)
+    m = x.shape[0]
     heads = num_heads + 2 * num_kv_heads
     head_dim = weight.shape[0] // heads
     if weight.shape[0] != heads * head_dim or head_dim % 32:
