@@ -133,9 +133,10 @@ def test_prefill_buckets():
 def test_segment_bounds():
     assert segment_bounds(1) == [0, 1]
     assert segment_bounds(2) == [0, 1, 2]
-    assert segment_bounds(30) == [0, 1, 3, 7, 15, 30]  # SmolLM2
-    assert segment_bounds(32) == [0, 1, 3, 7, 15, 32]  # Llama 3 8B: a 1-layer tail is folded in
-    assert segment_bounds(80) == [0, 1, 3, 7, 15, 31, 63, 80]
+    assert segment_bounds(3) == [0, 1, 2, 3]
+    assert segment_bounds(30) == [0, 1, 15, 30]  # SmolLM2: one layer, then two equal segments
+    assert segment_bounds(32) == [0, 1, 16, 32]  # Llama 3 8B
+    assert segment_bounds(80) == [0, 1, 40, 80]
     assert equal_bounds(32, 3) == [0, 11, 21, 32]
     assert equal_bounds(2, 3) == [0, 1, 2]  # never an empty segment
 

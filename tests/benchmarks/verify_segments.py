@@ -24,6 +24,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from graph_replay import build, replay_inputs  # noqa: E402
 
 
+def doubling_bounds(num_layers: int) -> list[int]:
+    """1, 2, 4, 8, ... layers (a short tail folded into the segment before it): the engine's verify segments
+    before the sixth session."""
+    bounds, size = [0], 1
+    while bounds[-1] < num_layers:
+        bounds.append(min(num_layers, bounds[-1] + size))
+        size *= 2
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < (bounds[-2] - bounds[-3]) // 2:
+        del bounds[-2]
+    return bounds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -35,9 +47,9 @@ def main() -> None:
     llm = build(args.model, args.shape, {"method": "ngram", "num_speculative_tokens": q - 1} if q > 1 else None)
     eng = llm.engine
     n = len(eng.model.layers)
-    options = {"whole": [0, n], "1,2,4,...": segment_bounds(n), "3 equal": equal_bounds(n, 3),
-               "6 equal": equal_bounds(n, 6), "1 + 2 equal": [0, 1, 1 + (n - 1) // 2, n],
-               "2,4,8,...": [0] + segment_bounds(n)[2:]}
+    options = {"whole": [0, n], "1,2,4,...": doubling_bounds(n), "3 equal": equal_bounds(n, 3),
+               "6 equal": equal_bounds(n, 6), "1 + 2 equal (engine)": segment_bounds(n),
+               "2,4,8,...": [0] + doubling_bounds(n)[2:]}
     for name, bounds in options.items():
         graphs = DecodeGraphs(eng.model, eng.runner.kv_caches, 1, [q], eng.runner.max_blocks_per_req,
                               eng.max_model_len, eng.backend, eng.device, decode_bounds=bounds, verify_bounds=bounds)
