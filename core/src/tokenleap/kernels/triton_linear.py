@@ -1,13 +1,19 @@
-"""Linear layers for a few rows (M <= 16 tokens), optionally with the RMSNorm before them fused in.
+"""Linear layers for a few rows (M <= 16 tokens), optionally with the RMSNorm before them and what follows the
+projection fused in.
 
 A decode or verify step multiplies a handful of rows by every weight matrix: the work is streaming the weight
 once from memory, and at batch 1 a 576x576 layer is mostly launch and latency (cuBLAS: ~3.6 us on an H100
-for 0.2 us of bytes). One kernel computes
+for 0.2 us of bytes; a separate small kernel costs ~1-2 us). One kernel computes
 
-    linear_small_m:       y = x @ weight.T (+ bias)
-    add_rms_norm_linear:  y = rms_norm(x + residual) @ weight.T (+ bias), and new_residual = x + residual
+    linear_small_m:         y = x @ weight.T (+ bias)
+    add_rms_norm_linear:    y = rms_norm(x + residual) @ weight.T (+ bias), and new_residual = x + residual
+      swiglu=True:          y = silu_and_mul of that (weight = [gate; up])
+    add_rms_norm_qkv_rope:  q_rot of the fused qkv projection, k_rot and v written to the paged KV cache
 
-with the roundings of ``triton_fused``'s ops followed by a linear (references in ``linear_ref.py``).
+with the roundings of ``triton_fused``'s ops followed by a linear (references in ``linear_ref.py``; the
+epilogues give the unfused Triton ops' bits). The two epilogues need a second column tile per program: the up
+projection's columns beside the gate's, a head's second-half columns beside the first half's (RoPE rotates
+column d with d + D / 2).
 
 Design. Program ``p`` owns the output columns ``[p*BLOCK_N, (p+1)*BLOCK_N)`` for all M rows and walks K in
 BLOCK_K chunks: it loads a ``[BLOCK_N, BLOCK_K]`` weight tile (every weight element is read by exactly one
