@@ -12,14 +12,14 @@ bandwidth: a pure read stream can beat it by a few percent). The calls cycle thr
 difference from torch / from the unfused path. Then: row m's bits alone, in a batch of 3 and of 16 (must
 be equal). ``--sweep`` then times candidate tiles per shape and M and prints the best ones.
 
-The kernels are loaded from their files: they need only torch and triton (the tokenleap package needs more).
+Needs the tokenleap package (on the lent GPU machine: ``source scripts/gpu_env.sh``): the few-row kernels share
+their SwiGLU / RoPE epilogue maths with ``triton_fused``.
 """
 
 from __future__ import annotations
 
 # ruff: noqa: B023  (the lambdas are timed within the loop iteration that defines them)
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tokenleap.kernels import triton_fused as tfused
+from tokenleap.kernels import triton_linear as tlin
 
-KERNELS = Path(__file__).resolve().parents[2] / "core" / "src" / "tokenleap" / "kernels"
 BANDWIDTH = 3.0e12  # bytes/s, H100 device-to-device copy (DESIGN.md)
 ROWS = (1, 4, 8, 16)
 EPS = 1e-5
@@ -52,16 +53,6 @@ SHAPES = [  # model, layer, N, K, prologue before it ("rms": with residual, "nor
 def sweep_tiles(warps=(4,), stages=(3, 5)) -> list[tuple[int, int, int, int]]:
     """Candidate (BLOCK_N, BLOCK_K, warps, stages) tiles; BLOCK_K stays 256 (it fixes the bits)."""
     return [(bn, 256, w, s) for bn in (16, 32, 64, 128) for w in warps for s in stages]
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", KERNELS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tlin, tfused = load("triton_linear"), load("triton_fused")
 
 
 class Layer:

@@ -112,7 +112,7 @@ def _triton_ops() -> LayerOps:
                       slots, num_heads, num_kv_heads):
         args = (x, residual, norm_weight, eps, weight, bias, positions, cos_sin_cache, k_cache, v_cache, slots,
                 num_heads, num_kv_heads)
-        if fused(x) and (weight.shape[0] // (num_heads + 2 * num_kv_heads)) % 32 == 0:
+        if fused(x) and few.rope_epilogue_fits(weight.shape[0] // (num_heads + 2 * num_kv_heads)):
             return few.add_rms_norm_qkv_rope(*args)
         return norm_qkv_rope_composed(*args)
 

@@ -68,6 +68,20 @@ def fused_add_rms_norm(
 
 
 @triton.jit
+def rotate_half_pair(x1, x2, cos, sin):
+    """fp32 halves of x -> the halves of x * cos + rotate_half(x) * sin (rotate_half(x) = cat(-x2, x1)), fp32.
+    Also the qkv projection's RoPE epilogue (``triton_linear``): one definition, the same bits."""
+    return x1 * cos - x2 * sin, x2 * cos + x1 * sin
+
+
+@triton.jit
+def silu_times(g, u, DTYPE: tl.constexpr):
+    """fp32 gate and up -> silu(gate), rounded to DTYPE as HF rounds silu's output, times up (fp32). Also the
+    gate/up projection's SwiGLU epilogue (``triton_linear``): one definition, the same bits."""
+    return (g / (1.0 + tl.exp(-g))).to(DTYPE).to(tl.float32) * u
+
+
+@triton.jit
 def _rope_rows(src, dst, src_stride_h, dst_stride_h, cos, sin,
                H: tl.constexpr, HALF: tl.constexpr, H_PAD: tl.constexpr, HALF_PAD: tl.constexpr):
     """Rotate the ``H`` head rows of one token from ``src`` into ``dst`` (pointers to the token's rows)."""
@@ -77,8 +91,9 @@ def _rope_rows(src, dst, src_stride_h, dst_stride_h, cos, sin,
     x1 = tl.load(src + h * src_stride_h + d, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(src + h * src_stride_h + HALF + d, mask=mask, other=0.0).to(tl.float32)
     out = dst + h * dst_stride_h + d
-    tl.store(out, (x1 * cos - x2 * sin).to(dst.dtype.element_ty), mask=mask)
-    tl.store(out + HALF, (x2 * cos + x1 * sin).to(dst.dtype.element_ty), mask=mask)
+    o1, o2 = rotate_half_pair(x1, x2, cos, sin)
+    tl.store(out, o1.to(dst.dtype.element_ty), mask=mask)
+    tl.store(out + HALF, o2.to(dst.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -152,8 +167,8 @@ def _silu_mul_kernel(x_ptr, out_ptr, stride_x, INTER: tl.constexpr, BLOCK: tl.co
     mask = cols < INTER
     g = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(x_ptr + row * stride_x + INTER + cols, mask=mask, other=0.0).to(tl.float32)
-    act = (g / (1.0 + tl.exp(-g))).to(out_ptr.dtype.element_ty).to(tl.float32)  # HF rounds silu's output
-    tl.store(out_ptr + row * INTER + cols, (act * u).to(out_ptr.dtype.element_ty), mask=mask)
+    out = silu_times(g, u, out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * INTER + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tokenleap.kernels.triton_fused import rotate_half_pair, silu_times
+
 MAX_ROWS = 16  # rows (tokens) a call may have; also the row count of every tl.dot
 
 _PLAIN, _RMS = 0, 1  # prologue kinds (constexpr)
@@ -133,15 +135,12 @@ def _input_chunk(
     return a
 
 
-# M (the row count, 1..16) is not specialized on: Triton would otherwise compile a variant for M == 1, one for
-# M % 16 == 0 and one for the rest, and an eager step with a new row count would stall on a compile mid-serving.
-# M == 1 still gets its own variant through ROWS (a constexpr).
 @triton.jit
 def _rope_epilogue(acc, acc2, head, half_cols, M, q_ptr, pos_ptr, cs_ptr, slot_ptr, k_cache_ptr, v_cache_ptr,
                    stride_cos, stride_cb, stride_cs, stride_ch, HEAD_DIM: tl.constexpr, NUM_HEADS: tl.constexpr,
                    NUM_KV_HEADS: tl.constexpr, PAGE: tl.constexpr):
     # acc, acc2: [16, BLOCK_N] columns half_cols of head slot `head` (q heads, then k, then v) in its first and
-    # second half. q and k are rotated (triton_fused.rope_and_write_kv's roundings), q goes to q_ptr [M, H, D],
+    # second half. q and k are rotated as triton_fused.rope_and_write_kv rotates them, q goes to q_ptr [M, H, D],
     # k and v to their cache slots (rows whose slot is < 0 are not written).
     dtype = q_ptr.dtype.element_ty
     half: tl.constexpr = HEAD_DIM // 2
@@ -153,8 +152,7 @@ def _rope_epilogue(acc, acc2, head, half_cols, M, q_ptr, pos_ptr, cs_ptr, slot_p
         pos = tl.load(pos_ptr + x_rows).to(tl.int64)  # [16, 1]
         cos = tl.load(cs_ptr + pos * stride_cos + half_cols).to(dtype).to(tl.float32)  # HF casts cos / sin
         sin = tl.load(cs_ptr + pos * stride_cos + half + half_cols).to(dtype).to(tl.float32)
-        o1 = x1 * cos - x2 * sin
-        o2 = x2 * cos + x1 * sin
+        o1, o2 = rotate_half_pair(x1, x2, cos, sin)
     else:
         o1 = x1
         o2 = x2
@@ -235,10 +233,8 @@ def _small_m_linear_kernel(
                        v_cache_ptr, stride_cos, stride_cb, stride_cs, stride_ch, HEAD_DIM, NUM_HEADS,
                        NUM_KV_HEADS, PAGE)
     else:
-        if EPILOGUE == 1:  # triton_fused.silu_and_mul's roundings
-            g = acc.to(dtype).to(tl.float32)
-            act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
-            acc = act * acc2.to(dtype).to(tl.float32)
+        if EPILOGUE == 1:  # triton_fused.silu_and_mul of the projection as an unfused step stores it
+            acc = silu_times(acc.to(dtype).to(tl.float32), acc2.to(dtype).to(tl.float32), dtype)
         tl.store(y_ptr + rows * N + n[None, :], acc.to(dtype), mask=(rows < M) & n_ok[None, :])
 
 
@@ -250,8 +246,8 @@ def tile_for(n: int, k: int, prologue: int = _PLAIN, rows: int = MAX_ROWS) -> tu
     tile): small N buys parallelism with narrow tiles. The fused RMSNorm is recomputed by every program, so it
     takes wider tiles (fewer programs). Short K loops keep fewer stages (more programs per SM). Plain layers
     with short rows (K <= 2048: SmolLM2's) run faster on two warps: one input row on 16 columns and five
-    stages (o_proj 3.37 -> 3.03 us, down 4.26 -> 3.93, lm_head 23.2 -> 21.3), and 16 rows of a long-K one on
-    five stages (down 4.66 -> 4.19 us)."""
+    stages (o_proj 3.37 -> 3.03 us, down 4.24 -> 3.93, lm_head 23.2 -> 21.3), and 16 rows of a long-K one on
+    five stages (down 4.64 -> 4.19 us; all from one sweep run)."""
     widths = (64, 32) if prologue == _PLAIN else (128, 64, 32)
     block_n = next((b for b in widths if triton.cdiv(n, b) >= _MIN_PROGRAMS), 16)
     stages = 5 if prologue == _PLAIN and k > 1024 else 3
@@ -374,6 +370,12 @@ def add_rms_norm_linear(
     return _launch(_RMS, x, weight, bias, residual, norm_weight, eps, swiglu=swiglu)
 
 
+def rope_epilogue_fits(head_dim: int) -> bool:
+    """Whether ``add_rms_norm_qkv_rope`` takes this head size: each program owns 16 columns of a head's first half
+    and their partners in the second, so D / 2 must be a multiple of 16."""
+    return head_dim % 32 == 0
+
+
 def add_rms_norm_qkv_rope(
     x: torch.Tensor,  # [M, K], M <= MAX_ROWS
     residual: torch.Tensor | None,  # [M, K] or None
@@ -397,7 +399,7 @@ def add_rms_norm_qkv_rope(
     m = x.shape[0]
     heads = num_heads + 2 * num_kv_heads
     head_dim = weight.shape[0] // heads
-    if weight.shape[0] != heads * head_dim or head_dim % 32:
+    if weight.shape[0] != heads * head_dim or not rope_epilogue_fits(head_dim):
         raise ValueError(f"weight must have (num_heads + 2 * num_kv_heads) * head_dim rows with head_dim a multiple "
                          f"of 32; got {weight.shape[0]} rows for {num_heads} + 2 * {num_kv_heads} heads")
     want_cache = (num_kv_heads, head_dim)
