@@ -40,6 +40,7 @@ device, which is how the CPU test suite covers it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -81,6 +82,28 @@ def equal_bounds(num_layers: int, num_segments: int) -> list[int]:
     return [round(i * num_layers / s) for i in range(s + 1)]
 
 
+class GraphKernels(NamedTuple):
+    """The graphed step's own ops, beyond the model's: Triton kernels, or their torch references (any device)."""
+
+    embed_fed: Callable  # kernels/fused_ref.py: embed_fed_ref
+    greedy_head: Callable  # kernels/greedy_ref.py: greedy_head_ref
+    next_verify_inputs: Callable  # kernels/ngram_ref.py: next_verify_inputs_ref
+
+
+def graph_kernels(backend: str) -> GraphKernels:
+    if backend == "triton":
+        from tokenleap.kernels.triton_fused import embed_fed
+        from tokenleap.kernels.triton_greedy import greedy_head
+        from tokenleap.kernels.triton_ngram import next_verify_inputs
+
+        return GraphKernels(embed_fed, greedy_head, next_verify_inputs)
+    from tokenleap.kernels.fused_ref import embed_fed_ref
+    from tokenleap.kernels.greedy_ref import greedy_head_ref
+    from tokenleap.kernels.ngram_ref import next_verify_inputs_ref
+
+    return GraphKernels(embed_fed_ref, greedy_head_ref, next_verify_inputs_ref)
+
+
 class DecodeGraphs:
     def __init__(self, model: LlamaForCausalLM, kv_caches: list[KVCache], max_num_seqs: int,
                  query_lens: list[int], max_blocks_per_req: int, max_model_len: int, backend: str,
@@ -96,6 +119,7 @@ class DecodeGraphs:
         self.max_blocks = max_blocks_per_req
         self.max_model_len = max_model_len
         self.backend = backend
+        self.kernels = graph_kernels(backend)
         self.device = device
         self.use_cuda_graphs = use_cuda_graphs
         num_layers = len(model.layers)
@@ -189,7 +213,7 @@ class DecodeGraphs:
                 self._draft_on_device(b, q, v)
             if i == 0:  # on a 1-token step, requests flagged to feed take the previous step's argmax
                 fed = (feed, self.last_tokens[:b]) if q == 1 else (None, None)
-                state["x"] = self._embed(model.embed_tokens.weight, ids, *fed)  # [b * q, hidden]
+                state["x"] = self.kernels.embed_fed(model.embed_tokens.weight, ids, *fed)  # [b * q, hidden]
                 state["residual"] = None
             state["x"], state["residual"] = model.run_layers(state["x"], state["residual"], positions,
                                                              self.kv_caches, meta, bounds[i], bounds[i + 1])
@@ -203,8 +227,8 @@ class DecodeGraphs:
             logits = model.raw_logits(hidden)  # [b * q, vocab] in the model's dtype
             # argmax and greedy verification; the copies a step launched behind this one reads: a 1-token step's
             # argmax (fed input) and, with device drafting, the tokens a verify step appends to the histories
-            greedy = self._greedy_head(logits, ids, num_drafts, q, self.last_tokens if q == 1 else None,
-                                       self.last_verify if self.device_lookup is not None else None)
+            greedy = self.kernels.greedy_head(logits, ids, num_drafts, q, self.last_tokens if q == 1 else None,
+                                              self.last_verify if self.device_lookup is not None else None)
             state["logits"], state["greedy"] = logits, greedy
 
         stages: list[Callable] = [lambda i=i: layers(i) for i in range(len(bounds) - 1)]
@@ -212,32 +236,12 @@ class DecodeGraphs:
         stages[-1] = lambda: (last(), head())
         return stages, state
 
-    def _embed(self, *args) -> torch.Tensor:
-        """``kernels/fused_ref.py``'s embed_fed_ref, on the backend's kernels."""
-        if self.backend == "triton":
-            from tokenleap.kernels.triton_fused import embed_fed
-        else:
-            from tokenleap.kernels.fused_ref import embed_fed_ref as embed_fed
-        return embed_fed(*args)
-
-    def _greedy_head(self, *args) -> torch.Tensor:
-        """``kernels/greedy_ref.py``'s greedy head, on the backend's kernels."""
-        if self.backend == "triton":
-            from tokenleap.kernels.triton_greedy import greedy_head
-        else:
-            from tokenleap.kernels.greedy_ref import greedy_head_ref as greedy_head
-        return greedy_head(*args)
-
     def _draft_on_device(self, b: int, q: int, v: dict[str, torch.Tensor]) -> None:
         """The fed rows' inputs of a (b, q) verify step, drafted from their token histories."""
-        if self.backend == "triton":
-            from tokenleap.kernels.triton_ngram import next_verify_inputs
-        else:
-            from tokenleap.kernels.ngram_ref import next_verify_inputs_ref as next_verify_inputs
         lo, hi = self.device_lookup
-        next_verify_inputs(self.hist, self.hist_len, self.last_verify, v["feed"], v["limits"], v["tables"], v["ids"],
-                           v["positions"], v["slots"], v["seq_lens"], v["num_drafts"], q=q,
-                           block_size=self.block_size, lookup_min=lo, lookup_max=hi)
+        self.kernels.next_verify_inputs(self.hist, self.hist_len, self.last_verify, v["feed"], v["limits"],
+                                        v["tables"], v["ids"], v["positions"], v["slots"], v["seq_lens"],
+                                        v["num_drafts"], q=q, block_size=self.block_size, lookup_min=lo, lookup_max=hi)
 
     def load_histories(self, histories: list[list[int]]) -> None:
         """Set the token history of graph rows 0.. (one list per row) for device drafting: queued on the stream,
