@@ -302,6 +302,27 @@ def test_device_drafting_stops_like_plain_decoding(folder, eager_greedy):
     assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks
 
 
+@pytest.mark.parametrize("spec", [None, NGRAM])
+def test_step_launched_behind_a_finishing_one_is_not_waited_for(folder, eager_greedy, spec):
+    """A request that stops (here at a stop token) inside a step with the next one already launched behind it is
+    handed back without waiting for that next step: generate() returns with it still "on the device"; the next
+    launch waits for it first (its staging and read-back buffers get reused), and nothing else changes."""
+    one = [PROMPTS[1]]
+    params = [SamplingParams(temperature=0, max_tokens=30, stop_token_ids=[eager_greedy[1][20]])]
+    want = token_ids(tiny_llm(folder, padded=False).generate(one, params, use_tqdm=False))
+    llm = tiny_llm(folder, padded=True, max_num_seqs=1, speculative_config=spec)
+    eng, events = llm.engine, []
+    assert token_ids(llm.generate(one, params, use_tqdm=False)) == want
+    orphan = eng._orphan
+    assert orphan is not None and eng._in_flight is None and orphan.result is None  # never read back
+    assert eng.blocks.num_free_blocks == eng.blocks.num_usable_blocks and not eng.has_unfinished_requests()
+    wait, launch = orphan.wait, eng.runner.launch
+    orphan.wait = lambda: (events.append("orphan waited"), wait())[1]
+    eng.runner.launch = lambda *a, **kw: (events.append("launch"), launch(*a, **kw))[1]
+    assert token_ids(llm.generate(one, params, use_tqdm=False)) == want
+    assert events[:2] == ["orphan waited", "launch"] and events.count("orphan waited") == 1
+
+
 def test_device_drafting_off_by_batch_size(folder, eager_greedy):
     """disable_by_batch_size switches drafting off for large batches: then nothing drafts on the device either
     (with 4 running requests and the limit at 2, no verify step is launched ahead while 2 or more run)."""

@@ -223,16 +223,20 @@ def ours_tps(llm: LLM, chats, max_new: int):
 
 
 def answers(llm: LLM, chats, max_new: int) -> dict:
-    """The model's own answers (stopping at EOS, at most ``max_new`` tokens), one request at a time: tokens/s
-    end to end and in the decode phase (first token's time, measured by a 1-token run, taken out), tokens per
-    engine step (prefill steps included), and the token ids."""
+    """The model's own answers (stopping at EOS, at most ``max_new`` tokens), one request at a time, back to
+    back: tokens/s end to end (one clock over all of them: a step the engine left on the device behind a finished
+    request delays the next request's launch, and the last one is waited for before the clock stops) and in the
+    decode phase (the first tokens' time, measured by 1-token runs before, taken out), tokens per engine step
+    (prefill steps included), and the token ids."""
     warm_up(llm, chats, ignore_eos=False)
-    outs, tokens, secs, first_secs, steps = [], 0, 0.0, 0.0, 0
-    for chat in chats:
-        first_secs += timed_chat(llm, chat, SamplingParams(temperature=0, max_tokens=1))[0]
-        t, n, ids = timed_chat(llm, chat, SamplingParams(temperature=0, max_tokens=max_new))
-        secs, steps, tokens = secs + t, steps + n, tokens + len(ids)
-        outs.append(ids)
+    first_secs = sum(timed_chat(llm, chat, SamplingParams(temperature=0, max_tokens=1))[0] for chat in chats)
+    params = SamplingParams(temperature=0, max_tokens=max_new)
+    torch.cuda.synchronize()
+    t0, steps0 = time.perf_counter(), llm.engine.counters.num_steps
+    outs = [list(llm.chat([chat], params, use_tqdm=False)[0].outputs[0].token_ids) for chat in chats]
+    torch.cuda.synchronize()
+    secs, steps = time.perf_counter() - t0, llm.engine.counters.num_steps - steps0
+    tokens = sum(len(ids) for ids in outs)
     return dict(tokens=tokens, tokens_per_s=tokens / secs, steps=steps, tokens_per_step=tokens / steps,
                 decode_tokens_per_s=(tokens - len(chats)) / (secs - first_secs), first_token_ms=first_secs
                 / len(chats) * 1e3, outputs=outs)

@@ -92,6 +92,10 @@ class Engine:
         self.counters = EngineCounters()
         self.requests: dict[str, Request] = {}
         self._in_flight: LaunchedStep | None = None  # a step launched ahead, read back by the next step()
+        # a step launched ahead whose requests all ended before it was read: nobody needs its result, so the
+        # requests are handed back without waiting for it; the next launch waits for it (its staged inputs and
+        # read-back buffer are reused by the steps after it)
+        self._orphan: LaunchedStep | None = None
         self._last_log = time.monotonic()
         log.info("engine ready", model=cfg.model, device=str(self.device), dtype=str(loaded.dtype),
                  attention=self.backend, kv_blocks=num_blocks, max_model_len=max_len,
@@ -164,6 +168,7 @@ class Engine:
         if not sched.scheduled:
             return None
         self.counters.num_preemptions += len(sched.preempted)
+        self._settle_orphan()
         return self.runner.launch(sched.scheduled)
 
     def _may_launch_next(self) -> bool:
@@ -192,10 +197,17 @@ class Engine:
         return 1 + self.num_speculative_tokens
 
     def _drop_in_flight_if_done(self) -> None:
-        """A step launched ahead whose requests all ended has nothing to give: wait for it and drop it."""
+        """A step launched ahead whose requests all ended has nothing to give: drop it without waiting (the
+        finished requests go back to the caller while the GPU still runs it; the next launch waits for it)."""
         if self._in_flight is not None and all(s.request.status.finished for s in self._in_flight.scheduled):
-            self._in_flight.wait()
-            self._in_flight = None
+            self._orphan, self._in_flight = self._in_flight, None
+
+    def _settle_orphan(self) -> None:
+        """Wait for a dropped step still on the device before launching anything: the launch after it writes the
+        staging buffer its inputs were copied from, and the step after that its read-back buffer."""
+        if self._orphan is not None:
+            self._orphan.wait()
+            self._orphan = None
 
     def _apply(self, scheduled: list[ScheduledRequest], result: StepResult, now: float) -> list[Request]:
         """Account a step's results to its requests; returns those that finished. Requests that ended before
