@@ -10,7 +10,9 @@ only); the floor is weight bytes / 3.0 TB/s (a copy's
 bandwidth: a pure read stream can beat it by a few percent). The calls cycle through enough copies of the weight
 (>= 128 MB) that they come from memory, not from the 50 MB L2, as in a real decode step. err: max abs
 difference from torch / from the unfused path. Then: row m's bits alone, in a batch of 3 and of 16 (must
-be equal). ``--sweep`` then times candidate tiles per shape and M and prints the best ones.
+be equal). ``--sweep`` then times candidate tiles per shape and M and prints the best ones;
+``--engine-variants`` (alone) times them for SmolLM2's layers as the graphed engine runs them instead (the norm
+fused with the qkv projection, RoPE and the KV write; with gate/up and SwiGLU; o_proj; down).
 
 Needs the tokenleap package (on the lent GPU machine: ``source scripts/gpu_env.sh``): the few-row kernels share
 their SwiGLU / RoPE epilogue maths with ``triton_fused``.
@@ -94,6 +96,93 @@ class Layer:
 
     def fused(self, i=0, tile=None):
         return tlin._launch(tlin._RMS, self.x, self.weights[i], None, self.res, self.nw, EPS, tile=tile)[0]
+
+
+ENGINE_VARIANTS = [  # SmolLM2-135M's graphed layer as the engine runs it: (layer, N, K, epilogue)
+    ("qkv+rope", 960, 576, "rope"),
+    ("gate_up+swiglu", 3072, 576, "swiglu"),
+    ("o_proj", 576, 576, None),
+    ("down", 576, 1536, None),
+]
+HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64  # SmolLM2-135M
+
+
+class EngineLayer(Layer):
+    """A layer of ENGINE_VARIANTS: the fused norm with its epilogue (RoPE + KV write, or SwiGLU), or plain."""
+
+    def __init__(self, n, k, epilogue, device, stream=True):
+        super().__init__(n, k, "rms" if epilogue else None, device, stream=stream)
+        self.epilogue = epilogue
+        self.caches = [torch.zeros(64, 16, KV_HEADS, HEAD_DIM, dtype=torch.bfloat16, device=device) for _ in range(2)]
+        self.cos_sin = torch.randn(4096, HEAD_DIM, generator=self.g, device=device)
+
+    def set_rows(self, m):
+        super().set_rows(m)
+        self.positions = torch.arange(100, 100 + m, device=self.device)  # made here: a call launches one kernel
+        self.slots = torch.arange(20, 20 + m, device=self.device)
+        return self
+
+    def run(self, i=0, tile=None):
+        if self.epilogue is None:
+            return self.ours(i, tile=tile)
+        rope = None
+        if self.epilogue == "rope":
+            rope = dict(positions=self.positions, cos_sin_cache=self.cos_sin, slot_mapping=self.slots,
+                        k_cache=self.caches[0], v_cache=self.caches[1], head_dim=HEAD_DIM, num_heads=HEADS,
+                        num_kv_heads=KV_HEADS)
+        return tlin._launch(tlin._RMS, self.x, self.weights[i], None, self.res, self.nw, EPS, tile=tile,
+                            swiglu=self.epilogue == "swiglu", rope=rope)[0]
+
+    def default_tile(self):
+        return tlin.tile_for(self.n, self.k, tlin._RMS if self.epilogue else tlin._PLAIN,
+                             1 if self.m == 1 else tlin.MAX_ROWS)
+
+
+def _compile_engine_variant(job) -> str | None:
+    """Worker: build one (layer, rows, tile) variant of ENGINE_VARIANTS so the main process finds it cached."""
+    index, m, tile = job
+    _, n, k, epilogue = ENGINE_VARIANTS[index]
+    try:
+        layer = EngineLayer(64 if epilogue != "rope" else n, k, epilogue, torch.device("cuda"), stream=False)
+        layer.set_rows(m).run(tile=tile)
+        torch.cuda.synchronize()
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e)[:120]}"
+    return None
+
+
+def sweep_engine_variants(device, tiles, rows=(1, 16)) -> list[dict]:
+    """Time every tile for SmolLM2's layers as the graphed engine runs them (ENGINE_VARIANTS), per row count;
+    tiles whose bits differ from the default tile's are marked (a BLOCK_K other than the default's)."""
+    jobs = [(i, m, t) for i, (_, _, _, ep) in enumerate(ENGINE_VARIANTS) for m in rows for t in tiles
+            if ep != "rope" or t[0] == 16]  # the RoPE epilogue always takes 16 columns
+    workers = max(1, min(14, (os.cpu_count() or 2) - 2))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        failed = {job for job, err in zip(jobs, pool.map(_compile_engine_variant, jobs)) if err}
+    print(f"\nengine variants (SmolLM2-135M): us per call (CUDA graph), best tiles (BLOCK_N, BLOCK_K, warps, "
+          f"stages); {len(failed)} failed")
+    results = []
+    for index, (name, n, k, epilogue) in enumerate(ENGINE_VARIANTS):
+        layer = EngineLayer(n, k, epilogue, device)
+        for m in rows:
+            layer.set_rows(m)
+            default = layer.default_tile()
+            want = layer.run(tile=default)
+            times, differ = {}, []
+            for job in jobs:
+                if job[:2] != (index, m) or job in failed:
+                    continue
+                tile = job[2]
+                times[tile] = graph_us(lambda i, t=tile: layer.run(i, tile=t), len(layer.weights), reps=3)
+                if not torch.equal(layer.run(tile=tile), want):
+                    differ.append(tile)
+            best = sorted(times, key=times.get)[:3]
+            shown = ", ".join(f"{t} {times[t]:.2f}" for t in best)
+            print(f"{name:>15} M={m:<2} default {default} {times.get(default, float('nan')):.2f} | best {shown}"
+                  + (f" | bits differ: {differ}" if differ else ""), flush=True)
+            results.append({"layer": name, "M": m, "times": {str(t): v for t, v in times.items()},
+                            "default": str(default)})
+    return results
 
 
 def graph_us(fn, copies: int, calls: int = 100, reps: int = 5) -> float:
@@ -261,20 +350,26 @@ def main() -> None:
     parser.add_argument("--warps", default="4", help="sweep these num_warps (comma list, default %(default)s)")
     parser.add_argument("--stages", default="3,5", help="sweep these num_stages (comma list, default %(default)s)")
     parser.add_argument("--block-k", default="256", help="sweep these BLOCK_K (comma list, default %(default)s)")
+    parser.add_argument("--engine-variants", action="store_true",
+                        help="sweep SmolLM2's layers as the engine runs them (norm + qkv + RoPE, norm + gate/up + "
+                             "SwiGLU, o_proj, down) instead of the plain / norm-only ops")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_linear_gpu.py needs a CUDA device")
     device = torch.device("cuda")
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {tlin.triton.__version__}, bf16")
     results = {"device": torch.cuda.get_device_name()}
-    if not args.sweep_only:
+    if not (args.sweep_only or args.engine_variants):
         results["bitwise_across_m"] = bitwise_across_m(device)
         results["fp32_errors"] = fp32_errors(device)
         results["table"] = bench(device)
-    if args.sweep or args.sweep_only:
-        ints = lambda text: tuple(int(v) for v in text.split(","))  # noqa: E731
+    ints = lambda text: tuple(int(v) for v in text.split(","))  # noqa: E731
+    tiles = sweep_tiles(ints(args.warps), ints(args.stages), ints(args.block_k))
+    if args.engine_variants:
+        results["engine_variants"] = sweep_engine_variants(device, tiles, ints(args.rows))
+    elif args.sweep or args.sweep_only:
         models = set(args.models.split(",")) if args.models else None
-        results["sweep"] = sweep(device, sweep_tiles(ints(args.warps), ints(args.stages), ints(args.block_k)), models, ints(args.rows))
+        results["sweep"] = sweep(device, tiles, models, ints(args.rows))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 

@@ -247,12 +247,16 @@ def tile_for(n: int, k: int, prologue: int = _PLAIN, rows: int = MAX_ROWS) -> tu
     takes wider tiles (fewer programs). Short K loops keep fewer stages (more programs per SM). Plain layers
     with short rows (K <= 2048: SmolLM2's) run faster on two warps: one input row on 16 columns and five
     stages (o_proj 3.37 -> 3.03 us, down 4.24 -> 3.93, lm_head 23.2 -> 21.3), and 16 rows of a long-K one on
-    five stages (down 4.64 -> 4.19 us; all from one sweep run)."""
+    five stages (down 4.64 -> 4.19 us; all from one sweep run). One row of a fused RMSNorm on a short row
+    (K <= 1024) also runs faster on two warps (``bench_linear_gpu.py --engine-variants``, SmolLM2: norm + qkv +
+    RoPE 5.97 -> 4.98 us, norm + gate/up + SwiGLU 5.87 -> 5.30; at 16 rows four warps stay the fastest)."""
     widths = (64, 32) if prologue == _PLAIN else (128, 64, 32)
     block_n = next((b for b in widths if triton.cdiv(n, b) >= _MIN_PROGRAMS), 16)
     stages = 5 if prologue == _PLAIN and k > 1024 else 3
     if prologue == _PLAIN and k <= 2048 and rows == 1:
         return 16, 256, 2, 5
+    if prologue == _RMS and k <= 1024 and rows == 1:
+        return block_n, 256, 2, 3
     if prologue == _PLAIN and 1024 < k <= 2048:
         return block_n, 256, 2, 5
     return block_n, 256, 4, stages
