@@ -248,10 +248,10 @@ def tile_for(n: int, k: int, prologue: int = _PLAIN, rows: int = MAX_ROWS) -> tu
     with short rows (K <= 2048: SmolLM2's) run faster on two warps: one input row on 16 columns and five
     stages (o_proj 3.37 -> 3.03 us, down 4.24 -> 3.93, lm_head 23.2 -> 21.3), and 16 rows of a long-K one on
     five stages (down 4.64 -> 4.19 us; all from one sweep run). One row of a fused RMSNorm on a short row
-    (K <= 1024) also runs faster on two warps (``bench_linear_gpu.py --engine-variants``, SmolLM2: norm + qkv +
-    RoPE 5.97 -> 4.98 us, norm + gate/up + SwiGLU 5.87 -> 5.30; at 16 rows four warps stay the fastest). Its
-    16-row prologue costs more per program, so there (K <= 1024) it takes tiles up to twice as wide (half the programs:
-    gate/up + SwiGLU 6.78 -> 6.64 us)."""
+    (K <= 1024) also runs faster on two warps (``bench_linear_gpu.py --engine-variants``, SmolLM2, one run:
+    norm + qkv + RoPE 5.96 -> 4.97 us, norm + gate/up + SwiGLU 5.97 -> 5.36); at 16 rows four warps stay the
+    fastest. Its 16-row prologue costs more per program, so there (K <= 1024) it takes tiles up to twice as
+    wide, half the programs (gate/up + SwiGLU 6.87 -> 6.70 us in one sweep run, 6.84 either way in another)."""
     widths = (64, 32) if prologue == _PLAIN else (128, 64, 32)
     min_programs = _MIN_PROGRAMS // 2 if prologue == _RMS and rows > 1 and k <= 1024 else _MIN_PROGRAMS
     block_n = next((b for b in widths if triton.cdiv(n, b) >= min_programs), 16)
