@@ -15,13 +15,18 @@ import collections
 import cProfile
 import functools
 import pstats
+import sys
 import time
+from pathlib import Path
 
 import torch
 from tokenleap import LLM, SamplingParams
 from tokenleap.bench.prompts import code_editing_prompts, summarization_prompts
 from tokenleap.engine import engine as engine_mod
 from tokenleap.engine import model_runner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from step_phases import timed  # noqa: E402
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 15, "prompt_lookup_max": 4, "prompt_lookup_min": 1}
 TIMED = [(LLM, "chat"), (LLM, "generate"), (LLM, "_run"), (LLM, "_output"), (engine_mod.Engine, "add_request"),
@@ -32,17 +37,7 @@ TIMED = [(LLM, "chat"), (LLM, "generate"), (LLM, "_run"), (LLM, "_output"), (eng
 
 def timing(owner, name: str, label: str, totals: dict[str, float]) -> None:
     """Replace ``owner.name`` by a wrapper adding its wall time to ``totals[label]``."""
-    inner = getattr(owner, name)
-
-    @functools.wraps(inner)
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            totals[label] += time.perf_counter() - start
-
-    setattr(owner, name, timed)
+    setattr(owner, name, functools.wraps(getattr(owner, name))(timed(totals, label, getattr(owner, name))))
 
 
 def main() -> None:
