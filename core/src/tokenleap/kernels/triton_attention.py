@@ -36,7 +36,10 @@ import torch
 import triton
 import triton.language as tl
 
-from tokenleap.kernels import triton_compat  # noqa: F401  (the interpreter's loop bounds, under TRITON_INTERPRET=1)
+from tokenleap.kernels import (
+    pdl,
+    triton_compat,  # noqa: F401  (the interpreter's loop bounds, under TRITON_INTERPRET=1)
+)
 
 DECODE_MAX_ROWS = 128  # max_query_len * group at or below this takes the split-KV decode/verify config
 DECODE_BLOCK_M = 16  # rows of every decode / verify tile (one shape for all: query invariance)
@@ -96,8 +99,9 @@ def _attn_kernel(
     NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, PAGE: tl.constexpr, WINDOW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    SPLIT_PROGRAMS: tl.constexpr, IEEE: tl.constexpr,
+    SPLIT_PROGRAMS: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl.enter(PDL)
     tile = tl.program_id(0)
     req = tl.program_id(1) // NUM_KV_HEADS
     kvh = tl.program_id(1) % NUM_KV_HEADS
@@ -186,8 +190,9 @@ def _merge_chunk(part_acc_ptr, part_m_ptr, part_l_ptr, t, h, s0, end, m_run, den
 def _merge_splits_kernel(
     part_acc_ptr, part_m_ptr, part_l_ptr, split_range_ptr, qsl_ptr, num_reqs, out_ptr, stride_ot, stride_oh,
     num_tokens, NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, CHUNK: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, WINDOW: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl.enter(PDL)
     # One (token, head): its splits [first, end) combined CHUNK at a time, chunk after chunk (a fixed order
     # that depends on the token's position only). Without a window first is 0, and the first chunk's loads
     # go out together with the one of `end`.
@@ -288,6 +293,7 @@ def paged_attention_triton(
     else:
         part_acc = part_m = part_l = split_range = out  # unused
     programs = min(num_splits, SPLIT_PROGRAMS)
+    use_pdl = pdl.enabled(query.device)
     _attn_kernel[(num_tiles, num_reqs * num_kv_heads, programs)](
         query, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out, part_acc, part_m, part_l,
         split_range, query.stride(0), query.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -295,12 +301,13 @@ def paged_attention_triton(
         NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, GROUP=group, HEAD_DIM=head_dim, D_PAD=d_pad,
         PAGE=page, WINDOW=sliding_window or 0, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=split,
         NUM_SPLITS=num_splits, SPLIT_PROGRAMS=programs, IEEE=query.dtype == torch.float32, num_warps=warps,
-        num_stages=2,
+        num_stages=2, PDL=use_pdl, launch_pdl=use_pdl,
     )
     if num_splits > 1:
         _merge_splits_kernel[(num_tokens, num_heads)](
             part_acc, part_m, part_l, split_range, query_start_loc, num_reqs, out, out.stride(0), out.stride(1),
             num_tokens, NUM_HEADS=num_heads, HEAD_DIM=head_dim, D_PAD=d_pad, CHUNK=MERGE_CHUNK,
-            NUM_SPLITS=num_splits, WINDOW=sliding_window or 0, num_warps=4,
+            NUM_SPLITS=num_splits, WINDOW=sliding_window or 0, num_warps=4, PDL=use_pdl,
+            launch_pdl=use_pdl,
         )
     return out
