@@ -35,7 +35,9 @@ variants are compiled per shape, one row (M = 1) or 16; their prologues are elem
 RMSNorm's sum of squares, which is added in a fixed pairwise order (``_pairwise_row_sum``): ``tl.sum`` would
 follow a thread layout that Triton may choose differently for a [1, BLOCK_K] and a [16, BLOCK_K] tile (or for
 another number of warps). No atomics, no host syncs; outputs are allocated from shapes only, so the calls can
-be captured in a CUDA graph.
+be captured in a CUDA graph. On Hopper, layers of at most ``pdl.SMALL_WEIGHT_BYTES`` are launched with
+programmatic dependent launch (``kernels/pdl.py``): a program first asks L2 for its weight rows, then waits for
+the kernel before it, and only then reads activations or writes anything.
 
 When to use: decode / verify steps with at most MAX_ROWS tokens and weights in [N, K] (``nn.Linear``) layout
 with a contiguous last dimension; activation rows may be strided. Pick the op per layer, never per M (the
