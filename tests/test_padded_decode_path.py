@@ -123,20 +123,6 @@ def test_prefill_graphs_equal_eager(folder, spec):
     assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks
 
 
-def test_greedy_prefill_graph_reads_the_argmax(folder, eager_greedy):
-    """A plain-greedy request's prefill graph gives its token by argmax alone (the sampler is not built), with
-    eager prefill's tokens; a request that wants logprobs still goes through the sampler and gets them."""
-    llm = tiny_llm(folder, padded=True, prefill=(16, 32, 64), max_num_seqs=1, max_num_batched_tokens=40)
-    counts, runner, sampled = count_launches(llm), llm.engine.runner, []
-    sample = runner._sample
-    runner._sample = lambda *args: (sampled.append(len(args[3])), sample(*args))[1]
-    assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == eager_greedy
-    assert counts["prefill"] > len(PROMPTS) and sampled == []
-    with_logprobs = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True, logprobs=1)
-    out = llm.generate(PROMPTS[:1], with_logprobs, use_tqdm=False)[0].outputs[0]
-    assert out.token_ids == eager_greedy[0][:3] and len(out.logprobs) == 3 and sampled
-
-
 def test_prefill_buckets():
     from tokenleap.engine.cuda_graphs import prefill_buckets
 

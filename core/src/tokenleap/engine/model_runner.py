@@ -170,9 +170,6 @@ class ModelRunner:
         token_rows = {r.request_id: (0, n)}
         if not s.samples:
             return StepResult({}, {}, token_rows)
-        if _plain_greedy(r):  # the argmax is all it takes: no sampling batch to build and copy to the device
-            token = int(logits[0].argmax())  # the step's one host sync
-            return StepResult({r.request_id: SampledRequest([token], 0, None)}, {}, token_rows)
         return self._sample(logits, [0], False, [s], {}, token_rows)
 
     def _launch_graph(self, scheduled: list[ScheduledRequest], b: int, q: int, ahead: bool = False) -> LaunchedStep:
