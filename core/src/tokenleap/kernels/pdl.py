@@ -3,16 +3,14 @@
 A decode step of a small model is a chain of ~185 short kernels (SmolLM2: 4-7 us each), and each one used to
 start only after the previous one had ended: its launch, and the first round trip to memory for its weights,
 added to every link. Launched with PDL, the next kernel's programs are placed on the SMs while the current
-kernel runs; they may read what nothing in the step writes (their weights: ``prefetch_l2`` pulls a small
+kernel runs; they may read what nothing in the step writes (their weights: ``prefetch_rows`` pulls a small
 layer's rows into L2), then ``enter`` waits until the kernel before has completed and its writes are visible
 (``griddepcontrol.wait``) and lets the kernel after it be launched. Nothing is written before ``enter``, so a
 kernel never overwrites what the one before still reads, and each kernel completes only after its
 predecessor: the order of the step is unchanged. Measured on an H100 (graph replay of the SmolLM2-shaped
-forward, random weights): 1-token forward 734.4 / 731.3 -> 565.1 / 565.9 us, 1 + 15 tokens 861.4 / 862.4 -> 723.1 /
-717.5 us (two runs).
-
-Kernels launched without PDL (cuBLAS, torch's own) keep the plain stream order around these.
-"""
+forward, random weights, two runs; in that build the 56 MB lm_head was launched with PDL too, without the
+prefetch): 1-token forward 734.4 / 731.3 -> 565.1 / 565.9 us, 1 + 15 tokens 861.4 / 862.4 -> 723.1 / 717.5 us.
+The build as committed was measured end to end (README, run U)."""
 
 from __future__ import annotations
 
@@ -49,8 +47,18 @@ def enter(PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
+def prefetch_lines(row_elems: int, elem_bytes: int) -> int:
+    """PREFETCH_LINES for ``prefetch_rows`` (a constexpr): a power of two covering a row's 128-byte lines."""
+    return triton.next_power_of_2(-(-row_elems * elem_bytes // 128))
+
+
 @triton.jit
-def prefetch_l2(ptrs):
-    # ptrs: a tensor of global addresses; each thread asks L2 for the 128-byte lines of its own
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs], dtype=tl.int32, is_pure=False,
-                              pack=1)
+def prefetch_rows(ptr, rows, stride, ROW_ELEMS: tl.constexpr, PREFETCH_LINES: tl.constexpr):
+    # Ask L2 for rows [R] (row indices of the matrix at ptr, row stride ``stride`` elements, ROW_ELEMS elements
+    # each): every 128-byte line of each row, one prefetch per (row, line) spread over the threads.
+    ELEM: tl.constexpr = ptr.dtype.element_ty.primitive_bitwidth // 8
+    LINES: tl.constexpr = (ROW_ELEMS * ELEM + 127) // 128
+    line = tl.minimum(tl.arange(0, PREFETCH_LINES), LINES - 1)  # [PREFETCH_LINES] (repeats past the row's end)
+    row_bytes = ptr.to(tl.pointer_type(tl.int8)) + rows.to(tl.int64)[:, None] * stride * ELEM  # [R, 1]
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [row_bytes + line[None, :] * 128],
+                              dtype=tl.int32, is_pure=False, pack=1)

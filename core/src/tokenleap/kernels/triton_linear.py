@@ -186,8 +186,7 @@ def _small_m_linear_kernel(
     K: tl.constexpr, PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     EPILOGUE: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, LOG2_BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_HEADS: tl.constexpr,
-    NUM_KV_HEADS: tl.constexpr, PAGE: tl.constexpr, PDL: tl.constexpr,
-    PF_LINES: tl.constexpr, PF_LINES_USED: tl.constexpr, ELEM: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr, PAGE: tl.constexpr, PDL: tl.constexpr, PF_LINES: tl.constexpr,
 ):
     # Epilogues with a second column tile (columns n2, the same rows of input):
     # _SWIGLU: the weight holds 2N rows (gate, then up); program p computes columns n of both and writes
@@ -208,12 +207,9 @@ def _small_m_linear_kernel(
         n = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] output columns of this program
         n2 = n + N
     if PDL:  # this program's weight rows into L2 while the kernel before runs (nothing in the step writes them)
-        line = tl.minimum(tl.arange(0, PF_LINES), PF_LINES_USED - 1)  # [PF_LINES] 128-byte lines of a row
-        w_bytes = w_ptr.to(tl.pointer_type(tl.int8))
-        pdl.prefetch_l2(w_bytes + tl.minimum(n, N - 1).to(tl.int64)[:, None] * stride_w * ELEM + line[None, :] * 128)
-        if EPILOGUE != 0:
-            pdl.prefetch_l2(w_bytes + tl.minimum(n2, 2 * N - 1).to(tl.int64)[:, None] * stride_w * ELEM
-                            + line[None, :] * 128)
+        pdl.prefetch_rows(w_ptr, tl.minimum(n, N - 1), stride_w, K, PF_LINES)
+        if EPILOGUE != 0:  # (_SWIGLU: rows N..2N-1; _ROPE: n2 < N)
+            pdl.prefetch_rows(w_ptr, tl.minimum(n2, 2 * N - 1), stride_w, K, PF_LINES)
     pdl.enter(PDL)
     inv_rms = tl.zeros((ROWS,), tl.float32)
     if PROLOGUE == 1:
@@ -328,7 +324,6 @@ def _launch(prologue, x, weight, bias=None, residual=None, norm_weight=None, eps
     r = rope or {}
     kc = r.get("k_cache", y)
     use_pdl = pdl.enabled(x.device) and weight.numel() * weight.element_size() <= pdl.SMALL_WEIGHT_BYTES
-    row_lines = -(-k * weight.element_size() // 128)  # 128-byte lines per weight row
     _small_m_linear_kernel[(grid,)](
         x, residual if residual is not None else x, norm_weight if norm_weight is not None else x, weight,
         bias if bias is not None else weight, y, new_res if new_res is not None else y,
@@ -340,9 +335,8 @@ def _launch(prologue, x, weight, bias=None, residual=None, norm_weight=None, eps
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", ROWS=rows, BLOCK_N=block_n,
         BLOCK_K=block_k, LOG2_BLOCK_K=block_k.bit_length() - 1, HEAD_DIM=r.get("head_dim", 0),
         NUM_HEADS=r.get("num_heads", 0), NUM_KV_HEADS=r.get("num_kv_heads", 0), PAGE=kc.shape[1] if rope else 0,
-        PDL=use_pdl,
-        PF_LINES=triton.next_power_of_2(row_lines), PF_LINES_USED=row_lines, ELEM=weight.element_size(),
-        num_warps=num_warps, num_stages=num_stages, launch_pdl=use_pdl,
+        PDL=use_pdl, PF_LINES=pdl.prefetch_lines(k, weight.element_size()), num_warps=num_warps,
+        num_stages=num_stages, launch_pdl=use_pdl,
     )
     return y, new_res
 
