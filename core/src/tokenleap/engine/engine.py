@@ -200,7 +200,7 @@ class Engine:
         """A step launched ahead whose requests all ended has nothing to give: drop it without waiting (the
         finished requests go back to the caller while the GPU still runs it; the next launch waits for it)."""
         if self._in_flight is not None and all(s.request.status.finished for s in self._in_flight.scheduled):
-            self._settle_orphan()  # (none: a step was launched after it)
+            assert self._orphan is None, "a step was launched after the last dropped one, which settled it"
             self._orphan, self._in_flight = self._in_flight, None
 
     def _settle_orphan(self) -> None:
