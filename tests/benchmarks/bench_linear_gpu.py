@@ -156,9 +156,7 @@ def sweep_engine_variants(device, tiles, rows=(1, 16)) -> list[dict]:
     tiles whose bits differ from the default tile's are marked (a BLOCK_K other than the default's)."""
     jobs = [(i, m, t) for i, (_, _, _, ep) in enumerate(ENGINE_VARIANTS) for m in rows for t in tiles
             if ep != "rope" or t[0] == 16]  # the RoPE epilogue always takes 16 columns
-    workers = max(1, min(14, (os.cpu_count() or 2) - 2))
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        failed = {job for job, err in zip(jobs, pool.map(_compile_engine_variant, jobs)) if err}
+    failed = set(precompile(jobs, _compile_engine_variant))
     print(f"\nengine variants (SmolLM2-135M): us per call (CUDA graph), best tiles (BLOCK_N, BLOCK_K, warps, "
           f"stages); {len(failed)} failed")
     results = []
@@ -167,21 +165,9 @@ def sweep_engine_variants(device, tiles, rows=(1, 16)) -> list[dict]:
         for m in rows:
             layer.set_rows(m)
             default = layer.default_tile()
-            want = layer.run(tile=default)
-            times, differ = {}, []
-            for job in jobs:
-                if job[:2] != (index, m) or job in failed:
-                    continue
-                tile = job[2]
-                times[tile] = graph_us(lambda i, t=tile: layer.run(i, tile=t), len(layer.weights), reps=3)
-                if not torch.equal(layer.run(tile=tile), want):
-                    differ.append(tile)
-            best = sorted(times, key=times.get)[:3]
-            shown = ", ".join(f"{t} {times[t]:.2f}" for t in best)
-            print(f"{name:>15} M={m:<2} default {default} {times.get(default, float('nan')):.2f} | best {shown}"
-                  + (f" | bits differ: {differ}" if differ else ""), flush=True)
-            results.append({"layer": name, "M": m, "times": {str(t): v for t, v in times.items()},
-                            "default": str(default)})
+            mine = [job[2] for job in jobs if job[:2] == (index, m) and job not in failed]
+            times = time_tiles(layer.run, len(layer.weights), mine, default, f"{name:>15} M={m:<2}")
+            results.append({"layer": name, "M": m, "times": times, "default": str(default)})
     return results
 
 
@@ -206,6 +192,25 @@ def graph_us(fn, copies: int, calls: int = 100, reps: int = 5) -> float:
     return statistics.median(times)
 
 
+def time_tiles(op, copies: int, tiles, default, label: str) -> dict[str, float]:
+    """us per call of ``op(i, tile=t)`` for each tile (CUDA graph), printed on one line after ``label`` with the
+    default tile's time, the three fastest, and the tiles whose bits differ from the default's (expected only
+    where BLOCK_K differs); -> {str(tile): us}."""
+    want = op(tile=default)
+    times, differ = {}, []
+    for tile in tiles:
+        try:
+            times[tile] = graph_us(lambda i, t=tile: op(i, tile=t), copies, reps=3)
+            if not torch.equal(op(tile=tile), want):
+                differ.append(tile)
+        except Exception as e:
+            print(f"  {tile}: {type(e).__name__}")
+    shown = ", ".join(f"{t} {times[t]:.2f}" for t in sorted(times, key=times.get)[:3])
+    print(f"{label} default {default} {times.get(default, float('nan')):.2f} | best {shown}"
+          + (f" | bits differ: {differ}" if differ else ""), flush=True)
+    return {str(t): v for t, v in times.items()}
+
+
 def _compile_one(job) -> str | None:
     """Worker: build (and launch once, on a 64-row weight) one kernel variant so the main process finds it in
     Triton's cache. Same argument specializations as the real calls (all N, K here are multiples of 16)."""
@@ -219,12 +224,13 @@ def _compile_one(job) -> str | None:
     return None
 
 
-def precompile(jobs) -> dict:
-    """Compile the kernel variants in parallel processes (serial compiles would take minutes)."""
+def precompile(jobs, compile_one=None) -> dict:
+    """Compile the kernel variants in parallel processes (serial compiles would take minutes): ``compile_one(job)``
+    (default ``_compile_one``) -> error text or None; returns {failed job: error}."""
     jobs = sorted(set(jobs), key=str)
     workers = max(1, min(14, (os.cpu_count() or 2) - 2))
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        return {job: err for job, err in zip(jobs, pool.map(_compile_one, jobs)) if err}
+        return {job: err for job, err in zip(jobs, pool.map(compile_one or _compile_one, jobs)) if err}
 
 
 def default_tile(n, k, prologue, m=tlin.MAX_ROWS):  # what the kernels pick for this layer and row count
@@ -248,25 +254,10 @@ def sweep(device, tiles, models=None, rows=ROWS) -> list[dict]:
         layer.prologue = p
         layer.set_rows(m)
         op = layer.fused if p else layer.ours
-        times, differ = {}, []
         default = default_tile(n, k, p, m)
-        want = op(tile=default)
-        for tile in tiles:
-            if (p, m, k, tile) in failed:
-                continue
-            try:
-                times[tile] = graph_us(lambda i, t=tile: op(i, tile=t), len(layer.weights), reps=3)
-                if not torch.equal(op(tile=tile), want):  # expected only where BLOCK_K differs from the default's
-                    differ.append(tile)
-            except Exception as e:
-                print(f"  {tile}: {type(e).__name__}")
-        best = sorted(times, key=times.get)[:3]
-        shown = ", ".join(f"{t} {times[t]:.2f}" for t in best)
-        print(f"{model:>13} {name:>8} {p or 'plain':>5} M={m:<2} default {default} "
-              f"{times.get(default, float('nan')):.2f} | best {shown}" + (f" | bits differ: {differ}" if differ else ""),
-              flush=True)
-        results.append({"model": model, "layer": name, "prologue": p, "M": m,
-                        "times": {str(t): v for t, v in times.items()}, "default": str(default)})
+        mine = [tile for tile in tiles if (p, m, k, tile) not in failed]
+        times = time_tiles(op, len(layer.weights), mine, default, f"{model:>13} {name:>8} {p or 'plain':>5} M={m:<2}")
+        results.append({"model": model, "layer": name, "prologue": p, "M": m, "times": times, "default": str(default)})
     return results
 
 
