@@ -134,8 +134,7 @@ class EngineLayer(Layer):
                             swiglu=self.epilogue == "swiglu", rope=rope)[0]
 
     def default_tile(self):
-        return tlin.tile_for(self.n, self.k, tlin._RMS if self.epilogue else tlin._PLAIN,
-                             1 if self.m == 1 else tlin.MAX_ROWS)
+        return default_tile(self.n, self.k, self.prologue, self.m)
 
 
 def _compile_engine_variant(job) -> str | None:
