@@ -20,7 +20,7 @@ from tokenleap.sample import noise
 from tokenleap.sample import sampler as sampler_mod
 from tokenleap.sample.logits import RowParams, to_probs
 from tokenleap.sample.sampler import SamplingBatch, sample
-from tokenleap.spec.verify import rejection_sample, verify_greedy, verify_reference
+from tokenleap.speculative.verify import rejection_sample, verify_greedy, verify_reference
 
 ALPHA = 1e-4  # a correct verifier fails with this probability over seed choices; the seeds are fixed
 BIASED_ALPHA = 1e-12

@@ -297,7 +297,7 @@ def check_speculative_config(cfg: dict[str, Any] | None) -> None:
         return
     from tokenleap_plugins import ProposerManager
 
-    from tokenleap.spec.config import resolve_speculative_config
+    from tokenleap.speculative.config import resolve_speculative_config
 
     try:
         resolve_speculative_config(cfg, ProposerManager())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DType = Literal["auto", "float32", "bfloat16", "float16", "float", "half"]
 
@@ -67,24 +67,22 @@ class EngineConfig(BaseModel):
 
 class SpeculativeCommonConfig(BaseModel):
     """The speculative_config keys every method shares, validated by the engine. Method keys
-    (prompt_lookup_*, suffix_decoding_*, ...) are validated by the method's own model."""
+    (prompt_lookup_*, suffix_decoding_*, ...) are validated by the method's own model. A method says which of
+    the keys beyond ``method``, ``num_speculative_tokens`` and ``disable_by_batch_size`` it uses
+    (``ProposerSpec.common_keys``); the others fail when set."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     method: str = Field(min_length=1)
     num_speculative_tokens: int | None = Field(None, ge=1, le=32)
-    model: str | None = None
-    draft_tensor_parallel_size: int | None = Field(None, ge=1, le=1)
+    model: str | None = Field(None, min_length=1)
+    draft_tensor_parallel_size: int | None = Field(None, ge=1)
     parallel_drafting: bool = False
     disable_padded_drafter_batch: bool = False
     disable_by_batch_size: int | None = Field(None, ge=2)
     max_model_len: int | None = Field(None, ge=2)
 
-    @model_validator(mode="after")
-    def _no_parallel_drafting_for_model_free(self) -> SpeculativeCommonConfig:
-        if self.parallel_drafting and self.method in {"ngram", "suffix"}:
-            raise ValueError(f"parallel_drafting=True needs a model-based method, not method={self.method!r}")
-        return self
-
 
 COMMON_SPECULATIVE_KEYS = set(SpeculativeCommonConfig.model_fields)
+# Common keys every method takes; the rest only when the method lists them in ProposerSpec.common_keys.
+UNIVERSAL_SPECULATIVE_KEYS = {"method", "num_speculative_tokens", "disable_by_batch_size"}

@@ -21,13 +21,17 @@ from tokenleap_plugins.proposer import ProposerSpec
 ENTRY_POINT_GROUP = "tokenleap.proposers"
 PLUGINS_ENV_VAR = "TOKENLEAP_PLUGINS"
 
-# Methods this project ships, and the distribution that provides each: used in error messages.
+# Methods this project's repository ships, and the folder of the package that provides each: used only in the
+# hint of the unknown-method error (these packages are not on PyPI; they install from a clone of the repository).
 KNOWN_PACKAGES: dict[str, str] = {
-    "ngram": "tokenleap-ngram",
-    "suffix": "tokenleap-suffix",
-    "draft_model": "tokenleap-draft",
-    "eagle": "tokenleap-eagle",
-    "eagle3": "tokenleap-eagle",
+    "ngram": "proposers-ngram",
+    "suffix": "proposers-suffix",
+    "draft_model": "proposers-draft",
+    "eagle": "proposers-eagle",
+    "eagle3": "proposers-eagle",
+    "mlp_speculator": "proposers-eagle",
+    "mlp": "proposers-eagle",
+    "mtp": "proposers-eagle",
 }
 
 
@@ -44,6 +48,8 @@ class InstalledMethod:
     method: str
     package: str  # distribution name, or "<registered>" for plugins registered in-process
     version: str
+    description: str = ""  # the distribution's summary (read from its metadata: no plugin is imported)
+    allowed: bool = True  # False when TOKENLEAP_PLUGINS does not list it
 
 
 def _allowlist(env: Mapping[str, str]) -> set[str] | None:
@@ -89,13 +95,16 @@ class ProposerManager:
     def installed_methods(self) -> list[InstalledMethod]:
         """Every method that could be loaded, without importing any plugin module."""
         found: dict[str, InstalledMethod] = {}
+        allowed = _allowlist(self._env)
         for ep in self._entry_points():
             dist = getattr(ep, "dist", None)
             package = dist.metadata["Name"] if dist is not None else "?"
             version = dist.version if dist is not None else "?"
-            found.setdefault(ep.name, InstalledMethod(ep.name, package, version))
-        for method in self._registered_specs():
-            found.setdefault(method, InstalledMethod(method, "<registered>", "-"))
+            summary = (dist.metadata["Summary"] or "") if dist is not None else ""
+            ok = allowed is None or ep.name in allowed
+            found.setdefault(ep.name, InstalledMethod(ep.name, package, version, summary, ok))
+        for method, spec in self._registered_specs().items():
+            found.setdefault(method, InstalledMethod(method, "<registered>", "-", spec.description))
         return sorted(found.values(), key=lambda m: m.method)
 
     def load(self, method: str) -> ProposerSpec:
@@ -115,9 +124,16 @@ class ProposerManager:
             raise UnknownMethodError(self._unknown_message(method))
         ep = candidates[0]
         if ep.name not in self._loaded_entry_points:
-            plugin = ep.load()
-            self._pm.register(plugin, name=f"{ENTRY_POINT_GROUP}:{ep.name}")
-            self._pm.check_pending()
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise UnknownMethodError(
+                    f"speculative_config.method={method!r}: importing its entry point {ep.value!r} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if not self._pm.is_registered(plugin):  # one module may provide several methods
+                self._pm.register(plugin, name=f"{ENTRY_POINT_GROUP}:{ep.name}")
+                self._pm.check_pending()
             self._loaded_entry_points.add(ep.name)
         specs = self._registered_specs()
         if method not in specs:
@@ -134,9 +150,11 @@ class ProposerManager:
             f"installed: {installed or 'none'}"
         )
         if method in KNOWN_PACKAGES:
-            msg += f". It is provided by the package {KNOWN_PACKAGES[method]!r}: pip install {KNOWN_PACKAGES[method]}"
+            folder = KNOWN_PACKAGES[method]
+            msg += (f". It is provided by the folder {folder}/ of the tokenleap repository: from a clone, "
+                    f"pip install ./{folder}")
         else:
-            msg += f". Methods this project ships: {sorted(KNOWN_PACKAGES)}"
+            msg += f". Methods of the tokenleap repository: {sorted(KNOWN_PACKAGES)}"
         return msg
 
 

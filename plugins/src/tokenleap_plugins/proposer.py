@@ -4,11 +4,15 @@ One engine step, seen from a proposer::
 
     engine                                   proposer
     ------                                   --------
+    (build)            ──────────────────▶   spec.build(config, ProposerContext) -> proposer
+                       ──────────────────▶   bind_kv_cache(ProposerKVCache)        (when needs.kv_cache)
+                       ──────────────────▶   device_drafter(DeviceDraftingSpec)    (GPU, may return None)
     add_request        ──────────────────▶   on_request_added(request_id, prompt_token_ids)
     forward + verify
                        ──────────────────▶   on_verified([VerifiedRequest, ...])
     (next step's drafts)
                        ──────────────────▶   propose(ProposeBatch) -> Drafts
+    request preempted  ──────────────────▶   on_request_preempted(request_id)
     request finished   ──────────────────▶   on_request_finished(request_id, token_ids)
     request aborted    ──────────────────▶   on_request_aborted(request_id)
 
@@ -23,7 +27,7 @@ Definitions used throughout (as in the speculative-decoding literature):
 Every verification step emits ``num_accepted + 1`` tokens (accepted + recovered/bonus), fewer only when a
 stop condition ends the request inside the run.
 
-Tensors (draft probabilities, hidden states) are whatever the engine runs on (``torch.Tensor``);
+Tensors (draft probabilities, hidden states, KV caches) are whatever the engine runs on (``torch.Tensor``);
 this module never imports torch.
 """
 
@@ -36,62 +40,174 @@ from typing import Any, Protocol, runtime_checkable
 
 @dataclass(frozen=True)
 class KVCacheNeeds:
-    """Paged KV cache that a model-based proposer wants the engine to allocate beside the target's.
+    """A paged KV cache that a model-based proposer wants the engine to allocate beside the target's.
 
-    The pages share the target's block size and block tables, so a draft never has to manage memory.
+    The engine allocates as many blocks as the target has, of the target's block size, and a request's drafts
+    use the request's own block table (``ProposeRequest.block_ids``): block ``b`` of the proposer's cache holds
+    the proposer's keys and values of the same token positions as block ``b`` of the target's. So preemption,
+    prefix caching and freeing need nothing from the proposer: when the engine frees or shares a block, it does
+    so for both. The memory budget covers both caches.
+
+    dtype: a torch dtype name ("bfloat16", ...), or None for the target's.
     """
 
     num_layers: int
     num_kv_heads: int
     head_dim: int
+    dtype: str | None = None
 
 
 @dataclass(frozen=True)
 class ProposerNeeds:
     """What a proposer needs from the engine. Model-free proposers (ngram, suffix) need nothing.
 
-    hidden_state_layers: target layers whose output hidden states the proposer reads, as layer indices
-        (negative counts from the end: ``(-1,)`` is the last layer, as EAGLE uses; EAGLE-3 asks for three).
-    kv_cache: its own KV cache pages (draft model, EAGLE heads), or None.
-    device_prompt_lookup: ``(lookup_min, lookup_max)`` when the drafts are always exactly
-        ``prompt_lookup.prompt_lookup(token_ids, max_num_drafts, lookup_min, lookup_max)``: the engine may then
-        draft on the device instead of calling ``propose`` (so that a verify step can be launched before the
-        previous one is read back); lifecycle events still arrive. None: the engine always calls ``propose``.
+    hidden_state_layers: target layers whose hidden states the proposer reads, as layer indices; ``i >= 0`` is
+        the input of decoder layer ``i`` (the residual stream before it: EAGLE-3's auxiliary layers), ``-1`` is
+        the output of the last decoder layer before the final norm (EAGLE-1). Negative ``i`` counts outputs from
+        the end (``-2``: the output of the layer before the last, the same as input ``N - 1``).
+    kv_cache: its own paged KV cache (draft model, EAGLE heads), or None.
+    every_step: True when the proposer must see every token the target computes (its KV cache or a state that
+        follows the target's): ``propose`` then receives every request that ran in the step, those mid-prefill
+        and those finishing in it included (with ``max_num_drafts`` 0), with the tokens the step computed
+        (``ProposeRequest.computed``). Implied by ``kv_cache`` or ``hidden_state_layers``.
     """
 
     hidden_state_layers: tuple[int, ...] = ()
     kv_cache: KVCacheNeeds | None = None
-    device_prompt_lookup: tuple[int, int] | None = None
+    every_step: bool = False
+
+    @property
+    def sees_every_step(self) -> bool:
+        return self.every_step or self.kv_cache is not None or bool(self.hidden_state_layers)
+
+
+@dataclass(frozen=True)
+class SpeculativeSettings:
+    """The common ``speculative_config`` keys a method may use (those it lists in ``ProposerSpec.common_keys``).
+
+    model: what to load (a local folder, a .gguf file or an alias), as the user wrote it.
+    max_model_len: the longest context speculation runs at (None: the target's); past it the engine stops
+        drafting for the request (the draft's positions end there).
+    draft_tensor_parallel_size: 1 (the only value supported today).
+    """
+
+    model: str | None = None
+    max_model_len: int | None = None
+    draft_tensor_parallel_size: int = 1
+    parallel_drafting: bool = False
+    disable_padded_drafter_batch: bool = False
+
+
+@dataclass(frozen=True)
+class TargetHandles:
+    """Typed handles to the target model, for proposers that share its parts (EAGLE, MTP heads).
+
+    embed(ids [n] int64) -> [n, hidden] in the model's dtype: the target's token embedding.
+    compute_logits(hidden [n, hidden]) -> [n, vocab] float32: the target's LM head (after its final norm).
+    final_norm(hidden [n, hidden]) -> [n, hidden]: the target's final RMSNorm.
+    embedding_weight / lm_head_weight: the tensors themselves ([vocab, hidden]; the same tensor when tied).
+    model_path: where the target was loaded from (a folder or a .gguf file), for layouts that keep extra layers
+        in the target's own checkpoint (MTP).
+    """
+
+    embed: Callable[[Any], Any]
+    compute_logits: Callable[[Any], Any]
+    final_norm: Callable[[Any], Any]
+    embedding_weight: Any
+    lm_head_weight: Any
+    model_path: str = ""
+    tokenizer: Any = None
 
 
 @dataclass(frozen=True)
 class ProposerContext:
-    """What the engine tells a proposer when it is built. Plain values only."""
+    """What the engine tells a proposer when it is built."""
 
     num_speculative_tokens: int  # k: the most draft tokens per request per step
     vocab_size: int
-    max_model_len: int
+    max_model_len: int  # the target's
     seed: int
     device: str = "cpu"  # "cpu" or "cuda[:N]"
-    dtype: str = "float32"
+    dtype: str = "float32"  # the target's dtype name
     hidden_size: int = 0
     num_hidden_layers: int = 0
     eos_token_ids: tuple[int, ...] = ()
-    # The target model object, for proposers that share its embeddings or head (EAGLE); None otherwise.
-    target_model: Any = None
+    block_size: int = 16
+    attention_backend: str = "torch"  # "torch" or "triton": the engine's kernels, for proposers that use them
+    speculative: SpeculativeSettings = field(default_factory=SpeculativeSettings)
+    target: TargetHandles | None = None  # None in the conformance kit's simulated engine
+
+
+@dataclass(frozen=True)
+class ProposerKVCache:
+    """The proposer's paged KV cache, allocated by the engine from ``KVCacheNeeds``.
+
+    layers: per layer ``(k, v)``, each ``[num_blocks, block_size, num_kv_heads, head_dim]``. Block 0 is the null
+        block (padding writes land there; no request owns it).
+    """
+
+    layers: Sequence[tuple[Any, Any]]
+    num_blocks: int
+    block_size: int
+
+
+@dataclass(frozen=True)
+class SamplingInfo:
+    """A request's sampling parameters, for proposers that sample their drafts (temperature > 0).
+
+    Draft probabilities must come from the distribution the draft was drawn from; matching the target's
+    temperature and truncation raises acceptance. ``seed`` and ``stream`` key the engine's noise
+    (``tokenleap.sample.noise``) for proposers that want reproducible drafts.
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    seed: int = 0
+    stream: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class ComputedTokens:
+    """The tokens the target computed (and kept) for one request in the step that just ran.
+
+    start: position of the first one (an index into ``ProposeRequest.token_ids``); count: how many. Positions
+        ``start .. start + count - 1`` now hold the target's KV; the request's rows of the step's hidden states
+        are ``hidden_rows .. hidden_rows + count - 1`` in that order. A verify step's rejected draft rows follow
+        them in the flat batch (``num_rejected`` of them) and are not part of ``count``.
+    After a prefix-cache hit, the first chunk starts past the cached blocks: those positions were computed by an
+    earlier request (a proposer with ``kv_cache`` finds its own KV for them in the shared blocks, written when
+    that request ran, since it sees every computed token).
+    """
+
+    start: int
+    count: int
+    hidden_rows: int = 0
+    num_rejected: int = 0
 
 
 @dataclass(frozen=True)
 class ProposeRequest:
-    """One running request for which drafts are wanted.
+    """One request of the step; drafts are wanted for it when ``max_num_drafts`` > 0.
 
-    token_ids: prompt + every output token accepted so far (the last one is the token the next
-        step will feed to the target). Read-only view; do not keep it across calls.
+    token_ids: prompt + every output token accepted so far. When decoding, the last one is the token the next
+        step feeds to the target (its KV is not computed yet). Read-only view; do not keep it across calls.
     num_prompt_tokens: how many of token_ids are the prompt.
-    max_num_drafts: how many drafts are allowed for this request this step, 0..k (fewer near
-        ``max_model_len`` or ``max_tokens``). Returning more is an error.
-    hidden_state_rows: rows of ``ProposeBatch.hidden_states[layer]`` that belong to this request's
-        tokens of the step that just ran, as ``(start, stop)``; None when no hidden states were asked for.
+    max_num_drafts: how many drafts are allowed this step, 0..k (fewer near ``max_model_len`` or
+        ``max_tokens``; 0 for a request mid-prefill or finishing, sent only to proposers that see every step).
+        Returning more is an error.
+    hidden_state_rows: rows of ``ProposeBatch.hidden_states[layer]`` that belong to this request's tokens of the
+        step that just ran, as ``(start, stop)`` (rejected draft rows included); None without hidden states.
+    computed: the tokens the step computed and kept for this request (None when the step did not run it).
+    num_computed_tokens: tokens of ``token_ids`` whose target KV is in the cache now.
+    block_ids: the request's block table (shared with a proposer's own KV cache), covering at least
+        ``len(token_ids) - 1 + max_num_drafts`` positions.
+    sampling: the request's sampling parameters.
     """
 
     request_id: str
@@ -99,14 +215,18 @@ class ProposeRequest:
     num_prompt_tokens: int
     max_num_drafts: int
     hidden_state_rows: tuple[int, int] | None = None
+    computed: ComputedTokens | None = None
+    num_computed_tokens: int = 0
+    block_ids: Sequence[int] = ()
+    sampling: SamplingInfo = field(default_factory=SamplingInfo)
 
 
 @dataclass(frozen=True)
 class ProposeBatch:
     """The requests of one step that may receive drafts for the next one.
 
-    hidden_states: layer index (as asked in ``ProposerNeeds``) -> tensor ``[num_tokens, hidden]`` of
-        the step that just ran; empty unless the proposer asked for layers.
+    hidden_states: layer index (as asked in ``ProposerNeeds``) -> tensor ``[num_rows, hidden]`` of the step that
+        just ran; empty unless the proposer asked for layers.
     """
 
     requests: Sequence[ProposeRequest]
@@ -122,10 +242,13 @@ class Drafts:
         one-hot), or per request a tensor ``[len(token_ids[i]), vocab]`` of the draft distribution each
         token was sampled from (None for a request with no drafts). Needed for lossless sampling with
         probabilistic drafters.
+    parents: reserved for tree drafts (per request, the index of each draft's parent, -1 for the root); chains
+        leave it None, and the engine verifies chains only today.
     """
 
     token_ids: Sequence[Sequence[int]]
     probs: Sequence[Any | None] | None = None
+    parents: Sequence[Sequence[int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,9 +267,74 @@ class VerifiedRequest:
     new_token_ids: Sequence[int]
 
 
+@dataclass(frozen=True)
+class DeviceDraftingSpec:
+    """What the engine tells a proposer that may draft on the device (GPU steps launched ahead of the host).
+
+    max_rows: the most requests of a step; max_query_len: 1 + k; max_model_len: the target's; block_size: the
+    KV block size; device: "cuda:N" (or "cpu" in tests); backend: "triton" (use the fast kernels) or "torch"
+    (the reference, any device).
+    """
+
+    max_rows: int
+    max_query_len: int
+    max_model_len: int
+    block_size: int
+    device: str
+    backend: str
+
+
+@dataclass(frozen=True)
+class DeviceDraftStep:
+    """The inputs of the next verify step, written in place by a device drafter (views of the graph's inputs).
+
+    Rows whose ``feed`` flag is 1 are drafted here; the others keep what the host staged. Shapes (b requests of
+    q = 1 + k query rows each):
+
+        last        [>= b, q + 2] int64  the previous step of the same rows: argmax per query row, then the
+                                         number of tokens it emitted (the first ones of its argmax), then its
+                                         number of drafts
+        feed        [b] int64            1: draft and build this row here
+        limits      [b] int64            the most tokens the request may reach (max_model_len, prompt + max_tokens)
+        tables      [b, max_blocks] int32
+        ids, positions, slots   [b * q] int64   (written) last emitted token, drafts, padding (token 0, null slot)
+        seq_lens    [b] int32                   (written) context length including the step's q rows
+        num_drafts  [b] int64                   (written)
+    """
+
+    last: Any
+    feed: Any
+    limits: Any
+    tables: Any
+    ids: Any
+    positions: Any
+    slots: Any
+    seq_lens: Any
+    num_drafts: Any
+    q: int
+    block_size: int
+
+
+@runtime_checkable
+class DeviceDrafter(Protocol):
+    """Drafts on the device with no host sync, inside the captured verify graph (its first kernel(s)).
+
+    load_histories: the token history of graph rows 0.. (prompt + output so far, one list per row), queued on
+        the stream before the first verify step launched ahead; each ``draft`` call then appends the previous
+        step's emitted tokens (``step.last``) itself.
+    draft: write the next verify step's inputs of the fed rows (capturable: fixed shapes, no host sync). Its
+        drafts must equal what ``propose`` would return for the same tokens (the conformance kit checks this).
+    """
+
+    def load_histories(self, token_ids: Sequence[Sequence[int]]) -> None: ...
+
+    def draft(self, step: DeviceDraftStep) -> None: ...
+
+
 @runtime_checkable
 class Proposer(Protocol):
-    """What the engine calls. Subclass :class:`ProposerBase` to get no-op lifecycle methods."""
+    """What the engine calls. Subclass :class:`ProposerBase` to get no-op defaults for everything but
+    ``propose``."""
 
     needs: ProposerNeeds
 
@@ -162,7 +350,7 @@ class Proposer(Protocol):
 
 
 class ProposerBase:
-    """Convenience base: declares no needs and ignores lifecycle events."""
+    """Convenience base: declares no needs, ignores lifecycle events, drafts on the host only."""
 
     needs: ProposerNeeds = ProposerNeeds()
 
@@ -175,10 +363,23 @@ class ProposerBase:
     def on_verified(self, results: Sequence[VerifiedRequest]) -> None:
         return None
 
+    def on_request_preempted(self, request_id: str) -> None:
+        """The request's KV blocks were freed; it will be recomputed from its first token (its token ids are
+        kept). A proposer following the target's KV drops what it knew of the request's cache."""
+        return None
+
     def on_request_finished(self, request_id: str, token_ids: Sequence[int]) -> None:
         return None
 
     def on_request_aborted(self, request_id: str) -> None:
+        return None
+
+    def bind_kv_cache(self, cache: ProposerKVCache) -> None:
+        """Receive the KV cache allocated from ``needs.kv_cache`` (called once, before any request)."""
+        return None
+
+    def device_drafter(self, spec: DeviceDraftingSpec) -> DeviceDrafter | None:
+        """A drafter the engine may run on the device after each verify step, or None (host ``propose`` only)."""
         return None
 
 
@@ -186,13 +387,20 @@ class ProposerBase:
 class ProposerSpec:
     """How a plugin describes one method.
 
-    method: the ``speculative_config["method"]`` string (also the entry-point name).
-    build: ``build(config, context) -> Proposer``; ``config`` is an instance of ``config_model``.
+    method: the ``speculative_config["method"]`` string; the entry point's name must be the same
+        (``tokenleap_plugins.testing.check_entry_point`` checks it).
+    build: ``build(config, context) -> Proposer``; ``config`` is an instance of ``config_model`` (None without
+        one), ``context`` a :class:`ProposerContext`.
     config_model: a pydantic model (``extra="forbid"``) of this method's own keys, or None when the
         method takes none. Common keys (method, num_speculative_tokens, model, ...) are validated by
         the engine and never reach it.
     default_num_speculative_tokens: used when the user gives no ``num_speculative_tokens``; a
         function of the validated config (suffix: the tree depth), or None to require the key.
+    common_keys: the common keys beyond ``method``, ``num_speculative_tokens`` and ``disable_by_batch_size``
+        that this method uses (``"model"``, ``"max_model_len"``, ``"draft_tensor_parallel_size"``, ...); the
+        engine rejects the others when a user sets them, and passes these in ``ProposerContext.speculative``.
+    requires_model: ``speculative_config["model"]`` must be given.
+    description: one line for ``tokenleap proposers``.
     """
 
     method: str
@@ -200,3 +408,5 @@ class ProposerSpec:
     config_model: type | None = None
     default_num_speculative_tokens: Callable[[Any], int] | None = None
     description: str = ""
+    common_keys: frozenset[str] = frozenset()
+    requires_model: bool = False

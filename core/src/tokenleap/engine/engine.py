@@ -19,8 +19,8 @@ from tokenleap.engine.scheduler import ScheduledRequest, Scheduler
 from tokenleap.kernels.ngram_ref import MAX_LOOKUP
 from tokenleap.metrics import EngineCounters
 from tokenleap.model.hub import resolve_model
-from tokenleap.spec.config import ResolvedSpeculativeConfig, resolve_speculative_config
-from tokenleap.spec.proposing import ProposerDriver
+from tokenleap.speculative.config import ResolvedSpeculativeConfig, resolve_speculative_config
+from tokenleap.speculative.proposing import ProposerDriver
 
 log = structlog.get_logger("tokenleap")
 

@@ -8,7 +8,7 @@ draft j) and ``num_drafts`` [b] real drafts per request:
                              of tokens the step emits (drafts accepted while equal to the argmax, plus one),
                              then num_drafts
 
-``spec.verify.verify_greedy`` is the rule. The graph's head also keeps copies for steps launched behind this
+``speculative.verify.verify_greedy`` is the rule. The graph's head also keeps copies for steps launched behind this
 one: ``last_tokens`` [b] (the argmax of a 1-token step's row) and ``last_verify`` [b, w] (the argmax in its first
 q columns, the emitted count and num_drafts in its last two). The Triton version is
 ``triton_greedy.greedy_head``; this one runs on any device (the CPU tests' path).
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from tokenleap.spec.verify import verify_greedy
+from tokenleap.speculative.verify import verify_greedy
 
 
 def greedy_head_ref(

@@ -13,7 +13,7 @@ import torch
 
 from tokenleap.sample import noise
 from tokenleap.sample.logits import RowParams, apply_penalties, ban_tokens, to_probs
-from tokenleap.spec.verify import rejection_sample, verify_greedy
+from tokenleap.speculative.verify import rejection_sample, verify_greedy
 
 
 @dataclass

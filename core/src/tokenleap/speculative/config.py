@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydantic
-from tokenleap_plugins import ProposerManager, ProposerSpec, validate_method_config
+from tokenleap_plugins import ProposerManager, ProposerSpec, SpeculativeSettings, validate_method_config
 
-from tokenleap.config import COMMON_SPECULATIVE_KEYS, SpeculativeCommonConfig
+from tokenleap.config import COMMON_SPECULATIVE_KEYS, UNIVERSAL_SPECULATIVE_KEYS, SpeculativeCommonConfig
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,15 @@ class ResolvedSpeculativeConfig:
     spec: ProposerSpec
     method_config: Any  # the method's own pydantic model instance, or None
     num_speculative_tokens: int
+
+    @property
+    def settings(self) -> SpeculativeSettings:
+        """The common keys the method uses, as the proposer receives them."""
+        c = self.common
+        return SpeculativeSettings(model=c.model, max_model_len=c.max_model_len,
+                                   draft_tensor_parallel_size=c.draft_tensor_parallel_size or 1,
+                                   parallel_drafting=c.parallel_drafting,
+                                   disable_padded_drafter_batch=c.disable_padded_drafter_batch)
 
 
 def resolve_speculative_config(raw: dict[str, Any], manager: ProposerManager) -> ResolvedSpeculativeConfig:
@@ -34,6 +43,7 @@ def resolve_speculative_config(raw: dict[str, Any], manager: ProposerManager) ->
     except pydantic.ValidationError as exc:
         raise ValueError(_describe(exc)) from None
     spec = manager.load(common.method)  # unknown method: lists installed ones and the package to install
+    _check_common_keys(spec, common_raw)
     method_config = validate_method_config(spec, method_raw, COMMON_SPECULATIVE_KEYS)
     k = common.num_speculative_tokens
     if k is None:
@@ -44,6 +54,24 @@ def resolve_speculative_config(raw: dict[str, Any], manager: ProposerManager) ->
             )
         k = int(spec.default_num_speculative_tokens(method_config))
     return ResolvedSpeculativeConfig(common, spec, method_config, k)
+
+
+def _check_common_keys(spec: ProposerSpec, given: dict[str, Any]) -> None:
+    """A common key that means nothing to the method fails (``"model"`` for ngram, say), naming the keys it takes.
+    A model-based method without ``model`` fails too."""
+    usable = UNIVERSAL_SPECULATIVE_KEYS | set(spec.common_keys)
+    defaults = SpeculativeCommonConfig.model_fields
+    unused = sorted(k for k, v in given.items() if k not in usable and v != defaults[k].default)
+    if unused:
+        raise ValueError(
+            f"speculative_config: key(s) {unused} mean nothing to method {spec.method!r} "
+            f"(given {', '.join(f'{k}={given[k]!r}' for k in unused)}); its common keys are {sorted(usable)}"
+        )
+    if spec.requires_model and not given.get("model"):
+        raise ValueError(
+            f"speculative_config.model is required for method {spec.method!r}: the draft or head to load "
+            f"(a local folder, a .gguf file or a model alias)"
+        )
 
 
 def _describe(exc: pydantic.ValidationError) -> str:
