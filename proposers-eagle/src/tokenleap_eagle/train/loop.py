@@ -83,6 +83,15 @@ def _load_sequences(path: Path) -> list[TrainSequence]:
     return [TrainSequence(tuple(d["token_ids"]), int(d["num_prompt_tokens"])) for d in json.loads(path.read_text())]
 
 
+def _evaluation_prompts() -> list[str]:
+    """MT-Bench first turns (what acceptance is measured on), when their file is cached: never trained on."""
+    from tokenleap.bench.prompts import WHEEL_DATASETS, load_mtbench
+    from tokenleap.model.hub import cache_dir
+
+    path = cache_dir() / "datasets" / "mtbench" / WHEEL_DATASETS["mtbench"].filename
+    return load_mtbench(path=path) if path.is_file() else []
+
+
 def train(args: TrainArgs) -> Path:
     """Run the whole pipeline; returns the output folder."""
     from tqdm.auto import tqdm
@@ -105,7 +114,7 @@ def train(args: TrainArgs) -> Path:
     if seq_path.is_file() and args.resume:
         seqs = _load_sequences(seq_path)
     else:
-        prompts = sharegpt_prompts(args.num_prompts, seed=args.seed)
+        prompts = sharegpt_prompts(args.num_prompts, seed=args.seed, exclude=_evaluation_prompts())
         seqs = generate_sequences(llm, prompts, args.max_tokens, args.gen_batch_size, args.max_prompt_tokens,
                                   seed=args.seed, progress=args.progress)
         _save_sequences(seq_path, seqs)
