@@ -19,6 +19,7 @@ from tokenleap_eagle.checkpoint import load_head
 
 HIDDEN = 64
 MAX_TOKENS = 12
+GREEDY = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
 
 
 def _prompts(n: int = 20, seed: int = 0) -> list[dict]:
@@ -30,7 +31,7 @@ def _prompts(n: int = 20, seed: int = 0) -> list[dict]:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eagle-layouts")
-    target = make_tiny_checkpoint(tmp, "llama", num_hidden_layers=4)
+    target = make_tiny_checkpoint(tmp, "llama", num_hidden_layers=4, initializer_range=0.3)
     heads = {
         "eagle-bin": ("eagle", write_eagle1_head(tmp / "eagle1", HIDDEN, TINY_VOCAB, seed=1, fmt="bin")),
         "eagle3-bin": ("eagle3", write_eagle3_head(tmp / "eagle3", HIDDEN, TINY_VOCAB, 96, seed=2, fmt="bin")),
@@ -39,7 +40,7 @@ def tiny(tmp_path_factory):
     }
     plain = LLM(model=str(target), max_num_seqs=8)
     reference = [list(o.outputs[0].token_ids)
-                 for o in plain.generate(_prompts(), SamplingParams(max_tokens=MAX_TOKENS), use_tqdm=False)]
+                 for o in plain.generate(_prompts(), GREEDY, use_tqdm=False)]
     return target, heads, reference
 
 
@@ -52,7 +53,7 @@ def test_greedy_output_equals_plain_decoding(tiny, layout, k):
         llm = LLM(model=str(target), max_num_seqs=batch,
                   speculative_config={"method": method, "model": str(folder), "num_speculative_tokens": k})
         out = [list(o.outputs[0].token_ids)
-               for o in llm.generate(_prompts(), SamplingParams(max_tokens=MAX_TOKENS), use_tqdm=False)]
+               for o in llm.generate(_prompts(), GREEDY, use_tqdm=False)]
         assert out == reference, (layout, k, batch)
         spec = llm.engine.counters.spec
         assert spec.num_draft_tokens > 0  # the head drafted

@@ -128,7 +128,8 @@ def capture_hidden_states(model, sequences: Sequence[Sequence[int]], layers: Seq
     n_layers = cfg.num_hidden_layers
     for i in layers:
         if not -1 <= i < n_layers:
-            raise ValueError(f"hidden state layer {i} is out of range for a {n_layers}-layer target (-1..{n_layers - 1})")
+            raise ValueError(f"hidden state layer {i} is out of range for a {n_layers}-layer target "
+                             f"(-1..{n_layers - 1})")
     lens = [len(s) for s in sequences]
     blocks_per = [(n + block_size - 1) // block_size for n in lens]
     num_blocks = 1 + sum(blocks_per)
