@@ -28,6 +28,7 @@ from tokenleap_plugins import (
 from tokenleap.model.attention import AttentionMetadata
 from tokenleap_eagle.checkpoint import load_head
 from tokenleap_eagle.heads_registry import resolve_head
+from tokenleap_eagle.sampling import choose
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -82,7 +83,6 @@ class EagleProposer(ProposerBase):
                                    kv_cache=KVCacheNeeds(1, lc.num_key_value_heads, lc.head_dim))
         self.kv: tuple[torch.Tensor, torch.Tensor] | None = None
         self.block_size = ctx.block_size
-        self.generator = torch.Generator(device=self.device).manual_seed(ctx.seed)
 
     def bind_kv_cache(self, cache: ProposerKVCache) -> None:
         self.kv = tuple(cache.layers[0])
@@ -167,59 +167,45 @@ class EagleProposer(ProposerBase):
             return Drafts(drafts)
         g = out[last_rows[active]]  # [a, hidden]
         tables = tables[active]
+        step_probs: dict[int, list[torch.Tensor]] = {}
         for step in range(self.k):
-            logits = self._logits(g)  # [a, draft_vocab]
-            chosen = self._choose(logits, [reqs[caught[j]] for j in active])  # [a] draft-vocab ids
-            token_ids = self.draft_target_ids[chosen] if self.kind == "eagle3" else chosen
-            tokens = token_ids.tolist()
+            rs = [reqs[caught[j]] for j in active]
+            positions = torch.tensor([len(r.token_ids) - r.num_prompt_tokens + step for r in rs], device=dev)
+            tokens_t, p = choose(self._target_logits(g), [r.sampling for r in rs], positions)  # [a] target ids
+            tokens = tokens_t.tolist()
             keep = []
             for a, j in enumerate(active):
                 i = caught[j]
                 drafts[i].append(tokens[a])
+                if p is not None and not reqs[i].sampling.greedy:
+                    step_probs.setdefault(i, []).append(p[a])
                 if len(drafts[i]) < reqs[i].max_num_drafts:
                     keep.append(a)
-            if self._last_probs is not None:
-                for a, j in enumerate(active):
-                    probs[caught[j]] = self._last_probs[a:a + 1] if probs[caught[j]] is None else torch.cat(
-                        [probs[caught[j]], self._last_probs[a:a + 1]])
             if not keep:
                 break
-            pos = [slens[active[a]] - 1 + step + 1 for a in keep]  # P + step + 1
+            pos = [slens[active[a]] + step for a in keep]  # P + step + 1, P = slens - 1
             keep_t = torch.tensor(keep, device=dev)
             active = [active[a] for a in keep]
             tables = tables[keep_t]
-            meta = self._meta(tables, [1] * len(keep), [p + 1 for p in pos],
-                              [self._slot(reqs[caught[j]].block_ids, p) for j, p in zip(active, pos)])
-            g = self.head(self._embed(token_ids[keep_t]).to(g.dtype), g[keep_t], torch.tensor(pos, device=dev),
+            meta = self._meta(tables, [1] * len(keep), [q + 1 for q in pos],
+                              [self._slot(reqs[caught[j]].block_ids, q) for j, q in zip(active, pos)])
+            g = self.head(self._embed(tokens_t[keep_t]).to(g.dtype), g[keep_t], torch.tensor(pos, device=dev),
                           self.kv, meta)
-        sampled = any(p is not None for p in probs)
-        return Drafts(drafts, probs if sampled else None)
+        if not step_probs:
+            return Drafts(drafts)
+        for i, rows in step_probs.items():
+            probs[i] = torch.stack(rows)  # [n_i, vocab]
+        return Drafts(drafts, probs)
 
-    _last_probs: torch.Tensor | None = None
-
-    def _choose(self, logits: torch.Tensor, reqs: Sequence[ProposeRequest]) -> torch.Tensor:
-        """[a, draft_vocab] logits -> [a] draft ids: argmax for greedy requests; sampled at the request's
-        temperature otherwise, leaving the distribution (over the target vocabulary) in ``_last_probs``."""
-        chosen = logits.argmax(dim=-1)
-        temps = [r.sampling.temperature for r in reqs]
-        if all(t == 0.0 for t in temps):
-            self._last_probs = None
-            return chosen
-        t = torch.tensor([x if x > 0 else 1.0 for x in temps], device=logits.device).unsqueeze(1)
-        q = torch.softmax(logits / t, dim=-1)  # [a, draft_vocab]
-        sampled = torch.multinomial(q, 1, generator=self.generator).squeeze(1)
-        greedy = torch.tensor([x == 0.0 for x in temps], device=logits.device)
-        chosen = torch.where(greedy, chosen, sampled)
-        full = torch.zeros(len(reqs), self.vocab_size, dtype=torch.float32, device=logits.device)
-        if self.kind == "eagle3":
-            full[:, self.draft_target_ids] = q
-        else:
-            full[:, :q.shape[1]] = q
-        # greedy rows of a mixed batch: one-hot (the engine treats their drafts as deterministic)
-        full[greedy] = 0.0
-        full[greedy, (self.draft_target_ids[chosen] if self.kind == "eagle3" else chosen)[greedy]] = 1.0
-        self._last_probs = full
-        return chosen
+    def _target_logits(self, out: torch.Tensor) -> torch.Tensor:
+        """[n, hidden] -> [n, target vocab] float32; eagle3: the draft vocabulary's logits at their target ids,
+        -inf elsewhere."""
+        logits = self._logits(out)
+        if self.kind == "eagle":
+            return logits[:, : self.vocab_size]
+        full = logits.new_full((logits.shape[0], self.vocab_size), float("-inf"))
+        full[:, self.draft_target_ids] = logits
+        return full
 
 
 def _check_fits(kind: str, cfg, ctx: ProposerContext, source: str) -> None:
