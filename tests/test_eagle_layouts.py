@@ -165,3 +165,19 @@ def test_pickle_with_code_is_refused_without_running_it(tmp_path):
         load_head(folder)
     assert not marker.exists()
     assert "weights_only=True" in str(err.value) and "arbitrary code" in str(err.value)
+
+
+def test_entry_points_name_their_methods():
+    from tokenleap_plugins.testing import check_entry_point
+
+    from tokenleap_eagle.plugin import EAGLE, EAGLE3
+
+    assert check_entry_point(EAGLE) and check_entry_point(EAGLE3)
+    assert EAGLE.requires_model and EAGLE.common_keys == frozenset({"model", "max_model_len"})
+
+
+def test_unknown_method_key_is_refused(tiny):
+    target, heads, _ = tiny
+    with pytest.raises(Exception) as err:
+        LLM(model=str(target), speculative_config={**_spec(heads["eagle3-bin"][1]), "eagle_layers": [1, 2, 3]})
+    assert "eagle_layers" in str(err.value)
