@@ -13,7 +13,7 @@ import pytest
 from tokenleap import LLM, SamplingParams
 
 HEAD = "smollm2-135m-instruct-eagle3"
-ACCEPTANCE_FLOOR = None  # set from the measurement below
+ACCEPTANCE_FLOOR = 1.03  # measured 1.036 (docs/eagle.md); the goal is 3.0
 MEASURE = dict(limit=5, max_tokens=48)
 
 pytestmark = pytest.mark.slow
