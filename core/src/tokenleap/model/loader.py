@@ -95,6 +95,18 @@ def check_weights(
     return {n: present[n] for n in expected}
 
 
+def drop_mtp_tensors(weights: dict[str, torch.Tensor], cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Leave out the multi-token-prediction layers a checkpoint may carry (config ``num_nextn_predict_layers``:
+    MiMo's ``model.mtp_layers.*``, DeepSeek-V3's ``model.layers.{N..}``): no part of the target, they are
+    read by speculative method 'mtp' itself."""
+    extra = int(cfg.get("num_nextn_predict_layers") or 0)
+    if not extra:
+        return weights
+    n = int(cfg["num_hidden_layers"])
+    prefixes = ("model.mtp_layers.", *(f"model.layers.{i}." for i in range(n, n + extra)))
+    return {k: v for k, v in weights.items() if not k.startswith(prefixes)}
+
+
 def _refuse_pickled(source: Path, files: list[Path]) -> ValueError:
     names = ", ".join(f.name for f in files[:5])
     return ValueError(
@@ -157,7 +169,7 @@ def _load_hf_folder(folder: Path, dtype: str | torch.dtype, device: str) -> Load
     arch = ModelArchConfig.from_hf_config(cfg)
     config_dtype = DTYPES.get(str(cfg.get("torch_dtype") or cfg.get("dtype") or ""))
     torch_dtype = resolve_dtype(dtype, config_dtype or _stored_dtype(files), device)
-    weights = check_weights(_read_safetensors(files, torch_dtype), arch, str(folder))
+    weights = check_weights(drop_mtp_tensors(_read_safetensors(files, torch_dtype), cfg), arch, str(folder))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as e:
