@@ -1,0 +1,1 @@
+"""Training heads on data the target generates itself."""

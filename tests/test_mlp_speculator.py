@@ -1,0 +1,125 @@
+"""Method mlp_speculator / mlp: the speculator's maths against a plain reference, its loader (tied, prefixed,
+broken checkpoints), drafts through the proposer contract, bad configurations, and losslessness end to end."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.helpers.tiny_heads import make_tiny_speculator
+from tokenleap_eagle.mlp_speculator.loader import load_speculator
+from tokenleap_plugins import (
+    ComputedTokens, ProposeBatch, ProposeRequest, ProposerContext, SamplingInfo, SpeculativeSettings, TargetHandles,
+)
+from tokenleap_plugins.manager import ProposerManager
+
+
+def reference_drafts(t: dict[str, torch.Tensor], cfg: dict, hidden: torch.Tensor, token: int, k: int) -> list[int]:
+    """fms-extras' published formula, one request, written out: state = GELU(LN(sw * proj(state) + ew * emb(tok)))."""
+    n, inner = cfg["n_predict"], cfg["inner_dim"] or cfg["emb_dim"]
+    sw = 0.5 ** (0.5 / n)
+    ew = math.sqrt((1 - sw**2) * (inner / 2))
+    state = hidden.double()
+    if cfg["scale_input"]:
+        state = state / torch.sqrt(state.pow(2).mean() + 1e-6) / math.sqrt(2)
+    out = []
+    for i in range(k):
+        s = 0 if cfg["tie_weights"] else i
+        p = (0 if i == 0 else 1) if cfg["tie_weights"] else i
+        x = sw * (t[f"proj.{p}.weight"].double() @ state) + ew * t[f"emb.{s}.weight"][token].double()
+        x = x / torch.sqrt(x.pow(2).mean() + 1e-6) * t[f"ln.{s}.weight"].double() + t[f"ln.{s}.bias"].double()
+        state = torch.nn.functional.gelu(x)
+        token = int((t[f"head.{s}.weight"].double() @ state).argmax())
+        out.append(token)
+    return out
+
+
+def _ctx(model: str, k: int, hidden: int = 64, vocab: int = 320) -> ProposerContext:
+    handles = TargetHandles(embed=None, compute_logits=None, final_norm=lambda h: h, embedding_weight=None,
+                            lm_head_weight=None)
+    return ProposerContext(num_speculative_tokens=k, vocab_size=vocab, max_model_len=512, seed=0, hidden_size=hidden,
+                           speculative=SpeculativeSettings(model=model), target=handles)
+
+
+def _build(method: str, model: str, k: int, **kw):
+    spec = ProposerManager(env={}).load(method)
+    return spec.build(None, _ctx(model, k, **kw))
+
+
+@pytest.mark.parametrize("variant", [
+    dict(), dict(tie_weights=True), dict(scale_input=True), dict(inner_dim=32), dict(prefix="speculator."),
+    dict(tie_weights=True, write_duplicates=True, n_predict=4),
+])
+def test_drafts_equal_the_published_formula(tmp_path, variant):
+    from safetensors.torch import load_file
+    import json
+
+    folder = make_tiny_speculator(tmp_path / "spec", **variant)
+    tensors = {k.removeprefix("speculator."): v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    cfg = json.loads((folder / "config.json").read_text())
+    n = cfg["n_predict"]
+    proposer = _build("mlp_speculator", str(folder), n)
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(7, 64, generator=g)  # rows of the step: request a owns 0..2, request b 3..6
+    a = ProposeRequest("a", token_ids=[5, 6, 7, 8], num_prompt_tokens=3, max_num_drafts=n,
+                       computed=ComputedTokens(start=1, count=2, hidden_rows=0, num_rejected=1))
+    b = ProposeRequest("b", token_ids=[9, 10, 11, 12, 13, 14, 15], num_prompt_tokens=2, max_num_drafts=n - 1,
+                       computed=ComputedTokens(start=2, count=4, hidden_rows=3))
+    mid = ProposeRequest("c", token_ids=[1, 2, 3], num_prompt_tokens=3, max_num_drafts=0,
+                         computed=ComputedTokens(start=0, count=2, hidden_rows=0))
+    drafts = proposer.propose(ProposeBatch([a, mid, b], {-1: hidden}))
+    assert drafts.probs is None
+    assert list(drafts.token_ids[0]) == reference_drafts(tensors, cfg, hidden[1], 8, n)
+    assert list(drafts.token_ids[1]) == []
+    assert list(drafts.token_ids[2]) == reference_drafts(tensors, cfg, hidden[6], 15, n - 1)
+
+
+def test_sampled_drafts_come_with_their_distribution(tmp_path):
+    folder = make_tiny_speculator(tmp_path / "spec")
+    proposer = _build("mlp", str(folder), 3)
+    hidden = torch.randn(2, 64, generator=torch.Generator().manual_seed(2))
+    reqs = [ProposeRequest(f"r{i}", token_ids=[4, 5, 6], num_prompt_tokens=2, max_num_drafts=3,
+                           computed=ComputedTokens(start=1, count=1, hidden_rows=i),
+                           sampling=SamplingInfo(temperature=t, top_k=k, seed=7))
+            for i, (t, k) in enumerate([(0.0, 0), (0.8, 20)])]
+    drafts = proposer.propose(ProposeBatch(reqs, {-1: hidden}))
+    assert drafts.probs[0] is None
+    probs = drafts.probs[1]
+    assert probs.shape == (3, 320)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3))
+    assert ((probs > 0).sum(-1) <= 20).all()  # top-k 20 applied
+    for j, tok in enumerate(drafts.token_ids[1]):
+        assert probs[j, tok] > 0  # each draft was drawn from its row
+    again = proposer.propose(ProposeBatch(reqs, {-1: hidden}))  # counter-based noise: same seed, same drafts
+    assert list(again.token_ids[1]) == list(drafts.token_ids[1])
+
+
+def test_loader_rejects_broken_checkpoints(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = make_tiny_speculator(tmp_path / "spec")
+    t = load_file(str(folder / "model.safetensors"))
+    del t["ln.1.bias"]
+    save_file(t, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"lacks 1 tensor\(s\).*ln\.1\.bias"):
+        load_speculator(folder, torch.float32, "cpu")
+    folder = make_tiny_speculator(tmp_path / "spec2")
+    t = load_file(str(folder / "model.safetensors"))
+    t["proj.1.weight"] = torch.zeros(64, 32)
+    save_file(t, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"proj\.1\.weight has shape \(64, 32\), config.json implies \(64, 64\)"):
+        load_speculator(folder, torch.float32, "cpu")
+
+
+def test_bad_configurations_fail_before_generation(tmp_path):
+    folder = str(make_tiny_speculator(tmp_path / "spec", n_predict=3))
+    with pytest.raises(ValueError, match=r"num_speculative_tokens=4.*n_predict=3.*<= 3"):
+        _build("mlp_speculator", folder, 4)
+    with pytest.raises(ValueError, match=r"emb_dim=64.*hidden size is 96"):
+        _build("mlp_speculator", folder, 2, hidden=96)
+    with pytest.raises(ValueError, match=r"vocab_size=320.*1000 entries"):
+        _build("mlp_speculator", folder, 2, vocab=1000)
+    with pytest.raises(FileNotFoundError, match=r"smollm2-135m-instruct-mlp"):
+        _build("mlp_speculator", str(tmp_path / "nope"), 2)
