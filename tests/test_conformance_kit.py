@@ -15,10 +15,11 @@ from tokenleap_plugins import (
     UnknownMethodError,
     hookimpl,
 )
-from tokenleap_plugins.prompt_lookup import prompt_lookup
+from tokenleap_ngram.prompt_lookup import prompt_lookup
 from tokenleap_plugins.testing import (
     EchoProposer,
     check_bounds,
+    check_device_drafter,
     check_determinism,
     check_lifecycle,
     check_memory_flat,
@@ -131,9 +132,7 @@ def test_bounds_failures(cls, message):
 
 
 class LooksUpPrompt(ProposerBase):
-    """Declares prompt lookup (so the engine may draft on the device) and drafts exactly that."""
-
-    needs = ProposerNeeds(device_prompt_lookup=(1, 3))
+    """Drafts by prompt lookup on the host and offers the n-gram package's device drafter, which drafts the same."""
 
     def __init__(self, config=None, context=None):
         pass
@@ -141,18 +140,37 @@ class LooksUpPrompt(ProposerBase):
     def propose(self, batch):
         return Drafts([prompt_lookup(r.token_ids, r.max_num_drafts, 1, 3) for r in batch.requests])
 
+    def device_drafter(self, spec):
+        from tokenleap_ngram.device.drafter import PromptLookupDrafter
+
+        return PromptLookupDrafter(spec, 1, 3)
+
 
 class ClaimsPromptLookup(EchoProposer):
-    """Declares prompt lookup but echoes the last tokens: an engine drafting on the device would differ."""
+    """Offers the prompt-lookup device drafter but echoes the last tokens on the host: an engine drafting on the
+    device would give other drafts than one drafting on the host."""
 
-    needs = ProposerNeeds(device_prompt_lookup=(1, 3))
+    device_drafter = LooksUpPrompt.device_drafter
 
 
-def test_a_declared_prompt_lookup_is_held_to_the_definition():
-    run_conformance(spec(LooksUpPrompt), num_memory_requests=500)
-    with pytest.raises(AssertionError, match=r"fake: declares device_prompt_lookup=\(1, 3\) but drafted \[.*\] for "
-                                             r"request 'req-\d+' at step \d+; prompt lookup gives"):
-        check_bounds(spec(ClaimsPromptLookup))
+def test_a_device_drafter_is_held_to_the_host_drafts():
+    assert check_device_drafter(spec(LooksUpPrompt))
+    run_conformance(spec(LooksUpPrompt), num_memory_requests=500, report=None)
+    with pytest.raises(AssertionError, match=r"fake: device drafter, case \d+, row \d+ \(\d+ tokens\): drafted "
+                                             r"\[.*\] on the device, propose\(\) drafted \[.*\]"):
+        check_device_drafter(spec(ClaimsPromptLookup))
+    assert not check_device_drafter(spec(EchoProposer))  # none offered
+
+
+def test_run_conformance_reports_each_check_and_the_default_k(capsys):
+    deep = ProposerSpec(method="fake", build=EchoProposer, default_num_speculative_tokens=lambda cfg: 7)
+    run_conformance(deep, num_memory_requests=300)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "fake: entry point not installed (not checked)"
+    assert "fake: default num_speculative_tokens ok" in lines and lines[-1] == "fake: conformance passed"
+    broken = ProposerSpec(method="fake", build=EchoProposer, default_num_speculative_tokens=lambda cfg: 0)
+    with pytest.raises(AssertionError, match=r"fake: default_num_speculative_tokens gave 0, outside 1..32"):
+        run_conformance(broken, num_memory_requests=300, report=None)
 
 
 def test_a_proposer_that_never_drafts_is_suspicious():
@@ -220,8 +238,9 @@ def test_unknown_method_lists_installed_and_names_the_package(fake_plugin):
     message = str(info.value)
     assert "speculative_config.method='eagle' is not an installed speculative method" in message
     assert "'fake_echo'" in message and "'ngram'" in message  # registered and entry-point methods
-    assert message.endswith("pip install tokenleap-eagle")
-    with pytest.raises(UnknownMethodError, match=r"Methods this project ships: \['draft_model', 'eagle'"):
+    assert message.endswith("It is provided by the folder proposers-eagle/ of the tokenleap repository: from a clone, "
+                            "pip install ./proposers-eagle")
+    with pytest.raises(UnknownMethodError, match=r"Methods of the tokenleap repository: \['draft_model', 'eagle'"):
         manager.load("medusa")
 
 

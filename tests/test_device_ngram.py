@@ -15,8 +15,8 @@ import random  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from helpers.triton_marks import needs_triton  # noqa: E402
-from tokenleap.kernels.ngram_ref import next_verify_inputs_ref  # noqa: E402
-from tokenleap_plugins.prompt_lookup import prompt_lookup  # noqa: E402
+from tokenleap_ngram.device.lookup_ref import next_verify_inputs_ref  # noqa: E402
+from tokenleap_ngram.prompt_lookup import prompt_lookup  # noqa: E402
 
 
 def _history(rng: random.Random, size: int, vocab: int) -> list[int]:
@@ -87,7 +87,7 @@ def test_reference_writes_the_step_of_the_proposers_drafts():
 @needs_triton
 @pytest.mark.parametrize("q,lo,hi,block", [(6, 1, 4, 32), (16, 2, 4, 64), (4, 3, 5, 16), (9, 1, 1, 1024)])
 def test_triton_kernel_equals_reference(q, lo, hi, block):
-    from tokenleap.kernels.triton_ngram import next_verify_inputs
+    from tokenleap_ngram.device.lookup_triton import next_verify_inputs
 
     rng = random.Random(q * 100 + hi)
     for trial in range(4):
@@ -102,7 +102,7 @@ def test_triton_kernel_equals_reference(q, lo, hi, block):
 
 @needs_triton
 def test_triton_kernel_rejects_a_lookup_it_was_not_built_for():
-    from tokenleap.kernels.triton_ngram import MAX_LOOKUP, next_verify_inputs
+    from tokenleap_ngram.device.lookup_triton import MAX_LOOKUP, next_verify_inputs
 
     args = _case(random.Random(1), 1, 4, 16, 8, 64)
     with pytest.raises(ValueError, match=f"lookup_min=1, lookup_max={MAX_LOOKUP + 1}"):

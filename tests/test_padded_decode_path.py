@@ -11,9 +11,11 @@ import types
 import pytest
 from helpers.spec_counts import spec_totals, without_attention_output
 from tokenleap import LLM, SamplingParams
-from tokenleap.engine.cuda_graphs import DecodeGraphs, equal_bounds, segment_bounds
+from tokenleap.engine.cuda_graphs import DecodeGraphs, equal_bounds, graph_batch_sizes, segment_bounds
 from tokenleap.engine.request import Request
 from tokenleap.sampling_params import SamplingParams as SP
+from tokenleap.speculative.building import device_drafter
+from tokenleap_ngram.device.drafter import PromptLookupDrafter
 from tokenleap_plugins import Drafts, ProposerBase, ProposerManager, ProposerSpec, hookimpl
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -47,9 +49,17 @@ def tiny_llm(folder, padded: bool, bounds: list[int] | None = None, prefill: tup
             eng.model, eng.runner.kv_caches, eng.cfg.max_num_seqs, [1, 1 + eng.num_speculative_tokens],
             eng.runner.max_blocks_per_req, eng.max_model_len, eng.backend, eng.device, use_cuda_graphs=False,
             decode_bounds=bounds, verify_bounds=bounds, prefill_query_lens=list(prefill),
-            device_lookup=eng.device_lookup if device_drafting else None, block_size=BLOCK,
+            drafter=_drafter(eng) if device_drafting else None, block_size=BLOCK,
         )
     return llm
+
+
+def _drafter(eng):
+    """The proposer's device drafter as the engine would build it on CUDA (here: the torch reference, on CPU)."""
+    if eng.driver is None:
+        return None
+    return device_drafter(eng.driver.proposer, max(graph_batch_sizes(eng.cfg.max_num_seqs)),
+                          eng.num_speculative_tokens, eng.max_model_len, BLOCK, eng.device, eng.backend)
 
 
 def count_launches(llm: LLM) -> dict[str, int]:
@@ -271,7 +281,8 @@ def test_device_drafting_equals_plain_and_host_drafting(folder, eager_greedy, ma
                          device_drafting=False))
     assert token_ids(host.generate(PROMPTS, GREEDY, use_tqdm=False)) == want
     llm = prep(tiny_llm(folder, padded=True, max_num_seqs=max_num_seqs, speculative_config=NGRAM))
-    assert llm.engine.runner.graphs.device_lookup == (1, 3)
+    drafter = llm.engine.runner.graphs.drafter
+    assert isinstance(drafter, PromptLookupDrafter) and (drafter.lo, drafter.hi) == (1, 3)
     counts = count_launches(llm)
     assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == want
     assert spec_totals(llm) == spec_totals(host) and spec_totals(llm)[0] > 0

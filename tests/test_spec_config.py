@@ -106,12 +106,22 @@ BAD = [
         UnknownMethodError,
         r"speculative_config\.method='medusa' is not an installed speculative method; "
         r"installed: \[.*'ngram'.*"
-        r"'suffix'.*\]\. Methods this project ships: \['draft_model', 'eagle', 'eagle3', 'ngram', 'suffix'\]",
+        r"'suffix'.*\]\. Methods of the tokenleap repository: \['draft_model', 'eagle', 'eagle3', 'mlp', "
+        r"'mlp_speculator', 'mtp', 'ngram', 'suffix'\]",
     ),
+    # common keys that mean nothing to the method are named, with the ones it takes
     (
         {"method": "ngram", "num_speculative_tokens": 3, "parallel_drafting": True},
         ValueError,
-        r"parallel_drafting=True needs a model-based method, not method='ngram'",
+        r"speculative_config: key\(s\) \['parallel_drafting'\] mean nothing to method 'ngram' \(given "
+        r"parallel_drafting=True\); its common keys are \['disable_by_batch_size', 'method', "
+        r"'num_speculative_tokens'\]",
+    ),
+    (
+        {"method": "suffix", "model": "/no/such/file", "max_model_len": 64},
+        ValueError,
+        r"key\(s\) \['max_model_len', 'model'\] mean nothing to method 'suffix' \(given max_model_len=64, "
+        r"model='/no/such/file'\)",
     ),
 ]
 
@@ -143,7 +153,8 @@ def test_eagle_not_installed_suggests_the_package(no_loading, tiny, monkeypatch)
     message = str(info.value)
     assert "speculative_config.method='eagle' is not an installed speculative method" in message
     assert re.search(r"installed: \[.*'ngram'.*'suffix'.*\]", message), message
-    assert message.endswith("It is provided by the package 'tokenleap-eagle': pip install tokenleap-eagle")
+    assert message.endswith("It is provided by the folder proposers-eagle/ of the tokenleap repository: from a clone, "
+                            "pip install ./proposers-eagle")
 
 
 def test_engine_settings_are_checked_too(no_loading, tiny):

@@ -106,14 +106,14 @@ def test_device_drafting_in_captured_graphs_equals_host_drafting(tiny, cycling):
 
     plain = _tokens(build())
     host = build(speculative_config=spec, async_scheduling=False)
-    assert host.engine.runner.graphs.device_lookup is None
+    assert host.engine.runner.graphs.drafter is None
     assert _tokens(host, release=False) == plain
     host_counts = spec_totals(host)
     del host
     gc.collect()
     torch.cuda.empty_cache()
     dev = build(speculative_config=spec)
-    assert dev.engine.runner.graphs.device_lookup == (1, 3)
+    assert (dev.engine.runner.graphs.drafter.lo, dev.engine.runner.graphs.drafter.hi) == (1, 3)
     launch, ahead = dev.engine.runner.launch, []
 
     def noting(scheduled, ahead_of=None, q=1):

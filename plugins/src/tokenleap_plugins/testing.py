@@ -20,9 +20,11 @@ import tracemalloc
 from collections.abc import Sequence
 from typing import Any
 
-from tokenleap_plugins.manager import validate_method_config
-from tokenleap_plugins.prompt_lookup import prompt_lookup
+from tokenleap_plugins.manager import ENTRY_POINT_GROUP, validate_method_config
 from tokenleap_plugins.proposer import (
+    ComputedTokens,
+    DeviceDraftingSpec,
+    DeviceDraftStep,
     Drafts,
     ProposeBatch,
     Proposer,
@@ -33,14 +35,20 @@ from tokenleap_plugins.proposer import (
     VerifiedRequest,
 )
 
-__all__ = ["EchoProposer", "build_proposer", "check_bounds", "check_determinism", "check_drafts",
-           "check_lifecycle", "check_memory_flat", "echo_spec", "run_conformance"]
+__all__ = ["EchoProposer", "build_proposer", "check_bounds", "check_determinism", "check_device_drafter",
+           "check_drafts", "check_entry_point", "check_lifecycle", "check_memory_flat", "echo_spec", "run_conformance"]
 
 
 def build_proposer(spec: ProposerSpec, config: dict | None = None, *, vocab_size: int = 64,
-                   num_speculative_tokens: int = 4, seed: int = 0, **context: Any) -> Proposer:
+                   num_speculative_tokens: int | None = 4, seed: int = 0, **context: Any) -> Proposer:
     """Validate ``config`` as the engine would and build a proposer (``context``: ProposerContext fields)."""
     validated = validate_method_config(spec, dict(config or {}), common_keys=set())
+    if num_speculative_tokens is None:  # the method's default k, as the engine would take it
+        assert spec.default_num_speculative_tokens is not None, (
+            f"{spec.method}: num_speculative_tokens=None but the spec has no default_num_speculative_tokens")
+        num_speculative_tokens = int(spec.default_num_speculative_tokens(validated))
+        assert 1 <= num_speculative_tokens <= 32, (
+            f"{spec.method}: default_num_speculative_tokens gave {num_speculative_tokens}, outside 1..32")
     context.setdefault("max_model_len", 4096)
     context.setdefault("hidden_size", 32)
     ctx = ProposerContext(num_speculative_tokens=num_speculative_tokens, vocab_size=vocab_size, seed=seed,
@@ -86,6 +94,7 @@ class _Request:
         self.left, self.offset, self.tokens = 0, 0, []
         self.tokens.extend(self._next() for _ in range(prompt_len))
         self.num_prompt, self.pending, self.fed = prompt_len, None, list(self.tokens)
+        self.kept = 0  # tokens of the last step whose KV the target kept (the fed ones minus rejected drafts)
 
     def _next(self) -> int:
         rng, toks = self.k_rng, self.tokens
@@ -101,10 +110,15 @@ class _Request:
         drafts = self.pending or []
         self.fed = list(self.tokens) if self.pending is None else [self.tokens[-1], *drafts]
         accepted = list(drafts[: self.k_rng.randint(0, len(drafts))])
+        self.kept = len(self.fed) - (len(drafts) - len(accepted))
         self.tokens.extend(accepted)
         self.tokens.append(self._next())
         self.pending = []
         return VerifiedRequest(self.rid, len(drafts), len(accepted), [*accepted, self.tokens[-1]])
+
+    def preempt(self) -> None:
+        """Its KV is gone: the next step recomputes every token before the last (no drafts pending)."""
+        self.pending = None
 
 
 def _scenario(seed: int, num_steps: int) -> list[tuple]:
@@ -128,6 +142,8 @@ def _scenario(seed: int, num_steps: int) -> list[tuple]:
             rid = rng.choice(sorted(live))
             ops.append(("finish" if r < 0.25 else "abort", rid, live.pop(rid)))
             ended.append(rid)
+        elif r < 0.45:
+            ops.append(("preempt", rng.choice(sorted(live)), None))
     ops += [("finish", rid, key) for rid, key in live.items()]
     return ops
 
@@ -137,7 +153,6 @@ def _run(proposer: Proposer, ops: Sequence[tuple], *, method: str, vocab_size: i
     """Play ``ops``; check every answer; return the transcript (step, life key, drafts)."""
     live, keys, transcript, step = {}, {}, [], 0
     layers = tuple(getattr(proposer.needs, "hidden_state_layers", ()) or ())
-    lookup = getattr(proposer.needs, "device_prompt_lookup", None)
     for op in ops:
         if op[0] == "add":
             _, rid, key, plen = op
@@ -148,6 +163,12 @@ def _run(proposer: Proposer, ops: Sequence[tuple], *, method: str, vocab_size: i
         elif op[0] == "abort":
             live.pop(op[1])
             proposer.on_request_aborted(op[1])
+        elif op[0] == "preempt":
+            if op[1] in live:
+                live[op[1]].preempt()
+                hook = getattr(proposer, "on_request_preempted", None)
+                if hook is not None:
+                    hook(op[1])
         else:
             step += 1  # counted even when nothing runs, so that two scenarios' steps line up
             if not live:
@@ -157,18 +178,15 @@ def _run(proposer: Proposer, ops: Sequence[tuple], *, method: str, vocab_size: i
             for rid, req in live.items():
                 m = 0 if req.k_rng.random() < 0.15 else req.k_rng.randint(1, k)
                 span = (start, start + len(req.fed)) if layers else None
+                first = len(req.tokens) - 1 - req.kept
+                computed = ComputedTokens(first, req.kept, start, len(req.fed) - req.kept)
                 rows.extend(req.fed)
                 start += len(req.fed)
-                reqs.append(ProposeRequest(rid, tuple(req.tokens), req.num_prompt, m, span))
+                reqs.append(ProposeRequest(rid, tuple(req.tokens), req.num_prompt, m, span, computed,
+                                           len(req.tokens) - 1))
             batch = ProposeBatch(reqs, _hidden_states(layers, rows, vocab_size, seed) if layers else {})
             drafts = proposer.propose(batch)
             check_drafts(batch, drafts, vocab_size, where=f"{method}: step {step}: ")
-            if lookup is not None:  # the declaration lets the engine draft without asking: hold it to it
-                for req, ids in zip(reqs, drafts.token_ids):
-                    want = prompt_lookup(req.token_ids, req.max_num_drafts, *lookup)
-                    assert list(ids) == want, (
-                        f"{method}: declares device_prompt_lookup={lookup} but drafted {list(ids)} for request "
-                        f"{req.request_id!r} at step {step}; prompt lookup gives {want}")
             for req, ids in zip(reqs, drafts.token_ids):
                 live[req.request_id].pending = list(ids)
                 transcript.append((step, keys[req.request_id], tuple(ids)))
@@ -184,13 +202,16 @@ def _hidden_states(layers: tuple[int, ...], rows: list[int], vocab: int, seed: i
     return {layer: table[i][ids] for i, layer in enumerate(layers)}
 
 
-def _play(spec: ProposerSpec, config: dict | None, ops: Sequence[tuple], vocab_size: int, k: int, seed: int):
+def _play(spec: ProposerSpec, config: dict | None, ops: Sequence[tuple], vocab_size: int, k: int | None,
+          seed: int):
     proposer = build_proposer(spec, config, vocab_size=vocab_size, num_speculative_tokens=k, seed=seed)
+    if k is None:  # the method's default, as build_proposer resolved it
+        k = int(spec.default_num_speculative_tokens(validate_method_config(spec, dict(config or {}), set())))
     return _run(proposer, ops, vocab_size=vocab_size, k=k, seed=seed, method=spec.method)
 
 
 def check_bounds(spec: ProposerSpec, config: dict | None = None, *, vocab_size: int = 64,
-                 num_speculative_tokens: int = 4, seed: int = 0, num_steps: int = 200,
+                 num_speculative_tokens: int | None = 4, seed: int = 0, num_steps: int = 200,
                  expect_drafts: bool = True) -> None:
     """Every answer within bounds over a long scenario; with ``expect_drafts``, at least one draft overall."""
     transcript = _play(spec, config, _scenario(seed, num_steps), vocab_size, num_speculative_tokens, seed)
@@ -282,15 +303,106 @@ def check_memory_flat(spec: ProposerSpec, config: dict | None = None, *, vocab_s
         f"{last} B after {num_requests} (+{last - first} B > limit {limit} B = max(1 MiB, 10% of the first))")
 
 
+def check_device_drafter(spec: ProposerSpec, config: dict | None = None, *, vocab_size: int = 64,
+                         num_speculative_tokens: int = 4, seed: int = 0, num_cases: int = 40) -> bool:
+    """A proposer that offers a device drafter must draft on the device what ``propose`` drafts on the host.
+
+    Its drafter is built for the CPU with the torch backend, given histories, and asked to write the next verify
+    step after a step that emitted 1..q tokens; the step's ids (last token, drafts), draft counts and sequence
+    lengths must match ``propose`` on the same tokens. Returns False when the proposer offers no drafter."""
+    k, q = num_speculative_tokens, num_speculative_tokens + 1
+    proposer = build_proposer(spec, config, vocab_size=vocab_size, num_speculative_tokens=k, seed=seed)
+    offer = getattr(proposer, "device_drafter", None)
+    max_rows, max_len, bs = 4, 512, 16
+    drafter = offer(DeviceDraftingSpec(max_rows, q, max_len, bs, "cpu", "torch")) if offer else None
+    if drafter is None:
+        return False
+    import torch  # only proposers with a device drafter get here
+
+    rng = random.Random(f"device/{seed}")
+    max_blocks = max_len // bs + 4
+    for case in range(num_cases):
+        reqs = [_Request(f"dev-{case}-{i}", f"device-{case}-{i}", seed, vocab_size, rng.randint(4, 60))
+                for i in range(rng.randint(1, max_rows))]
+        b = len(reqs)
+        emitted = [rng.randint(1, min(q, len(r.tokens) - 1)) for r in reqs]
+        drafter.load_histories([r.tokens[: len(r.tokens) - e] for r, e in zip(reqs, emitted)])
+        last = torch.zeros(max_rows, q + 2, dtype=torch.int64)
+        for i, (r, e) in enumerate(zip(reqs, emitted)):
+            last[i, :e] = torch.tensor(r.tokens[len(r.tokens) - e :])
+            last[i, q] = e
+        tables = torch.arange(1, b * max_blocks + 1, dtype=torch.int32).view(b, max_blocks)
+        step = DeviceDraftStep(
+            last=last, feed=torch.ones(b, dtype=torch.int64), limits=torch.full((b,), 1 << 20, dtype=torch.int64),
+            tables=tables, ids=torch.full((b * q,), -1, dtype=torch.int64),
+            positions=torch.zeros(b * q, dtype=torch.int64), slots=torch.zeros(b * q, dtype=torch.int64),
+            seq_lens=torch.zeros(b, dtype=torch.int32), num_drafts=torch.zeros(b, dtype=torch.int64), q=q,
+            block_size=bs)
+        drafter.draft(step)
+        for i, r in enumerate(reqs):
+            proposer.on_request_added(r.rid, list(r.tokens))
+            want = list(proposer.propose(ProposeBatch([ProposeRequest(r.rid, tuple(r.tokens), len(r.tokens), k)]))
+                        .token_ids[0])
+            proposer.on_request_finished(r.rid, list(r.tokens))
+            nd = int(step.num_drafts[i])
+            got = [int(t) for t in step.ids[i * q + 1 : i * q + 1 + nd]]
+            where = f"{spec.method}: device drafter, case {case}, row {i} ({len(r.tokens)} tokens): "
+            assert got == want, f"{where}drafted {got} on the device, propose() drafted {want}"
+            assert int(step.ids[i * q]) == r.tokens[-1], f"{where}row's first id is not the last token"
+            assert int(step.seq_lens[i]) == len(r.tokens) - 1 + q, f"{where}seq_len {int(step.seq_lens[i])}"
+    return True
+
+
+def check_entry_point(spec: ProposerSpec) -> bool:
+    """The entry point that provides ``spec`` is named ``spec.method`` (the string users write). Imports every
+    installed plugin of the group. Returns False when no installed entry point provides the method (a plugin
+    registered in-process only)."""
+    from importlib import metadata
+
+    named = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == spec.method]
+    if named:
+        methods = _methods_of(named[0].load())
+        assert spec.method in methods, (
+            f"the entry point {spec.method!r} ({named[0].value}) in group {ENTRY_POINT_GROUP!r} registers "
+            f"methods {sorted(methods)}, not {spec.method!r}")
+        return True
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        methods = _methods_of(ep.load())
+        assert spec.method not in methods, (
+            f"the entry point {ep.name!r} ({ep.value}) registers method {spec.method!r} under another name: users "
+            f"write the entry point's name as speculative_config['method']; name the entry point {spec.method!r}")
+    return False
+
+
+def _methods_of(module: Any) -> set[str]:
+    hook = getattr(module, "tokenleap_register_proposers", None)
+    return {s.method for s in (hook() or [])} if hook is not None else set()
+
+
 def run_conformance(spec: ProposerSpec, config: dict | None = None, *, vocab_size: int = 64,
                     num_speculative_tokens: int = 4, seed: int = 0, num_memory_requests: int = 10_000,
-                    expect_drafts: bool = True) -> None:
-    """Bounds, determinism, lifecycle, memory, in this order. AssertionError at the first failure."""
+                    expect_drafts: bool = True, report: Any = print) -> None:
+    """Entry point, bounds, determinism, lifecycle (preemption included), memory, the device drafter, and the
+    method's default k when it has one, in this order. AssertionError at the first failure; ``report`` (print by
+    default, None for silence) gets one summary line per check."""
     kw = dict(vocab_size=vocab_size, num_speculative_tokens=num_speculative_tokens, seed=seed)
+    say = report or (lambda *_: None)
+    say(f"{spec.method}: entry point " + ("ok" if check_entry_point(spec) else "not installed (not checked)"))
     check_bounds(spec, config, expect_drafts=expect_drafts, **kw)
+    say(f"{spec.method}: bounds ok (k={num_speculative_tokens}, vocab {vocab_size})")
     check_determinism(spec, config, **kw)
+    say(f"{spec.method}: determinism ok")
     check_lifecycle(spec, config, **kw)
+    say(f"{spec.method}: lifecycle ok (add / verify / preempt / finish / abort / re-add)")
     check_memory_flat(spec, config, num_requests=num_memory_requests, **kw)
+    say(f"{spec.method}: memory flat over {num_memory_requests} requests")
+    drafter = check_device_drafter(spec, config, **kw)
+    say(f"{spec.method}: device drafter " + ("drafts what propose() drafts" if drafter else "none offered"))
+    if spec.default_num_speculative_tokens is not None:
+        check_bounds(spec, config, expect_drafts=expect_drafts, vocab_size=vocab_size, seed=seed,
+                     num_speculative_tokens=None, num_steps=60)
+        say(f"{spec.method}: default num_speculative_tokens ok")
+    say(f"{spec.method}: conformance passed")
 
 
 class EchoProposer(ProposerBase):

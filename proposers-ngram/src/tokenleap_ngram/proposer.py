@@ -17,8 +17,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-from tokenleap_plugins import Drafts, ProposeBatch, ProposerBase, ProposerContext, ProposerNeeds, VerifiedRequest
-from tokenleap_plugins.prompt_lookup import prompt_lookup
+from tokenleap_plugins import (
+    DeviceDrafter,
+    DeviceDraftingSpec,
+    Drafts,
+    ProposeBatch,
+    ProposerBase,
+    ProposerContext,
+    VerifiedRequest,
+)
+
+from tokenleap_ngram.prompt_lookup import DEVICE_MAX_LOOKUP, prompt_lookup
 
 # vLLM's defaults, so that a speculative_config written for vLLM drafts the same here: with neither key
 # both are 5; with one key the other takes its value.
@@ -91,10 +100,15 @@ class NgramProposer(ProposerBase):
         self.lo = config.prompt_lookup_min
         self.hi = config.prompt_lookup_max
         self.k = context.num_speculative_tokens
-        # the drafts are exactly prompt lookup's: the engine may make them on the device (the conformance kit
-        # and tests/test_ngram.py hold this to lookup_reference)
-        self.needs = ProposerNeeds(device_prompt_lookup=(self.lo, self.hi))
         self._requests: dict[str, _RequestIndex] = {}
+
+    def device_drafter(self, spec: DeviceDraftingSpec) -> DeviceDrafter | None:
+        """The same drafts made on the device (prompt lookup as a graph kernel), for lookups up to 16 tokens."""
+        if self.hi > DEVICE_MAX_LOOKUP:
+            return None
+        from tokenleap_ngram.device.drafter import PromptLookupDrafter  # torch only when the engine asks
+
+        return PromptLookupDrafter(spec, self.lo, self.hi)
 
     def on_request_added(self, request_id: str, prompt_token_ids: Sequence[int]) -> None:
         self._requests[request_id] = _RequestIndex(prompt_token_ids, self.lo, self.hi)
@@ -139,6 +153,6 @@ class NgramProposer(ProposerBase):
 
 
 def lookup_reference(token_ids: Sequence[int], num_drafts: int, lo: int, hi: int) -> list[int]:
-    """Brute force: scan the whole history. The definition the fast path must match (used by tests); it is
-    the plugins package's prompt lookup, the one this proposer declares (``needs.device_prompt_lookup``)."""
+    """Brute force: scan the whole history. The definition the fast path and the device drafter must match
+    (used by tests): ``prompt_lookup.prompt_lookup``."""
     return prompt_lookup(token_ids, num_drafts, lo, hi)

@@ -26,11 +26,11 @@ buffers come in two, used in turn, so the inputs of the next step can be written
 step's inputs may still be queued behind the GPU.
 
 A request whose feed flag is set takes its input token on the device from the previous 1-token step's argmax
-(``last_tokens``): that is how a step is launched before the host has read the previous one back. With device
-drafting (``device_lookup``), a verify step's fed rows go further: the graph's first kernel appends the previous
-step's emitted tokens (``last_verify``, written by every graph's head) to the row's token history and drafts by
-prompt lookup, writing the row's ids, positions, slots, sequence length and draft count in place
-(``kernels/ngram_ref.py``), so a verify step too can be launched behind the (decode or verify) step before it.
+(``last_tokens``): that is how a step is launched before the host has read the previous one back. With a device
+drafter (the proposer's, ``tokenleap_plugins.DeviceDrafter``), a verify step's fed rows go further: the graph's
+first kernel(s), the drafter's, read the previous step's emitted tokens (``last_verify``, written by every graph's
+head) and write the row's ids, positions, slots, sequence length and draft count in place, so a verify step too
+can be launched behind the (decode or verify) step before it.
 
 With ``use_cuda_graphs=False`` nothing is captured and every run executes the same padded segments eagerly:
 the whole graphed path (padding, null-block writes, in-graph verification, fed tokens) then runs on any
@@ -44,6 +44,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from tokenleap_plugins import DeviceDrafter, DeviceDraftStep
 
 from tokenleap.model.attention import AttentionMetadata
 from tokenleap.model.llama import KVCache, LlamaForCausalLM
@@ -87,21 +89,18 @@ class GraphKernels(NamedTuple):
 
     embed_fed: Callable  # kernels/fused_ref.py: embed_fed_ref
     greedy_head: Callable  # kernels/greedy_ref.py: greedy_head_ref
-    next_verify_inputs: Callable  # kernels/ngram_ref.py: next_verify_inputs_ref
 
 
 def graph_kernels(backend: str) -> GraphKernels:
     if backend == "triton":
         from tokenleap.kernels.triton_fused import embed_fed
         from tokenleap.kernels.triton_greedy import greedy_head
-        from tokenleap.kernels.triton_ngram import next_verify_inputs
 
-        return GraphKernels(embed_fed, greedy_head, next_verify_inputs)
+        return GraphKernels(embed_fed, greedy_head)
     from tokenleap.kernels.fused_ref import embed_fed_ref
     from tokenleap.kernels.greedy_ref import greedy_head_ref
-    from tokenleap.kernels.ngram_ref import next_verify_inputs_ref
 
-    return GraphKernels(embed_fed_ref, greedy_head_ref, next_verify_inputs_ref)
+    return GraphKernels(embed_fed_ref, greedy_head_ref)
 
 
 class DecodeGraphs:
@@ -109,7 +108,7 @@ class DecodeGraphs:
                  query_lens: list[int], max_blocks_per_req: int, max_model_len: int, backend: str,
                  device: torch.device, use_cuda_graphs: bool = True,
                  decode_bounds: list[int] | None = None, verify_bounds: list[int] | None = None,
-                 prefill_query_lens: list[int] = (), device_lookup: tuple[int, int] | None = None,
+                 prefill_query_lens: list[int] = (), drafter: DeviceDrafter | None = None,
                  block_size: int = 16) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -143,18 +142,13 @@ class DecodeGraphs:
         self.readback = [torch.zeros(max_b * (max_q + 2), dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         self._readback_turn = 0
         self._events = [torch.cuda.Event() for _ in range(2)] if device.type == "cuda" else None
-        # Device drafting (prompt lookup, (lookup_min, lookup_max)): verify steps whose rows are flagged to feed
-        # draft on the device from each row's token history, so they can be launched behind the verify step
-        # before them (``kernels/ngram_ref.py`` says how). None: verify steps take the host's drafts only.
-        self.device_lookup = device_lookup if max_q > 1 else None
+        # Device drafting: verify steps whose rows are flagged to feed are drafted on the device by the proposer's
+        # drafter from the previous step's tokens (``last_verify``), so they can be launched behind the step before
+        # them. None: verify steps take the host's drafts only.
+        self.drafter = drafter if max_q > 1 else None
         self.block_size = block_size
-        if self.device_lookup is not None:
-            width = max_model_len + 2 * max_q  # room for a verify step's tokens past the limit
-            self.hist = torch.zeros(max_b, width, dtype=torch.int32, device=device)
-            self.hist_len = torch.zeros(max_b, dtype=torch.int64, device=device)
+        if self.drafter is not None:
             self.last_verify = torch.zeros(max_b, max_q + 2, dtype=torch.int64, device=device)
-            self.hist_staging = torch.zeros(max_b, width, dtype=torch.int32, pin_memory=pin)
-            self.hist_len_staging = torch.zeros(max_b, dtype=torch.int64, pin_memory=pin)
         # (b, q) -> (segment graphs, their state: the tensors passed between segments, kept alive for the graphs,
         # and the outputs "logits" [b * q, vocab] and "greedy" [b, q + 2]: argmax per row, then tokens emitted,
         # then drafts verified)
@@ -209,7 +203,7 @@ class DecodeGraphs:
         model, bounds, state = self.model, self.bounds(q), {}
 
         def layers(i: int) -> None:
-            if i == 0 and draft and q > 1 and self.device_lookup is not None:  # fed rows draft here, others kept
+            if i == 0 and draft and q > 1 and self.drafter is not None:  # fed rows draft here, others kept
                 self._draft_on_device(b, q, v)
             if i == 0:  # on a 1-token step, requests flagged to feed take the previous step's argmax
                 fed = (feed, self.last_tokens[:b]) if q == 1 else (None, None)
@@ -228,7 +222,7 @@ class DecodeGraphs:
             # argmax and greedy verification; the copies a step launched behind this one reads: a 1-token step's
             # argmax (fed input) and, with device drafting, the tokens a verify step appends to the histories
             greedy = self.kernels.greedy_head(logits, ids, num_drafts, q, self.last_tokens if q == 1 else None,
-                                              self.last_verify if self.device_lookup is not None else None)
+                                              self.last_verify if self.drafter is not None else None)
             state["logits"], state["greedy"] = logits, greedy
 
         stages: list[Callable] = [lambda i=i: layers(i) for i in range(len(bounds) - 1)]
@@ -237,23 +231,15 @@ class DecodeGraphs:
         return stages, state
 
     def _draft_on_device(self, b: int, q: int, v: dict[str, torch.Tensor]) -> None:
-        """The fed rows' inputs of a (b, q) verify step, drafted from their token histories."""
-        lo, hi = self.device_lookup
-        self.kernels.next_verify_inputs(self.hist, self.hist_len, self.last_verify, v["feed"], v["limits"],
-                                        v["tables"], v["ids"], v["positions"], v["slots"], v["seq_lens"],
-                                        v["num_drafts"], q=q, block_size=self.block_size, lookup_min=lo, lookup_max=hi)
+        """The fed rows' inputs of a (b, q) verify step, drafted by the proposer's device drafter."""
+        self.drafter.draft(DeviceDraftStep(
+            last=self.last_verify, feed=v["feed"], limits=v["limits"], tables=v["tables"], ids=v["ids"],
+            positions=v["positions"], slots=v["slots"], seq_lens=v["seq_lens"], num_drafts=v["num_drafts"], q=q,
+            block_size=self.block_size))
 
     def load_histories(self, histories: list[list[int]]) -> None:
-        """Set the token history of graph rows 0.. (one list per row) for device drafting: queued on the stream,
-        so a step launched after this call sees them. The next fed verify step appends the tokens of the verify
-        step launched just before it."""
-        for i, tokens in enumerate(histories):
-            n = len(tokens)
-            self.hist_staging[i, :n] = torch.as_tensor(tokens, dtype=torch.int32)
-            self.hist_len_staging[i] = n
-            self.hist[i, :n].copy_(self.hist_staging[i, :n], non_blocking=True)
-        nb = len(histories)
-        self.hist_len[:nb].copy_(self.hist_len_staging[:nb], non_blocking=True)
+        """Set the token history of graph rows 0.. (one list per row) for device drafting, queued on the stream."""
+        self.drafter.load_histories(histories)
 
     def read_back(self, greedy: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         """Queue the copy of the first ``n`` rows of a greedy result [b, q + 2] to the host; returns the host
@@ -336,7 +322,7 @@ class DecodeGraphs:
         dst.copy_(src, non_blocking=True)
         if not self.use_cuda_graphs:
             seq_lens = views["seq_lens"].tolist()
-            if q > 1 and not prefill and self.device_lookup is not None:  # the torch attention needs the lengths
+            if q > 1 and not prefill and self.drafter is not None:  # the torch attention needs the lengths
                 device_views = self._views(b, q, self.buf)
                 self._draft_on_device(b, q, device_views)
                 seq_lens = device_views["seq_lens"].tolist()

@@ -5,22 +5,28 @@ from __future__ import annotations
 import time
 
 import structlog
-from tokenleap_plugins import ProposerContext, ProposerManager, VerifiedRequest
+from tokenleap_plugins import ProposerManager, VerifiedRequest
 
 from tokenleap.config import EngineConfig
 from tokenleap.engine import setup
-from tokenleap.engine.cuda_graphs import DecodeGraphs, prefill_buckets
+from tokenleap.engine.cuda_graphs import DecodeGraphs, graph_batch_sizes, prefill_buckets
 from tokenleap.engine.detokenizer import init_offsets, text_decoder
 from tokenleap.engine.kv_cache import BlockManager
 from tokenleap.engine.model_runner import LaunchedStep, ModelRunner, StepResult
 from tokenleap.engine.output_processor import append_tokens, flush_text, text_waits
 from tokenleap.engine.request import Request, RequestStatus
 from tokenleap.engine.scheduler import ScheduledRequest, Scheduler
-from tokenleap.kernels.ngram_ref import MAX_LOOKUP
 from tokenleap.metrics import EngineCounters
 from tokenleap.model.hub import resolve_model
+from tokenleap.speculative.building import (
+    bind_proposer_kv_cache,
+    build_proposer,
+    device_drafter,
+    proposer_kv_bytes_per_block,
+    target_handles,
+)
 from tokenleap.speculative.config import ResolvedSpeculativeConfig, resolve_speculative_config
-from tokenleap.speculative.proposing import ProposerDriver
+from tokenleap.speculative.proposing import ProposerDriver, StepEntry
 
 log = structlog.get_logger("tokenleap")
 
@@ -42,9 +48,18 @@ class Engine:
         k = self.spec_cfg.num_speculative_tokens if self.spec_cfg else 0
         max_len = cfg.max_model_len or self.arch.max_position_embeddings
         self.max_num_batched_tokens = cfg.max_num_batched_tokens or max(2048, min(max_len, 8192))
+        # The proposer is built (and loads its own weights) before the KV cache is sized: its memory, and the KV
+        # cache it asks for, come out of the same budget.
+        proposer = None
+        if self.spec_cfg is not None:
+            proposer = build_proposer(self.spec_cfg, self.arch, max_len, cfg.seed, self.device, loaded.dtype,
+                                      cfg.block_size, self.backend,
+                                      target_handles(self.model, model_path, self.tokenizer))
+        extra = proposer_kv_bytes_per_block(proposer, cfg.block_size, loaded.dtype) if proposer else 0
         num_blocks = setup.num_kv_blocks(cfg, self.arch, loaded.dtype, self.device, self.max_num_batched_tokens,
-                                        max_len)
-        capacity = (num_blocks - 1) * cfg.block_size - (k + 1)
+                                         max_len, extra)
+        lookahead = k if proposer is not None and proposer.needs.kv_cache is not None else 0
+        capacity = (num_blocks - 1) * cfg.block_size - (k + 1) - lookahead
         if max_len > capacity:
             if cfg.max_model_len is not None:
                 raise ValueError(
@@ -57,32 +72,28 @@ class Engine:
         self.max_model_len = max_len
         self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, self.max_num_batched_tokens,
-                                   cfg.scheduling_policy, cfg.enable_chunked_prefill)
+                                   cfg.scheduling_policy, cfg.enable_chunked_prefill, lookahead_slots=lookahead)
         kv = setup.allocate_kv_caches(self.arch, num_blocks, cfg.block_size, loaded.dtype, self.device)
         self.driver: ProposerDriver | None = None
         hidden_layers: tuple[int, ...] = ()
-        device_lookup: tuple[int, int] | None = None  # prompt lookup the device may draft (verify steps ahead)
-        if self.spec_cfg is not None:
-            proposer = self.spec_cfg.spec.build(self.spec_cfg.method_config, ProposerContext(
-                num_speculative_tokens=k, vocab_size=self.arch.vocab_size, max_model_len=max_len, seed=cfg.seed,
-                device=str(self.device), dtype=str(loaded.dtype).removeprefix("torch."),
-                hidden_size=self.arch.hidden_size, num_hidden_layers=self.arch.num_hidden_layers,
-                eos_token_ids=self.arch.eos_token_ids, target_model=self.model,
-            ))
+        drafter = None  # drafts the next verify step on the device (verify steps launched ahead of the host)
+        graphed = self.device.type == "cuda" and not cfg.enforce_eager and self.backend == "triton"
+        if proposer is not None:
+            bind_proposer_kv_cache(proposer, num_blocks, cfg.block_size, loaded.dtype, self.device)
             hidden_layers = tuple(proposer.needs.hidden_state_layers)
-            lookup = getattr(proposer.needs, "device_prompt_lookup", None)
-            if lookup is not None and 1 <= lookup[0] <= lookup[1] <= MAX_LOOKUP and cfg.async_scheduling:
-                device_lookup = (int(lookup[0]), int(lookup[1]))
-            self.driver = ProposerDriver(proposer, self.spec_cfg.common.method, k, self.arch.vocab_size, max_len,
-                                         self.spec_cfg.common.disable_by_batch_size)
-        self.device_lookup = device_lookup
-        max_blocks = -(-(max_len + 2 * (k + 1)) // cfg.block_size)  # a verify step launched ahead: 2(k+1) slots
+            if graphed and cfg.async_scheduling:
+                drafter = device_drafter(proposer, max(graph_batch_sizes(cfg.max_num_seqs)), k, max_len,
+                                         cfg.block_size, self.device, self.backend)
+            common = self.spec_cfg.common
+            self.driver = ProposerDriver(proposer, common.method, k, self.arch.vocab_size, max_len,
+                                         common.disable_by_batch_size, common.max_model_len)
+        max_blocks = -(-(max_len + 2 * (k + 1) + lookahead) // cfg.block_size)  # a verify step launched ahead: 2(k+1)
         graphs = None
-        if self.device.type == "cuda" and not cfg.enforce_eager and self.backend == "triton" and not hidden_layers:
+        if graphed and not hidden_layers:
             t0 = time.monotonic()
             graphs = DecodeGraphs(self.model, kv, cfg.max_num_seqs, [1, 1 + k], max_blocks, max_len, self.backend,
                                   self.device, prefill_query_lens=prefill_buckets(self.max_num_batched_tokens),
-                                  device_lookup=device_lookup, block_size=cfg.block_size)
+                                  drafter=drafter, block_size=cfg.block_size)
             graphs.capture()
             log.info("captured CUDA graphs", batch_sizes=graphs.batch_sizes, query_lens=graphs.query_lens,
                      prefill_query_lens=graphs.prefill_query_lens,
@@ -100,7 +111,7 @@ class Engine:
         log.info("engine ready", model=cfg.model, device=str(self.device), dtype=str(loaded.dtype),
                  attention=self.backend, kv_blocks=num_blocks, max_model_len=max_len,
                  speculative=self.spec_cfg.common.method if self.spec_cfg else None, k=k,
-                 device_drafting=graphs is not None and graphs.device_lookup is not None)
+                 device_drafting=graphs is not None and graphs.drafter is not None)
 
     @property
     def num_speculative_tokens(self) -> int:
@@ -168,6 +179,9 @@ class Engine:
         if not sched.scheduled:
             return None
         self.counters.num_preemptions += len(sched.preempted)
+        if self.driver is not None:
+            for req in sched.preempted:
+                self.driver.preempted(req)
         self._settle_orphan()
         return self.runner.launch(sched.scheduled)
 
@@ -192,7 +206,7 @@ class Engine:
         if self.driver is None:
             return 1 if launched.is_greedy_decode else None
         graphs, limit = self.runner.graphs, self.driver.disable_by_batch_size
-        if graphs is None or graphs.device_lookup is None or (limit is not None and len(launched.scheduled) >= limit):
+        if graphs is None or graphs.drafter is None or (limit is not None and len(launched.scheduled) >= limit):
             return None
         return 1 + self.num_speculative_tokens
 
@@ -217,22 +231,27 @@ class Engine:
         self.counters.num_steps += 1
         verified: list[VerifiedRequest] = []
         finished: list[Request] = []
+        entries: list[StepEntry] = []
         for s in scheduled:
             req = s.request
             if req.status.finished:
                 continue
             if req.metrics.first_scheduled_time is None:
                 req.metrics.first_scheduled_time = now
+            start = req.num_computed_tokens
             sampled = result.sampled.get(req.request_id)
             if sampled is None:
-                req.num_computed_tokens += s.num_new_tokens
+                kept = s.num_new_tokens
+                req.num_computed_tokens += kept
             else:
                 num_accepted = len(sampled.token_ids) - 1
-                req.num_computed_tokens += s.num_new_tokens + num_accepted
-                kept = append_tokens(req, sampled, self.decode, self.max_model_len)
+                kept = s.num_new_tokens + num_accepted
+                req.num_computed_tokens += kept
+                new_tokens = append_tokens(req, sampled, self.decode, self.max_model_len)
                 num_drafts = sampled.num_draft_tokens  # the host's, or the device's (drafted there)
-                self._count_step(req, num_drafts, num_accepted, len(kept))
-                verified.append(VerifiedRequest(req.request_id, num_drafts, num_accepted, kept))
+                self._count_step(req, num_drafts, num_accepted, len(new_tokens))
+                verified.append(VerifiedRequest(req.request_id, num_drafts, num_accepted, new_tokens))
+            entries.append(StepEntry(req, start, kept, s.num_query_tokens - kept, not req.status.finished))
             req.spec_token_ids, req.spec_probs = [], None
             self.blocks.cache_full_blocks(req.block_ids, req.block_hashes, req.all_token_ids,
                                           req.num_computed_tokens)
@@ -240,13 +259,13 @@ class Engine:
                 finished.append(req)
         if self.driver is not None:
             self.driver.verified(verified)
+            if self._in_flight is None:
+                # (a step already in flight drafted on the device; drafts made now would be replaced, unused, when
+                # that step is applied). Finishing requests are still in the batch of a proposer that follows every
+                # step: their last tokens' KV goes into blocks the prefix cache keeps.
+                self.driver.propose(entries, self.scheduler.running, result)
         for req in finished:
             self._retire(req)
-        if self.driver is not None and self._in_flight is None:
-            # (a step already in flight drafted on the device; drafts made now would be replaced, unused, when
-            # that step is applied)
-            decoding = [r for r in self.scheduler.running if r.is_decoding]
-            self.driver.propose(decoding, result)
         return finished
 
     def _count_step(self, req: Request, num_drafts: int, num_accepted: int, num_kept: int) -> None:

@@ -127,7 +127,7 @@ class ModelRunner:
             if q == 1:
                 assert ahead_of.is_greedy_decode, "a decode step is launched ahead of a decode step only"
                 return self._launch_graph(scheduled, *self.graphs.pick(len(scheduled), 1), ahead=True)
-            assert self.graphs.device_lookup is not None and ahead_of.host is not None
+            assert self.graphs.drafter is not None and ahead_of.host is not None
             if not ahead_of.drafted_on_device:  # the histories start here: tokens before ahead_of's outputs
                 self.graphs.load_histories([s.request.all_token_ids for s in scheduled])
             return self._launch_graph(scheduled, *self.graphs.pick(len(scheduled), q), ahead=True)

@@ -50,12 +50,16 @@ class Scheduler:
         max_num_batched_tokens: int,
         policy: str = "fcfs",
         enable_chunked_prefill: bool = True,
+        lookahead_slots: int = 0,
     ) -> None:
         self.blocks = blocks
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.policy = policy
         self.enable_chunked_prefill = enable_chunked_prefill
+        # Slots reserved past a sampling step's tokens: a proposer with its own KV cache writes its drafts' KV at
+        # the positions after the step's (up to k of them) before the next step reserves them.
+        self.lookahead_slots = lookahead_slots
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.num_preemptions = 0
@@ -79,7 +83,8 @@ class Scheduler:
             num_spec = len(req.spec_token_ids) if num_new == remaining else 0
             if num_new + num_spec > budget:
                 num_spec = 0  # no room to verify drafts this step: decode one token
-            if not self._reserve(req, req.num_computed_tokens + num_new + num_spec, out):
+            ahead = self.lookahead_slots if num_new == remaining else 0
+            if not self._reserve(req, req.num_computed_tokens + num_new + num_spec + ahead, out):
                 break  # req itself was preempted
             if num_spec == 0:
                 req.spec_token_ids, req.spec_probs = [], None
@@ -101,7 +106,8 @@ class Scheduler:
             if remaining > budget and not self.enable_chunked_prefill:
                 break
             num_new = min(remaining, budget)
-            if not self._grow(req, req.num_computed_tokens + num_new):
+            ahead = self.lookahead_slots if num_new == remaining else 0
+            if not self._grow(req, req.num_computed_tokens + num_new + ahead):
                 break
             self.waiting.pop(0)
             req.status = RequestStatus.RUNNING

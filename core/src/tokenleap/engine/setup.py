@@ -95,12 +95,13 @@ def kv_bytes_per_block(arch: ModelArchConfig, block_size: int, dtype: torch.dtyp
 
 
 def num_kv_blocks(cfg: EngineConfig, arch: ModelArchConfig, dtype: torch.dtype, device: torch.device,
-                  max_num_batched_tokens: int, max_model_len: int) -> int:
+                  max_num_batched_tokens: int, max_model_len: int, extra_bytes_per_block: int = 0) -> int:
     """Blocks from the memory budget, capped at what ``max_num_seqs`` full-length requests can use
-    twice over (the spare half keeps prefixes cached); a small model does not take the whole GPU."""
+    twice over (the spare half keeps prefixes cached); a small model does not take the whole GPU.
+    ``extra_bytes_per_block``: a proposer's own KV cache, which has as many blocks as the target's."""
     if cfg.num_gpu_blocks_override is not None:
         return cfg.num_gpu_blocks_override
-    per_block = kv_bytes_per_block(arch, cfg.block_size, dtype)
+    per_block = kv_bytes_per_block(arch, cfg.block_size, dtype) + extra_bytes_per_block
     if cfg.kv_cache_memory_bytes is not None:
         budget = cfg.kv_cache_memory_bytes
     elif device.type == "cuda":
@@ -124,8 +125,22 @@ def num_kv_blocks(cfg: EngineConfig, arch: ModelArchConfig, dtype: torch.dtype, 
 
 def allocate_kv_caches(arch: ModelArchConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
                        device: torch.device) -> list[KVCache]:
-    shape = (num_blocks, block_size, arch.num_key_value_heads, arch.head_dim)
-    return [
-        (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
-        for _ in range(arch.num_hidden_layers)
-    ]
+    return paged_kv_caches(arch.num_hidden_layers, arch.num_key_value_heads, arch.head_dim, num_blocks, block_size,
+                           dtype, device)
+
+
+def paged_kv_caches(num_layers: int, num_kv_heads: int, head_dim: int, num_blocks: int, block_size: int,
+                    dtype: torch.dtype, device: torch.device) -> list[KVCache]:
+    """Per layer (k, v), each [num_blocks, block_size, num_kv_heads, head_dim], zeroed."""
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(num_layers)]
+
+
+def torch_dtype(name: str | None, default: torch.dtype) -> torch.dtype:
+    """A dtype name ("bfloat16", "float32", ...) as a torch dtype; None gives ``default``."""
+    if name is None:
+        return default
+    if name not in _DTYPES:
+        raise ValueError(f"dtype {name!r} is not one of {sorted(_DTYPES)}")
+    return _DTYPES[name]

@@ -107,15 +107,18 @@ class LlamaForCausalLM(nn.Module):
         meta: AttentionMetadata,
         hidden_state_layers: Sequence[int] = (),
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Returns the final-norm hidden states [num_tokens, hidden] and {layer: [num_tokens, hidden]}
-        for the requested layers (outputs of those decoder layers; negative indices count from the end)."""
-        wanted = {i % len(self.layers): i for i in hidden_state_layers}
+        """Returns the final-norm hidden states [num_tokens, hidden] and {layer: [num_tokens, hidden]} for the
+        requested layers: ``i >= 0`` the input of decoder layer ``i`` (the residual stream before it: the
+        embedding for 0), ``i < 0`` the output of decoder layer ``N + i`` (``-1``: the last layer's output, before
+        the final norm)."""
+        wanted = hidden_state_boundaries(hidden_state_layers, len(self.layers))  # boundary -> requested indices
         aux: dict[int, torch.Tensor] = {}
         x, residual = self.embed_tokens(input_ids), None  # [num_tokens, hidden]
-        for i in range(len(self.layers)):
-            x, residual = self.run_layers(x, residual, positions, kv_caches, meta, i, i + 1)
-            if i in wanted:
-                aux[wanted[i]] = x + residual
+        for i in range(len(self.layers) + 1):
+            for layer in wanted.get(i, ()):
+                aux[layer] = x if residual is None else x + residual
+            if i < len(self.layers):
+                x, residual = self.run_layers(x, residual, positions, kv_caches, meta, i, i + 1)
         return self.final_norm(x, residual), aux
 
     def run_layers(self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
@@ -164,6 +167,19 @@ class LlamaForCausalLM(nn.Module):
         params["norm.weight"].copy_(weights["model.norm.weight"])
         if self.lm_head is not None:
             self.lm_head.weight.copy_(weights["lm_head.weight"])
+
+
+def hidden_state_boundaries(layers: Sequence[int], num_layers: int) -> dict[int, list[int]]:
+    """Layer-boundary index (0: the embedding, ``num_layers``: the last layer's output) -> the requested layer
+    indices that name it (``i >= 0``: input of layer ``i``; ``i < 0``: output of layer ``num_layers + i``)."""
+    out: dict[int, list[int]] = {}
+    for i in layers:
+        boundary = i if i >= 0 else num_layers + 1 + i
+        if not 0 <= boundary <= num_layers:
+            raise ValueError(f"hidden_state_layers: {i} is outside a model of {num_layers} layers "
+                             f"(allowed {-num_layers}..{num_layers})")
+        out.setdefault(boundary, []).append(i)
+    return out
 
 
 def _hf_names(cfg: ModelArchConfig) -> list[str]:

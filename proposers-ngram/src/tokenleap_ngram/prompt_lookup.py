@@ -1,14 +1,12 @@
-"""Prompt lookup (n-gram) drafting, the definition a proposer can declare it follows.
-
-A proposer whose ``needs.device_prompt_lookup`` is ``(lookup_min, lookup_max)`` promises that its drafts are
-always ``prompt_lookup(token_ids, max_num_drafts, lookup_min, lookup_max)``: the engine may then compute them
-itself, on the device, without calling ``propose`` (it still sends every lifecycle event). The conformance kit
-holds a declaring proposer to it. Pure Python, no state: this is the reference, not a fast path.
+"""Prompt lookup (n-gram) drafting: the definition the n-gram proposer's host path (``proposer.py``) and its
+device drafter (``device/``) both follow. Pure Python, no state: this is the reference, not a fast path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+DEVICE_MAX_LOOKUP = 16  # the largest lookup_max the device drafter matches (its kernel unrolls one compare per size)
 
 
 def prompt_lookup_source(token_ids: Sequence[int], lookup_min: int, lookup_max: int) -> int:

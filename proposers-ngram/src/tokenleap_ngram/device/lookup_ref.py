@@ -1,12 +1,14 @@
 """The next verify step's inputs, drafted on the device by prompt lookup (torch reference).
 
+The n-gram proposer's device drafter (``drafter.py``) runs this, or its Triton version, as the first kernel of a
+captured verify graph.
+
 A verify step can be launched before the previous one is read back when its drafts come from the tokens alone:
 the device appends the previous step's emitted tokens to each request's token history, looks up the drafts
-(``tokenleap_plugins.prompt_lookup``: for n from ``lookup_max`` down to ``lookup_min``, the most recent earlier
+(``tokenleap_ngram.prompt_lookup``: for n from ``lookup_max`` down to ``lookup_min``, the most recent earlier
 occurrence of the last n tokens; the up to k tokens that followed it), and writes the step's inputs in place:
 token ids (the last emitted token, then the drafts, then padding), positions, KV slots, sequence lengths and
-draft counts. A proposer declaring ``needs.device_prompt_lookup`` (tokenleap-ngram does) would have made the
-same drafts on the host.
+draft counts: the same drafts the n-gram proposer's ``propose`` makes on the host.
 
 Only rows whose ``feed`` flag is set are touched; the others keep what the host staged. Shapes:
 
@@ -19,15 +21,14 @@ Only rows whose ``feed`` flag is set are touched; the others keep what the host 
     tables     [b, max_blocks] int32
     ids, positions, slots [b * q] int64; seq_lens [b] int32; num_drafts [b] int64   (written)
 
-The Triton version is ``triton_ngram.next_verify_inputs``; this one runs on any device (the CPU tests' path).
+The Triton version is ``lookup_triton.next_verify_inputs``; this one runs on any device (the CPU tests' path).
 """
 
 from __future__ import annotations
 
 import torch
-from tokenleap_plugins.prompt_lookup import prompt_lookup_source
-
-MAX_LOOKUP = 16  # the largest lookup_max drafted on the device (the Triton kernel unrolls one compare per size)
+from tokenleap_ngram.prompt_lookup import DEVICE_MAX_LOOKUP as MAX_LOOKUP
+from tokenleap_ngram.prompt_lookup import prompt_lookup_source
 
 
 def next_verify_inputs_ref(

@@ -1,6 +1,6 @@
 """The next verify step's inputs, drafted on the device by prompt lookup: one Triton kernel.
 
-Same contract as ``ngram_ref.next_verify_inputs_ref`` (shapes and semantics there). One program per row: it
+Same contract as ``lookup_ref.next_verify_inputs_ref`` (shapes and semantics there). One program per row: it
 appends the previous step's emitted tokens to the row's history, then walks the history in BLOCK-token chunks;
 for each candidate end position e it compares the HI tokens before e with the HI last tokens of the history
 (``hist[e - m] == hist[n - m]``, m = 1..HI: the n-gram of size n matches when the first n comparisons hold), and
@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from tokenleap.kernels import triton_compat  # noqa: F401  (the interpreter's loop bounds, under TRITON_INTERPRET=1)
-from tokenleap.kernels.ngram_ref import MAX_LOOKUP
+from tokenleap_ngram.device.lookup_ref import MAX_LOOKUP
 
 
 @triton.jit

@@ -1,0 +1,85 @@
+"""Building a proposer: the context it is told, the KV cache it asks for, the device drafter it offers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenleap_plugins import (
+    DeviceDrafter,
+    DeviceDraftingSpec,
+    Proposer,
+    ProposerContext,
+    ProposerKVCache,
+    TargetHandles,
+)
+
+from tokenleap.engine import setup
+from tokenleap.model.arch import ModelArchConfig
+from tokenleap.model.llama import LlamaForCausalLM
+from tokenleap.speculative.config import ResolvedSpeculativeConfig
+
+
+def target_handles(model: LlamaForCausalLM, model_path: Path, tokenizer) -> TargetHandles:
+    lm_head = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
+    return TargetHandles(
+        embed=model.embed_tokens, compute_logits=model.compute_logits,
+        final_norm=lambda h: model.final_norm(h, torch.zeros_like(h)),
+        embedding_weight=model.embed_tokens.weight, lm_head_weight=lm_head, model_path=str(model_path),
+        tokenizer=tokenizer,
+    )
+
+
+def build_proposer(spec_cfg: ResolvedSpeculativeConfig, arch: ModelArchConfig, max_model_len: int, seed: int,
+                   device: torch.device, dtype: torch.dtype, block_size: int, backend: str,
+                   target: TargetHandles) -> Proposer:
+    context = ProposerContext(
+        num_speculative_tokens=spec_cfg.num_speculative_tokens, vocab_size=arch.vocab_size,
+        max_model_len=max_model_len, seed=seed, device=str(device), dtype=str(dtype).removeprefix("torch."),
+        hidden_size=arch.hidden_size, num_hidden_layers=arch.num_hidden_layers, eos_token_ids=arch.eos_token_ids,
+        block_size=block_size, attention_backend=backend, speculative=spec_cfg.settings, target=target,
+    )
+    method = spec_cfg.common.method
+    try:
+        proposer = spec_cfg.spec.build(spec_cfg.method_config, context)
+    except (ValueError, FileNotFoundError):
+        raise  # the method's own configuration errors, as it worded them
+    except Exception as exc:
+        raise RuntimeError(f"building the proposer of method {method!r} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(proposer, Proposer):
+        raise TypeError(f"method {method!r}: build() returned {type(proposer).__name__}, not a Proposer")
+    for i in proposer.needs.hidden_state_layers:
+        if not -arch.num_hidden_layers <= i <= arch.num_hidden_layers:
+            raise ValueError(f"method {method!r} asks for hidden state layer {i}; the target has "
+                             f"{arch.num_hidden_layers} layers (allowed {-arch.num_hidden_layers}.."
+                             f"{arch.num_hidden_layers})")
+    return proposer
+
+
+def proposer_kv_bytes_per_block(proposer: Proposer, block_size: int, target_dtype: torch.dtype) -> int:
+    needs = proposer.needs.kv_cache
+    if needs is None:
+        return 0
+    elem = torch.tensor([], dtype=setup.torch_dtype(needs.dtype, target_dtype)).element_size()
+    return 2 * needs.num_layers * block_size * needs.num_kv_heads * needs.head_dim * elem
+
+
+def bind_proposer_kv_cache(proposer: Proposer, num_blocks: int, block_size: int, target_dtype: torch.dtype,
+                           device: torch.device) -> None:
+    needs = proposer.needs.kv_cache
+    if needs is None:
+        return
+    layers = setup.paged_kv_caches(needs.num_layers, needs.num_kv_heads, needs.head_dim, num_blocks, block_size,
+                                   setup.torch_dtype(needs.dtype, target_dtype), device)
+    proposer.bind_kv_cache(ProposerKVCache(layers, num_blocks, block_size))
+
+
+def device_drafter(proposer: Proposer, max_rows: int, k: int, max_model_len: int, block_size: int,
+                   device: torch.device, backend: str) -> DeviceDrafter | None:
+    """The proposer's device drafter, when it offers one and the engine can use it: the drafter must draft what
+    ``propose`` drafts from the tokens alone, so a proposer that follows every step (its own KV cache or hidden
+    states) is not drafted for on the device yet."""
+    offer = getattr(proposer, "device_drafter", None)
+    if offer is None or proposer.needs.sees_every_step:
+        return None
+    return offer(DeviceDraftingSpec(max_rows, 1 + k, max_model_len, block_size, str(device), backend))
