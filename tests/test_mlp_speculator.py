@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tests.helpers.tiny_heads import make_tiny_speculator
+from helpers.tiny_heads import make_tiny_speculator
 from tokenleap_eagle.mlp_speculator.loader import load_speculator
 from tokenleap_plugins import (
     ComputedTokens, ProposeBatch, ProposeRequest, ProposerContext, SamplingInfo, SpeculativeSettings, TargetHandles,
@@ -123,3 +123,79 @@ def test_bad_configurations_fail_before_generation(tmp_path):
         _build("mlp_speculator", folder, 2, vocab=1000)
     with pytest.raises(FileNotFoundError, match=r"smollm2-135m-instruct-mlp"):
         _build("mlp_speculator", str(tmp_path / "nope"), 2)
+
+
+# -- end to end: a speculator trained here on the tiny target's own greedy outputs ---------------------------------
+
+KW = dict(max_model_len=256, disable_log_stats=True, kv_cache_memory_bytes=8 << 20)
+
+
+def _prompts(seed: int, n: int) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    return [{"prompt_token_ids": [rng.randrange(3, 300) for _ in range(rng.randint(4, 30))]} for _ in range(n)]
+
+
+def bigram_checkpoint(folder, out):
+    """A copy of a tiny checkpoint with every o_proj zeroed (see helpers.spec_counts.without_attention_output)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = out / "bigram"
+    shutil.copytree(folder, out)
+    f = out / "model.safetensors"
+    t = load_file(str(f))
+    save_file({k: (v.zero_() if "o_proj" in k else v) for k, v in t.items()}, str(f), metadata={"format": "pt"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_checkpoint, tmp_path_factory):
+    """(target folder, speculator folder, plain LLM): an MLP speculator (n_predict 3) trained for ~10 s on the
+    target's greedy continuations of 48 random prompts (disjoint from the test prompts' seed). The target is a
+    tiny random Llama whose attention outputs are zeroed (``bigram_checkpoint``): its next token depends on the
+    current one only, a map a small speculator learns from this little data, so drafts get accepted."""
+    from tokenleap import LLM, SamplingParams
+    from tokenleap_eagle.mlp_speculator.loader import save_speculator
+    from tokenleap_eagle.mlp_speculator.model import MLPSpeculatorConfig
+    from tokenleap_eagle.train.mlp_data import load_target, rows_from_sequences
+    from tokenleap_eagle.train.mlp_speculator import train_mlp_speculator
+
+    torch.set_num_threads(1)
+    target = str(bigram_checkpoint(tiny_checkpoint("llama"), tmp_path_factory.mktemp("bigram")))
+    plain = LLM(target, **KW)
+    outs = plain.generate(_prompts(100, 48), SamplingParams(temperature=0, max_tokens=48, ignore_eos=True),
+                          use_tqdm=False)
+    seqs = [list(o.prompt_token_ids) + list(o.outputs[0].token_ids) for o in outs]
+    model, head, _ = load_target(target)
+    hidden, tokens = rows_from_sequences(model, head, seqs, n_predict=3)
+    cfg = MLPSpeculatorConfig(emb_dim=64, inner_dim=64, vocab_size=320, n_predict=3)
+    spec = train_mlp_speculator(hidden, tokens, cfg, embedding=model.get_input_embeddings().weight.detach(),
+                                steps=150, batch_rows=256, lr=1e-2, log_every=0)
+    folder = tmp_path_factory.mktemp("mlp") / "tiny-mlp"
+    save_speculator(spec, folder, dtype=torch.float32)
+    return target, str(folder), plain
+
+
+@pytest.mark.parametrize("method,ks", [("mlp_speculator", (1, 2, 3)), ("mlp", (3,))])
+def test_greedy_equals_plain_decoding(trained, method, ks):
+    """20 prompts, batch 8 and batch 1, k = 1..n_predict: the same tokens as plain decoding, and the trained
+    speculator's drafts are accepted often (the check that the state it reads is the right row)."""
+    from tokenleap import LLM, SamplingParams
+
+    target, folder, plain = trained
+    prompts = _prompts(7, 20)
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+    want = [list(o.outputs[0].token_ids) for o in plain.generate(prompts, params, use_tqdm=False)]
+    for k in ks:
+        llm = LLM(target, speculative_config={"method": method, "model": folder, "num_speculative_tokens": k},
+                  max_num_seqs=8, **KW)
+        got = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
+        assert got == want, f"k={k}"
+        one = [list(llm.generate([p], params, use_tqdm=False)[0].outputs[0].token_ids) for p in prompts[:5]]
+        assert one == want[:5], f"k={k}, batch 1"
+        s = llm.engine.counters.spec
+        mean_len = 1 + s.num_accepted_tokens / s.num_drafts
+        assert mean_len > 1 + 0.3 * k, f"k={k}: mean acceptance length {mean_len:.2f}"
