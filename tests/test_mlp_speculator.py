@@ -199,3 +199,58 @@ def test_greedy_equals_plain_decoding(trained, method, ks):
         s = llm.engine.counters.spec
         mean_len = 1 + s.num_accepted_tokens / s.num_drafts
         assert mean_len > 1 + 0.3 * k, f"k={k}: mean acceptance length {mean_len:.2f}"
+
+
+def _exact_marginals(target: str, prompt: list[int], steps: int, temperature: float, top_k: int) -> list[torch.Tensor]:
+    """The target's exact token marginal at output positions 0..steps-1 under temperature + top-k sampling,
+    by enumerating every top-k path (transformers forward, float64 probabilities)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+    paths, weights, out = [list(prompt)], torch.ones(1, dtype=torch.float64), []
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(input_ids=torch.tensor(paths)).logits[:, -1].double() / temperature  # [paths, vocab]
+            top = logits.topk(top_k, dim=-1)
+            probs = torch.zeros_like(logits).scatter_(1, top.indices, top.values.softmax(-1))
+            joint = weights[:, None] * probs  # [paths, vocab]
+            out.append(joint.sum(0))
+            nz = joint.nonzero().tolist()
+            paths = [paths[i] + [t] for i, t in nz]
+            weights = torch.tensor([joint[i, t].item() for i, t in nz], dtype=torch.float64)
+    return out
+
+
+def test_sampling_keeps_the_target_distribution(trained):
+    """Temperature 1, top-k 8, 2000 seeded requests of 4 tokens with k = 3 (drafts sampled from the speculator
+    and verified by rejection sampling at output positions 1-3): the token marginal at each of positions 0-3 is
+    compared with the target's exact one by a chi-square test (cells with expected count < 5 pooled), each at
+    p = 0.001 / 4 (Bonferroni over the 4 positions: family-wise false alarm rate 0.001)."""
+    from scipy.stats import chisquare
+
+    from tokenleap import LLM, SamplingParams
+
+    target, folder, _ = trained
+    prompt, n = [11, 42, 7, 99, 5], 2000
+    exact = _exact_marginals(target, prompt, 4, 1.0, 8)
+    llm = LLM(target, speculative_config={"method": "mlp_speculator", "model": folder, "num_speculative_tokens": 3},
+              max_num_seqs=256, **KW)
+    outs = llm.generate([{"prompt_token_ids": prompt}] * n,
+                        [SamplingParams(temperature=1.0, top_k=8, max_tokens=4, seed=i, ignore_eos=True)
+                         for i in range(n)], use_tqdm=False)
+    s = llm.engine.counters.spec
+    assert s.num_accepted_tokens > 300  # drafts are exercised: accepted ~10% of the time here, rejected the rest
+    samples = torch.tensor([list(o.outputs[0].token_ids) for o in outs])  # [n, 4]
+    for pos in range(4):
+        counts = torch.bincount(samples[:, pos], minlength=320).double()
+        expected = exact[pos] * n
+        big = expected >= 5
+        obs, exp = counts[big], expected[big]
+        rest_obs, rest_exp = counts[~big].sum(), expected[~big].sum()
+        if rest_exp < 1e-9:  # tokens outside every top-k path: never drawn
+            assert rest_obs == 0, f"position {pos}: {rest_obs} samples outside the top-k support"
+        else:
+            obs, exp = torch.cat([obs, rest_obs[None]]), torch.cat([exp, rest_exp[None]])
+        assert obs.sum() == n and abs(exp.sum() - n) < 1e-6
+        p = chisquare(obs.numpy(), exp.numpy()).pvalue
+        assert p > 0.001 / 4, f"position {pos}: chi-square p = {p:.2e}"
