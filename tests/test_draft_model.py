@@ -186,3 +186,71 @@ def test_smollm2_drafting_for_itself(smollm2_path):
     assert token_ids(spec.generate(prompts, params, use_tqdm=False)) == want
     drafts, accepted = acceptance(spec)
     assert drafts > 0 and accepted >= 0.99 * drafts, (drafts, accepted)
+
+
+# ---- bad configurations: each fails with its message before any weights load --------------------------------
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """The target's and the draft's weight loading fail loudly: a configuration error must come first."""
+    from tokenleap.engine import setup
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the configuration was rejected")
+
+    monkeypatch.setattr(setup, "load_model", refuse)
+    monkeypatch.setattr(setup, "load_weights", refuse)
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_draft(tiny_checkpoint, tmp_path_factory):
+    """A draft of the target's vocabulary size whose tokenizer was trained on other text (other merges, ids)."""
+    import shutil
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = tmp_path_factory.mktemp("othertok") / "draft"
+    shutil.copytree(tiny_checkpoint("llama"), folder)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["zebra zygote zeal " * 5, "quiz quartz quill " * 5], trainer=trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    return str(folder)
+
+
+def test_bad_draft_configurations_fail_before_any_weights(no_weights, target, tiny_checkpoint,
+                                                          other_tokenizer_draft):
+    big_vocab = str(tiny_checkpoint("llama", vocab_size=352))
+    short = str(tiny_checkpoint("llama", max_position_embeddings=128))
+
+    def fails(spec: dict, pattern: str, **kwargs):
+        with pytest.raises(ValueError, match=pattern):
+            LLM(target, speculative_config={"method": "draft_model", "num_speculative_tokens": 3, **spec},
+                disable_log_stats=True, **kwargs)
+
+    fails({"model": big_vocab}, rf"speculative_config\.model='{big_vocab}' has a vocabulary of 352 tokens, the "
+                                r"target 320: draft_model needs a draft with the target's tokenizer and vocabulary")
+    fails({"model": other_tokenizer_draft},
+          rf"speculative_config\.model='{other_tokenizer_draft}': its tokenizer and the target's disagree on "
+          r"'The quick brown fox jumps over the lazy dog\.' \(draft ids \[.*\]\.\.\., target ids \[.*\]\.\.\.\): draft_model "
+          r"needs a draft with the target's tokenizer")
+    fails({"model": short}, rf"speculative_config\.model='{short}' has max_position_embeddings=128, below the "
+                            r"target max_model_len=512; set speculative_config\.max_model_len <= 128")
+    fails({"model": target, "draft_tensor_parallel_size": 2},
+          r"speculative_config\.draft_tensor_parallel_size=2 is not supported by draft_model yet")
+    fails({}, r"speculative_config\.model is required for method 'draft_model'")
+    with pytest.raises(FileNotFoundError, match="/no/such/draft"):
+        LLM(target, speculative_config={"method": "draft_model", "model": "/no/such/draft",
+                                        "num_speculative_tokens": 3}, disable_log_stats=True)
+
+
+def test_a_short_draft_speculates_up_to_the_speculative_max_model_len(target, tiny_checkpoint, plain):
+    """A draft with fewer positions than the target is fine when speculative max_model_len caps drafting there:
+    past it the engine decodes without drafts, and the output is still plain decoding's."""
+    short = str(tiny_checkpoint("llama", max_position_embeddings=64))
+    llm = build(target, {"method": "draft_model", "model": short, "num_speculative_tokens": 3, "max_model_len": 64})
+    assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == plain
+    assert llm.engine.counters.spec.num_draft_tokens > 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tokenleap.engine.setup import load_weights
+from tokenleap.engine import setup
 from tokenleap.model.hub import resolve_model
 from tokenleap.model.loader import load_tokenizer, read_arch
 from tokenleap_plugins import (
@@ -62,7 +62,7 @@ class DraftModelProposer(ProposerBase):
         # attention splits are fixed per engine by this bound (the engine's max_model_len plus drafts past it)
         self.max_seq_len = context.max_model_len + 2 * (self.k + 1)
         path = resolve_model(context.speculative.model)
-        loaded = load_weights(path, context.dtype, self.device, self.max_seq_len, self.backend,
+        loaded = setup.load_weights(path, context.dtype, self.device, self.max_seq_len, self.backend,
                               config.draft_load_format, context.seed)
         self.model, arch = loaded.model, loaded.arch
         self.vocab_size = context.vocab_size
