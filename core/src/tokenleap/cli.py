@@ -452,43 +452,39 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_proposers(args: argparse.Namespace) -> int:
-    from tokenleap_plugins import ProposerManager
+    """Installed methods (package, version, whether TOKENLEAP_PLUGINS allows them, the package's summary) and the
+    repository's methods that are not installed, with the folder to install them from. Imports no plugin."""
+    from tokenleap_plugins import PLUGINS_ENV_VAR, ProposerManager
     from tokenleap_plugins.manager import KNOWN_PACKAGES
 
     installed = ProposerManager().installed_methods()
     have = {m.method for m in installed}
-    missing = {m: pkg for m, pkg in KNOWN_PACKAGES.items() if m not in have}
+    missing = {m: folder for m, folder in KNOWN_PACKAGES.items() if m not in have}
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "installed": [
-                        {"method": m.method, "package": m.package, "version": m.version} for m in installed
-                    ],
-                    "not_installed": [
-                        {"method": m, "package": pkg, "install": f"pip install {pkg}"}
-                        for m, pkg in sorted(missing.items())
-                    ],
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps({
+            "installed": [{"method": m.method, "package": m.package, "version": m.version, "allowed": m.allowed,
+                           "description": m.description} for m in installed],
+            "not_installed": [{"method": m, "folder": folder, "install": f"pip install ./{folder}"}
+                              for m, folder in sorted(missing.items())],
+        }, indent=2))
         return 0
     if installed:
         w = max(len("method"), *(len(m.method) for m in installed))
         wp = max(len("package"), *(len(m.package) for m in installed))
-        print(f"{'method':<{w}}  {'package':<{wp}}  version")
+        wv = max(len("version"), *(len(m.version) for m in installed))
+        print(f"{'method':<{w}}  {'package':<{wp}}  {'version':<{wv}}  description")
         for m in installed:
-            print(f"{m.method:<{w}}  {m.package:<{wp}}  {m.version}")
+            blocked = f"  [not allowed by {PLUGINS_ENV_VAR}]" if not m.allowed else ""
+            print(f"{m.method:<{w}}  {m.package:<{wp}}  {m.version:<{wv}}  {m.description}{blocked}")
     else:
         print("no speculative methods installed")
     if missing:
-        print("\nnot installed:")
-        by_pkg: dict[str, list[str]] = {}
-        for m, pkg in sorted(missing.items()):
-            by_pkg.setdefault(pkg, []).append(m)
-        for pkg, methods in by_pkg.items():
-            print(f"  {', '.join(methods)}: pip install {pkg}")
+        print("\nnot installed (from a clone of the tokenleap repository):")
+        by_folder: dict[str, list[str]] = {}
+        for m, folder in sorted(missing.items()):
+            by_folder.setdefault(folder, []).append(m)
+        for folder, methods in by_folder.items():
+            print(f"  {', '.join(methods)}: pip install ./{folder}")
     return 0
 
 
