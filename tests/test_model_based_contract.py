@@ -19,6 +19,7 @@ import random
 import pytest
 import torch
 from tokenleap import LLM, SamplingParams
+from tokenleap.engine.cuda_graphs import DecodeGraphs
 from tokenleap_plugins import (
     Drafts,
     KVCacheNeeds,
@@ -111,7 +112,19 @@ def prompts() -> list[dict]:
             for i in range(6)]
 
 
-def test_hidden_states_and_kv_pages_reach_a_third_party_proposer(tiny_checkpoint, tiny_hf):
+def padded(llm):
+    """Run decode / verify steps and one-request prefill chunks through the graphed path (eagerly, on CPU), as on
+    CUDA: hidden states then come out of the padded graph's rows."""
+    eng = llm.engine
+    eng.runner.graphs = DecodeGraphs(
+        eng.model, eng.runner.kv_caches, eng.cfg.max_num_seqs, [1, 1 + eng.num_speculative_tokens],
+        eng.runner.max_blocks_per_req, eng.max_model_len, eng.backend, eng.device, use_cuda_graphs=False,
+        prefill_query_lens=[32, 64], block_size=eng.cfg.block_size, hidden_state_layers=LAYERS)
+    return llm
+
+
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "graphed-path"])
+def test_hidden_states_and_kv_pages_reach_a_third_party_proposer(tiny_checkpoint, tiny_hf, graphed):
     folder = tiny_checkpoint("llama")
     params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
     plain = LLM(str(folder), disable_log_stats=True, num_gpu_blocks_override=256)
@@ -120,8 +133,18 @@ def test_hidden_states_and_kv_pages_reach_a_third_party_proposer(tiny_checkpoint
     llm = LLM(str(folder), speculative_config={"method": "ledger", "num_speculative_tokens": 3},
               proposer_manager=manager(), disable_log_stats=True, max_num_seqs=4, max_num_batched_tokens=24,
               num_gpu_blocks_override=14, block_size=16)
+    if graphed:
+        padded(llm)
+        replays = []
+        run = llm.engine.runner.graphs.replay_staged
+        llm.engine.runner.graphs.replay_staged = lambda *a, **k: (replays.append(a), run(*a, **k))[1]
     outs = llm.generate(prompts(), params, use_tqdm=False)
-    assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in want]
+    if graphed:
+        alone = llm.generate(prompts()[2:3], params, use_tqdm=False)  # one request's prefill: a prefill graph
+        assert alone[0].outputs[0].token_ids == want[2].outputs[0].token_ids
+        outs = outs + alone
+        assert {q for _, q, *_ in replays} >= {1, 4, 32}  # decode, verify and prefill graphs all ran
+    assert [o.outputs[0].token_ids for o in outs[: len(want)]] == [o.outputs[0].token_ids for o in want]
     proposer = llm.engine.driver.proposer
     assert llm.engine.counters.num_preemptions > 0 and len(proposer.preempted) == llm.engine.counters.num_preemptions
     spec = llm.engine.counters.spec  # verify steps kept some drafts (rows beyond the first) and rejected others

@@ -100,11 +100,11 @@ class Engine:
                                          common.disable_by_batch_size, common.max_model_len, cfg.block_size)
         max_blocks = -(-(max_len + 2 * (k + 1) + lookahead) // cfg.block_size)  # a verify step launched ahead: 2(k+1)
         graphs = None
-        if graphed and not hidden_layers:
+        if graphed:
             t0 = time.monotonic()
             graphs = DecodeGraphs(self.model, kv, cfg.max_num_seqs, [1, 1 + k], max_blocks, max_len, self.backend,
                                   self.device, prefill_query_lens=prefill_buckets(self.max_num_batched_tokens),
-                                  drafter=drafter, block_size=cfg.block_size)
+                                  drafter=drafter, block_size=cfg.block_size, hidden_state_layers=hidden_layers)
             graphs.capture()
             log.info("captured CUDA graphs", batch_sizes=graphs.batch_sizes, query_lens=graphs.query_lens,
                      prefill_query_lens=graphs.prefill_query_lens,
