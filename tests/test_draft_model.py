@@ -83,9 +83,13 @@ def plain(target):
 @pytest.mark.parametrize("batch", [1, 8])
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_greedy_equals_plain_with_a_small_draft(target, small_draft, plain, batch, k):
+    """Prompts of up to 70 tokens under a 32-token budget: chunked prefill; half share a 40-token prefix: prefix
+    caching; at batch 8 a 14-block KV cache holds about three requests: preemption."""
     llm = build(target, {"method": "draft_model", "model": small_draft, "num_speculative_tokens": k},
-                max_num_seqs=batch, max_num_batched_tokens=32)  # prompts of up to 70 tokens: chunked prefill
+                max_num_seqs=batch, max_num_batched_tokens=32, num_gpu_blocks_override=14)
     assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == plain
+    assert llm.engine.blocks.prefix_hits > 0
+    assert batch == 1 or llm.engine.counters.num_preemptions > 0
     drafts, accepted = acceptance(llm)
     assert drafts > 0 and 0 < accepted < drafts  # a real draft: some accepted, some not
     assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks  # nothing leaked
