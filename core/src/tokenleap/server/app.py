@@ -116,7 +116,8 @@ def build_app(llm: AsyncLLM, served_model_names: list[str], api_key: str | None 
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": created, "owned_by": "tokenleap",
-             "max_model_len": llm.max_model_len} for name in served_model_names]}
+             "max_model_len": llm.max_model_len, "vocab_size": llm.engine.arch.vocab_size,
+             "speculative_config": llm.config.speculative_config} for name in served_model_names]}
 
     @app.get("/health")
     async def health() -> Response:
