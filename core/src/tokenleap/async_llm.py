@@ -323,6 +323,7 @@ class AsyncLLM:
         if t is not None:
             for r in t.group:
                 self.engine.abort_request(r.request_id)
+            t.deliver(_snapshot(t))  # its last output (finish_reason "abort") ends the caller's stream
 
     def _fail_all(self, tracked: dict[str, _Tracked], exc: BaseException) -> None:
         for t in tracked.values():
