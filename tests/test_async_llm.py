@@ -11,7 +11,8 @@ from tokenleap import LLM, AsyncLLM, SamplingParams
 from tokenleap.async_llm import EngineDeadError
 
 PROMPTS = ["The quick brown fox", "def add(a, b):", "Hello world! How are", "the cat sat on the mat; the dog"]
-NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}
+# prompt_lookup_min=1: the tiny random model's outputs seldom repeat longer n-grams (no drafts without it)
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 
 
