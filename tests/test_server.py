@@ -302,3 +302,41 @@ def test_smollm2_chat_equals_offline(smollm2_llm_factory, torch_one_thread, spec
             assert resp.model_extra["spec_decode"] == pytest.approx(ref.metrics.spec_decode.to_dict())
     finally:
         _stop(s)
+
+
+def test_non_streaming_client_that_leaves_is_aborted(served):
+    before = served.metrics()['tokenleap_request_success_total{finished_reason="abort"}']
+    body = dict(model="tiny", prompt=PROMPTS[0] * 4, max_tokens=450, temperature=0, ignore_eos=True)
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(served.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                   timeout=httpx.Timeout(30, read=0.3))
+    m = served.wait_idle()
+    assert m['tokenleap_request_success_total{finished_reason="abort"}'] == before + 1
+    assert m["tokenleap_generation_tokens_total"] > 0
+
+
+def test_engine_failure_gives_503_and_unhealthy(tiny_checkpoint, torch_one_thread):
+    llm = LLM(model=str(tiny_checkpoint("llama")), disable_log_stats=True, kv_cache_memory_bytes=8 << 20)
+    s = _serve(llm)
+    try:
+        real_step, calls = s.aio.engine.step, []
+
+        def broken_step():
+            calls.append(1)
+            if len(calls) >= 4:
+                raise RuntimeError("device lost")
+            return real_step()
+
+        s.aio.engine.step = broken_step
+        stream = s.client.completions.create(model="tiny", prompt="hi", max_tokens=40, stream=True)
+        with pytest.raises(openai.APIError, match="device lost"):  # mid-stream: an error event ends the stream
+            for _ in stream:
+                pass
+        resp = httpx.get(s.url + "/health")
+        assert resp.status_code == 503 and "device lost" in resp.json()["error"]["message"]
+        after = _post(s, "/v1/completions", {"model": "tiny", "prompt": "hi"})  # later requests fail at once
+        assert after.status_code == 503 and after.json()["error"]["code"] == "engine_dead"
+        with pytest.raises(openai.InternalServerError, match="engine loop has stopped"):
+            s.client.completions.create(model="tiny", prompt="hi", max_tokens=4, stream=True)
+    finally:
+        _stop(s)
