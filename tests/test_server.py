@@ -33,7 +33,7 @@ class Served:
         text = httpx.get(self.url + "/metrics").text
         return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\S+) (\S+)$", text, re.M)}
 
-    def wait_idle(self, timeout: float = 10.0) -> dict[str, float]:
+    def wait_idle(self, timeout: float = 30.0) -> dict[str, float]:
         deadline = time.monotonic() + timeout
         while True:
             m = self.metrics()
@@ -170,7 +170,8 @@ def test_64_concurrent_streaming_clients(served):
     before = served.aio.engine.counters.num_steps
     texts = asyncio.run(main())
     assert texts == [r.outputs[0].text for r in ref]
-    assert served.aio.engine.counters.num_steps - before < 64 * 16 / 4  # they were batched together
+    steps = served.aio.engine.counters.num_steps - before
+    assert steps < 64 * 16 / 2, steps  # batched together (one at a time: >= 64 * 16 steps)
     served.wait_idle()
 
 

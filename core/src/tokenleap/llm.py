@@ -174,7 +174,8 @@ class LLM:
         outs = [
             CompletionOutput(index=r.stream, text=r.text, token_ids=list(r.output_token_ids),
                              cumulative_logprob=r.cumulative_logprob if r.logprobs is not None else None,
-                             logprobs=list(r.logprobs) if r.logprobs is not None else None, finish_reason=r.finish_reason, stop_reason=r.stop_reason)
+                             logprobs=list(r.logprobs) if r.logprobs is not None else None,
+                             finish_reason=r.finish_reason, stop_reason=r.stop_reason)
             for r in group
         ]
         rid = first.request_id.rsplit("-", 1)[0] if len(group) > 1 else first.request_id

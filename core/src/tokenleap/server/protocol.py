@@ -118,7 +118,8 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, max_tokens: 
     import pydantic
 
     if req.logit_bias is not None and "logit_bias" not in SamplingParams.model_fields:
-        raise ApiError(400, "logit_bias is not supported yet by this server", "logit_bias", code="unsupported_parameter")
+        raise ApiError(400, "logit_bias is not supported yet by this server", "logit_bias",
+                       code="unsupported_parameter")
     kwargs: dict[str, Any] = dict(
         n=req.n, temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k, min_p=req.min_p,

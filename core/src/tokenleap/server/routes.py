@@ -46,7 +46,8 @@ class OpenAIServing:
         except ApiError:
             raise
         except Exception as exc:  # noqa: BLE001 - the template's own error, about these messages
-            raise ApiError(400, f"messages: the chat template failed: {type(exc).__name__}: {exc}", "messages") from None
+            raise ApiError(400, f"messages: the chat template failed: {type(exc).__name__}: {exc}",
+                           "messages") from None
         self._check_length(prompt["prompt_token_ids"], "messages")
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs=true", "top_logprobs")
@@ -178,7 +179,8 @@ class OpenAIServing:
                         if cur.done:
                             continue
                         text, end = c.text[cur.text:], len(c.token_ids)
-                        if not text and c.finish_reason is None and (k is None or c.logprobs is None or end == cur.tokens):
+                        new_logprobs = c.logprobs is not None and end > cur.tokens
+                        if not text and c.finish_reason is None and not new_logprobs:
                             continue
                         if chat:
                             choice = {"index": index, "delta": {"content": text} if text else {},
