@@ -9,6 +9,7 @@ import pytest
 
 from tokenleap import LLM, AsyncLLM, SamplingParams
 from tokenleap.async_llm import EngineDeadError
+from tokenleap.config import EngineConfig
 
 PROMPTS = ["The quick brown fox", "def add(a, b):", "Hello world! How are", "the cat sat on the mat; the dog"]
 # prompt_lookup_min=1: the tiny random model's outputs seldom repeat longer n-grams (no drafts without it)
@@ -156,7 +157,9 @@ def test_bad_input_raises_before_queueing(engines):
 
 
 def test_engine_failure_reaches_every_caller(tiny_checkpoint, torch_one_thread):
-    aio = AsyncLLM(str(tiny_checkpoint("llama")), disable_log_stats=True, kv_cache_memory_bytes=8 << 20)
+    cfg = EngineConfig(model=str(tiny_checkpoint("llama")), disable_log_stats=True, kv_cache_memory_bytes=8 << 20)
+    aio = AsyncLLM.from_engine_config(cfg)
+    assert aio.config == cfg
     real_step, calls = aio.engine.step, []
 
     def failing_step():

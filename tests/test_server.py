@@ -171,7 +171,8 @@ def test_64_concurrent_streaming_clients(served):
     texts = asyncio.run(main())
     assert texts == [r.outputs[0].text for r in ref]
     steps = served.aio.engine.counters.num_steps - before
-    assert steps < 64 * 16 / 2, steps  # batched together (one at a time: >= 64 * 16 steps)
+    one_at_a_time = sum(r.metrics.num_generation_steps for r in ref)  # each request's own decode/verify steps
+    assert steps < one_at_a_time / 2, (steps, one_at_a_time)  # batched together
     served.wait_idle()
 
 
