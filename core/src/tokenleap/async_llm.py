@@ -41,7 +41,13 @@ class _Tracked:
 
     request_id: str
     group: list[Request]
-    deliver: Callable[[RequestOutput | BaseException], None]  # thread-safe: schedules on the caller's loop
+    loop: asyncio.AbstractEventLoop  # the caller's
+    inbox: asyncio.Queue  # the caller's queue of outputs (or an exception), filled on the caller's loop
+
+    def deliver(self, item: RequestOutput | BaseException) -> None:
+        """Thread-safe: put item in the caller's inbox on the caller's loop."""
+        _post(self.loop, [(self.inbox, item)])
+
     sent_tokens: int = -1  # output tokens (all streams) in the last output handed over
     sent_text: int = -1
 
@@ -144,19 +150,11 @@ class AsyncLLM:
         rid = _group_id(group)
         if rid in self._active:
             raise ValueError(f"request_id={rid!r} is already running; request ids must be unique")
-        loop = asyncio.get_running_loop()
         inbox: asyncio.Queue = asyncio.Queue()
-
-        def deliver(item: RequestOutput | BaseException) -> None:
-            try:
-                loop.call_soon_threadsafe(inbox.put_nowait, item)
-            except RuntimeError:  # the caller's loop is closed: nobody is waiting
-                pass
-
         self._active.add(rid)
         finished = False
         try:
-            self._commands.put(_Add(_Tracked(rid, group, deliver)))
+            self._commands.put(_Add(_Tracked(rid, group, asyncio.get_running_loop(), inbox)))
             while True:
                 item = await inbox.get()
                 while not inbox.empty():  # outputs are cumulative: a slow reader only needs the newest
@@ -263,13 +261,16 @@ class AsyncLLM:
                     continue
                 with lock:
                     engine.step()
+                by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
                 for rid in list(tracked):
                     t = tracked[rid]
                     out = _snapshot(t)
                     if out is not None:
-                        t.deliver(out)
+                        by_loop.setdefault(t.loop, []).append((t.inbox, out))
                     if all(r.status.finished for r in t.group):
                         del tracked[rid]
+                for loop, items in by_loop.items():  # one wake-up per event loop and step, not one per request
+                    _post(loop, items)
         except BaseException as exc:  # the engine is in an unknown state: every waiting caller gets the error
             log.exception("engine loop failed")
             self.dead = exc
@@ -348,6 +349,17 @@ class AsyncLLM:
                 cmd.done()
             elif isinstance(cmd, _Call):
                 cmd.done(None, EngineDeadError(f"the engine loop failed: {self.dead}"))
+
+
+def _post(loop: asyncio.AbstractEventLoop, items: list[tuple[asyncio.Queue, Any]]) -> None:
+    def put_all() -> None:
+        for inbox, item in items:
+            inbox.put_nowait(item)
+
+    try:
+        loop.call_soon_threadsafe(put_all)
+    except RuntimeError:  # the caller's loop is closed: nobody is waiting
+        pass
 
 
 def _group_id(group: list[Request]) -> str:
