@@ -117,9 +117,8 @@ class OpenAIServing:
         if not ids:
             raise ApiError(400, f"{param} is empty; a prompt needs at least one token", param)
         if len(ids) >= max_len:
-            raise ApiError(400, f"This model's maximum context length is {max_len} tokens, but the {param} come to "
-                                f"{len(ids)} prompt tokens, which leaves no room to generate (at most "
-                                f"{max_len - 1} prompt tokens)",
+            raise ApiError(400, f"This model's maximum context length is {max_len} tokens, but the {param} came to "
+                                f"{len(ids)} tokens; at most {max_len - 1} prompt tokens leave room to generate",
                            param, code="context_length_exceeded")
 
     def _make(self, prompt: dict[str, Any], sp, rid: str, param: str) -> list[Request]:
