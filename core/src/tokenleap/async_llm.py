@@ -389,7 +389,7 @@ def _snapshot(t: _Tracked) -> RequestOutput | None:
     for c, text in zip(out.outputs, texts):
         c.text = text
     out.request_id = t.request_id
-    out.metrics = _group_metrics(t.group) if finished else copy.copy(t.group[0].metrics)
+    out.metrics = _group_metrics(t.group) if finished else t.group[0].metrics  # (live until the end)
     return out
 
 
