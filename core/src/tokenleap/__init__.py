@@ -1,9 +1,10 @@
 """tokenleap: an LLM inference engine built around lossless speculative decoding."""
 
+from tokenleap.async_llm import AsyncLLM
 from tokenleap.inputs import TextPrompt, TokensPrompt
 from tokenleap.llm import LLM
 from tokenleap.outputs import CompletionOutput, Logprob, RequestOutput
 from tokenleap.sampling_params import SamplingParams
 
-__all__ = ["LLM", "CompletionOutput", "Logprob", "RequestOutput", "SamplingParams", "TextPrompt", "TokensPrompt"]
+__all__ = ["LLM", "AsyncLLM", "CompletionOutput", "Logprob", "RequestOutput", "SamplingParams", "TextPrompt", "TokensPrompt"]
 __version__ = "0.1.0"

@@ -106,8 +106,7 @@ class TargetHandles:
     compute_logits(hidden [n, hidden]) -> [n, vocab] float32: the target's LM head (after its final norm).
     final_norm(hidden [n, hidden]) -> [n, hidden]: the target's final RMSNorm.
     embedding_weight / lm_head_weight: the tensors themselves ([vocab, hidden]; the same tensor when tied).
-    model_path: where the target was loaded from (a folder or a .gguf file), for layouts that keep extra layers
-        in the target's own checkpoint (MTP).
+    tokenizer: the target's tokenizer (a transformers tokenizer), or None for dummy weights without one.
     """
 
     embed: Callable[[Any], Any]
@@ -115,7 +114,6 @@ class TargetHandles:
     final_norm: Callable[[Any], Any]
     embedding_weight: Any
     lm_head_weight: Any
-    model_path: str = ""
     tokenizer: Any = None
 
 
@@ -135,7 +133,11 @@ class ProposerContext:
     block_size: int = 16
     attention_backend: str = "torch"  # "torch" or "triton": the engine's kernels, for proposers that use them
     speculative: SpeculativeSettings = field(default_factory=SpeculativeSettings)
-    target: TargetHandles | None = None  # None in the conformance kit's simulated engine
+    # where the target is loaded from (a folder or a .gguf file): its tokenizer, or extra layers its checkpoint
+    # keeps (MTP); "" in the conformance kit
+    target_model_path: str = ""
+    target_load_format: str = "auto"  # "dummy": random target weights (speed measurements)
+    target: TargetHandles | None = None  # None in preflight and in the conformance kit's simulated engine
 
 
 @dataclass(frozen=True)
@@ -400,6 +402,9 @@ class ProposerSpec:
         that this method uses (``"model"``, ``"max_model_len"``, ``"draft_tensor_parallel_size"``, ...); the
         engine rejects the others when a user sets them, and passes these in ``ProposerContext.speculative``.
     requires_model: ``speculative_config["model"]`` must be given.
+    preflight: ``preflight(config, context)``: checks that need no weights (a draft's vocabulary, positions,
+        tokenizer), run before the target's weights load; raise ``ValueError`` naming the key and the value.
+        ``context.target`` is None there.
     description: one line for ``tokenleap proposers``.
     """
 
@@ -410,3 +415,4 @@ class ProposerSpec:
     description: str = ""
     common_keys: frozenset[str] = frozenset()
     requires_model: bool = False
+    preflight: Callable[[Any, ProposerContext], None] | None = None

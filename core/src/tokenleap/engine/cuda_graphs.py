@@ -48,7 +48,7 @@ import torch
 from tokenleap_plugins import DeviceDrafter, DeviceDraftStep
 
 from tokenleap.model.attention import AttentionMetadata
-from tokenleap.model.llama import KVCache, LlamaForCausalLM
+from tokenleap.model.llama import KVCache, LlamaForCausalLM, hidden_state_boundaries
 
 
 def graph_batch_sizes(max_num_seqs: int) -> list[int]:
@@ -109,7 +109,7 @@ class DecodeGraphs:
                  device: torch.device, use_cuda_graphs: bool = True,
                  decode_bounds: list[int] | None = None, verify_bounds: list[int] | None = None,
                  prefill_query_lens: list[int] = (), drafter: DeviceDrafter | None = None,
-                 block_size: int = 16) -> None:
+                 block_size: int = 16, hidden_state_layers: tuple[int, ...] = ()) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.batch_sizes = graph_batch_sizes(max_num_seqs)
@@ -119,6 +119,8 @@ class DecodeGraphs:
         self.max_model_len = max_model_len
         self.backend = backend
         self.kernels = graph_kernels(backend)
+        # hidden states a proposer reads: each graph leaves them in state["aux"] (layer -> [b * q, hidden])
+        self.wanted = hidden_state_boundaries(hidden_state_layers, len(model.layers))
         self.device = device
         self.use_cuda_graphs = use_cuda_graphs
         num_layers = len(model.layers)
@@ -156,6 +158,7 @@ class DecodeGraphs:
         # q -> the same for a one-request prefill chunk padded to q tokens ("logits" of its last real row only)
         self.prefill_graphs: dict[int, tuple[list[torch.cuda.CUDAGraph], dict]] = {}
         self.pool = None
+        self._eager_aux: dict[int, torch.Tensor] = {}  # the last eager run's hidden states (use_cuda_graphs=False)
 
     def _layout(self, b: int, q: int) -> dict[str, tuple[int, int, torch.dtype]]:
         """Field -> (byte offset, elements, dtype) of a (b, q) step's inputs in the byte buffer. Every field
@@ -200,7 +203,7 @@ class DecodeGraphs:
         meta = AttentionMetadata(slot_mapping=slots, block_tables=tables, query_start_loc=qsl, seq_lens=seq_lens,
                                  query_lens_host=[q] * b, seq_lens_host=seq_lens_host or [self.max_model_len] * b,
                                  max_query_len=q, max_seq_len=self.max_model_len, backend=self.backend)
-        model, bounds, state = self.model, self.bounds(q), {}
+        model, bounds, state = self.model, self.bounds(q), {"aux": {}}
 
         def layers(i: int) -> None:
             if i == 0 and draft and q > 1 and self.drafter is not None:  # fed rows draft here, others kept
@@ -210,7 +213,8 @@ class DecodeGraphs:
                 state["x"] = self.kernels.embed_fed(model.embed_tokens.weight, ids, *fed)  # [b * q, hidden]
                 state["residual"] = None
             state["x"], state["residual"] = model.run_layers(state["x"], state["residual"], positions,
-                                                             self.kv_caches, meta, bounds[i], bounds[i + 1])
+                                                             self.kv_caches, meta, bounds[i], bounds[i + 1],
+                                                             self.wanted, state["aux"])
 
         def head() -> None:
             hidden = model.final_norm(state["x"], state["residual"])  # [b * q, hidden]
@@ -315,6 +319,13 @@ class DecodeGraphs:
         self._pending = staged
         return views
 
+    def hidden_states(self, b: int, q: int, prefill: bool = False) -> dict[int, torch.Tensor]:
+        """The hidden states the (b, q) graph (or prefill graph) left at its last run: layer -> [b * q, hidden]
+        (request i's rows at i * q ..). Overwritten by its next run."""
+        if not self.use_cuda_graphs:
+            return self._eager_aux
+        return (self.prefill_graphs[q] if prefill else self.graphs[(b, q)])[1]["aux"]
+
     def replay_staged(self, b: int, q: int, prefill: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Copy the inputs written after ``stage(b, q)`` to the device (one copy) and run the (b, q) forward;
         returns what ``run`` returns."""
@@ -329,6 +340,7 @@ class DecodeGraphs:
             stages, state = self._segments(b, q, seq_lens, prefill, draft=False)
             for stage in stages:
                 stage()
+            self._eager_aux = state["aux"]
         else:
             graphs, state = self.prefill_graphs[q] if prefill else self.graphs[(b, q)]
             for graph in graphs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import structlog
 from tokenleap_plugins import ProposerManager, VerifiedRequest
@@ -18,10 +19,13 @@ from tokenleap.engine.request import Request, RequestStatus
 from tokenleap.engine.scheduler import ScheduledRequest, Scheduler
 from tokenleap.metrics import EngineCounters
 from tokenleap.model.hub import resolve_model
+from tokenleap.model.loader import read_arch
 from tokenleap.speculative.building import (
     bind_proposer_kv_cache,
     build_proposer,
     device_drafter,
+    preflight,
+    proposer_context,
     proposer_kv_bytes_per_block,
     target_handles,
 )
@@ -41,6 +45,13 @@ class Engine:
         self.device = setup.pick_device(cfg)
         self.backend = setup.pick_backend(cfg, self.device)
         model_path = resolve_model(cfg.model)
+        context = None
+        if self.spec_cfg is not None:  # the method's own checks (a draft's vocabulary, ...) before any weights
+            arch = read_arch(model_path) if cfg.load_format != "dummy" else setup.dummy_arch(model_path)
+            context = proposer_context(self.spec_cfg, arch, cfg.max_model_len or arch.max_position_embeddings,
+                                       cfg.seed, self.device, "", cfg.block_size, self.backend, model_path,
+                                       cfg.load_format)
+            preflight(self.spec_cfg, context)
 
         loaded = setup.load_model(cfg, model_path, self.device, cfg.max_model_len, self.backend)
         self.model, self.arch, self.tokenizer = loaded.model, loaded.arch, loaded.tokenizer
@@ -51,10 +62,10 @@ class Engine:
         # The proposer is built (and loads its own weights) before the KV cache is sized: its memory, and the KV
         # cache it asks for, come out of the same budget.
         proposer = None
-        if self.spec_cfg is not None:
-            proposer = build_proposer(self.spec_cfg, self.arch, max_len, cfg.seed, self.device, loaded.dtype,
-                                      cfg.block_size, self.backend,
-                                      target_handles(self.model, model_path, self.tokenizer))
+        if context is not None:
+            context = replace(context, dtype=str(loaded.dtype).removeprefix("torch."),
+                              target=target_handles(self.model, self.tokenizer))
+            proposer = build_proposer(self.spec_cfg, context)
         extra = proposer_kv_bytes_per_block(proposer, cfg.block_size, loaded.dtype) if proposer else 0
         num_blocks = setup.num_kv_blocks(cfg, self.arch, loaded.dtype, self.device, self.max_num_batched_tokens,
                                          max_len, extra)
@@ -86,14 +97,14 @@ class Engine:
                                          cfg.block_size, self.device, self.backend)
             common = self.spec_cfg.common
             self.driver = ProposerDriver(proposer, common.method, k, self.arch.vocab_size, max_len,
-                                         common.disable_by_batch_size, common.max_model_len)
+                                         common.disable_by_batch_size, common.max_model_len, cfg.block_size)
         max_blocks = -(-(max_len + 2 * (k + 1) + lookahead) // cfg.block_size)  # a verify step launched ahead: 2(k+1)
         graphs = None
-        if graphed and not hidden_layers:
+        if graphed:
             t0 = time.monotonic()
             graphs = DecodeGraphs(self.model, kv, cfg.max_num_seqs, [1, 1 + k], max_blocks, max_len, self.backend,
                                   self.device, prefill_query_lens=prefill_buckets(self.max_num_batched_tokens),
-                                  drafter=drafter, block_size=cfg.block_size)
+                                  drafter=drafter, block_size=cfg.block_size, hidden_state_layers=hidden_layers)
             graphs.capture()
             log.info("captured CUDA graphs", batch_sizes=graphs.batch_sizes, query_lens=graphs.query_lens,
                      prefill_query_lens=graphs.prefill_query_lens,

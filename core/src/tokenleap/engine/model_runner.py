@@ -50,6 +50,8 @@ class LaunchedStep:
     host: torch.Tensor | None = None  # [len(scheduled), q + 2]: argmax per row, tokens emitted, drafts verified
     event: torch.cuda.Event | None = None
     drafted_on_device: bool = False  # a verify step whose drafts the device made (launched behind another)
+    hidden_states: dict[int, torch.Tensor] | None = None  # a graphed step's, for the proposer (layer -> rows)
+    token_rows: dict[str, tuple[int, int]] | None = None
 
     @property
     def is_greedy_decode(self) -> bool:
@@ -69,7 +71,7 @@ class LaunchedStep:
             self.result = StepResult({
                 s.request.request_id: SampledRequest(rows[i][: rows[i][-2]], rows[i][-1], None)
                 for i, s in enumerate(self.scheduled)
-            }, {}, {})
+            }, self.hidden_states or {}, self.token_rows or {})
         return self.result
 
 
@@ -150,7 +152,7 @@ class ModelRunner:
     @property
     def _graphed(self) -> bool:
         """Decode / verify steps (and one-request prefill chunks) may run on captured graphs."""
-        return self.graphs is not None and not self.hidden_state_layers
+        return self.graphs is not None
 
     def _prefill_graph(self, s: ScheduledRequest, q: int) -> StepResult:
         """One request's prefill chunk through the captured graph of ``q`` >= its tokens, padded at the end
@@ -168,9 +170,10 @@ class ModelRunner:
         last_row = np.array([n - 1], dtype=np.int64)  # the prefill graph's head reads it from num_drafts
         logits, _ = self.graphs.run(1, q, ids, positions, slots, last_row, tables, seq_lens, prefill=True)
         token_rows = {r.request_id: (0, n)}
+        aux = self.graphs.hidden_states(1, q, prefill=True) if self.hidden_state_layers else {}
         if not s.samples:
-            return StepResult({}, {}, token_rows)
-        return self._sample(logits, [0], False, [s], {}, token_rows)
+            return StepResult({}, aux, token_rows)
+        return self._sample(logits, [0], False, [s], aux, token_rows)
 
     def _launch_graph(self, scheduled: list[ScheduledRequest], b: int, q: int, ahead: bool = False) -> LaunchedStep:
         """Decode / verify through a captured graph: every request padded to ``q`` query tokens. ``ahead``:
@@ -206,12 +209,16 @@ class ModelRunner:
         if ahead:
             h["feed"][: len(scheduled)] = 1
         logits_all, greedy = self.graphs.replay_staged(b, q)
+        aux, rows = {}, {}
+        if self.hidden_state_layers:  # request i's rows of the padded batch start at i * q
+            aux = self.graphs.hidden_states(b, q)
+            rows = {s.request.request_id: (i * q, i * q + s.num_query_tokens) for i, s in enumerate(scheduled)}
         if all(_plain_greedy(s.request) for s in scheduled):  # the graph already verified: read it back
             host, event = self.graphs.read_back(greedy, len(scheduled))
-            return LaunchedStep(scheduled, host=host, event=event)
+            return LaunchedStep(scheduled, host=host, event=event, hidden_states=aux, token_rows=rows)
         assert not ahead, "only plain-greedy steps are launched ahead"
         logits_rows = [i * q + j for i, s in enumerate(scheduled) for j in range(s.num_query_tokens)]
-        return LaunchedStep(scheduled, result=self._sample(logits_all, logits_rows, False, scheduled, {}, {}))
+        return LaunchedStep(scheduled, result=self._sample(logits_all, logits_rows, False, scheduled, aux, rows))
 
     def _padded_positions(self, b: int, q: int) -> np.ndarray:
         """[b * q] 0..q-1 per request (the positions of padded requests; real ones add their start)."""

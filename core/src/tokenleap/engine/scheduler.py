@@ -83,7 +83,7 @@ class Scheduler:
             num_spec = len(req.spec_token_ids) if num_new == remaining else 0
             if num_new + num_spec > budget:
                 num_spec = 0  # no room to verify drafts this step: decode one token
-            ahead = self.lookahead_slots if num_new == remaining else 0
+            ahead = self.lookahead_slots if num_new >= remaining - 1 else 0  # it may be drafted for after this step
             if not self._reserve(req, req.num_computed_tokens + num_new + num_spec + ahead, out):
                 break  # req itself was preempted
             if num_spec == 0:
@@ -106,7 +106,7 @@ class Scheduler:
             if remaining > budget and not self.enable_chunked_prefill:
                 break
             num_new = min(remaining, budget)
-            ahead = self.lookahead_slots if num_new == remaining else 0
+            ahead = self.lookahead_slots if num_new >= remaining - 1 else 0
             if not self._grow(req, req.num_computed_tokens + num_new + ahead):
                 break
             self.waiting.pop(0)

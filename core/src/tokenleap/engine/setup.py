@@ -45,16 +45,24 @@ class LoadedModel:
 
 def load_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_positions: int | None,
                backend: str) -> LoadedModel:
+    return load_weights(model_path, cfg.dtype, device, max_positions, backend, cfg.load_format, cfg.seed,
+                        cfg.tokenizer)
+
+
+def load_weights(model_path: Path, dtype: str, device: torch.device, max_positions: int | None, backend: str,
+                 load_format: str = "auto", seed: int = 0, tokenizer: str | None = None) -> LoadedModel:
+    """A Llama-family model from a checkpoint (or random weights of its config.json's shape with ``"dummy"``),
+    on ``device``, its RoPE table long enough for ``max_positions`` (default: the model's)."""
     ops = layer_ops(backend)
-    if cfg.load_format == "dummy":
-        return _dummy_model(cfg, model_path, device, max_positions, ops)
+    if load_format == "dummy":
+        return _dummy_model(dtype, model_path, device, max_positions, ops, seed, tokenizer)
     from tokenleap.model.loader import load_checkpoint
 
-    ckpt = load_checkpoint(str(model_path), dtype=cfg.dtype, device=device.type)
-    if cfg.tokenizer is not None:
+    ckpt = load_checkpoint(str(model_path), dtype=dtype, device=device.type)
+    if tokenizer is not None:
         from transformers import AutoTokenizer
 
-        ckpt.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+        ckpt.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     arch = ckpt.arch
     positions = max_positions or arch.max_position_embeddings
     with torch.device(device):
@@ -63,16 +71,21 @@ def load_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_po
     return LoadedModel(model.eval(), arch, ckpt.tokenizer, ckpt.torch_dtype)
 
 
-def _dummy_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_positions: int | None,
-                 ops: LayerOps):
-    """Random weights of the config.json's shape (``load_format="dummy"``), built on the device."""
+def dummy_arch(model_path: Path) -> ModelArchConfig:
+    """The architecture ``load_format="dummy"`` builds: the config.json's."""
     config_file = model_path / "config.json" if model_path.is_dir() else model_path
     if not config_file.is_file():
         raise FileNotFoundError(f"load_format='dummy' needs a config.json; none at {config_file}")
-    arch = ModelArchConfig.from_hf_config(json.loads(config_file.read_text()))
-    dtype = _DTYPES.get(cfg.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    return ModelArchConfig.from_hf_config(json.loads(config_file.read_text()))
+
+
+def _dummy_model(dtype_name: str, model_path: Path, device: torch.device, max_positions: int | None,
+                 ops: LayerOps, seed: int, tokenizer_path: str | None):
+    """Random weights of the config.json's shape (``load_format="dummy"``), built on the device."""
+    arch = dummy_arch(model_path)
+    dtype = _DTYPES.get(dtype_name) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     positions = max_positions or arch.max_position_embeddings
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     with torch.device(device):
         model = LlamaForCausalLM(arch, positions + 64, ops).to(dtype)
     with torch.no_grad():
@@ -82,10 +95,10 @@ def _dummy_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_
             else:
                 param.normal_(0.0, 0.02, generator=gen)
     tokenizer = None
-    if (model_path / "tokenizer.json").exists() or cfg.tokenizer:
+    if (model_path / "tokenizer.json").exists() or tokenizer_path:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or str(model_path))
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or str(model_path))
     return LoadedModel(model.eval(), arch, tokenizer, dtype)
 
 

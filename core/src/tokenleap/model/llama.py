@@ -114,20 +114,24 @@ class LlamaForCausalLM(nn.Module):
         wanted = hidden_state_boundaries(hidden_state_layers, len(self.layers))  # boundary -> requested indices
         aux: dict[int, torch.Tensor] = {}
         x, residual = self.embed_tokens(input_ids), None  # [num_tokens, hidden]
-        for i in range(len(self.layers) + 1):
-            for layer in wanted.get(i, ()):
-                aux[layer] = x if residual is None else x + residual
-            if i < len(self.layers):
-                x, residual = self.run_layers(x, residual, positions, kv_caches, meta, i, i + 1)
+        x, residual = self.run_layers(x, residual, positions, kv_caches, meta, 0, len(self.layers), wanted, aux)
         return self.final_norm(x, residual), aux
 
     def run_layers(self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
                    kv_caches: Sequence[KVCache], meta: AttentionMetadata, start: int, stop: int,
+                   wanted: Mapping[int, Sequence[int]] | None = None, aux: dict[int, torch.Tensor] | None = None,
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder layers ``start..stop-1`` on the residual stream (``residual`` None before layer 0):
-        returns (block output, residual), both [num_tokens, hidden]."""
+        returns (block output, residual), both [num_tokens, hidden]. ``wanted`` (layer boundary -> requested
+        indices, ``hidden_state_boundaries``): the residual stream at each boundary in ``start..stop-1`` (and at
+        ``stop`` when it is the last layer's output) is put in ``aux`` under the requested indices."""
+        last = len(self.layers)
         for i in range(start, stop):
+            if wanted and i in wanted:
+                _capture(aux, wanted[i], x, residual)
             x, residual = self.layers[i](x, residual, positions, self.cos_sin_cache, kv_caches[i], meta)
+        if wanted and stop == last and last in wanted:
+            _capture(aux, wanted[last], x, residual)
         return x, residual
 
     def final_norm(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:  # [num_tokens, hidden]
@@ -167,6 +171,13 @@ class LlamaForCausalLM(nn.Module):
         params["norm.weight"].copy_(weights["model.norm.weight"])
         if self.lm_head is not None:
             self.lm_head.weight.copy_(weights["lm_head.weight"])
+
+
+def _capture(aux: dict[int, torch.Tensor], layers: Sequence[int], x: torch.Tensor,
+             residual: torch.Tensor | None) -> None:
+    stream = x if residual is None else x + residual  # [num_tokens, hidden]
+    for layer in layers:
+        aux[layer] = stream
 
 
 def hidden_state_boundaries(layers: Sequence[int], num_layers: int) -> dict[int, list[int]]:

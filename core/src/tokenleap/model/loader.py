@@ -220,3 +220,44 @@ def load_checkpoint(
             "pass the path of the one to load"
         )
     return _load_hf_folder(p, dtype, device)  # raises: pickled-only or empty folder
+
+
+def _checkpoint_file_or_folder(path: str | Path) -> Path:
+    """The .gguf file or the HF folder that ``load_checkpoint(path)`` would read."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"model path {str(path)!r} does not exist")
+    if p.is_dir() and not _safetensors_files(p):
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ggufs[0]
+    return p
+
+
+def read_arch(path: str | Path) -> ModelArchConfig:
+    """The architecture of a checkpoint, read from its config.json or GGUF metadata without loading weights."""
+    p = _checkpoint_file_or_folder(path)
+    if p.is_file() and p.suffix == ".gguf":
+        from gguf import GGUFReader
+
+        from tokenleap.model.gguf_loader import gguf_config
+
+        return ModelArchConfig.from_hf_config(gguf_config(GGUFReader(str(p))))
+    config_path = p / "config.json" if p.is_dir() else p
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{p} has no config.json (and is not a .gguf file)")
+    return ModelArchConfig.from_hf_config(json.loads(config_path.read_text()))
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a checkpoint (HF folder or GGUF metadata), without its weights."""
+    p = _checkpoint_file_or_folder(path)
+    if p.is_file() and p.suffix == ".gguf":
+        from gguf import GGUFReader
+
+        from tokenleap.model.gguf_loader import gguf_tokenizer
+
+        return gguf_tokenizer(p, GGUFReader(str(p)))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(p))

@@ -47,9 +47,10 @@ def uniform(seeds, streams, positions) -> torch.Tensor:  # [rows] float32 in (0,
     return _to_unit(mix32(row_keys(seeds, streams, positions, DOMAIN_ACCEPT)))
 
 
-def exponential(seeds, streams, positions, vocab_size: int) -> torch.Tensor:  # [rows, vocab] float32
-    """Independent Exp(1) draws per row and vocab entry, for the exponential race."""
-    keys = row_keys(seeds, streams, positions, DOMAIN_TOKEN)  # [rows]
+def exponential(seeds, streams, positions, vocab_size: int, domain: int = DOMAIN_TOKEN) -> torch.Tensor:
+    """Independent Exp(1) draws per row and vocab entry, for the exponential race ([rows, vocab] float32).
+    ``domain`` keys independent streams of draws (the verifier's token draws by default)."""
+    keys = row_keys(seeds, streams, positions, domain)  # [rows]
     vocab = mix32(torch.arange(vocab_size, device=keys.device, dtype=torch.int64) ^ 0x27D4EB2F)  # [vocab]
     u = _to_unit(mix32(keys[:, None] ^ vocab[None, :]))  # [rows, vocab]
     return -torch.log(u)

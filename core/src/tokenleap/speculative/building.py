@@ -20,39 +20,49 @@ from tokenleap.model.llama import LlamaForCausalLM
 from tokenleap.speculative.config import ResolvedSpeculativeConfig
 
 
-def target_handles(model: LlamaForCausalLM, model_path: Path, tokenizer) -> TargetHandles:
+def target_handles(model: LlamaForCausalLM, tokenizer) -> TargetHandles:
     lm_head = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
     return TargetHandles(
         embed=model.embed_tokens, compute_logits=model.compute_logits,
         final_norm=lambda h: model.final_norm(h, torch.zeros_like(h)),
-        embedding_weight=model.embed_tokens.weight, lm_head_weight=lm_head, model_path=str(model_path),
-        tokenizer=tokenizer,
+        embedding_weight=model.embed_tokens.weight, lm_head_weight=lm_head, tokenizer=tokenizer,
     )
 
 
-def build_proposer(spec_cfg: ResolvedSpeculativeConfig, arch: ModelArchConfig, max_model_len: int, seed: int,
-                   device: torch.device, dtype: torch.dtype, block_size: int, backend: str,
-                   target: TargetHandles) -> Proposer:
-    context = ProposerContext(
+def proposer_context(spec_cfg: ResolvedSpeculativeConfig, arch: ModelArchConfig, max_model_len: int, seed: int,
+                     device: torch.device, dtype: str, block_size: int, backend: str, model_path: Path,
+                     load_format: str) -> ProposerContext:
+    """What the proposer is told, less the target's handles (added once the target is loaded)."""
+    return ProposerContext(
         num_speculative_tokens=spec_cfg.num_speculative_tokens, vocab_size=arch.vocab_size,
-        max_model_len=max_model_len, seed=seed, device=str(device), dtype=str(dtype).removeprefix("torch."),
+        max_model_len=max_model_len, seed=seed, device=str(device), dtype=dtype,
         hidden_size=arch.hidden_size, num_hidden_layers=arch.num_hidden_layers, eos_token_ids=arch.eos_token_ids,
-        block_size=block_size, attention_backend=backend, speculative=spec_cfg.settings, target=target,
+        block_size=block_size, attention_backend=backend, speculative=spec_cfg.settings,
+        target_model_path=str(model_path), target_load_format=load_format,
     )
+
+
+def preflight(spec_cfg: ResolvedSpeculativeConfig, context: ProposerContext) -> None:
+    """The method's checks that need no weights, before the target's load."""
+    if spec_cfg.spec.preflight is not None:
+        spec_cfg.spec.preflight(spec_cfg.method_config, context)
+
+
+def build_proposer(spec_cfg: ResolvedSpeculativeConfig, context: ProposerContext) -> Proposer:
+    arch_layers = context.num_hidden_layers
     method = spec_cfg.common.method
     try:
         proposer = spec_cfg.spec.build(spec_cfg.method_config, context)
-    except (ValueError, FileNotFoundError):
+    except (ValueError, FileNotFoundError, TypeError):
         raise  # the method's own configuration errors, as it worded them
     except Exception as exc:
         raise RuntimeError(f"building the proposer of method {method!r} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(proposer, Proposer):
         raise TypeError(f"method {method!r}: build() returned {type(proposer).__name__}, not a Proposer")
     for i in proposer.needs.hidden_state_layers:
-        if not -arch.num_hidden_layers <= i <= arch.num_hidden_layers:
-            raise ValueError(f"method {method!r} asks for hidden state layer {i}; the target has "
-                             f"{arch.num_hidden_layers} layers (allowed {-arch.num_hidden_layers}.."
-                             f"{arch.num_hidden_layers})")
+        if not -arch_layers <= i <= arch_layers:
+            raise ValueError(f"method {method!r} asks for hidden state layer {i}; the target has {arch_layers} "
+                             f"layers (allowed {-arch_layers}..{arch_layers})")
     return proposer
 
 

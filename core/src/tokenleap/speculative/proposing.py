@@ -34,7 +34,7 @@ class StepEntry:
 class ProposerDriver:
     def __init__(self, proposer: Proposer, method: str, num_speculative_tokens: int, vocab_size: int,
                  max_model_len: int, disable_by_batch_size: int | None = None,
-                 speculative_max_model_len: int | None = None) -> None:
+                 speculative_max_model_len: int | None = None, block_size: int = 16) -> None:
         self.proposer = proposer
         self.method = method
         self.k = num_speculative_tokens
@@ -43,6 +43,7 @@ class ProposerDriver:
         self.disable_by_batch_size = disable_by_batch_size
         self.draft_len_limit = speculative_max_model_len or max_model_len
         self.sees_every_step = proposer.needs.sees_every_step
+        self.block_size = block_size
 
     def added(self, request: Request) -> None:
         self._call("on_request_added", request.request_id, list(request.prompt_token_ids))
@@ -77,7 +78,7 @@ class ProposerDriver:
         off = self.disable_by_batch_size is not None and len(running) >= self.disable_by_batch_size
         if self.sees_every_step:
             chosen = [(e.request, e, 0 if off or not (e.running and e.request.is_decoding)
-                       else self.max_drafts(e.request)) for e in entries]
+                       else min(self.max_drafts(e.request), self._reserved_room(e.request))) for e in entries]
         else:
             if off:
                 return
@@ -110,6 +111,11 @@ class ProposerDriver:
                 continue
             req.spec_token_ids = ids
             req.spec_probs = drafts.probs[i] if drafts.probs is not None and ids else None
+
+    def _reserved_room(self, request: Request) -> int:
+        """Drafts whose KV a proposer with its own cache can write in the request's blocks: positions up to
+        num_tokens - 1 + drafts must lie in them (the scheduler reserves k slots past a step that ends decoding)."""
+        return len(request.block_ids) * self.block_size - request.num_tokens + 1
 
     @staticmethod
     def _request(req: Request, entry: StepEntry | None, max_num_drafts: int,

@@ -1,0 +1,144 @@
+"""``DraftModelProposer``: a smaller model with the target's tokenizer drafts k tokens autoregressively.
+
+Its KV cache is the engine's (``needs.kv_cache``: same blocks and block tables as the target), so it follows the
+target token for token: each step it computes its own keys and values for exactly the positions the target
+computed and kept (prefill chunks, a verify step's input token and accepted drafts), which keeps prefix caching,
+preemption and freeing free. For a request that may be drafted for, the same forward continues with the request's
+last token (not computed by the target yet) and gives the first draft; ``k - 1`` one-token forwards give the rest.
+Their keys and values sit at positions the next verify step covers; rejected ones are overwritten the step
+after, when the draft recomputes the positions the target kept.
+
+Greedy requests get argmax drafts. Sampling requests get drafts drawn from the draft's distribution under the
+request's temperature / min-p / top-k / top-p, returned with it, so rejection sampling stays lossless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tokenleap.engine import setup
+from tokenleap.model.hub import resolve_model
+from tokenleap.model.loader import load_tokenizer, read_arch
+from tokenleap_plugins import (
+    Drafts,
+    KVCacheNeeds,
+    ProposeBatch,
+    ProposerBase,
+    ProposerContext,
+    ProposerKVCache,
+    ProposerNeeds,
+    ProposeRequest,
+)
+
+from tokenleap_draft import checks
+from tokenleap_draft.config import DraftModelConfig
+from tokenleap_draft.forward import Run, paged_forward
+from tokenleap_draft.sampling import draft_probs, draw
+
+
+def preflight(config: DraftModelConfig | None, context: ProposerContext) -> None:
+    """Everything that can be wrong between draft and target, before any weights load."""
+    settings = context.speculative
+    checks.check_tensor_parallel(settings.draft_tensor_parallel_size)
+    path = resolve_model(settings.model)
+    arch = read_arch(path)
+    checks.check_vocab(arch.vocab_size, context.vocab_size, settings.model)
+    checks.check_positions(arch.max_position_embeddings, context.max_model_len, settings.max_model_len,
+                           settings.model)
+    dummy = config is not None and config.draft_load_format == "dummy"
+    target = context.target_model_path
+    if not dummy and target and context.target_load_format != "dummy" and str(path) != str(resolve_model(target)):
+        checks.check_tokenizers(load_tokenizer(path), load_tokenizer(target), settings.model)
+
+
+class DraftModelProposer(ProposerBase):
+    def __init__(self, config: DraftModelConfig | None, context: ProposerContext) -> None:
+        config = config or DraftModelConfig()
+        self.k = context.num_speculative_tokens
+        self.device = torch.device(context.device)
+        self.backend = context.attention_backend
+        self.block_size = context.block_size
+        # attention splits are fixed per engine by this bound (the engine's max_model_len plus drafts past it)
+        self.max_seq_len = context.max_model_len + 2 * (self.k + 1)
+        path = resolve_model(context.speculative.model)
+        loaded = setup.load_weights(path, context.dtype, self.device, self.max_seq_len, self.backend,
+                              config.draft_load_format, context.seed)
+        self.model, arch = loaded.model, loaded.arch
+        self.vocab_size = context.vocab_size
+        self.needs = ProposerNeeds(kv_cache=KVCacheNeeds(arch.num_hidden_layers, arch.num_key_value_heads,
+                                                         arch.head_dim))
+        self.kv: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()
+
+    def bind_kv_cache(self, cache: ProposerKVCache) -> None:
+        self.kv = list(cache.layers)
+
+    @torch.inference_mode()
+    def propose(self, batch: ProposeBatch) -> Drafts:
+        runs, last_rows, drafting = [], [], []  # drafting: indices into batch.requests
+        row = 0
+        for i, r in enumerate(batch.requests):
+            c = r.computed
+            start, count = (c.start, c.count) if c is not None else (len(r.token_ids) - 1, 0)
+            wants = r.max_num_drafts > 0
+            stop = len(r.token_ids) if wants else start + count  # drafting: continue with the last token
+            if stop <= start:
+                continue
+            runs.append(Run(r.token_ids[start:stop], start, r.block_ids))
+            row += stop - start
+            if wants:
+                last_rows.append(row - 1)
+                drafting.append(i)
+        token_ids: list[list[int]] = [[] for _ in batch.requests]
+        probs: list[torch.Tensor | None] = [None for _ in batch.requests]
+        if not runs:
+            return Drafts(token_ids)
+        hidden = paged_forward(self.model, self.kv, runs, self.block_size, self.max_seq_len, self.backend,
+                               self.device)  # [rows, hidden]
+        if not drafting:
+            return Drafts(token_ids)
+        logits = self.model.compute_logits(hidden[torch.tensor(last_rows, device=self.device)])  # [d, vocab]
+        reqs = [batch.requests[i] for i in drafting]
+        rows_of = list(range(len(reqs)))  # which requests are still drafting, as rows of `logits`
+        step_probs: list[list[torch.Tensor]] = [[] for _ in reqs]
+        drafted: list[list[int]] = [[] for _ in reqs]
+        for j in range(self.k):
+            tokens, p = self._pick(logits[: len(rows_of)], [reqs[a] for a in rows_of], j)
+            for row_i, a in enumerate(rows_of):
+                drafted[a].append(int(tokens[row_i]))
+                if p is not None and not reqs[a].sampling.greedy:
+                    step_probs[a].append(p[row_i])
+            rows_of = [a for a in rows_of if len(drafted[a]) < reqs[a].max_num_drafts]
+            if not rows_of:
+                break
+            step_runs = [Run([drafted[a][-1]], len(reqs[a].token_ids) - 1 + len(drafted[a]), reqs[a].block_ids)
+                         for a in rows_of]
+            hidden = paged_forward(self.model, self.kv, step_runs, self.block_size, self.max_seq_len, self.backend,
+                                   self.device)
+            logits = self.model.compute_logits(hidden)
+        any_probs = False
+        for a, i in enumerate(drafting):
+            token_ids[i] = drafted[a]
+            if step_probs[a]:
+                probs[i] = torch.stack(step_probs[a])  # [n, vocab]
+                any_probs = True
+        return Drafts(token_ids, probs if any_probs else None)
+
+    def _pick(self, logits: torch.Tensor, reqs: Sequence[ProposeRequest], j: int):
+        """Draft j of each row: argmax for greedy requests, a draw from the draft distribution otherwise.
+        Returns (tokens [rows], probs [rows, vocab] or None when every row is greedy)."""
+        logits = logits[:, : self.vocab_size].float()
+        greedy = [r.sampling.greedy for r in reqs]
+        if all(greedy):
+            return logits.argmax(dim=-1).tolist(), None
+        dev = logits.device
+        s = [r.sampling for r in reqs]
+        temps = torch.tensor([x.temperature if x.temperature > 0 else 1.0 for x in s], device=dev)
+        p = draft_probs(logits, temps, torch.tensor([x.top_k for x in s], device=dev),
+                        torch.tensor([x.top_p for x in s], device=dev), torch.tensor([x.min_p for x in s], device=dev))
+        positions = torch.tensor([len(r.token_ids) - r.num_prompt_tokens + j for r in reqs], device=dev)
+        sampled = draw(p, torch.tensor([x.seed for x in s], device=dev), torch.tensor([x.stream for x in s], device=dev),
+                       positions)
+        argmax = logits.argmax(dim=-1)
+        tokens = torch.where(torch.tensor(greedy, device=dev), argmax, sampled)
+        return tokens.tolist(), p
