@@ -18,6 +18,6 @@ echo "[setup] installing $TORCH_SPEC"
 "$PY" -m pip install -q --disable-pip-version-check $TORCH_SPEC
 echo "[setup] installing tokenleap packages and test tools"
 "$PY" -m pip install -q --disable-pip-version-check -c requirements/constraints.txt \
-  -e plugins -e "core[serve]" -e proposers-ngram -e proposers-suffix -e proposers-draft \
+  -e plugins -e "core[serve]" -e proposers-ngram -e proposers-suffix -e proposers-draft -e proposers-eagle \
   pytest pytest-benchmark accelerate triton openai
 echo "[setup] done: $("$PY" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"

@@ -101,17 +101,45 @@ def test_missing_path(tmp_path):
         load_checkpoint(missing)
 
 
-def test_pickled_checkpoint_refused(tmp_path):
+def test_pytorch_model_bin_loads_through_the_restricted_unpickler(tmp_path):
     folder = make_tiny_checkpoint(tmp_path, "llama")
+    reference = load_checkpoint(folder)
     state = load_file(folder / "model.safetensors")
     (folder / "model.safetensors").unlink()
     torch.save(state, folder / "pytorch_model.bin")
-    for target in (folder, folder / "pytorch_model.bin"):
-        with pytest.raises(ValueError) as err:
-            load_checkpoint(target)
-        msg = str(err.value)
-        assert "pytorch_model.bin" in msg and "arbitrary code" in msg
-        assert "safetensors" in msg and "save_pretrained" in msg
+    loaded = load_checkpoint(folder)
+    assert sorted(loaded.weights) == sorted(reference.weights)
+    for name, tensor in reference.weights.items():
+        assert torch.equal(loaded.weights[name], tensor), name
+    with pytest.raises(ValueError) as err:  # a bare pickle file (no folder, no config) stays refused
+        load_checkpoint(folder / "pytorch_model.bin")
+    assert "arbitrary code" in str(err.value) and "safetensors" in str(err.value)
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_with_code_is_refused_without_running_it(tmp_path):
+    folder = make_tiny_checkpoint(tmp_path, "llama")
+    state = dict(load_file(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    state["model.norm.weight"] = _RunsCode(marker)
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(folder)
+    assert not marker.exists()
+    msg = str(err.value)
+    assert "pytorch_model.bin" in msg and "weights_only=True" in msg and "arbitrary code" in msg
 
 
 def test_missing_and_unexpected_tensors(tmp_path):

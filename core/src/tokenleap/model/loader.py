@@ -2,7 +2,9 @@
 
 `load_checkpoint(path)` returns the architecture, the weights under the exact parameter names of
 transformers' LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM, the tokenizer, and the dtype.
-Pickled checkpoints (*.bin, *.pt, *.pth) are refused: unpickling can run arbitrary code.
+Pickled PyTorch checkpoints (``pytorch_model.bin``, sharded or not) are read only through torch's restricted
+unpickler (``torch.load(weights_only=True)``: tensors and plain containers, no code); a pickle that needs more
+is refused with the reason, never executed.
 """
 
 from __future__ import annotations
@@ -107,11 +109,51 @@ def drop_mtp_tensors(weights: dict[str, torch.Tensor], cfg: dict[str, Any]) -> d
     return {k: v for k, v in weights.items() if not k.startswith(prefixes)}
 
 
+def read_pickled_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.bin`` / ``.pt`` state dict through torch's restricted unpickler (weights_only=True): a pickle that
+    would import or call anything beyond tensors and plain containers is refused, not run."""
+    import pickle
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"refusing to load {path}: it is not a plain tensor pickle (torch.load(weights_only=True) rejected it: "
+            f"{first}). Loading it fully could run arbitrary code; convert it to safetensors from a trusted copy."
+        ) from e
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in obj.items()):
+        raise ValueError(f"{path} does not hold a state dict (name -> tensor); got {type(obj).__name__}")
+    return obj
+
+
+def pickled_weight_files(folder: Path) -> list[Path]:
+    """``pytorch_model.bin`` or the shards its index lists (empty when there are none)."""
+    index = folder / "pytorch_model.bin.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [folder / f for f in sorted(set(weight_map.values()))]
+    return [folder / "pytorch_model.bin"] if (folder / "pytorch_model.bin").is_file() else []
+
+
+def _read_pickled(files: list[Path], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"weight shard {f} (listed in the index) does not exist")
+        weights.update({k: v.to(dtype) if v.is_floating_point() else v for k, v in read_pickled_weights(f).items()})
+    return weights
+
+
 def _refuse_pickled(source: Path, files: list[Path]) -> ValueError:
     names = ", ".join(f.name for f in files[:5])
     return ValueError(
         f"{source} holds only pickled PyTorch weights ({names}). Loading a pickle can run arbitrary "
-        "code, so tokenleap refuses it. Convert the checkpoint to safetensors first, e.g. with "
+        "code, so tokenleap reads only a folder's pytorch_model.bin (through torch's restricted "
+        "unpickler) and refuses other pickles. Convert the checkpoint to safetensors first, e.g. with "
         "transformers: AutoModelForCausalLM.from_pretrained(folder).save_pretrained(new_folder, "
         "safe_serialization=True) (transformers >= 5 always writes safetensors), and load new_folder."
     )
@@ -154,11 +196,12 @@ def _load_hf_folder(folder: Path, dtype: str | torch.dtype, device: str) -> Load
     from transformers import AutoTokenizer
 
     files = _safetensors_files(folder)
-    if not files:
+    pickled_files = [] if files else pickled_weight_files(folder)
+    if not files and not pickled_files:
         pickled = sorted(f for f in folder.iterdir() if f.suffix in PICKLED_SUFFIXES)
         if pickled:
             raise _refuse_pickled(folder, pickled)
-        raise ValueError(f"{folder} has no *.safetensors weights and no .gguf file")
+        raise ValueError(f"{folder} has no *.safetensors weights, no pytorch_model.bin and no .gguf file")
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} has safetensors weights but no config.json")
@@ -170,6 +213,15 @@ def _load_hf_folder(folder: Path, dtype: str | torch.dtype, device: str) -> Load
     config_dtype = DTYPES.get(str(cfg.get("torch_dtype") or cfg.get("dtype") or ""))
     torch_dtype = resolve_dtype(dtype, config_dtype or _stored_dtype(files), device)
     weights = check_weights(drop_mtp_tensors(_read_safetensors(files, torch_dtype), cfg), arch, str(folder))
+
+
+    if files:
+        torch_dtype = resolve_dtype(dtype, config_dtype or _stored_dtype(files), device)
+        raw = _read_safetensors(files, torch_dtype)
+    else:
+        torch_dtype = resolve_dtype(dtype, config_dtype or torch.bfloat16, device)
+        raw = _read_pickled(pickled_files, torch_dtype)
+    weights = check_weights(raw, arch, str(folder))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as e:
@@ -209,7 +261,7 @@ def load_checkpoint(
             f"model path {str(path)!r} is a file but not a .gguf; pass a .gguf file or "
             "a folder with config.json and *.safetensors"
         )
-    if _safetensors_files(p):
+    if _safetensors_files(p) or pickled_weight_files(p):
         return _load_hf_folder(p, dtype, device)
     ggufs = sorted(p.glob("*.gguf"))
     if len(ggufs) == 1:

@@ -1,0 +1,229 @@
+"""The EAGLE / EAGLE-3 proposer: keeps the head's KV cache in step with the target, then drafts a chain.
+
+Every step the engine sends each request's computed positions ``start .. start + count - 1`` with the target's
+hidden states of those rows. Row p of the head takes (embed(x_{p+1}), h_p): x_{p+1} is always known (the next
+prompt token, or the token sampled in this step), so the head writes its KV for exactly the positions the target
+kept (prefill chunks included) in one flat catch-up pass. The last row (position P, the last computed one)
+yields the first draft; each further draft step feeds (embed(previous draft), the head's own output) at P + j,
+writing into the request's lookahead slots (overwritten once the target computes those positions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from tokenleap_plugins import (
+    Drafts,
+    KVCacheNeeds,
+    ProposeBatch,
+    ProposerBase,
+    ProposerContext,
+    ProposerKVCache,
+    ProposerNeeds,
+    ProposeRequest,
+)
+
+from tokenleap.model.attention import AttentionMetadata
+from tokenleap_eagle.checkpoint import load_head
+from tokenleap_eagle.heads_registry import resolve_head
+from tokenleap_eagle.sampling import choose
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class EagleConfig(BaseModel):
+    """Method keys of ``eagle`` / ``eagle3``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # eagle3: the target layers whose input feeds the head (three of them); default: the checkpoint's record,
+    # else (2, N // 2, N - 3) as vLLM and the EAGLE repo take them.
+    eagle_aux_hidden_state_layer_ids: list[int] | None = None
+
+
+def default_aux_layers(num_layers: int) -> tuple[int, int, int]:
+    return (2, num_layers // 2, num_layers - 3)
+
+
+class EagleProposer(ProposerBase):
+    def __init__(self, kind: str, config: EagleConfig | None, ctx: ProposerContext) -> None:
+        config = config or EagleConfig()
+        if ctx.target is None:
+            raise ValueError(f"method {kind!r} needs the target's embedding and LM head (ProposerContext.target)")
+        path = resolve_head(ctx.speculative.model)
+        max_len = max(ctx.speculative.max_model_len or 0, ctx.max_model_len) + ctx.num_speculative_tokens + 1
+        self.device = torch.device(ctx.device)
+        dtype = _DTYPES.get(ctx.dtype, torch.float32)
+        head = load_head(path, max_model_len=max_len, dtype=dtype, device=self.device)
+        _check_fits(kind, head.cfg, ctx, str(path))
+        if kind == "eagle" and config.eagle_aux_hidden_state_layer_ids is not None:
+            raise ValueError("speculative_config.eagle_aux_hidden_state_layer_ids applies to method 'eagle3' only "
+                             "(EAGLE-1 reads the last layer)")
+        self.kind, self.head, self.k = kind, head, ctx.num_speculative_tokens
+        self.max_len = max_len
+        self.vocab_size = ctx.vocab_size
+        self.backend = ctx.attention_backend
+        self.target = ctx.target
+        if kind == "eagle3":
+            layers = config.eagle_aux_hidden_state_layer_ids or head.cfg.aux_layer_ids or default_aux_layers(
+                ctx.num_hidden_layers)
+            layers = tuple(int(i) for i in layers)
+            n = ctx.num_hidden_layers
+            if len(layers) != 3 or not all(-n <= i <= n for i in layers):
+                raise ValueError(f"speculative_config.eagle_aux_hidden_state_layer_ids={list(layers)}: three layer "
+                                 f"indices of the {n}-layer target are needed (allowed {-n}..{n})")
+            self.layers = layers
+            self.draft_target_ids = head.target_ids()  # [draft_vocab]
+        else:
+            self.layers = (-1,)
+        lc = head.cfg.layer
+        self.needs = ProposerNeeds(hidden_state_layers=self.layers,
+                                   kv_cache=KVCacheNeeds(1, lc.num_key_value_heads, lc.head_dim))
+        self.kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.block_size = ctx.block_size
+
+    def bind_kv_cache(self, cache: ProposerKVCache) -> None:
+        self.kv = tuple(cache.layers[0])
+        self.block_size = cache.block_size
+
+    # ---- drafting ----
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:  # [n] -> [n, hidden]
+        if self.head.embed_tokens is not None:
+            return self.head.embed_tokens(ids)
+        return self.target.embed(ids)
+
+    def _target_hidden(self, hidden_states, rows: torch.Tensor) -> torch.Tensor:  # -> h [n, hidden]
+        if self.kind == "eagle3":
+            aux = torch.cat([hidden_states[i][rows] for i in self.layers], dim=-1)  # [n, 3 * target_hidden]
+            return self.head.combine(aux.to(self.head.fc.weight.dtype))
+        return self.target.final_norm(hidden_states[-1][rows])
+
+    def _logits(self, out: torch.Tensor) -> torch.Tensor:  # [n, hidden] -> [n, draft_vocab] fp32
+        if self.kind == "eagle3":
+            return self.head.draft_logits(out)
+        return self.target.compute_logits(out)
+
+    def _meta(self, tables: torch.Tensor, query_lens: list[int], seq_lens: list[int], slots: list[int]
+              ) -> AttentionMetadata:
+        cu = [0]
+        for q in query_lens:
+            cu.append(cu[-1] + q)
+        dev = self.device
+        return AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev), block_tables=tables,
+            query_start_loc=torch.tensor(cu, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev), query_lens_host=query_lens,
+            seq_lens_host=seq_lens, max_query_len=max(query_lens), max_seq_len=self.max_len, backend=self.backend,
+        )
+
+    def _slot(self, block_ids: Sequence[int], p: int) -> int:
+        return block_ids[p // self.block_size] * self.block_size + p % self.block_size
+
+    def _tables(self, reqs: Sequence[ProposeRequest]) -> torch.Tensor:  # [len(reqs), max_blocks] int32
+        width = max(len(r.block_ids) for r in reqs)
+        table = torch.zeros(len(reqs), max(width, 1), dtype=torch.int32)
+        for i, r in enumerate(reqs):
+            table[i, :len(r.block_ids)] = torch.tensor(list(r.block_ids), dtype=torch.int32)
+        return table.to(self.device)
+
+    @torch.no_grad()
+    def propose(self, batch: ProposeBatch) -> Drafts:
+        if self.kv is None:
+            raise RuntimeError("EAGLE proposer used before bind_kv_cache()")
+        reqs = batch.requests
+        drafts: list[list[int]] = [[] for _ in reqs]
+        probs: list[torch.Tensor | None] = [None for _ in reqs]
+        # 1. catch-up over every computed row whose next token is known
+        caught, ids, positions, rows, slots, qlens, slens = [], [], [], [], [], [], []
+        for i, r in enumerate(reqs):
+            c = r.computed
+            if c is None:
+                continue
+            count = min(c.count, len(r.token_ids) - 1 - c.start)
+            if count <= 0:
+                continue
+            caught.append(i)
+            ids += list(r.token_ids[c.start + 1:c.start + 1 + count])
+            positions += range(c.start, c.start + count)
+            rows += range(c.hidden_rows, c.hidden_rows + count)
+            slots += [self._slot(r.block_ids, p) for p in range(c.start, c.start + count)]
+            qlens.append(count)
+            slens.append(c.start + count)
+        if not caught:
+            return Drafts(drafts)
+        dev = self.device
+        tables = self._tables([reqs[i] for i in caught])
+        h = self._target_hidden(batch.hidden_states, torch.tensor(rows, device=dev))
+        out = self.head(self._embed(torch.tensor(ids, device=dev)).to(h.dtype), h,
+                        torch.tensor(positions, device=dev), self.kv, self._meta(tables, qlens, slens, slots))
+        # 2. the chain, from each drafting request's last row (its last computed position P = len - 2)
+        last_rows = torch.tensor([sum(qlens[:j + 1]) - 1 for j in range(len(caught))], device=dev)
+        active = [j for j, i in enumerate(caught) if reqs[i].max_num_drafts > 0
+                  and slens[j] == len(reqs[i].token_ids) - 1]
+        if not active:
+            return Drafts(drafts)
+        g = out[last_rows[active]]  # [a, hidden]
+        tables = tables[active]
+        step_probs: dict[int, list[torch.Tensor]] = {}
+        for step in range(self.k):
+            rs = [reqs[caught[j]] for j in active]
+            positions = torch.tensor([len(r.token_ids) - r.num_prompt_tokens + step for r in rs], device=dev)
+            tokens_t, p = choose(self._target_logits(g), [r.sampling for r in rs], positions)  # [a] target ids
+            tokens = tokens_t.tolist()
+            keep = []
+            for a, j in enumerate(active):
+                i = caught[j]
+                drafts[i].append(tokens[a])
+                if p is not None and not reqs[i].sampling.greedy:
+                    step_probs.setdefault(i, []).append(p[a])
+                if len(drafts[i]) < reqs[i].max_num_drafts:
+                    keep.append(a)
+            if not keep:
+                break
+            pos = [slens[active[a]] + step for a in keep]  # P + step + 1, P = slens - 1
+            keep_t = torch.tensor(keep, device=dev)
+            active = [active[a] for a in keep]
+            tables = tables[keep_t]
+            meta = self._meta(tables, [1] * len(keep), [q + 1 for q in pos],
+                              [self._slot(reqs[caught[j]].block_ids, q) for j, q in zip(active, pos)])
+            g = self.head(self._embed(tokens_t[keep_t]).to(g.dtype), g[keep_t], torch.tensor(pos, device=dev),
+                          self.kv, meta)
+        if not step_probs:
+            return Drafts(drafts)
+        for i, rows in step_probs.items():
+            probs[i] = torch.stack(rows)  # [n_i, vocab]
+        return Drafts(drafts, probs)
+
+    def _target_logits(self, out: torch.Tensor) -> torch.Tensor:
+        """[n, hidden] -> [n, target vocab] float32; eagle3: the draft vocabulary's logits at their target ids,
+        -inf elsewhere."""
+        logits = self._logits(out)
+        if self.kind == "eagle":
+            return logits[:, : self.vocab_size]
+        full = logits.new_full((logits.shape[0], self.vocab_size), float("-inf"))
+        full[:, self.draft_target_ids] = logits
+        return full
+
+
+def _check_fits(kind: str, cfg, ctx: ProposerContext, source: str) -> None:
+    """The head must match the method and fit the target: hidden size, vocabulary, draft ids in range."""
+    if cfg.kind != kind:
+        raise ValueError(f"speculative_config.model={source!r} is an {cfg.kind!r} head ({cfg.layout} layout); "
+                         f"method {kind!r} needs an {kind!r} head: use method {cfg.kind!r}")
+    target_hidden = ctx.hidden_size
+    if kind == "eagle" and cfg.hidden_size != target_hidden:
+        raise ValueError(f"EAGLE head {source}: hidden_size={cfg.hidden_size} does not fit the target's "
+                         f"hidden_size={target_hidden}")
+    if kind == "eagle3" and cfg.target_hidden_size != target_hidden:
+        raise ValueError(f"EAGLE-3 head {source}: its fc takes 3 x {cfg.target_hidden_size} (target_hidden_size="
+                         f"{cfg.target_hidden_size}); the target's hidden_size={target_hidden} does not fit")
+    if cfg.layer.vocab_size != ctx.vocab_size:
+        raise ValueError(f"EAGLE head {source}: vocab_size={cfg.layer.vocab_size} does not fit the target's "
+                         f"vocab_size={ctx.vocab_size}")
+    emb = ctx.target.embedding_weight
+    if emb is not None and cfg.hidden_size != emb.shape[1] and cfg.kind == "eagle3" and not cfg.has_embedding:
+        raise ValueError(f"EAGLE-3 head {source}: hidden_size={cfg.hidden_size} cannot share the target's "
+                         f"embedding of width {emb.shape[1]}")

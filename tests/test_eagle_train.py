@@ -1,0 +1,92 @@
+"""``tokenleap-eagle train`` end to end on a tiny target on CPU: data, TTT training, export, load, draft, resume.
+
+The target is a tiny random Llama with its attention output zeroed, so it decodes like a bigram table (its next
+token depends on the current one only): a head trained on its answers must then learn to draft them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from tests.helpers.tiny_models import make_tiny_checkpoint
+from tokenleap import LLM, SamplingParams
+from tokenleap_eagle.checkpoint import load_head
+from tokenleap_eagle.cli import main
+
+ARGS = ["--device", "cpu", "--num-prompts", "24", "--max-tokens", "24", "--max-prompt-tokens", "24",
+        "--gen-batch-size", "24", "--draft-vocab-size", "128", "--batch-size", "8", "--lr", "3e-3",
+        "--checkpoint-every", "5", "--no-progress"]
+
+
+def _bigram_target(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = make_tiny_checkpoint(tmp_path, "llama", num_hidden_layers=4, initializer_range=0.3)
+    tensors = load_file(str(folder / "model.safetensors"))
+    for name in tensors:
+        if name.endswith("o_proj.weight"):
+            tensors[name] = torch.zeros_like(tensors[name])
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eagle-train")
+    target = _bigram_target(tmp)
+    out = tmp / "head"
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    assert main(["train", "--target", str(target), "--out", str(out), "--epochs", "6", *ARGS]) == 0
+    return target, out, time.process_time() - cpu0, time.perf_counter() - wall0
+
+
+def test_train_writes_a_loadable_eagle3_head_within_a_minute(trained):
+    target, out, cpu_s, wall_s = trained
+    assert cpu_s < 60, f"training took {cpu_s:.0f} s of CPU ({wall_s:.0f} s wall)"
+    head = load_head(out)
+    assert (head.cfg.kind, head.cfg.layout, head.cfg.draft_vocab_size) == ("eagle3", "eagle3", 128)
+    assert head.cfg.aux_layer_ids == (2, 2, 1)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLMEagle3"] and cfg["torch_dtype"] == "bfloat16"
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert f.get_slice("fc.weight").get_dtype() == "BF16"
+        assert f.get_slice("d2t").get_dtype() == "I64" and f.get_slice("t2d").get_dtype() == "BOOL"
+
+
+def test_trained_head_drafts_losslessly_and_gets_accepted(trained):
+    target, out, _, _ = trained
+    prompts = [{"prompt_token_ids": [1, 20 + i, 33, 7 + 2 * i]} for i in range(8)]
+    params = SamplingParams(max_tokens=24, temperature=0.0)
+    plain = [o.outputs[0].token_ids for o in LLM(model=str(target)).generate(prompts, params, use_tqdm=False)]
+    llm = LLM(model=str(target), speculative_config={"method": "eagle3", "model": str(out),
+                                                     "num_speculative_tokens": 3})
+    spec = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert spec == plain
+    counters = llm.engine.counters.spec
+    rate = counters.num_accepted_tokens / counters.num_draft_tokens
+    assert rate > 0.3, f"acceptance rate {rate:.2f}: the trained head did not learn the bigram target"
+
+
+def test_resume_continues_from_the_checkpoint(trained, tmp_path):
+    import shutil
+
+    target, out, _, _ = trained
+    copy = tmp_path / "resumed"
+    shutil.copytree(out, copy)
+    seq_mtime = (copy / "sequences.json").stat().st_mtime_ns
+    assert torch.load(copy / "checkpoint.pt", weights_only=True)["step"] == 6 * 3  # 24 sequences / 8 x 6 epochs
+    assert main(["train", "--target", str(target), "--out", str(copy), "--epochs", "7", "--resume", *ARGS]) == 0
+    assert torch.load(copy / "checkpoint.pt", weights_only=True)["step"] == 7 * 3
+    assert (copy / "sequences.json").stat().st_mtime_ns == seq_mtime  # generation skipped
+    assert json.loads((copy / "config.json").read_text())["tokenleap"]["steps"] == 21
+
+
+def test_bad_arguments_fail_before_work(tmp_path, capsys):
+    assert main(["train", "--target", "x", "--out", str(tmp_path), "--epochs", "0"]) == 2
+    assert "--epochs=0: must be >= 1" in capsys.readouterr().err
