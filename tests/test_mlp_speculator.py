@@ -254,3 +254,31 @@ def test_sampling_keeps_the_target_distribution(trained):
         assert obs.sum() == n and abs(exp.sum() - n) < 1e-6
         p = chisquare(obs.numpy(), exp.numpy()).pvalue
         assert p > 0.001 / 4, f"position {pos}: chi-square p = {p:.2e}"
+
+
+def test_trainer_command_writes_a_loadable_speculator(tiny_checkpoint, tmp_path):
+    """``tokenleap-eagle train --head mlp_speculator`` (rows from a data cache; 5 steps) writes a checkpoint that
+    loads with the target's shapes."""
+    from tokenleap_eagle.cli import main
+    from tokenleap_eagle.train.mlp_data import load_target, rows_from_sequences
+
+    target = str(tiny_checkpoint("llama"))
+    model, head, _ = load_target(target)
+    seqs = []
+    with torch.no_grad():
+        for start in (5, 77):  # the target's own greedy continuations: every position is labelled
+            ids = [start]
+            for _ in range(30):
+                ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+            seqs.append(ids)
+    hidden, tokens = rows_from_sequences(model, head, seqs, n_predict=2)
+    assert len(tokens) >= 50
+    torch.save({"hidden": hidden, "tokens": tokens, "embedding": model.get_input_embeddings().weight.detach()},
+               tmp_path / "rows.pt")
+    out = tmp_path / "spec"
+    rc = main(["train", "--head", "mlp_speculator", "--target", target, "--out", str(out), "--data-cache",
+               str(tmp_path / "rows.pt"), "--n-predict", "2", "--inner-dim", "32", "--steps", "5",
+               "--batch-rows", "16"])
+    assert rc == 0
+    spec = load_speculator(out, torch.float32, "cpu")
+    assert (spec.cfg.emb_dim, spec.cfg.inner_dim, spec.cfg.vocab_size, spec.cfg.n_predict) == (64, 32, 320, 2)

@@ -59,6 +59,8 @@ def train_mlp_speculator(
     unlabelled). The softmax of each step runs over the batch's labels plus ``num_negatives`` random vocabulary
     entries (all of them for a small vocabulary): a sampled softmax, so a 49k-entry head trains on a CPU.
     Returns the trained speculator (float32, CPU)."""
+    if hidden.shape[0] == 0:
+        raise ValueError("no training rows: the target's greedy predictions never agreed with the data's text")
     torch.manual_seed(seed)
     model = MLPSpeculator(cfg)
     if embedding is not None and embedding.shape[0] == cfg.vocab_size:
@@ -99,8 +101,8 @@ def train_mlp_speculator(
     return model.eval()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tokenleap_eagle.train.mlp_speculator",
+def main(argv: Sequence[str] | None = None, prog: str = "python -m tokenleap_eagle.train.mlp_speculator") -> int:
+    ap = argparse.ArgumentParser(prog=prog,
                                  description="train an MLP speculator on the target's own greedy answers")
     ap.add_argument("--target", default="smollm2-135m-instruct", help="the target model (path or alias)")
     ap.add_argument("--out", required=True, help="folder to write config.json + model.safetensors to")
