@@ -80,10 +80,11 @@ class Reference:
     def __init__(self, folder) -> None:
         import json
 
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 
         self.cfg = json.loads((folder / "config.json").read_text())
-        self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+        cls = Qwen2ForCausalLM if self.cfg["model_type"] == "mimo" else AutoModelForCausalLM  # MiMo: Qwen2 + MTP
+        self.model = cls.from_pretrained(str(folder), dtype=torch.float32).eval()
         self.w = load_mtp_weights(str(folder), torch.float32)
         self.embed = self.model.get_input_embeddings().weight if self.w.embedding is None else self.w.embedding
         self.head = self.model.get_output_embeddings().weight if self.w.head is None else self.w.head

@@ -67,7 +67,7 @@ def add_mtp_layer(folder: str | Path, layout: str, *, seed: int = 1, own_head: b
         "mlp.down_proj.weight": rnd(h, inter), "input_layernorm.weight": norm(),
         "post_attention_layernorm.weight": norm(),
     }
-    if cfg["model_type"] == "qwen2":
+    if cfg["model_type"] in ("qwen2", "mimo"):
         block |= {"self_attn.q_proj.bias": rnd(heads * d), "self_attn.k_proj.bias": rnd(kv * d),
                   "self_attn.v_proj.bias": rnd(kv * d)}
     if layout == "mimo":
@@ -88,5 +88,7 @@ def add_mtp_layer(folder: str | Path, layout: str, *, seed: int = 1, own_head: b
     tensors.update({prefix + k: v.contiguous() for k, v in {**block, **extra}.items()})
     save_file(tensors, str(files[0]), metadata={"format": "pt"})
     cfg["num_nextn_predict_layers"] = 1
+    if layout == "mimo":  # as MiMo-7B's config.json names its Qwen2 body
+        cfg["model_type"], cfg["architectures"] = "mimo", ["MiMoForCausalLM"]
     (folder / "config.json").write_text(json.dumps(cfg))
     return folder

@@ -211,17 +211,13 @@ def _load_hf_folder(folder: Path, dtype: str | torch.dtype, device: str) -> Load
         cfg["eos_token_id"] = json.loads(gen_path.read_text())["eos_token_id"]
     arch = ModelArchConfig.from_hf_config(cfg)
     config_dtype = DTYPES.get(str(cfg.get("torch_dtype") or cfg.get("dtype") or ""))
-    torch_dtype = resolve_dtype(dtype, config_dtype or _stored_dtype(files), device)
-    weights = check_weights(drop_mtp_tensors(_read_safetensors(files, torch_dtype), cfg), arch, str(folder))
-
-
     if files:
         torch_dtype = resolve_dtype(dtype, config_dtype or _stored_dtype(files), device)
         raw = _read_safetensors(files, torch_dtype)
     else:
         torch_dtype = resolve_dtype(dtype, config_dtype or torch.bfloat16, device)
         raw = _read_pickled(pickled_files, torch_dtype)
-    weights = check_weights(raw, arch, str(folder))
+    weights = check_weights(drop_mtp_tensors(raw, cfg), arch, str(folder))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as e:
