@@ -32,6 +32,7 @@ from tokenleap_plugins import (
 )
 
 from tokenleap_draft import checks
+from tokenleap_draft.chain import GreedyChain
 from tokenleap_draft.config import DraftModelConfig
 from tokenleap_draft.forward import Run, paged_forward
 from tokenleap_draft.sampling import draft_probs, draw
@@ -69,9 +70,13 @@ class DraftModelProposer(ProposerBase):
         self.needs = ProposerNeeds(kv_cache=KVCacheNeeds(arch.num_hidden_layers, arch.num_key_value_heads,
                                                          arch.head_dim))
         self.kv: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()
+        self.chain: GreedyChain | None = None
 
     def bind_kv_cache(self, cache: ProposerKVCache) -> None:
         self.kv = list(cache.layers)
+        max_blocks = -(-self.max_seq_len // self.block_size) + 1
+        self.chain = GreedyChain(self.model, self.kv, self.block_size, self.max_seq_len, self.backend, self.device,
+                                 max_blocks)
 
     @torch.inference_mode()
     def propose(self, batch: ProposeBatch) -> Drafts:
@@ -99,6 +104,14 @@ class DraftModelProposer(ProposerBase):
             return Drafts(token_ids)
         logits = self.model.compute_logits(hidden[torch.tensor(last_rows, device=self.device)])  # [d, vocab]
         reqs = [batch.requests[i] for i in drafting]
+        if self.chain is not None and all(r.sampling.greedy for r in reqs):
+            # greedy: the k - 1 later drafts fed on the device, read back once
+            steps = max(r.max_num_drafts for r in reqs) - 1
+            rows = [(len(r.token_ids), r.block_ids, r.max_num_drafts) for r in reqs]
+            chained = self.chain.run(logits[:, : self.vocab_size].argmax(dim=-1), rows, steps).tolist()
+            for a, i in enumerate(drafting):
+                token_ids[i] = chained[a][: reqs[a].max_num_drafts]
+            return Drafts(token_ids)
         rows_of = list(range(len(reqs)))  # which requests are still drafting, as rows of `logits`
         step_probs: list[list[torch.Tensor]] = [[] for _ in reqs]
         drafted: list[list[int]] = [[] for _ in reqs]
