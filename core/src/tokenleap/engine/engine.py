@@ -21,6 +21,7 @@ from tokenleap.metrics import EngineCounters
 from tokenleap.model.hub import resolve_model
 from tokenleap.spec.config import ResolvedSpeculativeConfig, resolve_speculative_config
 from tokenleap.spec.proposing import ProposerDriver
+from tokenleap.structured import constraints
 
 log = structlog.get_logger("tokenleap")
 
@@ -109,6 +110,8 @@ class Engine:
     def add_request(self, request: Request) -> None:
         if request.request_id in self.requests:
             raise ValueError(f"request_id={request.request_id!r} is already in the engine")
+        request.constraints = constraints.for_request(request.params, self.tokenizer, self.arch.vocab_size,
+                                                      sorted(request.eos_token_ids))
         init_offsets(request)
         self.requests[request.request_id] = request
         self.scheduler.add(request)
@@ -230,6 +233,8 @@ class Engine:
                 num_accepted = len(sampled.token_ids) - 1
                 req.num_computed_tokens += s.num_new_tokens + num_accepted
                 kept = append_tokens(req, sampled, self.decode, self.max_model_len)
+                if req.constraints is not None:
+                    req.constraints.accept(kept)
                 num_drafts = sampled.num_draft_tokens  # the host's, or the device's (drafted there)
                 self._count_step(req, num_drafts, num_accepted, len(kept))
                 verified.append(VerifiedRequest(req.request_id, num_drafts, num_accepted, kept))
