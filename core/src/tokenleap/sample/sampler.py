@@ -43,9 +43,9 @@ class SamplingBatch:
     bias_values: torch.Tensor | None = None  # [num_biases] float32
     mask_rows: torch.Tensor | None = None  # [masked] int64 rows with an allowed-token bitmask
     bitmask: torch.Tensor | None = None  # [masked, ceil(vocab / 32)] int32
-    # [batch] bool: verify this request's drafts by coupling (accept iff the draft is the token plain sampling
-    # draws there) rather than by rejection sampling; None = every request coupled. Only drafts with
-    # probabilities may be verified by rejection sampling (one-hot drafts accept with p(x) either way).
+    # [batch] bool, read only with draft_probs: verify this request's drafts by coupling (accept iff the draft is
+    # the token plain sampling draws there) rather than by rejection sampling; None = rejection sampling for all.
+    # Without draft_probs (one-hot drafts) every request is coupled: it accepts with p(x) either way.
     coupled: torch.Tensor | None = None
 
 
@@ -76,7 +76,7 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, to
                             positions.reshape(-1), vocab).view(nb, k1, vocab)
     own = noise.sample_from_probs(probs, exp)  # [batch, k + 1]: what plain sampling draws at each position
     tokens, num_emitted = verify_coupled(own, batch.draft_ids, batch.num_drafts)
-    if batch.draft_probs is None or batch.coupled is None:
+    if batch.draft_probs is None:
         return tokens, num_emitted
     k = k1 - 1
     offsets = torch.arange(k, device=logits.device)[None, :]
@@ -91,6 +91,8 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, to
 
     rej_tokens, rej_emitted = rejection_sample(probs, batch.draft_ids, batch.num_drafts, batch.draft_probs,
                                                uniforms, draw)
+    if batch.coupled is None:
+        return rej_tokens, rej_emitted
     return (torch.where(batch.coupled[:, None], tokens, rej_tokens),
             torch.where(batch.coupled, num_emitted, rej_emitted))
 
