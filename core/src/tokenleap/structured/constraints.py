@@ -124,7 +124,7 @@ class RequestConstraints:
             if self.matcher.is_terminated():
                 break
             grammar.fill_bitmask(self.matcher, masks, i)
-            if i == len(drafts) or not self.matcher.accept_token(drafts[i]):
+            if i == len(drafts) or not _allows(masks[i], drafts[i]) or not self.matcher.accept_token(drafts[i]):
                 break
             advanced += 1
         if advanced:
@@ -139,6 +139,11 @@ class RequestConstraints:
                 return
             if not self.matcher.accept_token(t):
                 raise RuntimeError(f"structured outputs: the grammar refused emitted token {t}, which its mask allowed")
+
+
+def _allows(mask: torch.Tensor, token: int) -> bool:
+    """Bit ``token`` of a [words] int32 bitmask (a draft outside the mask is refused without asking the matcher)."""
+    return 0 <= token < mask.shape[0] * 32 and bool((int(mask[token // 32]) >> (token % 32)) & 1)
 
 
 def for_request(params: SamplingParams, tokenizer: Any, vocab_size: int,

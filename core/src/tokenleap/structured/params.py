@@ -65,7 +65,7 @@ also takes the dict itself."""
         """(kind, canonical text): what a compiled grammar is cached by."""
         kind = self.kind
         if kind == "json":
-            text = self.json if isinstance(self.json, str) else json.dumps(self.json, sort_keys=True)
+            text = self.json if isinstance(self.json, str) else json.dumps(self.json)  # key order is the output's
             return kind, text
         if kind == "choice":
             return kind, json.dumps(self.choice)
