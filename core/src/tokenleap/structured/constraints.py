@@ -106,15 +106,12 @@ class RequestConstraints:
 
     def _banned(self, output_ids: list[int], drafts: list[int]) -> list[int]:
         """Last tokens of bad words whose other tokens end the context (output + drafts before the row)."""
-        banned = []
+        banned: set[int] = set()
         for seq in self.bad_words:
             m = len(seq) - 1
-            if m == 0:
-                banned.append(seq[0])
-                continue
-            if (output_ids[-m:] + drafts)[-m:] == seq[:-1]:
-                banned.append(seq[-1])
-        return banned
+            if m == 0 or (output_ids[-m:] + drafts)[-m:] == seq[:-1]:
+                banned.add(seq[-1])
+        return sorted(banned)
 
     def _grammar_masks(self, masks: torch.Tensor, drafts: list[int]) -> None:
         """Row i: the grammar's allowed tokens after the drafts before it; rows past a refused draft stay
