@@ -277,3 +277,27 @@ def test_constrained_sampling_distribution_with_speculation(tiny_checkpoint, tin
         if name == "speculative":
             acc, drafts = accepted(llm)
             assert 0.03 * drafts < acc < 0.5 * drafts, (acc, drafts)  # accepted and refused (token 40 always)
+
+
+@pytest.mark.parametrize("mode", ["auto", "coupled", "rejection"])
+def test_draft_verification_of_drafts_with_probabilities(tiny_checkpoint, mode):
+    """Drafts with probabilities (test_verifier's SampledDraftProposer, its own rng): seeded requests equal plain
+    sampling under "auto" and "coupled"; "rejection" verifies by rejection sampling, so some differ."""
+    from test_verifier import SampledDraftPlugin
+
+    folder = str(tiny_checkpoint("llama", initializer_range=PEAKED))
+    manager = ProposerManager(env={})
+    manager.register(SampledDraftPlugin())
+    params = [SamplingParams(temperature=1.0, seed=50 + i, max_tokens=24) for i in range(len(TEXTS))]
+    want = tokens(LLM(folder, **KW).generate(TEXTS, params, use_tqdm=False))
+    llm = LLM(folder, speculative_config={"method": "sampled_draft", "num_speculative_tokens": 2,
+                                          "draft_verification": mode}, proposer_manager=manager, **KW)
+    got = tokens(llm.generate(TEXTS, params, use_tqdm=False))
+    assert llm.engine.counters.spec.num_draft_tokens > 100
+    if mode == "rejection":
+        assert got != want
+    else:
+        assert got == want
+    with pytest.raises(ValueError, match="draft_verification"):
+        LLM(folder, speculative_config={"method": "sampled_draft", "draft_verification": "maybe"},
+            proposer_manager=manager, **KW)

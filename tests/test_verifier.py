@@ -422,6 +422,8 @@ def test_engine_seeded_speculative_sampling(tiny_small_vocab, method):
     manager.register(plugin)
     common = dict(max_model_len=64, kv_cache_memory_bytes=8 << 20, max_num_seqs=512, disable_log_stats=True)
     spec = {"method": method, "num_speculative_tokens": 2}
+    if method == "sampled_draft":  # seeded requests would be coupled by default; this test is of rejection sampling
+        spec["draft_verification"] = "rejection"
     spec_llm = LLM(str(tiny_small_vocab), speculative_config=spec, proposer_manager=manager, **common)
     n = 3000
     params = [

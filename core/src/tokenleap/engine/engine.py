@@ -90,6 +90,8 @@ class Engine:
                      seconds=round(time.monotonic() - t0, 1))
         self.runner = ModelRunner(self.model, kv, cfg.block_size, max_blocks, max_len, self.device, self.backend,
                                   hidden_layers, graphs)
+        if self.spec_cfg is not None:
+            self.runner.draft_verification = self.spec_cfg.common.draft_verification
         self.counters = EngineCounters()
         self.requests: dict[str, Request] = {}
         self._in_flight: LaunchedStep | None = None  # a step launched ahead, read back by the next step()

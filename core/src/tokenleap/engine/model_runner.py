@@ -22,6 +22,7 @@ from tokenleap.model.attention import AttentionMetadata
 from tokenleap.model.llama import KVCache, LlamaForCausalLM
 from tokenleap.sample.logits import RowParams
 from tokenleap.sample.sampler import Penalties, SamplingBatch, gather_logprobs, sample
+from tokenleap.spec.verify import is_coupled
 from tokenleap.structured.constraints import StepRows
 
 
@@ -98,6 +99,7 @@ class ModelRunner:
         self.vocab_size = model.cfg.vocab_size
         self.graphs = graphs
         self._positions: dict[tuple[int, int], np.ndarray] = {}  # (b, q) -> padded positions, built once
+        self.draft_verification = "auto"  # speculative_config.draft_verification (drafts with probabilities)
 
     def _tensor(self, array: np.ndarray | list, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=dtype).to(self.device, non_blocking=True)
@@ -386,10 +388,8 @@ class ModelRunner:
             penalties = Penalties(counts, seen_mask, floats[3], floats[4], floats[5])
         draft_probs, coupled = None, None
         if has_probs:
-            # coupled verification (output independent of the drafts) for one-hot drafts and seeded requests;
-            # rejection sampling (higher acceptance) for unseeded requests whose drafts have probabilities
-            coupled = self._tensor([s.request.spec_probs is None or s.request.params.seed is not None
-                                    for s in samplers], torch.bool)
+            coupled = self._tensor([is_coupled(self.draft_verification, s.request.spec_probs is not None,
+                                               s.request.params.seed is not None) for s in samplers], torch.bool)
             draft_probs = torch.zeros(nb, k, self.vocab_size, device=self.device)
             for b, s in enumerate(samplers):
                 d = s.num_spec_tokens

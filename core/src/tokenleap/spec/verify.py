@@ -54,6 +54,11 @@ def verify_reference(
     return emitted
 
 
+def is_coupled(draft_verification: str, has_draft_probs: bool, seeded: bool) -> bool:
+    """Whether a request's drafts are verified by coupling (speculative_config.draft_verification)."""
+    return not has_draft_probs or draft_verification == "coupled" or (draft_verification == "auto" and seeded)
+
+
 def verify_coupled_reference(
     p: torch.Tensor,  # [n + 1, vocab] target distributions
     draft_ids: list[int],  # [n]
