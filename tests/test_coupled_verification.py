@@ -39,7 +39,8 @@ def test_coupled_fast_path_equals_reference(k, temperature):
     p = torch.softmax(logits, -1).view(b, k + 1, vocab)
     if temperature == 0:
         p = torch.nn.functional.one_hot(p.argmax(-1), vocab).float()
-    likely = torch.multinomial(p[:, :k].reshape(-1, vocab), 1, generator=g).view(b, k) if k else p.new_zeros(b, 0).long()
+    likely = (torch.multinomial(p[:, :k].reshape(-1, vocab), 1, generator=g).view(b, k) if k
+              else p.new_zeros(b, 0).long())
     draft_ids = torch.where(torch.rand(b, k, generator=g) < 0.7, likely, torch.randint(vocab, (b, k), generator=g))
     num_drafts = torch.randint(0, k + 1, (b,), generator=g)
     seeds = torch.randint(0, 1 << 62, (b,), generator=g)

@@ -186,7 +186,7 @@ def test_the_statistic_detects_a_biased_verifier(monkeypatch, biased, probabilis
                         biased)
     p1, joint = exact_distributions()
     first, second = speculative_draws(probabilistic)
-    if biased in (_accept_always, _coupled_accept_always):  # accepting tokens outside the support: the support check itself fails
+    if biased in (_accept_always, _coupled_accept_always):  # tokens outside the support: the support check fails
         with pytest.raises(AssertionError, match="outside the target's support"):
             chi_square(*histograms(first, second)[:1], p1)
         h1 = torch.bincount(first, minlength=V)
