@@ -301,3 +301,31 @@ def test_draft_verification_of_drafts_with_probabilities(tiny_checkpoint, mode):
     with pytest.raises(ValueError, match="draft_verification"):
         LLM(folder, speculative_config={"method": "sampled_draft", "draft_verification": "maybe"},
             proposer_manager=manager, **KW)
+
+
+@pytest.mark.slow
+def test_smollm2_json_schema_with_ngram_equals_plain(smollm2_llm_factory):
+    """SmolLM2 with its GGUF tokenizer (a byte-level vocabulary behind a composite decoder): a JSON answer that
+    quotes the prompt, greedy, the same with ngram as without, drafts accepted, and it parses."""
+    schema = {"type": "object", "properties": {
+        "function": {"type": "string", "maxLength": 20}, "language": {"enum": ["python", "javascript"]},
+        "arguments": {"type": "array", "items": {"type": "string", "maxLength": 10}, "maxItems": 4}},
+        "required": ["function", "language", "arguments"], "additionalProperties": False}
+    code = "def area(width, height):\n    return width * height\n"
+    example = 'For example: {"function": "f", "language": "python", "arguments": ["x", "y"]}'
+    convs = [[{"role": "user", "content": f"Describe this function as JSON. {example}\n{code}"}],
+             [{"role": "user", "content": f"Give JSON for the JavaScript function square(n). {example}"}]]
+    params = SamplingParams(temperature=0, max_tokens=64, structured_outputs={"json": schema})
+    outs = {}
+    for method in (None, "ngram"):
+        spec = ({"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
+                if method else None)
+        llm = smollm2_llm_factory(kv_cache_memory_bytes=64 << 20, speculative_config=spec)
+        outs[method] = llm.chat(convs, params, use_tqdm=False)
+    assert tokens(outs["ngram"]) == tokens(outs[None])
+    assert llm.engine.counters.spec.num_accepted_tokens > 5
+    for o in outs[None]:
+        value = json.loads(o.outputs[0].text)
+        assert list(value) == ["function", "language", "arguments"], value  # the schema's order
+        assert value["language"] in ("python", "javascript") and len(value["arguments"]) <= 4, value
+        assert all(isinstance(a, str) and len(a) <= 10 for a in value["arguments"]), value
