@@ -195,6 +195,8 @@ def test_bad_inputs_fail_before_work_starts(engines):
             SamplingParams(structured_outputs=bad)
     with pytest.raises(ValueError, match="allowed_token_ids"):
         SamplingParams(allowed_token_ids=[])
+    with pytest.raises(ValueError, match="use structured_outputs"):
+        SamplingParams(guided_decoding={"regex": "a+"})
     with pytest.raises(ValueError, match="ignore_eos"):
         SamplingParams(structured_outputs={"regex": "a+"}, ignore_eos=True)
 

@@ -101,6 +101,12 @@ class SamplingParams(BaseModel):
     def _reject_speculative_keys(cls, data: Any) -> Any:
         if isinstance(data, dict) and _SPECULATIVE_KEYS & set(data):
             raise ValueError(_speculative_hint(data))
+        if isinstance(data, dict) and "guided_decoding" in data:
+            raise ValueError(
+                "guided_decoding is vLLM's old name: use structured_outputs, e.g. "
+                "SamplingParams(structured_outputs={'json': schema}) or {'regex': ...}, {'choice': [...]}, "
+                "{'grammar': ...}, {'json_object': True}"
+            )
         return data
 
     @model_validator(mode="after")
