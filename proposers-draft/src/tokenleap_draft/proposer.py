@@ -9,7 +9,9 @@ Their keys and values sit at positions the next verify step covers; rejected one
 after, when the draft recomputes the positions the target kept.
 
 Greedy requests get argmax drafts. Sampling requests get drafts drawn from the draft's distribution under the
-request's temperature / min-p / top-k / top-p, returned with it, so rejection sampling stays lossless.
+request's temperature / min-p / top-k / top-p, returned with it: verified by rejection sampling (drawn with noise
+of the draft's own) or by coupling (drawn with the target's noise, so that a draft is the target's own draw
+whenever the two distributions agree there); either way the output keeps the target's distribution.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from tokenleap.engine import setup
 from tokenleap.model.hub import resolve_model
 from tokenleap.model.loader import load_tokenizer, read_arch
+from tokenleap.sample import noise
 from tokenleap_plugins import (
     Drafts,
     KVCacheNeeds,
@@ -150,8 +153,13 @@ class DraftModelProposer(ProposerBase):
         p = draft_probs(logits, temps, torch.tensor([x.top_k for x in s], device=dev),
                         torch.tensor([x.top_p for x in s], device=dev), torch.tensor([x.min_p for x in s], device=dev))
         positions = torch.tensor([len(r.token_ids) - r.num_prompt_tokens + j for r in reqs], device=dev)
-        sampled = draw(p, torch.tensor([x.seed for x in s], device=dev), torch.tensor([x.stream for x in s], device=dev),
-                       positions)
+        seeds = torch.tensor([x.seed for x in s], device=dev)
+        streams = torch.tensor([x.stream for x in s], device=dev)
+        # coupled verification accepts a draft iff the target draws the same token with the same noise: draw with
+        # it; rejection sampling needs noise of the draft's own
+        own = draw(p, seeds, streams, positions)
+        shared = noise.sample_with_noise(p, seeds, streams, positions)
+        sampled = torch.where(torch.tensor([x.coupled for x in s], device=dev), shared, own)
         argmax = logits.argmax(dim=-1)
         tokens = torch.where(torch.tensor(greedy, device=dev), argmax, sampled)
         return tokens.tolist(), p
