@@ -143,14 +143,17 @@ def homogeneity_p_value(a: list[int], b: list[int]) -> float:
     return _chi2_sf(stat, len(cells) - 1)
 
 
-def test_sampling_keeps_the_target_distribution(target, near_draft):
+@pytest.mark.parametrize("verification", ["rejection", "coupled"])
+def test_sampling_keeps_the_target_distribution(target, near_draft, verification):
     """Temperature 1 with top-k 6: 3,000 seeded requests per side; the marginal of each of the first 4 output
-    tokens, speculative (drafts sampled with their probabilities, rejection sampling) against plain, by a
-    two-sample chi-square test at a family-wise level of 0.001 (Bonferroni: each test at 0.001 / 4). Plain and
-    speculative use disjoint seeds, so the two samples are independent."""
+    tokens, speculative (drafts sampled with their probabilities; verified by rejection sampling, or by coupling
+    with drafts drawn from the target's noise) against plain, by a two-sample chi-square test at a family-wise
+    level of 0.001 (Bonferroni: each test at 0.001 / 4). Plain and speculative use disjoint seeds, so the two
+    samples are independent."""
     n, positions = 3000, 4
     prompt = [{"prompt_token_ids": [5, 17, 42, 9, 17, 42]}] * n
-    spec = build(target, {"method": "draft_model", "model": near_draft, "num_speculative_tokens": 3})
+    spec = build(target, {"method": "draft_model", "model": near_draft, "num_speculative_tokens": 3,
+                          "draft_verification": verification})
     plain = build(target)
 
     def sample(llm, seed0):

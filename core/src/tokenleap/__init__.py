@@ -5,6 +5,8 @@ from tokenleap.inputs import TextPrompt, TokensPrompt
 from tokenleap.llm import LLM
 from tokenleap.outputs import CompletionOutput, Logprob, RequestOutput
 from tokenleap.sampling_params import SamplingParams
+from tokenleap.structured.params import StructuredOutputsParams
 
-__all__ = ["LLM", "AsyncLLM", "CompletionOutput", "Logprob", "RequestOutput", "SamplingParams", "TextPrompt", "TokensPrompt"]
+__all__ = ["LLM", "AsyncLLM", "CompletionOutput", "Logprob", "RequestOutput", "SamplingParams", "StructuredOutputsParams",
+           "TextPrompt", "TokensPrompt"]
 __version__ = "0.1.0"

@@ -81,8 +81,13 @@ class SpeculativeCommonConfig(BaseModel):
     disable_padded_drafter_batch: bool = False
     disable_by_batch_size: int | None = Field(None, ge=2)
     max_model_len: int | None = Field(None, ge=2)
+    # How drafts that come with probabilities are verified (one-hot drafts are always coupled): "coupled" accepts
+    # a draft iff it is the token plain sampling draws there (output independent of the drafts), "rejection" is
+    # standard speculative sampling (higher acceptance, output depends on the drafts), "auto" couples seeded
+    # requests only. docs/sampling.md says why.
+    draft_verification: Literal["auto", "coupled", "rejection"] = "auto"
 
 
 COMMON_SPECULATIVE_KEYS = set(SpeculativeCommonConfig.model_fields)
 # Common keys every method takes; the rest only when the method lists them in ProposerSpec.common_keys.
-UNIVERSAL_SPECULATIVE_KEYS = {"method", "num_speculative_tokens", "disable_by_batch_size"}
+UNIVERSAL_SPECULATIVE_KEYS = {"method", "num_speculative_tokens", "disable_by_batch_size", "draft_verification"}

@@ -17,6 +17,7 @@ from tokenleap.inputs import PromptType, as_prompt_list, parse_prompt
 from tokenleap.logging_setup import configure_logging
 from tokenleap.outputs import CompletionOutput, RequestOutput
 from tokenleap.sampling_params import SamplingParams
+from tokenleap.structured import constraints
 
 _SEED_MASK = (1 << 63) - 1
 
@@ -129,6 +130,9 @@ class LLM:
         bad_stop = [t for t in (sp.stop_token_ids or []) if not 0 <= t < vocab]
         if bad_stop:
             raise ValueError(f"sampling_params.stop_token_ids has id(s) {bad_stop} outside [0, {vocab})")
+        # logit_bias / allowed_token_ids ids in the vocabulary, bad_words tokenized, structured outputs compiled
+        # (cached: the engine's add_request then builds each completion's own matcher at no compile cost)
+        constraints.for_request(sp, self.engine.tokenizer, vocab, [])
 
     def _max_tokens(self, prompt_len: int, sp: SamplingParams) -> int:
         room = self.engine.max_model_len - prompt_len

@@ -31,6 +31,7 @@ from tokenleap.speculative.building import (
 )
 from tokenleap.speculative.config import ResolvedSpeculativeConfig, resolve_speculative_config
 from tokenleap.speculative.proposing import ProposerDriver, StepEntry
+from tokenleap.structured import constraints
 
 log = structlog.get_logger("tokenleap")
 
@@ -97,7 +98,8 @@ class Engine:
                                          cfg.block_size, self.device, self.backend)
             common = self.spec_cfg.common
             self.driver = ProposerDriver(proposer, common.method, k, self.arch.vocab_size, max_len,
-                                         common.disable_by_batch_size, common.max_model_len, cfg.block_size)
+                                         common.disable_by_batch_size, common.max_model_len, cfg.block_size,
+                                         common.draft_verification)
         max_blocks = -(-(max_len + 2 * (k + 1) + lookahead) // cfg.block_size)  # a verify step launched ahead: 2(k+1)
         graphs = None
         if graphed:
@@ -111,6 +113,8 @@ class Engine:
                      seconds=round(time.monotonic() - t0, 1))
         self.runner = ModelRunner(self.model, kv, cfg.block_size, max_blocks, max_len, self.device, self.backend,
                                   hidden_layers, graphs)
+        if self.spec_cfg is not None:
+            self.runner.draft_verification = self.spec_cfg.common.draft_verification
         self.counters = EngineCounters()
         self.requests: dict[str, Request] = {}
         self._in_flight: LaunchedStep | None = None  # a step launched ahead, read back by the next step()
@@ -131,6 +135,8 @@ class Engine:
     def add_request(self, request: Request) -> None:
         if request.request_id in self.requests:
             raise ValueError(f"request_id={request.request_id!r} is already in the engine")
+        request.constraints = constraints.for_request(request.params, self.tokenizer, self.arch.vocab_size,
+                                                      sorted(request.eos_token_ids))
         init_offsets(request)
         self.requests[request.request_id] = request
         self.scheduler.add(request)
@@ -259,6 +265,8 @@ class Engine:
                 kept = s.num_new_tokens + num_accepted
                 req.num_computed_tokens += kept
                 new_tokens = append_tokens(req, sampled, self.decode, self.max_model_len)
+                if req.constraints is not None:
+                    req.constraints.accept(new_tokens)
                 num_drafts = sampled.num_draft_tokens  # the host's, or the device's (drafted there)
                 self._count_step(req, num_drafts, num_accepted, len(new_tokens))
                 verified.append(VerifiedRequest(req.request_id, num_drafts, num_accepted, new_tokens))

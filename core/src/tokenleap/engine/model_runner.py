@@ -22,6 +22,8 @@ from tokenleap.model.attention import AttentionMetadata
 from tokenleap.model.llama import KVCache, LlamaForCausalLM
 from tokenleap.sample.logits import RowParams
 from tokenleap.sample.sampler import Penalties, SamplingBatch, gather_logprobs, sample
+from tokenleap.speculative.verify import is_coupled
+from tokenleap.structured.constraints import StepRows
 
 
 @dataclass
@@ -99,6 +101,7 @@ class ModelRunner:
         self.vocab_size = model.cfg.vocab_size
         self.graphs = graphs
         self._positions: dict[tuple[int, int], np.ndarray] = {}  # (b, q) -> padded positions, built once
+        self.draft_verification = "auto"  # speculative_config.draft_verification (drafts with probabilities)
 
     def _tensor(self, array: np.ndarray | list, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=dtype).to(self.device, non_blocking=True)
@@ -319,6 +322,7 @@ class ModelRunner:
         seen_tokens: list[int] = []
         any_pen = any(s.request.params.has_penalties for s in samplers)
         plain_greedy = all(_plain_sampling(s.request) for s in samplers)
+        constrained = StepRows()  # logit_bias, allowed_token_ids, bad_words, structured outputs
         row = 0
         for b, s in enumerate(samplers):
             r, p, d = s.request, s.request.params, s.num_spec_tokens
@@ -353,14 +357,20 @@ class ModelRunner:
                     seen = set(r.prompt_token_ids) | set(context)
                     seen_rows.extend([row + i] * len(seen))
                     seen_tokens.extend(seen)
+            if r.constraints is not None:
+                r.constraints.add_rows(constrained, row, r.output_token_ids, r.spec_token_ids[:d])
             row += d + 1
+        ban_rows += constrained.ban_rows
+        ban_ids += constrained.ban_ids
 
         f32, i64 = torch.float32, torch.int64
         has_probs = k > 0 and any(s.request.spec_probs is not None for s in samplers)
         ints = {"logits_rows": logits_rows, "row_index": row_index, "draft_ids": draft_ids, "num_drafts": num_drafts}
         if not plain_greedy:
             ints.update(top_k=top_k, seeds=seeds, streams=streams, positions=pos, req_seeds=req_seeds,
-                        req_streams=req_streams, req_out=req_out, ban_rows=ban_rows, ban_ids=ban_ids)
+                        req_streams=req_streams, req_out=req_out, ban_rows=ban_rows, ban_ids=ban_ids,
+                        bias_rows=constrained.bias_rows, bias_ids=constrained.bias_ids,
+                        mask_rows=constrained.mask_rows)
         dev = self._upload(ints)
         rows = None
         if not plain_greedy:
@@ -383,8 +393,10 @@ class ModelRunner:
             if seen_rows:
                 seen_mask[self._tensor(seen_rows, i64), self._tensor(seen_tokens, i64)] = True
             penalties = Penalties(counts, seen_mask, floats[3], floats[4], floats[5])
-        draft_probs = None
+        draft_probs, coupled = None, None
         if has_probs:
+            coupled = self._tensor([is_coupled(self.draft_verification, s.request.spec_probs is not None,
+                                               s.request.params.seed is not None) for s in samplers], torch.bool)
             draft_probs = torch.zeros(nb, k, self.vocab_size, device=self.device)
             for b, s in enumerate(samplers):
                 d = s.num_spec_tokens
@@ -399,7 +411,14 @@ class ModelRunner:
             draft_probs=draft_probs, rows=rows, req_seeds=dev.get("req_seeds"), req_streams=dev.get("req_streams"),
             req_output_lens=dev.get("req_out"), penalties=penalties,
             ban_rows=dev["ban_rows"] if ban_rows else None, ban_token_ids=dev["ban_ids"] if ban_rows else None,
+            coupled=coupled,
         )
+        if constrained.bias_rows:
+            batch.bias_rows, batch.bias_token_ids = dev["bias_rows"], dev["bias_ids"]
+            batch.bias_values = self._tensor(constrained.bias_values, f32)
+        if constrained.mask_rows:
+            batch.mask_rows = dev["mask_rows"]
+            batch.bitmask = torch.cat(constrained.masks).to(self.device, non_blocking=True)  # [masked, words]
         return batch, dev["logits_rows"]
 
 
@@ -411,9 +430,9 @@ def _slots(block_ids: list[int], positions: np.ndarray, block_size: int) -> np.n
 
 def _plain_sampling(request) -> bool:
     """Greedy with nothing that changes the logits: the token is the argmax (no penalties, no min_tokens
-    ban left, no draft probabilities)."""
+    ban left, no logit_bias / allowed_token_ids / bad_words / structured outputs, no draft probabilities)."""
     p = request.params
-    return (p.temperature == 0 and not p.has_penalties and request.spec_probs is None
+    return (p.temperature == 0 and not p.has_penalties and not p.has_constraints and request.spec_probs is None
             and request.num_output_tokens >= p.min_tokens)
 
 
