@@ -125,6 +125,20 @@ def test_bad_configurations_fail_before_generation(tmp_path):
         _build("mlp_speculator", str(tmp_path / "nope"), 2)
 
 
+def test_bad_configurations_fail_in_the_engine_before_loading(tiny_checkpoint, tmp_path):
+    from tokenleap import LLM
+
+    target = str(tiny_checkpoint("llama"))
+    for kw, match in [
+        (dict(n_predict=2), r"num_speculative_tokens=3.*n_predict=2"),
+        (dict(emb_dim=96), r"emb_dim=96.*hidden size is 64"),
+        (dict(vocab_size=500), r"vocab_size=500.*320 entries"),
+    ]:
+        folder = make_tiny_speculator(tmp_path / str(len(match)), **kw)
+        with pytest.raises(ValueError, match=match):
+            LLM(target, speculative_config={"method": "mlp", "model": str(folder), "num_speculative_tokens": 3}, **KW)
+
+
 # -- end to end: a speculator trained here on the tiny target's own greedy outputs ---------------------------------
 
 KW = dict(max_model_len=256, disable_log_stats=True, kv_cache_memory_bytes=8 << 20)

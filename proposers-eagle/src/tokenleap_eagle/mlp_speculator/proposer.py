@@ -65,7 +65,8 @@ class MLPSpeculatorProposer(ProposerBase):
         picked, probs = [], []
         for j in range(steps):
             state = model.stage(j, state, tokens)
-            params = row_params(infos, [len(reqs[i].token_ids) + j for i in todo], self.device)
+            params = row_params(infos, [len(reqs[i].token_ids) + j for i in todo],
+                                [len(reqs[i].token_ids) - reqs[i].num_prompt_tokens + j for i in todo], self.device)
             tokens, p = pick_drafts(model.logits(j, state), params)  # [b], [b, vocab] | None
             picked.append(tokens)
             probs.append(p)

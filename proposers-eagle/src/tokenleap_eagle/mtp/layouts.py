@@ -84,17 +84,9 @@ def _read(where: dict[str, Path], wanted: list[str], dtype: torch.dtype) -> dict
     return out
 
 
-def num_mtp_layers(model_path: str) -> int:
-    p = Path(model_path)
-    if not p.is_dir():
-        return 0
-    cfg_path = p / "config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    return int(cfg.get("num_nextn_predict_layers") or 0)
-
-
-def load_mtp_weights(model_path: str, dtype: torch.dtype) -> MTPWeights:
-    """The first MTP layer of the target's checkpoint; raises NoMTPLayersError when it has none."""
+def find_mtp_layer(model_path: str) -> tuple[str, str, dict[str, Path], list[str], list[str]]:
+    """(layout, tensor prefix, tensor name -> file, names to read, bias names) of the first MTP layer, from
+    config.json and the safetensors headers only; raises NoMTPLayersError when the checkpoint has none."""
     p = Path(model_path)
     if not p.is_dir():
         raise _no_mtp(model_path, "a single-file checkpoint (GGUF) carries none")
@@ -116,16 +108,22 @@ def load_mtp_weights(model_path: str, dtype: torch.dtype) -> MTPWeights:
     else:
         raise _no_mtp(model_path, f"config.json says num_nextn_predict_layers={cfg['num_nextn_predict_layers']}, "
                       f"but it holds neither {mimo}input_proj.weight nor {ds}eh_proj.weight")
-    full = [prefix + x for x in names + list(DECODER_TENSORS) + [b for b in bias if prefix + b in where]]
+    bias = [b for b in bias if prefix + b in where]
+    full = [prefix + x for x in names + list(DECODER_TENSORS) + bias]
     missing = [x for x in full if x not in where]
     if missing:
         raise ValueError(f"the target's MTP layer ({layout} layout) in {model_path} lacks {missing[:5]}")
+    return layout, prefix, where, full, bias
+
+
+def load_mtp_weights(model_path: str, dtype: torch.dtype) -> MTPWeights:
+    """The first MTP layer of the target's checkpoint; raises NoMTPLayersError when it has none."""
+    layout, prefix, where, full, bias = find_mtp_layer(model_path)
     t = {k.removeprefix(prefix): v for k, v in _read(where, full, dtype).items()}
-    decoder = {k: t[k] for k in list(DECODER_TENSORS) + bias if k in t}
+    decoder = {k: t[k] for k in list(DECODER_TENSORS) + bias}
     if layout == "mimo":
         return MTPWeights("mimo", t["token_layernorm.weight"], t["hidden_layernorm.weight"], t["input_proj.weight"],
                           False, t["final_layernorm.weight"], True, decoder)
     return MTPWeights("deepseek", t["enorm.weight"], t["hnorm.weight"], t["eh_proj.weight"], True,
                       t["shared_head.norm.weight"], False, decoder, t.get("shared_head.head.weight"),
                       t.get("embed_tokens.weight"))
-

@@ -53,8 +53,8 @@ class _Rows:
 class MTPProposer(ProposerBase):
     def __init__(self, config: None, ctx: ProposerContext) -> None:
         if ctx.target is None:
-            raise ValueError("method 'mtp' needs the target's handles (embedding, LM head, checkpoint path)")
-        path = ctx.target.model_path
+            raise ValueError("method 'mtp' needs the target's handles (embedding, LM head)")
+        path = ctx.target_model_path
         dtype = _DTYPES.get(ctx.dtype, torch.float32)
         weights = load_mtp_weights(path, dtype)  # raises NoMTPLayersError naming the methods that would work
         cfg_path = Path(path) / "config.json"
@@ -157,7 +157,8 @@ class MTPProposer(ProposerBase):
                 new_states, new_normed = self._run(step, states[sel])
                 states, normed = states.clone(), normed.clone()
                 states[sel], normed[sel] = new_states, new_normed
-            params = row_params(infos, [n[b] + j for b in range(len(todo))], self.device)
+            params = row_params(infos, [n[b] + j for b in range(len(todo))],
+                                [n[b] - reqs[i].num_prompt_tokens + j for b, i in enumerate(todo)], self.device)
             tokens, p = pick_drafts(self._logits(normed), params)
             picked.append(tokens)
             probs.append(p)
