@@ -235,9 +235,11 @@ def _exact_marginals(target: str, prompt: list[int], steps: int, temperature: fl
     return out
 
 
-def test_sampling_keeps_the_target_distribution(trained):
+@pytest.mark.parametrize("verification", ["rejection", "coupled"])
+def test_sampling_keeps_the_target_distribution(trained, verification):
     """Temperature 1, top-k 8, 2000 seeded requests of 4 tokens with k = 3 (drafts sampled from the speculator
-    and verified by rejection sampling at output positions 1-3): the token marginal at each of positions 0-3 is
+    and verified at output positions 1-3 by rejection sampling, or by coupling with drafts drawn from the
+    target's noise): the token marginal at each of positions 0-3 is
     compared with the target's exact one by a chi-square test (cells with expected count < 5 pooled), each at
     p = 0.001 / 4 (Bonferroni over the 4 positions: family-wise false alarm rate 0.001)."""
     from scipy.stats import chisquare
@@ -247,8 +249,8 @@ def test_sampling_keeps_the_target_distribution(trained):
     target, folder, _ = trained
     prompt, n = [11, 42, 7, 99, 5], 2000
     exact = _exact_marginals(target, prompt, 4, 1.0, 8)
-    llm = LLM(target, speculative_config={"method": "mlp_speculator", "model": folder, "num_speculative_tokens": 3},
-              max_num_seqs=256, **KW)
+    llm = LLM(target, speculative_config={"method": "mlp_speculator", "model": folder, "num_speculative_tokens": 3,
+                                          "draft_verification": verification}, max_num_seqs=256, **KW)
     outs = llm.generate([{"prompt_token_ids": prompt}] * n,
                         [SamplingParams(temperature=1.0, top_k=8, max_tokens=4, seed=i, ignore_eos=True)
                          for i in range(n)], use_tqdm=False)
