@@ -51,6 +51,9 @@ def train_mlp_speculator(
     batch_rows: int = 1024,
     lr: float = 3e-3,
     num_negatives: int = 2048,
+    weight_decay: float = 0.0,
+    input_noise: float = 0.0,
+    val_fraction: float = 0.0,
     seed: int = 0,
     log_every: int = 50,
 ) -> MLPSpeculator:
@@ -58,6 +61,9 @@ def train_mlp_speculator(
     states, tokens [r, n_predict + 1] (column 0 the token fed with the state, column i + 1 stage i's label, -1 when
     unlabelled). The softmax of each step runs over the batch's labels plus ``num_negatives`` random vocabulary
     entries (all of them for a small vocabulary): a sampled softmax, so a 49k-entry head trains on a CPU.
+    ``input_noise``: Gaussian noise (times the rows' RMS) on the hidden states while training, against memorising
+    rows. ``val_fraction``: the last rows (other conversations) are held out; every ``log_every`` steps the stage-0
+    accuracy over the full vocabulary is measured on them and the best state is kept.
     Returns the trained speculator (float32, CPU)."""
     if hidden.shape[0] == 0:
         raise ValueError("no training rows: the target's greedy predictions never agreed with the data's text")
@@ -66,7 +72,11 @@ def train_mlp_speculator(
     if embedding is not None and embedding.shape[0] == cfg.vocab_size:
         init_from_embedding(model, embedding)
     n, vocab = cfg.n_predict, cfg.vocab_size
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    n_val = int(len(tokens) * val_fraction)
+    val_h, val_t = hidden[len(tokens) - n_val:], tokens[len(tokens) - n_val:]
+    hidden, tokens = hidden[: len(tokens) - n_val], tokens[: len(tokens) - n_val]
+    best = (-1.0, None)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     start = time.time()
     for step in range(steps):
@@ -78,6 +88,8 @@ def train_mlp_speculator(
             cand = torch.unique(torch.cat([t[:, 1:][t[:, 1:] >= 0], torch.randint(0, vocab, (num_negatives,))]))
         where = torch.full((vocab,), -1, dtype=torch.int64)
         where[cand] = torch.arange(len(cand))
+        if input_noise:
+            h = h + torch.randn_like(h) * input_noise * h.pow(2).mean(-1, keepdim=True).sqrt()
         state = model.input_state(h)
         loss, accs = 0.0, []
         for i in range(n):
@@ -96,9 +108,22 @@ def train_mlp_speculator(
         opt.step()
         sched.step()
         if log_every and (step % log_every == 0 or step == steps - 1):
+            val = _stage0_accuracy(model, val_h, val_t) if n_val else float("nan")
+            if n_val and val > best[0]:
+                best = (val, {k: v.detach().clone() for k, v in model.state_dict().items()})
             print(f"step {step} loss {loss.item():.3f} acc/stage (sampled softmax) {[round(a, 3) for a in accs]} "
-                  f"{time.time() - start:.0f}s", flush=True)
+                  f"held-out stage-0 acc {val:.3f} {time.time() - start:.0f}s", flush=True)
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+        print(f"kept the state of held-out stage-0 accuracy {best[0]:.3f}")
     return model.eval()
+
+
+@torch.no_grad()
+def _stage0_accuracy(model: MLPSpeculator, hidden: torch.Tensor, tokens: torch.Tensor) -> float:
+    """Stage 0's argmax over the full vocabulary against its labels."""
+    state = model.stage(0, model.input_state(hidden), tokens[:, 0])
+    return (model.logits(0, state).argmax(-1) == tokens[:, 1]).float().mean().item()
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m tokenleap_eagle.train.mlp_speculator") -> int:
@@ -114,6 +139,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tokenleap_eag
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-rows", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--input-noise", type=float, default=0.0)
+    ap.add_argument("--val-fraction", type=float, default=0.0)
+    ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--data-cache", default=None, help="a .pt file to keep / reuse the generated data in")
     a = ap.parse_args(argv)
     if a.data_cache and Path(a.data_cache).is_file():
@@ -130,7 +159,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tokenleap_eag
     cfg = MLPSpeculatorConfig(emb_dim=hidden.shape[1], inner_dim=a.inner_dim, vocab_size=embedding.shape[0],
                               n_predict=a.n_predict, tie_weights=a.tie_weights, scale_input=False)
     model = train_mlp_speculator(hidden, tokens, cfg, embedding=embedding, steps=a.steps, batch_rows=a.batch_rows,
-                                 lr=a.lr)
+                                 lr=a.lr, weight_decay=a.weight_decay, input_noise=a.input_noise,
+                                 val_fraction=a.val_fraction, log_every=a.log_every)
     out = Path(a.out)
     save_speculator(model, out)
     (out / "training.json").write_text(json.dumps({**vars(a), "rows": len(tokens)}, indent=2) + "\n")
