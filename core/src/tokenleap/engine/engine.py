@@ -36,13 +36,21 @@ class Engine:
         self.backend = setup.pick_backend(cfg, self.device)
         model_path = resolve_model(cfg.model)
 
-        loaded = setup.load_model(cfg, model_path, self.device, cfg.max_model_len, self.backend)
+        self.tensor_parallel = None  # rank 0's handle on the workers when tensor_parallel_size > 1
+        if cfg.tensor_parallel_size > 1:
+            from tokenleap.distributed.launcher import TensorParallelGroup
+
+            self.tensor_parallel = TensorParallelGroup(cfg, model_path, self.device, self.backend)
+            loaded = self.tensor_parallel.loaded
+        else:
+            loaded = setup.load_model(cfg, model_path, self.device, cfg.max_model_len, self.backend)
         self.model, self.arch, self.tokenizer = loaded.model, loaded.arch, loaded.tokenizer
+        kv_arch = self.arch if self.tensor_parallel is None else self.tensor_parallel.shard_arch  # this rank's
         self.decode = text_decoder(self.tokenizer)
         k = self.spec_cfg.num_speculative_tokens if self.spec_cfg else 0
         max_len = cfg.max_model_len or self.arch.max_position_embeddings
         self.max_num_batched_tokens = cfg.max_num_batched_tokens or max(2048, min(max_len, 8192))
-        num_blocks = setup.num_kv_blocks(cfg, self.arch, loaded.dtype, self.device, self.max_num_batched_tokens,
+        num_blocks = setup.num_kv_blocks(cfg, kv_arch, loaded.dtype, self.device, self.max_num_batched_tokens,
                                         max_len)
         capacity = (num_blocks - 1) * cfg.block_size - (k + 1)
         if max_len > capacity:
@@ -58,7 +66,9 @@ class Engine:
         self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, self.max_num_batched_tokens,
                                    cfg.scheduling_policy, cfg.enable_chunked_prefill)
-        kv = setup.allocate_kv_caches(self.arch, num_blocks, cfg.block_size, loaded.dtype, self.device)
+        kv = setup.allocate_kv_caches(kv_arch, num_blocks, cfg.block_size, loaded.dtype, self.device)
+        if self.tensor_parallel is not None:
+            self.tensor_parallel.allocate(num_blocks, cfg.block_size)
         self.driver: ProposerDriver | None = None
         hidden_layers: tuple[int, ...] = ()
         device_lookup: tuple[int, int] | None = None  # prompt lookup the device may draft (verify steps ahead)
@@ -78,7 +88,8 @@ class Engine:
         self.device_lookup = device_lookup
         max_blocks = -(-(max_len + 2 * (k + 1)) // cfg.block_size)  # a verify step launched ahead: 2(k+1) slots
         graphs = None
-        if self.device.type == "cuda" and not cfg.enforce_eager and self.backend == "triton" and not hidden_layers:
+        if (self.device.type == "cuda" and not cfg.enforce_eager and self.backend == "triton" and not hidden_layers
+                and self.tensor_parallel is None):  # TP steps run eagerly (docs/tensor-parallel.md)
             t0 = time.monotonic()
             graphs = DecodeGraphs(self.model, kv, cfg.max_num_seqs, [1, 1 + k], max_blocks, max_len, self.backend,
                                   self.device, prefill_query_lens=prefill_buckets(self.max_num_batched_tokens),
