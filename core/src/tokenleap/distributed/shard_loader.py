@@ -41,7 +41,7 @@ def read_checkpoint(cfg: EngineConfig, model_path: Path, device: torch.device, n
         return Checkpoint(arch, None, tokenizer, dtype)
     from tokenleap.model.loader import load_checkpoint
 
-    ckpt = load_checkpoint(str(model_path), dtype=cfg.dtype, device=device.type)
+    ckpt = load_checkpoint(str(model_path), dtype=cfg.dtype, device=device.type, with_tokenizer=need_tokenizer)
     if cfg.tokenizer is not None and need_tokenizer:
         from transformers import AutoTokenizer
 

@@ -69,6 +69,7 @@ def _load(store, backend: str, rank: int, world: int):
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # the ranks share the host's cores
     attn = pick_backend(cfg, device)
     ckpt = read_checkpoint(cfg, resolve_model(cfg.model, progress=False), device, need_tokenizer=False)
     loaded = build_shard(cfg, ckpt, device, attn, rank, world)

@@ -138,9 +138,8 @@ def _stored_dtype(files: list[Path]) -> torch.dtype | None:
     return None
 
 
-def _load_hf_folder(folder: Path, dtype: str | torch.dtype, device: str) -> LoadedCheckpoint:
-    from transformers import AutoTokenizer
-
+def _load_hf_folder(folder: Path, dtype: str | torch.dtype, device: str, with_tokenizer: bool = True,
+                    ) -> LoadedCheckpoint:
     files = _safetensors_files(folder)
     if not files:
         pickled = sorted(f for f in folder.iterdir() if f.suffix in PICKLED_SUFFIXES)
@@ -158,18 +157,25 @@ def _load_hf_folder(folder: Path, dtype: str | torch.dtype, device: str) -> Load
     config_dtype = DTYPES.get(str(cfg.get("torch_dtype") or cfg.get("dtype") or ""))
     torch_dtype = resolve_dtype(dtype, config_dtype or _stored_dtype(files), device)
     weights = check_weights(_read_safetensors(files, torch_dtype), arch, str(folder))
+    tokenizer = _hf_tokenizer(folder) if with_tokenizer else None
+    return LoadedCheckpoint(arch, weights, tokenizer, torch_dtype, str(folder), cfg)
+
+
+def _hf_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        return AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as e:
         raise ValueError(
             f"could not load a tokenizer from {folder} (tokenizer.json / tokenizer_config.json expected): {e}"
         ) from e
-    return LoadedCheckpoint(arch, weights, tokenizer, torch_dtype, str(folder), cfg)
 
 
-def _load_gguf_file(path: Path, dtype: str | torch.dtype, device: str) -> LoadedCheckpoint:
+def _load_gguf_file(path: Path, dtype: str | torch.dtype, device: str, with_tokenizer: bool = True,
+                    ) -> LoadedCheckpoint:
     torch_dtype = resolve_dtype(dtype, torch.bfloat16, device)
-    cfg, weights, tokenizer = load_gguf(path, torch_dtype)
+    cfg, weights, tokenizer = load_gguf(path, torch_dtype, with_tokenizer)
     arch = ModelArchConfig.from_hf_config(cfg)
     return LoadedCheckpoint(
         arch, check_weights(weights, arch, str(path)), tokenizer, torch_dtype, str(path), cfg
@@ -177,12 +183,13 @@ def _load_gguf_file(path: Path, dtype: str | torch.dtype, device: str) -> Loaded
 
 
 def load_checkpoint(
-    path: str | Path, dtype: str | torch.dtype = "auto", device: str = "cpu"
+    path: str | Path, dtype: str | torch.dtype = "auto", device: str = "cpu", with_tokenizer: bool = True,
 ) -> LoadedCheckpoint:
     """Load a local HF folder (config.json + *.safetensors + tokenizer), a .gguf file, or a folder
     holding exactly one .gguf. dtype: "auto" | "float32" | "bfloat16" | "float16" ("float", "half").
     "auto" is float32 on CPU; on other devices the checkpoint's dtype (bfloat16 for GGUF).
-    Tensors are returned on CPU; `device` only steers "auto".
+    Tensors are returned on CPU; `device` only steers "auto". ``with_tokenizer=False`` leaves the tokenizer
+    None (a tensor-parallel worker needs only weights).
     """
     resolve_dtype(dtype, None, device)  # reject a bad dtype before any reading
     p = Path(path).expanduser()
@@ -190,7 +197,7 @@ def load_checkpoint(
         raise FileNotFoundError(f"model path {str(path)!r} does not exist")
     if p.is_file():
         if p.suffix == ".gguf":
-            return _load_gguf_file(p, dtype, device)
+            return _load_gguf_file(p, dtype, device, with_tokenizer)
         if p.suffix in PICKLED_SUFFIXES:
             raise _refuse_pickled(p, [p])
         raise ValueError(
@@ -198,10 +205,10 @@ def load_checkpoint(
             "a folder with config.json and *.safetensors"
         )
     if _safetensors_files(p):
-        return _load_hf_folder(p, dtype, device)
+        return _load_hf_folder(p, dtype, device, with_tokenizer)
     ggufs = sorted(p.glob("*.gguf"))
     if len(ggufs) == 1:
-        return _load_gguf_file(ggufs[0], dtype, device)
+        return _load_gguf_file(ggufs[0], dtype, device, with_tokenizer)
     if len(ggufs) > 1:
         raise ValueError(
             f"{p} holds {len(ggufs)} .gguf files ({', '.join(g.name for g in ggufs)}); "

@@ -1,0 +1,172 @@
+"""Tensor parallelism on CPU (gloo): the tokens at TP = 2 and 4 are those of TP = 1 (greedy and seeded sampling,
+with and without n-gram speculation, under continuous batching, chunked prefill and preemption), for Llama
+(KV heads split, and replicated at TP = 4), Qwen2 (q/k/v bias, tied embeddings) and Mistral (sliding window);
+a dead worker ends the engine with an error naming it within seconds; no worker outlives its LLM."""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+from tokenleap import LLM, SamplingParams
+from tokenleap.distributed.launcher import TensorParallelWorkerError
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
+LENGTHS = [3, 9, 20, 41, 70, 12, 33, 5]
+MAX_TOKENS = [24, 40, 16, 32, 24, 40, 12, 30]
+# 16 blocks of 16 tokens for 8 requests needing ~40 blocks in all: preemption; a 48-token budget: chunked prefill
+ENGINE = dict(num_gpu_blocks_override=16, block_size=16, max_num_batched_tokens=48, disable_log_stats=True)
+
+
+def _prompts() -> list[dict]:
+    rng = random.Random(0)
+    out = []
+    for n in LENGTHS:
+        motif = [rng.randrange(3, 300) for _ in range(5)]  # repeated: n-gram lookup finds drafts
+        out.append({"prompt_token_ids": [rng.randrange(3, 300) if i % 3 else motif[i % 5] for i in range(n)]})
+    return out
+
+
+PROMPTS = _prompts()
+# even requests greedy, odd ones seeded sampling; two return logprobs
+PARAMS = [
+    SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) if i % 2 == 0
+    else SamplingParams(temperature=0.8, top_p=0.9, seed=100 + i, max_tokens=m, ignore_eos=True)
+    for i, m in enumerate(MAX_TOKENS)
+]
+PARAMS[2] = PARAMS[2].model_copy(update={"logprobs": 2})
+PARAMS[3] = PARAMS[3].model_copy(update={"logprobs": 2})
+
+
+def children() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+def run(folder, tp: int, spec: dict | None) -> dict:
+    """Generate PROMPTS at this TP size, then delete the LLM; what came out, and the processes left."""
+    llm = LLM(model=str(folder), tensor_parallel_size=tp, speculative_config=spec, **ENGINE)
+    workers = [p.pid for p in llm.engine.tensor_parallel.procs] if tp > 1 else []
+    outs = llm.generate(PROMPTS, PARAMS, use_tqdm=False)
+    result = {
+        "tokens": [o.outputs[0].token_ids for o in outs],
+        "logprobs": [o.outputs[0].logprobs for o in outs],
+        "preemptions": llm.engine.counters.num_preemptions,
+        "drafts": llm.engine.counters.spec.num_draft_tokens,
+        "accepted": llm.engine.counters.spec.num_accepted_tokens,
+        "workers": workers,
+    }
+    del llm, outs
+    gc.collect()
+    result["left"] = [p.pid for p in children()]
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_checkpoint):
+    """run() per (model, tp, spec), each once: the LLM is gone before the next one starts."""
+    folders = {
+        "llama": tiny_checkpoint("llama"),  # 4 heads, 2 KV heads: TP 2 splits them, TP 4 replicates them
+        "qwen2": tiny_checkpoint("qwen2"),  # q/k/v bias, tied embeddings
+        "mistral": tiny_checkpoint("mistral", sliding_window=24),
+    }
+    cache: dict = {}
+
+    def get(model: str, tp: int, spec: dict | None) -> dict:
+        key = (model, tp, spec is not None)
+        if key not in cache:
+            cache[key] = run(folders[model], tp, spec)
+        return cache[key]
+
+    return get
+
+
+def assert_same(got: dict, want: dict) -> None:
+    assert got["tokens"] == want["tokens"]
+    for lps, ref in zip(got["logprobs"], want["logprobs"], strict=True):
+        if ref is None:
+            assert lps is None
+            continue
+        for a, b in zip(lps, ref, strict=True):
+            assert a.keys() == b.keys()
+            for t in a:
+                assert a[t].rank == b[t].rank
+                assert a[t].logprob == pytest.approx(b[t].logprob, abs=1e-4)
+
+
+@pytest.mark.parametrize("spec", [None, NGRAM], ids=["plain", "ngram"])
+@pytest.mark.parametrize("tp", [2, 4])
+def test_llama_tp_equals_tp1(runs, tp, spec):
+    want, got = runs("llama", 1, spec), runs("llama", tp, spec)
+    assert got["preemptions"] > 0 and want["preemptions"] > 0
+    if spec is not None:  # verify steps of 1 + k tokens went through the shards, and drafts were accepted
+        assert got["drafts"] > 0 and got["accepted"] > 0
+    assert_same(got, want)
+    assert len(got["workers"]) == tp - 1
+    assert got["left"] == []  # the workers exited with the LLM
+
+
+@pytest.mark.parametrize("model, spec", [("qwen2", NGRAM), ("mistral", None)])
+def test_other_architectures_tp2_equal_tp1(runs, model, spec):
+    got, want = runs(model, 2, spec), runs(model, 1, spec)
+    assert got["preemptions"] > 0
+    assert_same(got, want)
+    assert got["left"] == []
+
+
+def test_killed_worker_raises_within_seconds(tiny_checkpoint):
+    llm = LLM(model=str(tiny_checkpoint("llama")), tensor_parallel_size=2, **ENGINE)
+    (worker,) = llm.engine.tensor_parallel.procs
+    killed_at: list[float] = []
+
+    def kill() -> None:
+        time.sleep(0.5)
+        killed_at.append(time.monotonic())
+        os.kill(worker.pid, signal.SIGKILL)
+
+    threading.Thread(target=kill).start()
+    params = SamplingParams(temperature=0, max_tokens=4000, ignore_eos=True)  # far longer than the 0.5 s
+    with pytest.raises(TensorParallelWorkerError, match=rf"worker rank 1 \(pid {worker.pid}\) exited with code -9"):
+        llm.generate([{"prompt_token_ids": [5, 6, 7]}], SamplingParams(temperature=0, max_tokens=400,
+                                                                       ignore_eos=True, min_tokens=0), use_tqdm=False)
+    assert time.monotonic() - killed_at[0] < 5.0
+    with pytest.raises(TensorParallelWorkerError, match="cannot continue"):  # and stays failed
+        llm.generate([{"prompt_token_ids": [5, 6, 7]}], params, use_tqdm=False)
+    del llm
+    gc.collect()
+    assert children() == []
+
+
+EXIT_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from tokenleap import LLM
+    llm = LLM(model=sys.argv[1], tensor_parallel_size=2, disable_log_stats=True, num_gpu_blocks_override=16)
+    print(llm.engine.tensor_parallel.procs[0].pid, flush=True)
+    if sys.argv[2] == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+    # "exit": leave with the LLM alive; the atexit finalizer stops the worker
+""")
+
+
+@pytest.mark.parametrize("how", ["exit", "killed"])
+def test_no_orphan_worker_after_the_program_ends(tiny_checkpoint, tmp_path, how):
+    script = tmp_path / "tp_exit.py"
+    script.write_text(EXIT_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(tiny_checkpoint("llama")), how], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == (0 if how == "exit" else -9), proc.stderr
+    worker = int(proc.stdout.split()[-1])
+    deadline = time.monotonic() + 10  # a killed parent: the worker's watch thread notices within a second
+    while psutil.pid_exists(worker) and psutil.Process(worker).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, f"worker {worker} outlived its engine ({how})"
+        time.sleep(0.1)
