@@ -170,3 +170,34 @@ def test_no_orphan_worker_after_the_program_ends(tiny_checkpoint, tmp_path, how)
     while psutil.pid_exists(worker) and psutil.Process(worker).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, f"worker {worker} outlived its engine ({how})"
         time.sleep(0.1)
+
+
+SMOLLM2_NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}
+SMOLLM2_ENGINE = dict(num_gpu_blocks_override=14, max_model_len=200, max_num_batched_tokens=48, max_num_seqs=4)
+
+
+@pytest.mark.slow
+def test_smollm2_tp3_equals_tp1(smollm2_llm, smollm2_llm_factory, smollm2_path):
+    """SmolLM2-135M-Instruct: 9 heads and 3 KV heads over 3 ranks, greedy and seeded sampling, batched, chunked,
+    preempted, with n-gram speculation (its steps without drafts are plain decode steps). One run: each rank
+    reads the GGUF (tens of seconds on 2 cores); plain decoding at TP 3 is the same test with spec=None."""
+    spec = SMOLLM2_NGRAM
+    tok = smollm2_llm.get_tokenizer()
+    questions = ["Name a fruit.", "Repeat after me: the cat sat on the mat, the cat sat on the mat.",
+                 "Write one sentence about cats.", "List the numbers from 1 to 10."]
+    prompts = [{"prompt_token_ids": list(tok.apply_chat_template([{"role": "user", "content": q}],
+                                                                 add_generation_prompt=True, tokenize=True,
+                                                                 return_dict=False))} for q in questions]
+    params = [SamplingParams(temperature=0, max_tokens=32, ignore_eos=True),
+              SamplingParams(temperature=0.7, top_p=0.95, seed=11, max_tokens=32, ignore_eos=True)] * 2
+    ref = smollm2_llm_factory(speculative_config=spec, **SMOLLM2_ENGINE)
+    want = [o.outputs[0].token_ids for o in ref.generate(prompts, params, use_tqdm=False)]
+    llm = LLM(model=str(smollm2_path), tensor_parallel_size=3, speculative_config=spec, disable_log_stats=True,
+              **SMOLLM2_ENGINE)
+    got = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert llm.engine.counters.num_preemptions > 0
+    assert llm.engine.counters.spec.num_accepted_tokens > 0
+    assert got == want
+    del llm
+    gc.collect()
+    assert children() == []

@@ -24,7 +24,7 @@ from tokenleap.config import EngineConfig
 from tokenleap.distributed import protocol, rendezvous
 from tokenleap.distributed.driver import TensorParallelModel
 from tokenleap.distributed.parallel import TensorParallel
-from tokenleap.distributed.shard_loader import build_shard, read_checkpoint
+from tokenleap.distributed.shard_loader import build_shard, read_arch, read_checkpoint
 from tokenleap.distributed.sharding import check_divisible, shard_arch
 from tokenleap.distributed.worker import PARENT_ENV
 from tokenleap.engine.setup import LoadedModel
@@ -43,15 +43,16 @@ class TensorParallelGroup:
 
     def __init__(self, cfg: EngineConfig, model_path: Path, device: torch.device, backend: str) -> None:
         tp = cfg.tensor_parallel_size
-        ckpt = read_checkpoint(cfg, model_path, device)
-        check_divisible(ckpt.arch, tp)  # before any process starts
+        arch = read_arch(model_path)  # cheap: the workers start while this process reads the weights
+        ckpt = read_checkpoint(cfg, model_path, device) if arch is None else None
+        check_divisible(arch or ckpt.arch, tp)  # before any process starts
         external = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if external:
             _check_external_rank(tp)
         elif device.type == "cuda" and torch.cuda.device_count() < tp:
             raise ValueError(f"tensor_parallel_size={tp} needs {tp} GPUs; {torch.cuda.device_count()} visible")
         self.world_size, self.device = tp, device
-        self.shard_arch: ModelArchConfig = shard_arch(ckpt.arch, tp)
+        self.shard_arch: ModelArchConfig = shard_arch(arch or ckpt.arch, tp)
         self.procs: list[subprocess.Popen] = []
         self._state = {"formed": False, "failed": None}
         # (the finalizer holds only these: it must not keep the group alive)
@@ -65,7 +66,8 @@ class TensorParallelGroup:
         store.set(rendezvous.CONFIG_KEY, cfg.model_dump_json())
         if not external:
             self._start_local(store.port, tp)
-        loaded = build_shard(cfg, ckpt, device, backend, 0, tp)  # while the workers load theirs
+        ckpt = ckpt or read_checkpoint(cfg, model_path, device)  # while the workers load theirs
+        loaded = build_shard(cfg, ckpt, device, backend, 0, tp)
         self._await_workers(store, tp)
         rendezvous.form_group(store, "nccl" if device.type == "cuda" else "gloo", 0, tp)
         self._state["formed"] = True

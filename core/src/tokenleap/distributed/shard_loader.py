@@ -25,6 +25,14 @@ class Checkpoint:
     dtype: torch.dtype
 
 
+def read_arch(model_path: Path) -> ModelArchConfig | None:
+    """The architecture alone from a folder's config.json (no tensor read), else None: a GGUF's header takes
+    about as long to parse as its tensors to read, so its checkpoint is read whole first."""
+    if model_path.is_dir() and (model_path / "config.json").is_file():
+        return ModelArchConfig.from_hf_config(json.loads((model_path / "config.json").read_text()))
+    return None
+
+
 def read_checkpoint(cfg: EngineConfig, model_path: Path, device: torch.device, need_tokenizer: bool = True,
                     ) -> Checkpoint:
     if cfg.load_format == "dummy":
