@@ -201,3 +201,64 @@ def test_smollm2_tp3_equals_tp1(smollm2_llm, smollm2_llm_factory, smollm2_path):
     del llm
     gc.collect()
     assert children() == []
+
+
+# ---- bad settings fail before any process starts
+
+
+def test_heads_not_divisible_fails_before_any_process(tiny_checkpoint):
+    with pytest.raises(ValueError, match=r"tensor_parallel_size=3 must divide the model's num_attention_heads=4"):
+        LLM(model=str(tiny_checkpoint("llama")), tensor_parallel_size=3, disable_log_stats=True)
+    assert children() == []
+
+
+def test_kv_heads_and_mlp_not_divisible_say_which():
+    import dataclasses
+
+    from tokenleap.distributed.sharding import check_divisible
+    from tokenleap.model.arch import ModelArchConfig
+
+    arch = ModelArchConfig(model_type="llama", vocab_size=320, hidden_size=96, intermediate_size=192,
+                           num_hidden_layers=1, num_attention_heads=6, num_key_value_heads=3, head_dim=16,
+                           rms_norm_eps=1e-6, rope_theta=1e4, max_position_embeddings=64,
+                           tie_word_embeddings=False, attention_bias=False)
+    with pytest.raises(ValueError, match=r"tensor_parallel_size=2 and the model's num_key_value_heads=3: one must "
+                                         r"divide the other"):
+        check_divisible(arch, 2)
+    check_divisible(arch, 3)  # 2 heads and 1 KV head per rank
+    check_divisible(dataclasses.replace(arch, num_key_value_heads=1), 6)  # one KV head, replicated 6 times
+    with pytest.raises(ValueError, match=r"tensor_parallel_size=3 must divide the model's intermediate_size=200"):
+        check_divisible(dataclasses.replace(arch, intermediate_size=200), 3)
+
+
+@pytest.mark.parametrize("draft_tp", [2, 3])
+def test_draft_tp_must_be_one_or_the_targets(tiny_checkpoint, draft_tp):
+    import pydantic
+
+    spec = {**NGRAM, "draft_tensor_parallel_size": draft_tp}
+    with pytest.raises(pydantic.ValidationError, match=rf"draft_tensor_parallel_size={draft_tp} must be 1 or the "
+                                                       r"target's tensor_parallel_size=4"):
+        LLM(model=str(tiny_checkpoint("llama")), tensor_parallel_size=4, speculative_config=spec)
+    assert children() == []
+
+
+def test_more_ranks_than_gpus_fails_before_any_process(tiny_checkpoint, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"tensor_parallel_size=2 needs 2 GPUs; 1 visible"):
+        LLM(model=str(tiny_checkpoint("llama")), tensor_parallel_size=2, device="cuda", attention_backend="torch")
+    assert children() == []
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"WORLD_SIZE": "4", "RANK": "0"}, r"tensor_parallel_size=2 but the environment says WORLD_SIZE=4"),
+    ({"WORLD_SIZE": "2", "RANK": "1"}, r"this process has RANK=1: only rank 0 creates the LLM"),
+])
+def test_external_launch_checks_the_rendezvous_variables(tiny_checkpoint, monkeypatch, env, message):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError, match=message):
+        LLM(model=str(tiny_checkpoint("llama")), tensor_parallel_size=2, disable_log_stats=True)
+    assert children() == []
