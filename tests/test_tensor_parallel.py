@@ -6,6 +6,7 @@ a dead worker ends the engine with an error naming it within seconds; no worker 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import random
 import signal
@@ -262,3 +263,30 @@ def test_external_launch_checks_the_rendezvous_variables(tiny_checkpoint, monkey
     with pytest.raises(ValueError, match=message):
         LLM(model=str(tiny_checkpoint("llama")), tensor_parallel_size=2, disable_log_stats=True)
     assert children() == []
+
+
+def test_two_process_example_over_env_rendezvous(tiny_checkpoint):
+    """examples/tensor_parallel_two_hosts.py run twice (RANK 0 and 1), as on two hosts: rank 0's tokens are
+    those of one process alone."""
+    import socket
+    from pathlib import Path
+
+    folder = str(tiny_checkpoint("llama"))
+    script = Path(__file__).parents[1] / "examples" / "tensor_parallel_two_hosts.py"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def start(rank: int, world: int) -> subprocess.Popen:
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        return subprocess.Popen([sys.executable, str(script), folder], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    ranks = [start(0, 2), start(1, 2)]
+    outs = [p.communicate(timeout=300) for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0], [o[1][-2000:] for o in outs]
+    spec = importlib.util.spec_from_file_location("tp_example", script)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    alone = LLM(model=folder, disable_log_stats=True).generate([example.PROMPT], example.PARAMS, use_tqdm=False)
+    assert f"token ids: {alone[0].outputs[0].token_ids}" in outs[0][0].splitlines()
