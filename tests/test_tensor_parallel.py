@@ -138,8 +138,7 @@ def test_killed_worker_raises_within_seconds(tiny_checkpoint):
     threading.Thread(target=kill).start()
     params = SamplingParams(temperature=0, max_tokens=4000, ignore_eos=True)  # far longer than the 0.5 s
     with pytest.raises(TensorParallelWorkerError, match=rf"worker rank 1 \(pid {worker.pid}\) exited with code -9"):
-        llm.generate([{"prompt_token_ids": [5, 6, 7]}], SamplingParams(temperature=0, max_tokens=400,
-                                                                       ignore_eos=True, min_tokens=0), use_tqdm=False)
+        llm.generate([{"prompt_token_ids": [5, 6, 7]}], params, use_tqdm=False)
     assert time.monotonic() - killed_at[0] < 5.0
     with pytest.raises(TensorParallelWorkerError, match="cannot continue"):  # and stays failed
         llm.generate([{"prompt_token_ids": [5, 6, 7]}], params, use_tqdm=False)

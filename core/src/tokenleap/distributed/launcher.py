@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from contextlib import contextmanager
@@ -71,6 +72,8 @@ class TensorParallelGroup:
         self._await_workers(store, tp)
         rendezvous.form_group(store, "nccl" if device.type == "cuda" else "gloo", 0, tp)
         self._state["formed"] = True
+        if device.type == "cuda" and self.procs:
+            _start_nccl_watchdog(self.procs, self._state)
         self.tp = TensorParallel(0, tp, ckpt.arch.vocab_size, self.shard_arch.vocab_size)
         loaded.model.use_tensor_parallel(self.tp)
         self.loaded = LoadedModel(TensorParallelModel(loaded.model, ckpt.arch, self), ckpt.arch, ckpt.tokenizer,
@@ -111,8 +114,7 @@ class TensorParallelGroup:
             raise TensorParallelWorkerError(self._state["failed"])
         for rank, p in enumerate(self.procs, start=1):
             if p.poll() is not None:
-                self._state["failed"] = (f"tensor-parallel worker rank {rank} (pid {p.pid}) exited with code "
-                                         f"{p.returncode}; the engine cannot continue (create a new LLM)")
+                self._state["failed"] = _dead_worker(rank, p)
                 raise TensorParallelWorkerError(self._state["failed"])
 
     @contextmanager
@@ -143,6 +145,11 @@ class TensorParallelGroup:
         self._finalizer()
 
 
+def _dead_worker(rank: int, p: subprocess.Popen) -> str:
+    return (f"tensor-parallel worker rank {rank} (pid {p.pid}) exited with code {p.returncode}; the engine cannot "
+            f"continue (create a new LLM)")
+
+
 def _check_external_rank(tp: int) -> None:
     rank, world = rendezvous.env_int("RANK"), rendezvous.env_int("WORLD_SIZE")
     if world != tp:
@@ -150,6 +157,24 @@ def _check_external_rank(tp: int) -> None:
     if rank != 0:
         raise ValueError(f"this process has RANK={rank}: only rank 0 creates the LLM; other ranks run "
                          f"tokenleap.distributed.run_worker() (python -m tokenleap.distributed.worker)")
+
+
+def _start_nccl_watchdog(procs: list[subprocess.Popen], state: dict) -> None:
+    """NCCL does not notice a dead peer (gloo does: its sockets close): rank 0 would wait in the collective. A
+    thread polls the workers and aborts the process group when one exits, which fails rank 0's pending
+    collective; ``TensorParallelGroup.collective`` then names the dead worker. (Not run on CPU: untested here.)"""
+
+    def watch() -> None:
+        while state["formed"] and not state["failed"]:
+            dead = [(rank, p) for rank, p in enumerate(procs, start=1) if p.poll() is not None]
+            if dead:
+                rank, p = dead[0]
+                state["failed"] = _dead_worker(rank, p)
+                dist.distributed_c10d._abort_process_group()
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, name="tokenleap-tp-watchdog", daemon=True).start()
 
 
 def _shutdown(procs: list[subprocess.Popen], state: dict, device: torch.device) -> None:
@@ -169,5 +194,8 @@ def _shutdown(procs: list[subprocess.Popen], state: dict, device: torch.device) 
             p.kill()
             p.wait()
     if state["formed"] and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        except Exception:  # aborted by the watchdog: nothing left to leave
+            pass
     state["formed"] = False
