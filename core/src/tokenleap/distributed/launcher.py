@@ -47,6 +47,9 @@ class TensorParallelGroup:
         arch = read_arch(model_path)  # cheap: the workers start while this process reads the weights
         ckpt = read_checkpoint(cfg, model_path, device) if arch is None else None
         check_divisible(arch or ckpt.arch, tp)  # before any process starts
+        if (cfg.speculative_config or {}).get("draft_tensor_parallel_size") == tp:
+            log.warning("draft_tensor_parallel_size equal to the target's: a draft model still runs unsharded on "
+                        "rank 0 (docs/tensor-parallel.md)", draft_tensor_parallel_size=tp)
         external = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if external:
             _check_external_rank(tp)
