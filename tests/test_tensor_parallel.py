@@ -289,3 +289,12 @@ def test_two_process_example_over_env_rendezvous(tiny_checkpoint):
     spec.loader.exec_module(example)
     alone = LLM(model=folder, disable_log_stats=True).generate([example.PROMPT], example.PARAMS, use_tqdm=False)
     assert f"token ids: {alone[0].outputs[0].token_ids}" in outs[0][0].splitlines()
+
+
+def test_second_tp_engine_in_one_process_fails_before_any_process(tiny_checkpoint, monkeypatch):
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # as while another TP LLM is alive
+    with pytest.raises(RuntimeError, match=r"one tensor-parallel engine per process at a time"):
+        LLM(model=str(tiny_checkpoint("llama")), tensor_parallel_size=2, disable_log_stats=True)
+    assert children() == []

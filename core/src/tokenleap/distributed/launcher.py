@@ -50,6 +50,7 @@ class TensorParallelGroup:
         if (cfg.speculative_config or {}).get("draft_tensor_parallel_size") == tp:
             log.warning("draft_tensor_parallel_size equal to the target's: a draft model still runs unsharded on "
                         "rank 0 (docs/tensor-parallel.md)", draft_tensor_parallel_size=tp)
+        rendezvous.check_no_group()
         external = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if external:
             _check_external_rank(tp)

@@ -45,8 +45,12 @@ def join_store(world_size: int) -> dist.TCPStore:
     return dist.TCPStore(addr, env_int("MASTER_PORT"), world_size, is_master=False, timeout=STARTUP_TIMEOUT)
 
 
-def form_group(store: dist.TCPStore, backend: str, rank: int, world_size: int) -> None:
+def check_no_group() -> None:
     if dist.is_initialized():
         raise RuntimeError("this process already has a torch.distributed process group: tokenleap runs one "
                            "tensor-parallel engine per process at a time (delete the other LLM first)")
+
+
+def form_group(store: dist.TCPStore, backend: str, rank: int, world_size: int) -> None:
+    check_no_group()
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT)
