@@ -298,3 +298,23 @@ def test_second_tp_engine_in_one_process_fails_before_any_process(tiny_checkpoin
     with pytest.raises(RuntimeError, match=r"one tensor-parallel engine per process at a time"):
         LLM(model=str(tiny_checkpoint("llama")), tensor_parallel_size=2, disable_log_stats=True)
     assert children() == []
+
+
+@pytest.mark.parametrize("model", ["llama", "qwen2"])
+def test_a_rank_reads_only_its_slices_of_safetensors(tiny_checkpoint, model):
+    """load_checkpoint(select=...) hands safetensors' lazy slices to shard_weights: the same tensors as slicing
+    the whole checkpoint, for every rank of TP 2 and 4 (qwen2: q/k/v biases, tied embeddings)."""
+    import torch
+    from tokenleap.distributed.sharding import shard_weights
+    from tokenleap.model.loader import load_checkpoint
+
+    folder = tiny_checkpoint(model)
+    whole = load_checkpoint(folder, with_tokenizer=False)
+    for tp in (2, 4):
+        for rank in range(tp):
+            part = load_checkpoint(folder, with_tokenizer=False,
+                                   select=lambda w, arch, r=rank, n=tp: shard_weights(w, arch, r, n)).weights
+            want = shard_weights(whole.weights, whole.arch, rank, tp)
+            assert part.keys() == want.keys()
+            for name, t in want.items():
+                assert part[name].dtype == t.dtype and torch.equal(part[name], t), (tp, rank, name)

@@ -45,7 +45,7 @@ class TensorParallelGroup:
     def __init__(self, cfg: EngineConfig, model_path: Path, device: torch.device, backend: str) -> None:
         tp = cfg.tensor_parallel_size
         arch = read_arch(model_path)  # cheap: the workers start while this process reads the weights
-        ckpt = read_checkpoint(cfg, model_path, device) if arch is None else None
+        ckpt = read_checkpoint(cfg, model_path, device, 0, tp) if arch is None else None
         check_divisible(arch or ckpt.arch, tp)  # before any process starts
         if (cfg.speculative_config or {}).get("draft_tensor_parallel_size") == tp:
             log.warning("draft_tensor_parallel_size equal to the target's: a draft model still runs unsharded on "
@@ -71,7 +71,7 @@ class TensorParallelGroup:
         store.set(rendezvous.CONFIG_KEY, cfg.model_dump_json())
         if not external:
             self._start_local(store.port, tp)
-        ckpt = ckpt or read_checkpoint(cfg, model_path, device)  # while the workers load theirs
+        ckpt = ckpt or read_checkpoint(cfg, model_path, device, 0, tp)  # while the workers load theirs
         loaded = build_shard(cfg, ckpt, device, backend, 0, tp)
         self._await_workers(store, tp)
         rendezvous.form_group(store, "nccl" if device.type == "cuda" else "gloo", 0, tp)

@@ -20,7 +20,7 @@ from tokenleap.model.llama import LlamaForCausalLM
 @dataclass
 class Checkpoint:
     arch: ModelArchConfig  # the whole model's
-    weights: dict[str, torch.Tensor] | None  # HF names, on CPU; None for load_format="dummy"
+    weights: dict[str, torch.Tensor] | None  # one rank's slices, HF names, on CPU; None for load_format="dummy"
     tokenizer: Any
     dtype: torch.dtype
 
@@ -33,8 +33,10 @@ def read_arch(model_path: Path) -> ModelArchConfig | None:
     return None
 
 
-def read_checkpoint(cfg: EngineConfig, model_path: Path, device: torch.device, need_tokenizer: bool = True,
-                    ) -> Checkpoint:
+def read_checkpoint(cfg: EngineConfig, model_path: Path, device: torch.device, rank: int, tp: int,
+                    need_tokenizer: bool = True) -> Checkpoint:
+    """Rank ``rank``'s slices of the checkpoint's weights (safetensors: only those are read), the whole model's
+    architecture, and the tokenizer when asked."""
     if cfg.load_format == "dummy":
         config_file = model_path / "config.json" if model_path.is_dir() else model_path
         if not config_file.is_file():
@@ -49,7 +51,8 @@ def read_checkpoint(cfg: EngineConfig, model_path: Path, device: torch.device, n
         return Checkpoint(arch, None, tokenizer, dtype)
     from tokenleap.model.loader import load_checkpoint
 
-    ckpt = load_checkpoint(str(model_path), dtype=cfg.dtype, device=device.type, with_tokenizer=need_tokenizer)
+    ckpt = load_checkpoint(str(model_path), dtype=cfg.dtype, device=device.type, with_tokenizer=need_tokenizer,
+                           select=lambda weights, arch: shard_weights(weights, arch, rank, tp))
     if cfg.tokenizer is not None and need_tokenizer:
         from transformers import AutoTokenizer
 
@@ -75,5 +78,5 @@ def build_shard(cfg: EngineConfig, ckpt: Checkpoint, device: torch.device, backe
                 else:
                     param.normal_(0.0, 0.02, generator=gen)
     else:
-        model.load_hf_weights(shard_weights(ckpt.weights, ckpt.arch, rank, tp))
+        model.load_hf_weights(ckpt.weights)
     return LoadedModel(model.eval(), ckpt.arch, ckpt.tokenizer, ckpt.dtype)

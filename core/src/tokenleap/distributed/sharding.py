@@ -10,6 +10,7 @@ the same ``LlamaForCausalLM`` built from ``shard_arch``: fewer heads, a slice of
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
@@ -57,9 +58,9 @@ def kv_head_range(arch: ModelArchConfig, rank: int, tp: int) -> tuple[int, int]:
     return head, head + 1
 
 
-def shard_weights(weights: dict[str, torch.Tensor], arch: ModelArchConfig, rank: int, tp: int,
-                  ) -> dict[str, torch.Tensor]:
-    """Rank ``rank``'s slice of every HF-named tensor (same names, shard shapes)."""
+def shard_weights(weights: dict[str, Any], arch: ModelArchConfig, rank: int, tp: int) -> dict[str, torch.Tensor]:
+    """Rank ``rank``'s slice of every HF-named tensor (same names, shard shapes). The values may be tensors or
+    safetensors' lazy slices (indexed the same way; only the indexed part is read)."""
     d = arch.head_dim
     q = arch.num_attention_heads // tp
     kv_lo, kv_hi = kv_head_range(arch, rank, tp)
@@ -83,5 +84,5 @@ def shard_weights(weights: dict[str, torch.Tensor], arch: ModelArchConfig, rank:
                 rows = torch.cat([rows, rows.new_zeros(vocab - rows.shape[0], rows.shape[1])])
             out[name] = rows
         else:  # norms: replicated
-            out[name] = w
+            out[name] = w[:]
     return {name: t.contiguous() for name, t in out.items()}

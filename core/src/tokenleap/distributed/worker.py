@@ -71,7 +71,7 @@ def _load(store, backend: str, rank: int, world: int):
         device = torch.device("cpu")
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # the ranks share the host's cores
     attn = pick_backend(cfg, device)
-    ckpt = read_checkpoint(cfg, resolve_model(cfg.model, progress=False), device, need_tokenizer=False)
+    ckpt = read_checkpoint(cfg, resolve_model(cfg.model, progress=False), device, rank, world, need_tokenizer=False)
     loaded = build_shard(cfg, ckpt, device, attn, rank, world)
     loaded.model.use_tensor_parallel(TensorParallel(rank, world, loaded.arch.vocab_size, loaded.model.cfg.vocab_size))
     loaded.model.attention_backend = attn
