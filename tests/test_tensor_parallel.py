@@ -147,28 +147,37 @@ def test_killed_worker_raises_within_seconds(tiny_checkpoint):
     assert children() == []
 
 
-EXIT_SCRIPT = textwrap.dedent("""
+def test_worker_that_fails_to_start_fails_the_llm(tiny_checkpoint, monkeypatch):
+    monkeypatch.setenv("TOKENLEAP_TP_STARTUP_TIMEOUT_S", "not-a-number")  # (read at import: only the worker fails)
+    t0 = time.monotonic()
+    with pytest.raises(TensorParallelWorkerError, match=r"worker rank 1 \(pid \d+\) exited with code 1"):
+        LLM(model=str(tiny_checkpoint("llama")), tensor_parallel_size=2, disable_log_stats=True)
+    assert time.monotonic() - t0 < 120  # not the 600 s start-up timeout
+    gc.collect()
+    assert children() == []
+
+
+KILLED_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from tokenleap import LLM
     llm = LLM(model=sys.argv[1], tensor_parallel_size=2, disable_log_stats=True, num_gpu_blocks_override=16)
     print(llm.engine.tensor_parallel.procs[0].pid, flush=True)
-    if sys.argv[2] == "killed":
-        os.kill(os.getpid(), signal.SIGKILL)
-    # "exit": leave with the LLM alive; the atexit finalizer stops the worker
+    os.kill(os.getpid(), signal.SIGKILL)  # no finalizer runs
 """)
 
 
-@pytest.mark.parametrize("how", ["exit", "killed"])
-def test_no_orphan_worker_after_the_program_ends(tiny_checkpoint, tmp_path, how):
-    script = tmp_path / "tp_exit.py"
-    script.write_text(EXIT_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(tiny_checkpoint("llama")), how], capture_output=True,
+def test_no_orphan_worker_after_the_program_is_killed(tiny_checkpoint, tmp_path):
+    """(A program that exits normally with its LLM alive stops its workers from the atexit finalizer:
+    test_two_process_example_over_env_rendezvous's rank 0 does, and its worker exits with 0.)"""
+    script = tmp_path / "tp_killed.py"
+    script.write_text(KILLED_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(tiny_checkpoint("llama"))], capture_output=True,
                           text=True, timeout=300)
-    assert proc.returncode == (0 if how == "exit" else -9), proc.stderr
+    assert proc.returncode == -9, proc.stderr
     worker = int(proc.stdout.split()[-1])
-    deadline = time.monotonic() + 10  # a killed parent: the worker's watch thread notices within a second
+    deadline = time.monotonic() + 10  # the worker's parent-watch thread notices within a second
     while psutil.pid_exists(worker) and psutil.Process(worker).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, f"worker {worker} outlived its engine ({how})"
+        assert time.monotonic() < deadline, f"worker {worker} outlived its killed engine"
         time.sleep(0.1)
 
 
@@ -266,7 +275,8 @@ def test_external_launch_checks_the_rendezvous_variables(tiny_checkpoint, monkey
 
 def test_two_process_example_over_env_rendezvous(tiny_checkpoint):
     """examples/tensor_parallel_two_hosts.py run twice (RANK 0 and 1), as on two hosts: rank 0's tokens are
-    those of one process alone."""
+    those of one process alone. Rank 0 ends with its LLM alive: its atexit finalizer stops the worker, which
+    then exits with 0."""
     import socket
     from pathlib import Path
 

@@ -97,7 +97,7 @@ class TensorParallelGroup:
         pending = set(range(1, tp))
         deadline = time.monotonic() + rendezvous.STARTUP_TIMEOUT.total_seconds()
         while pending:
-            self.check_alive()
+            exited = any(p.poll() is not None for p in self.procs)  # before reading: a dead worker's last words
             for rank in sorted(pending):
                 key = rendezvous.status_key(rank)
                 if store.check([key]):
@@ -106,6 +106,8 @@ class TensorParallelGroup:
                         raise TensorParallelWorkerError(f"tensor-parallel worker rank {rank} failed to start:\n"
                                                         f"{status}")
                     pending.discard(rank)
+            if exited:
+                self.check_alive()  # raises, naming the worker and its exit code
             if time.monotonic() > deadline:
                 raise TensorParallelWorkerError(
                     f"tensor-parallel workers {sorted(pending)} did not join within "
