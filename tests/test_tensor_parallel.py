@@ -15,8 +15,8 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
-import psutil
 import pytest
 from tokenleap import LLM, SamplingParams
 from tokenleap.distributed.launcher import TensorParallelWorkerError
@@ -50,8 +50,26 @@ PARAMS[2] = PARAMS[2].model_copy(update={"logprobs": 2})
 PARAMS[3] = PARAMS[3].model_copy(update={"logprobs": 2})
 
 
-def children() -> list[psutil.Process]:
-    return psutil.Process().children(recursive=True)
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, parent pid) of a process from /proc, or None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def children() -> list[int]:
+    """Live (not zombie) descendants of this process."""
+    parent_of = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _stat(int(entry.name))) is not None and st[0] != "Z":
+            parent_of[int(entry.name)] = st[1]
+    found, frontier = [], {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, ppid in parent_of.items() if ppid in frontier}
+        found += sorted(frontier)
+    return found
 
 
 def run(folder, tp: int, spec: dict | None) -> dict:
@@ -69,7 +87,7 @@ def run(folder, tp: int, spec: dict | None) -> dict:
     }
     del llm, outs
     gc.collect()
-    result["left"] = [p.pid for p in children()]
+    result["left"] = children()
     return result
 
 
@@ -176,7 +194,7 @@ def test_no_orphan_worker_after_the_program_is_killed(tiny_checkpoint, tmp_path)
     assert proc.returncode == -9, proc.stderr
     worker = int(proc.stdout.split()[-1])
     deadline = time.monotonic() + 10  # the worker's parent-watch thread notices within a second
-    while psutil.pid_exists(worker) and psutil.Process(worker).status() != psutil.STATUS_ZOMBIE:
+    while (st := _stat(worker)) is not None and st[0] != "Z":
         assert time.monotonic() < deadline, f"worker {worker} outlived its killed engine"
         time.sleep(0.1)
 
@@ -278,7 +296,6 @@ def test_two_process_example_over_env_rendezvous(tiny_checkpoint):
     those of one process alone. Rank 0 ends with its LLM alive: its atexit finalizer stops the worker, which
     then exits with 0."""
     import socket
-    from pathlib import Path
 
     folder = str(tiny_checkpoint("llama"))
     script = Path(__file__).parents[1] / "examples" / "tensor_parallel_two_hosts.py"
