@@ -345,3 +345,30 @@ def test_a_rank_reads_only_its_slices_of_safetensors(tiny_checkpoint, model):
             assert part.keys() == want.keys()
             for name, t in want.items():
                 assert part[name].dtype == t.dtype and torch.equal(part[name], t), (tp, rank, name)
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4, 8])
+def test_each_ranks_query_heads_use_only_its_kv_heads(tp):
+    """KV heads split over the ranks (tp <= 2) or replicated (tp > 2): every query head a rank holds reads a KV
+    head that rank holds (grouped-query attention: query head h uses KV head h // (heads / kv_heads))."""
+    from tokenleap.distributed.sharding import kv_head_range, shard_arch
+    from tokenleap.model.arch import ModelArchConfig
+
+    arch = ModelArchConfig(model_type="llama", vocab_size=100, hidden_size=128, intermediate_size=64,
+                           num_hidden_layers=1, num_attention_heads=8, num_key_value_heads=2, head_dim=16,
+                           rms_norm_eps=1e-6, rope_theta=1e4, max_position_embeddings=64,
+                           tie_word_embeddings=True, attention_bias=False)
+    shard = shard_arch(arch, tp)
+    assert shard.vocab_size * tp >= 100 > (shard.vocab_size - 1) * tp
+    held = []
+    for rank in range(tp):
+        lo, hi = kv_head_range(arch, rank, tp)
+        assert hi - lo == shard.num_key_value_heads == max(1, 2 // tp)
+        for h in range(rank * shard.num_attention_heads, (rank + 1) * shard.num_attention_heads):
+            kv = h // (8 // 2)
+            assert lo <= kv < hi
+            # the shard's own grouping maps its local query head to the same KV head
+            assert lo + (h - rank * shard.num_attention_heads) // (shard.num_attention_heads
+                                                                   // shard.num_key_value_heads) == kv
+        held += range(lo, hi)
+    assert sorted(set(held)) == [0, 1]
