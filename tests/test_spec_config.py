@@ -114,7 +114,7 @@ BAD = [
         {"method": "ngram", "num_speculative_tokens": 3, "parallel_drafting": True},
         ValueError,
         r"speculative_config: key\(s\) \['parallel_drafting'\] mean nothing to method 'ngram' \(given "
-        r"parallel_drafting=True\); its common keys are \['disable_by_batch_size', 'method', "
+        r"parallel_drafting=True\); its common keys are \['disable_by_batch_size', 'draft_verification', 'method', "
         r"'num_speculative_tokens'\]",
     ),
     (

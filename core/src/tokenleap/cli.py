@@ -127,6 +127,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-model-len", type=_int("an", 2), default=None, metavar="N")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    g.add_argument("--tensor-parallel-size", "-tp", type=positive_int, default=None, metavar="N",
+                   help="split the model over N processes (GPUs on CUDA); docs/tensor-parallel.md")
     g.add_argument(
         "--load-format",
         choices=["auto", "safetensors", "gguf", "dummy"],
@@ -354,6 +356,7 @@ _ENGINE_FLAGS = (
     "max_model_len",
     "device",
     "enforce_eager",
+    "tensor_parallel_size",
     "load_format",
     "seed",
     "max_num_seqs",

@@ -204,10 +204,11 @@ def gguf_tokenizer(path: Path, reader: Any) -> Any:
     return tok
 
 
-def load_gguf(path: Path, dtype: torch.dtype) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
-    """(HF-style config dict, HF-named weights in `dtype`, tokenizer) from one .gguf file."""
+def load_gguf(path: Path, dtype: torch.dtype, with_tokenizer: bool = True,
+              ) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
+    """(HF-style config dict, HF-named weights in `dtype`, tokenizer or None) from one .gguf file."""
     from gguf import GGUFReader
 
     reader = GGUFReader(str(path))
     cfg = gguf_config(reader)
-    return cfg, gguf_weights(reader, cfg, dtype), gguf_tokenizer(path, reader)
+    return cfg, gguf_weights(reader, cfg, dtype), gguf_tokenizer(path, reader) if with_tokenizer else None
