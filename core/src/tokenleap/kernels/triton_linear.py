@@ -54,7 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tokenleap.kernels import pdl
+from tokenleap.kernels import pdl, triton_compat  # noqa: F401  (triton_compat: interpreter fixes)
 from tokenleap.kernels.triton_fused import rotate_half_pair, silu_times
 
 MAX_ROWS = 16  # rows (tokens) a call may have; also the row count of every tl.dot
