@@ -113,3 +113,25 @@ def test_smollm2_cached_tokenizer_is_token_identical(smollm2_path, tmp_path, mon
     tokenizer_cache.cached_tokenizer(smollm2_path, lambda: fresh)  # saved
     cached = gguf_loader.gguf_tokenizer(smollm2_path, reader)  # loaded from the folder
     assert_same_tokenizer(cached, fresh)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])  # qwen2: attention bias, tied embeddings
+def test_uninitialized_model_after_loading_equals_initialized(model_type, tmp_path):
+    """Skipping the random init is safe only if loading writes every parameter and buffer."""
+    import torch
+    from helpers.tiny_models import make_tiny_checkpoint
+    from tokenleap.kernels.ops import layer_ops
+    from tokenleap.model.llama import LlamaForCausalLM
+    from tokenleap.model.loader import load_checkpoint
+
+    ckpt = load_checkpoint(make_tiny_checkpoint(tmp_path, model_type))
+    ops = layer_ops("torch")
+    ref = LlamaForCausalLM(ckpt.arch, 128, ops)
+    ref.load_hf_weights(ckpt.weights)
+    fast = LlamaForCausalLM.uninitialized(ckpt.arch, 128, ops, torch.device("cpu"), torch.float32)
+    fast.load_hf_weights(ckpt.weights)
+    want, got = ref.state_dict(), fast.state_dict()
+    assert list(got) == list(want)
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name
+    assert torch.equal(fast.cos_sin_cache, ref.cos_sin_cache) and fast.cos_sin_cache.device.type == "cpu"

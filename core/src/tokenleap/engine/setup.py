@@ -57,9 +57,8 @@ def load_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_po
         ckpt.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
     arch = ckpt.arch
     positions = max_positions or arch.max_position_embeddings
-    with torch.device(device):
-        model = LlamaForCausalLM(arch, positions + 64, ops).to(ckpt.torch_dtype)
-    model.load_hf_weights(ckpt.weights)  # copy_ moves each tensor to the device
+    model = LlamaForCausalLM.uninitialized(arch, positions + 64, ops, device, ckpt.torch_dtype)
+    model.load_hf_weights(ckpt.weights)  # copy_ moves each tensor to the device; every parameter is written
     return LoadedModel(model.eval(), arch, ckpt.tokenizer, ckpt.torch_dtype)
 
 
