@@ -20,7 +20,8 @@ from tokenleap.bench.prompts import code_editing_prompts, summarization_prompts
 
 NEW_TOKENS = int(os.environ.get("BENCH_CPU_TOKENS", "64"))
 _N = int(os.environ.get("BENCH_CPU_PROMPTS", "6"))
-CHATS = [[{"role": "user", "content": p}] for p in code_editing_prompts()[: (_N + 1) // 2] + summarization_prompts()[: _N // 2]]
+_PROMPTS = code_editing_prompts()[: (_N + 1) // 2] + summarization_prompts()[: _N // 2]
+CHATS = [[{"role": "user", "content": p}] for p in _PROMPTS]
 NGRAM = {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_min": 1, "prompt_lookup_max": 3}
 RESULTS: dict[str, float] = {}
 

@@ -1,8 +1,8 @@
 """Read a llama.cpp GGUF file into Hugging Face-named float tensors, an HF-style config and a tokenizer.
 
-The file is read by `gguf_file.GGUFFile`; weights are dequantized with `gguf.quants.dequantize` (any type
-it knows: F32, F16, BF16, Q4_0, Q4_1, Q8_0, K-quants, ...). llama.cpp's converter permutes the rows of q_proj/k_proj of the `llama`
-architecture to suit its own RoPE layout (pairs of adjacent rows instead of the two halves of each
+The file is read by `gguf_file.GGUFFile`; weights are dequantized with `gguf.quants.dequantize` (any type it
+knows: F32, F16, BF16, Q4_0, Q4_1, Q8_0, K-quants, ...). llama.cpp's converter permutes the rows of q_proj/k_proj
+of the `llama` architecture to suit its own RoPE layout (pairs of adjacent rows instead of the two halves of each
 head); `unpermute_rope_rows` undoes that, so the tensors equal the original Hugging Face ones.
 """
 
