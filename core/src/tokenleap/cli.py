@@ -144,6 +144,11 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default=None)
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument(
+        "--log-stats",
+        action="store_true",
+        help="log an 'engine stats' line (throughput, acceptance) every few seconds while running",
+    )
 
 
 def _server_args(p: argparse.ArgumentParser) -> None:
@@ -401,6 +406,7 @@ def make_llm(args: argparse.Namespace):
 
     check_speculative_config(args.speculative_config)
     kwargs = {k: getattr(args, k) for k in _ENGINE_FLAGS if getattr(args, k, None) is not None}
+    kwargs["disable_log_stats"] = not getattr(args, "log_stats", False)
     try:
         return LLM(model=args.model, speculative_config=args.speculative_config, **kwargs)
     except pydantic.ValidationError as exc:

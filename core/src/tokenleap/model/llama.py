@@ -100,12 +100,20 @@ class LlamaForCausalLM(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, ops) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        inv_freq = rope_inv_freq(
-            cfg.head_dim, cfg.rope_theta, cfg.rope_type, cfg.rope_factor, cfg.rope_low_freq_factor,
-            cfg.rope_high_freq_factor, cfg.rope_original_max_position,
-        )
         # A plain attribute, not a buffer: it stays float32 when the weights are cast to bf16/fp16.
-        self.cos_sin_cache = rope_cos_sin_cache(inv_freq, max_positions)  # [max_positions, head_dim] fp32
+        self.cos_sin_cache = _rope_cache(cfg, max_positions)  # [max_positions, head_dim] fp32
+
+    @classmethod
+    def uninitialized(cls, cfg: ModelArchConfig, max_positions: int, ops: LayerOps, device: torch.device,
+                      dtype: torch.dtype) -> LlamaForCausalLM:
+        """The model with its parameters allocated on ``device`` but not initialized, for ``load_hf_weights`` to
+        fill: the random initialization it skips costs seconds on a CPU (135M values for SmolLM2)."""
+        with torch.device("meta"):
+            model = cls(cfg, max_positions, ops)
+        model = model.to_empty(device=device).to(dtype)
+        with torch.device(device):
+            model.cos_sin_cache = _rope_cache(cfg, max_positions)
+        return model
 
     def forward(
         self,
@@ -209,6 +217,14 @@ def hidden_state_boundaries(layers: Sequence[int], num_layers: int) -> dict[int,
                              f"(allowed {-num_layers}..{num_layers})")
         out.setdefault(boundary, []).append(i)
     return out
+
+
+def _rope_cache(cfg: ModelArchConfig, max_positions: int) -> torch.Tensor:  # [max_positions, head_dim] fp32
+    inv_freq = rope_inv_freq(
+        cfg.head_dim, cfg.rope_theta, cfg.rope_type, cfg.rope_factor, cfg.rope_low_freq_factor,
+        cfg.rope_high_freq_factor, cfg.rope_original_max_position,
+    )
+    return rope_cos_sin_cache(inv_freq, max_positions)
 
 
 def _hf_names(cfg: ModelArchConfig) -> list[str]:

@@ -258,11 +258,10 @@ def read_arch(path: str | Path) -> ModelArchConfig:
     """The architecture of a checkpoint, read from its config.json or GGUF metadata without loading weights."""
     p = _checkpoint_file_or_folder(path)
     if p.is_file() and p.suffix == ".gguf":
-        from gguf import GGUFReader
-
+        from tokenleap.model.gguf_file import GGUFFile
         from tokenleap.model.gguf_loader import gguf_config
 
-        return ModelArchConfig.from_hf_config(gguf_config(GGUFReader(str(p))))
+        return ModelArchConfig.from_hf_config(gguf_config(GGUFFile(p)))
     config_path = p / "config.json" if p.is_dir() else p
     if not config_path.is_file():
         raise FileNotFoundError(f"{p} has no config.json (and is not a .gguf file)")
@@ -273,11 +272,10 @@ def load_tokenizer(path: str | Path):
     """The tokenizer of a checkpoint (HF folder or GGUF metadata), without its weights."""
     p = _checkpoint_file_or_folder(path)
     if p.is_file() and p.suffix == ".gguf":
-        from gguf import GGUFReader
-
+        from tokenleap.model.gguf_file import GGUFFile
         from tokenleap.model.gguf_loader import gguf_tokenizer
 
-        return gguf_tokenizer(p, GGUFReader(str(p)))
+        return gguf_tokenizer(p, GGUFFile(p))
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(p))
