@@ -23,6 +23,8 @@ EXPECTED = {
     "acceptance_metrics.py": ["== per request", "tokenleap:spec_decode_num_accepted_tokens_per_pos:",
                               "mean acceptance length over the run:"],
     "third_party_proposer.py": ["method 'lastseen'", "same tokens as without speculation: True"],
+    "draft_model.py": ["mean acceptance length:", "drafts accepted:"],
+    "openai_server.py": ["answer:", "spec_decode:", "streamed the same text: True"],
 }
 
 
