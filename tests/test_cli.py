@@ -152,6 +152,7 @@ def test_proposers_marks_what_the_allowlist_blocks(capsys, monkeypatch):
         (["generate", "--temperature", "-1"], "--temperature", "-1"),
         (["generate", "--top-p", "1.5"], "--top-p", "1.5"),
         (["generate", "--dtype", "int4"], "--dtype", "int4"),
+        (["generate", "--tensor-parallel-size", "0"], "--tensor-parallel-size", "0"),
         (["generate", "--model", "/no/such/model"], "--model", "/no/such/model"),
         (["generate", "--prompts-file", "/no/such.jsonl"], "--prompts-file", "/no/such.jsonl"),
         (["bench", "latency", "--batch-size", "0"], "--batch-size", "0"),

@@ -127,6 +127,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-model-len", type=_int("an", 2), default=None, metavar="N")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    g.add_argument("--tensor-parallel-size", "-tp", type=positive_int, default=None, metavar="N",
+                   help="split the model over N processes (GPUs on CUDA); docs/tensor-parallel.md")
     g.add_argument(
         "--load-format",
         choices=["auto", "safetensors", "gguf", "dummy"],
@@ -142,6 +144,11 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default=None)
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument(
+        "--log-stats",
+        action="store_true",
+        help="log an 'engine stats' line (throughput, acceptance) every few seconds while running",
+    )
 
 
 def _server_args(p: argparse.ArgumentParser) -> None:
@@ -354,6 +361,7 @@ _ENGINE_FLAGS = (
     "max_model_len",
     "device",
     "enforce_eager",
+    "tensor_parallel_size",
     "load_format",
     "seed",
     "max_num_seqs",
@@ -398,6 +406,7 @@ def make_llm(args: argparse.Namespace):
 
     check_speculative_config(args.speculative_config)
     kwargs = {k: getattr(args, k) for k in _ENGINE_FLAGS if getattr(args, k, None) is not None}
+    kwargs["disable_log_stats"] = not getattr(args, "log_stats", False)
     try:
         return LLM(model=args.model, speculative_config=args.speculative_config, **kwargs)
     except pydantic.ValidationError as exc:

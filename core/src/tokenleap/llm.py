@@ -29,12 +29,16 @@ class LLM:
     def __init__(self, model: str, tokenizer: str | None = None, dtype: str = "auto", seed: int = 0,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.9,
                  enforce_eager: bool = False, tensor_parallel_size: int = 1,
-                 speculative_config: dict[str, Any] | None = None, *, proposer_manager=None, **kwargs: Any) -> None:
+                 speculative_config: dict[str, Any] | None = None, *, disable_log_stats: bool = True,
+                 proposer_manager=None, **kwargs: Any) -> None:
+        """``disable_log_stats`` (True, as in vLLM's ``LLM``): False logs an ``engine stats`` line (throughput,
+        acceptance) every ``log_stats_interval_s`` seconds."""
         configure_logging()
         self.config = EngineConfig(
             model=model, tokenizer=tokenizer, dtype=dtype, seed=seed, max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-            tensor_parallel_size=tensor_parallel_size, speculative_config=speculative_config, **kwargs,
+            tensor_parallel_size=tensor_parallel_size, speculative_config=speculative_config,
+            disable_log_stats=disable_log_stats, **kwargs,
         )
         self.engine = Engine(self.config, proposer_manager)
         self._seed_rng = random.Random(seed)

@@ -17,6 +17,10 @@ _SPECULATIVE_KEYS = {
 }
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _speculative_hint(data: dict[str, Any]) -> str:
     cfg: dict[str, Any] = {}
     model = data.get("speculative_model") or data.get("speculative_method")
@@ -28,6 +32,8 @@ def _speculative_hint(data: dict[str, Any]) -> str:
         cfg["method"] = "ngram"
     if "num_speculative_tokens" in data:
         cfg["num_speculative_tokens"] = data["num_speculative_tokens"]
+    elif _is_count(data.get("speculative_ratio")):  # drafts per verify step, as some guides name it
+        cfg["num_speculative_tokens"] = data["speculative_ratio"]
     if "ngram_prompt_lookup_max" in data:
         cfg["prompt_lookup_max"] = data["ngram_prompt_lookup_max"]
     if "ngram_prompt_lookup_min" in data:

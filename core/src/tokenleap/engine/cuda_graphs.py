@@ -11,13 +11,11 @@ chunk padded to the next bucket (32, 64, ..., 512) the same way, logits only for
 (its row travels in the ``num_drafts`` field). Other prefills (longer chunks, several requests) run eagerly.
 
 Each (batch, q) forward is captured as a few consecutive graphs (layer segments) rather than one: launching a
-graph costs host time that grows with its size (measured on an H100: 0.4-0.8 ms for a whole 32-layer 8B
-forward), and while the GPU runs one segment the host launches the next. Verify graphs (q > 1) run on an idle
-GPU when the proposer needed the previous step's tokens, so their first segment is one layer and the GPU waits
-only for a one-layer launch (then two equal segments: ``segment_bounds``). 1-token graphs are mostly launched
-behind a running step (below); for them three equal segments measured fastest on an H100 (8B shape, one
-machine, 272-token runs: 1.671-1.687 s against 1.712-1.736 s with a whole-forward graph captured beside the
-segments, or with a 1, 2, 4, ... layer split; about 0.15 ms per step; the cause was not found).
+graph costs host time that grows with its size, and while the GPU runs one segment the host launches the
+next. Verify graphs (q > 1) run on an idle GPU when the proposer needed the previous step's tokens, so their
+first segment is one layer and the GPU waits only for a one-layer launch (then two equal segments:
+``segment_bounds``). 1-token graphs are mostly launched behind a running step (below); for them three equal
+segments measured fastest (docs/performance-log.md, "Measurements behind the code").
 
 Static inputs live in one device byte buffer (int64: ids, positions, slots, drafts per request, feed flags,
 token limits; int32: query start offsets, sequence lengths, block tables; each field 64-byte aligned, at offsets
@@ -71,10 +69,7 @@ def segment_bounds(num_layers: int) -> list[int]:
     """Layer boundaries of verify-graph segments, [0, ..., num_layers]: one layer, then the rest in two equal
     segments. A verify step launched on an idle GPU waits only for the one-layer launch, and the next segment is
     launched while that layer runs; a verify step launched behind the step in flight (device drafting) pays a
-    short GPU gap per segment boundary. Measured on an H100 (``tests/benchmarks/verify_segments.py``, two runs):
-    SmolLM2-shaped 1 + 15 forward back to back 871 / 867 us against 881 / 877 us with 1, 2, 4, 8, ... layers,
-    idle-GPU latency within +-9 us of it; Llama-3-8B shape no difference beyond noise (6.12-6.13 ms back to back,
-    6.22-6.23 ms idle)."""
+    short GPU gap per segment boundary (``tests/benchmarks/verify_segments.py`` compares splits)."""
     return sorted({0, min(1, num_layers), 1 + (num_layers - 1) // 2, num_layers})
 
 
