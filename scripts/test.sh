@@ -22,11 +22,14 @@ PIP=("$PY" -m pip install --disable-pip-version-check --progress-bar on)
 echo "[latest] torch: $LATEST_TORCH_SPEC"
 # shellcheck disable=SC2086
 "${PIP[@]}" $LATEST_TORCH_SPEC
-echo "[latest] the newest releases of the other dependencies"
-"${PIP[@]}" --upgrade --upgrade-strategy eager triton transformers tokenizers safetensors gguf pydantic \
-  structlog tqdm numpy pluggy jinja2 accelerate pytest
+echo "[latest] the newest releases of the other dependencies (torch held where it is)"
+TORCH_PIN="$VENV/torch-pin.txt"
+"$PY" -c 'import torch; print("torch==" + torch.__version__)' > "$TORCH_PIN"
+"${PIP[@]}" --upgrade -c "$TORCH_PIN" triton transformers tokenizers safetensors gguf pydantic \
+  structlog tqdm numpy pluggy jinja2 pytest
 "${PIP[@]}" --no-deps -e plugins -e core -e proposers-ngram -e proposers-suffix
-"$PY" -c 'import torch, triton, transformers, tokenizers; print("[latest] torch", torch.__version__, "triton",
-triton.__version__, "transformers", transformers.__version__, "tokenizers", tokenizers.__version__)'
+"$PY" -c 'import torch, triton, transformers, tokenizers
+print("[latest] torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__,
+      "tokenizers", tokenizers.__version__)'
 exec "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py tests/test_triton_linear.py \
   tests/test_greedy_head.py tests/test_device_ngram.py tests/test_triton_model.py tests/test_engine_parity.py "$@"

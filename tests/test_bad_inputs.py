@@ -259,7 +259,7 @@ def test_unknown_model_alias_or_path_lists_known_aliases(no_loading, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, field, message",
     [
-        ({"tensor_parallel_size": 2}, "tensor_parallel_size", r"tensor_parallel_size=2 is not supported yet"),
+        ({"tensor_parallel_size": 0}, "tensor_parallel_size", r"input_value=0"),
         ({"dtype": "float64"}, "dtype", r"input_value='float64'"),
         ({"dtype": "int8"}, "dtype", r"'auto', 'float32', 'bfloat16', 'float16', 'float' or 'half'"),
         ({"block_size": 24}, "block_size", r"block_size=24 must be a power of two"),

@@ -119,12 +119,22 @@ def test_proposers_lists_installed_with_versions(capsys):
     }
     assert rows["ngram"][1] == "tokenleap-ngram" and rows["suffix"][1] == "tokenleap-suffix"
     assert rows["ngram"][2][0].isdigit()
+    assert " ".join(rows["ngram"][3:]).startswith("N-gram (prompt lookup) speculative-decoding proposer")
     code, out, _ = _run(capsys, ["proposers", "--json"])
     doc = json.loads(out)
     by_method = {m["method"]: m for m in doc["installed"]}
     assert by_method["ngram"]["package"] == "tokenleap-ngram" and by_method["suffix"]["version"]
+    assert by_method["ngram"]["allowed"] is True
     for m in doc["not_installed"]:
-        assert m["install"] == f"pip install {m['package']}"
+        assert m["install"] == f"pip install ./{m['folder']}"
+
+
+def test_proposers_marks_what_the_allowlist_blocks(capsys, monkeypatch):
+    monkeypatch.setenv("TOKENLEAP_PLUGINS", "suffix")
+    code, out, _ = _run(capsys, ["proposers"])
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith(("ngram", "suffix"))}
+    assert lines["ngram"].endswith("[not allowed by TOKENLEAP_PLUGINS]")
+    assert not lines["suffix"].endswith("]")
 
 
 @pytest.mark.parametrize(
@@ -142,6 +152,7 @@ def test_proposers_lists_installed_with_versions(capsys):
         (["generate", "--temperature", "-1"], "--temperature", "-1"),
         (["generate", "--top-p", "1.5"], "--top-p", "1.5"),
         (["generate", "--dtype", "int4"], "--dtype", "int4"),
+        (["generate", "--tensor-parallel-size", "0"], "--tensor-parallel-size", "0"),
         (["generate", "--model", "/no/such/model"], "--model", "/no/such/model"),
         (["generate", "--prompts-file", "/no/such.jsonl"], "--prompts-file", "/no/such.jsonl"),
         (["bench", "latency", "--batch-size", "0"], "--batch-size", "0"),

@@ -83,9 +83,13 @@ def plain(target):
 @pytest.mark.parametrize("batch", [1, 8])
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_greedy_equals_plain_with_a_small_draft(target, small_draft, plain, batch, k):
+    """Prompts of up to 70 tokens under a 32-token budget: chunked prefill; half share a 40-token prefix: prefix
+    caching; at batch 8 a 14-block KV cache holds about three requests: preemption."""
     llm = build(target, {"method": "draft_model", "model": small_draft, "num_speculative_tokens": k},
-                max_num_seqs=batch, max_num_batched_tokens=32)  # prompts of up to 70 tokens: chunked prefill
+                max_num_seqs=batch, max_num_batched_tokens=32, num_gpu_blocks_override=14)
     assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == plain
+    assert llm.engine.blocks.prefix_hits > 0
+    assert batch == 1 or llm.engine.counters.num_preemptions > 0
     drafts, accepted = acceptance(llm)
     assert drafts > 0 and 0 < accepted < drafts  # a real draft: some accepted, some not
     assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_usable_blocks  # nothing leaked
@@ -139,14 +143,17 @@ def homogeneity_p_value(a: list[int], b: list[int]) -> float:
     return _chi2_sf(stat, len(cells) - 1)
 
 
-def test_sampling_keeps_the_target_distribution(target, near_draft):
+@pytest.mark.parametrize("verification", ["rejection", "coupled"])
+def test_sampling_keeps_the_target_distribution(target, near_draft, verification):
     """Temperature 1 with top-k 6: 3,000 seeded requests per side; the marginal of each of the first 4 output
-    tokens, speculative (drafts sampled with their probabilities, rejection sampling) against plain, by a
-    two-sample chi-square test at a family-wise level of 0.001 (Bonferroni: each test at 0.001 / 4). Plain and
-    speculative use disjoint seeds, so the two samples are independent."""
+    tokens, speculative (drafts sampled with their probabilities; verified by rejection sampling, or by coupling
+    with drafts drawn from the target's noise) against plain, by a two-sample chi-square test at a family-wise
+    level of 0.001 (Bonferroni: each test at 0.001 / 4). Plain and speculative use disjoint seeds, so the two
+    samples are independent."""
     n, positions = 3000, 4
     prompt = [{"prompt_token_ids": [5, 17, 42, 9, 17, 42]}] * n
-    spec = build(target, {"method": "draft_model", "model": near_draft, "num_speculative_tokens": 3})
+    spec = build(target, {"method": "draft_model", "model": near_draft, "num_speculative_tokens": 3,
+                          "draft_verification": verification})
     plain = build(target)
 
     def sample(llm, seed0):
@@ -163,10 +170,10 @@ def test_sampling_keeps_the_target_distribution(target, near_draft):
 
 
 def test_homogeneity_test_detects_a_different_distribution():
-    """The test above can fail: two samples from distributions 0.5/0.5 and 0.56/0.44 (3,000 each) are told apart."""
+    """The test above can fail: two samples from distributions 0.5/0.5 and 0.58/0.42 (3,000 each) are told apart."""
     rng = random.Random(1)
     a = [int(rng.random() < 0.5) for _ in range(3000)]
-    b = [int(rng.random() < 0.44) for _ in range(3000)]
+    b = [int(rng.random() < 0.42) for _ in range(3000)]
     assert homogeneity_p_value(a, b) < 0.001 / 4
     c = [int(rng.random() < 0.5) for _ in range(3000)]
     assert homogeneity_p_value(a, c) > 0.001 / 4
@@ -186,3 +193,73 @@ def test_smollm2_drafting_for_itself(smollm2_path):
     assert token_ids(spec.generate(prompts, params, use_tqdm=False)) == want
     drafts, accepted = acceptance(spec)
     assert drafts > 0 and accepted >= 0.99 * drafts, (drafts, accepted)
+
+
+# ---- bad configurations: each fails with its message before any weights load --------------------------------
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """The target's and the draft's weight loading fail loudly: a configuration error must come first."""
+    from tokenleap.engine import setup
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the configuration was rejected")
+
+    monkeypatch.setattr(setup, "load_model", refuse)
+    monkeypatch.setattr(setup, "load_weights", refuse)
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_draft(tiny_checkpoint, tmp_path_factory):
+    """A draft of the target's vocabulary size whose tokenizer was trained on other text (other merges, ids)."""
+    import shutil
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = tmp_path_factory.mktemp("othertok") / "draft"
+    shutil.copytree(tiny_checkpoint("llama"), folder)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["zebra zygote zeal " * 5, "quiz quartz quill " * 5], trainer=trainer)
+    tok.save(str(folder / "tokenizer.json"))
+    return str(folder)
+
+
+def test_bad_draft_configurations_fail_before_any_weights(no_weights, target, tiny_checkpoint,
+                                                          other_tokenizer_draft):
+    big_vocab = str(tiny_checkpoint("llama", vocab_size=352))
+    short = str(tiny_checkpoint("llama", max_position_embeddings=128))
+
+    def fails(spec: dict, pattern: str, **kwargs):
+        with pytest.raises(ValueError, match=pattern):
+            LLM(target, speculative_config={"method": "draft_model", "num_speculative_tokens": 3, **spec},
+                disable_log_stats=True, **kwargs)
+
+    fails({"model": big_vocab}, rf"speculative_config\.model='{big_vocab}' has a vocabulary of 352 tokens, the "
+                                r"target 320: draft_model needs a draft with the target's tokenizer and vocabulary")
+    fails({"model": other_tokenizer_draft},
+          rf"speculative_config\.model='{other_tokenizer_draft}': its tokenizer and the target's disagree on "
+          r"'The quick brown fox jumps over the lazy dog\.' \(draft ids \[.*\]\.\.\., target ids \[.*\]\.\.\.\): draft_model "
+          r"needs a draft with the target's tokenizer")
+    fails({"model": short}, rf"speculative_config\.model='{short}' has max_position_embeddings=128, below the "
+                            r"target max_model_len=512; set speculative_config\.max_model_len <= 128")
+    fails({"model": target, "draft_tensor_parallel_size": 2},
+          r"speculative_config draft_tensor_parallel_size=2 must be 1 or the target's tensor_parallel_size=1")
+    fails({"model": target, "draft_tensor_parallel_size": 2},  # the target's TP, which draft_model cannot do yet
+          r"speculative_config\.draft_tensor_parallel_size=2 is not supported by draft_model yet", tensor_parallel_size=2)
+    fails({}, r"speculative_config\.model is required for method 'draft_model'")
+    with pytest.raises(FileNotFoundError, match="/no/such/draft"):
+        LLM(target, speculative_config={"method": "draft_model", "model": "/no/such/draft",
+                                        "num_speculative_tokens": 3}, disable_log_stats=True)
+
+
+def test_a_short_draft_speculates_up_to_the_speculative_max_model_len(target, tiny_checkpoint, plain):
+    """A draft with fewer positions than the target is fine when speculative max_model_len caps drafting there:
+    past it the engine decodes without drafts, and the output is still plain decoding's."""
+    short = str(tiny_checkpoint("llama", max_position_embeddings=64))
+    llm = build(target, {"method": "draft_model", "model": short, "num_speculative_tokens": 3, "max_model_len": 64})
+    assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == plain
+    assert llm.engine.counters.spec.num_draft_tokens > 0

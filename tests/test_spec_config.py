@@ -114,7 +114,7 @@ BAD = [
         {"method": "ngram", "num_speculative_tokens": 3, "parallel_drafting": True},
         ValueError,
         r"speculative_config: key\(s\) \['parallel_drafting'\] mean nothing to method 'ngram' \(given "
-        r"parallel_drafting=True\); its common keys are \['disable_by_batch_size', 'method', "
+        r"parallel_drafting=True\); its common keys are \['disable_by_batch_size', 'draft_verification', 'method', "
         r"'num_speculative_tokens'\]",
     ),
     (
@@ -189,7 +189,15 @@ def test_valid_config_loads(tiny):
             "'num_speculative_tokens': 3}",
         ),
         ({"speculative_sampling": True}, "{'method': 'ngram'}"),
-        ({"speculative_ratio": 0.5}, "{'method': 'ngram'}"),
+        ({"speculative_ratio": 0.5}, "{'method': 'ngram'}"),  # not a draft count: left out
+        (
+            {"speculative_model": "some/draft", "speculative_ratio": 4},
+            "{'method': 'draft_model', 'model': 'some/draft', 'num_speculative_tokens': 4}",
+        ),
+        (
+            {"speculative_model": "[ngram]", "speculative_ratio": 4, "num_speculative_tokens": 3},
+            "{'method': 'ngram', 'num_speculative_tokens': 3}",
+        ),
     ],
 )
 def test_speculative_keys_on_sampling_params(keys, equivalent):

@@ -407,6 +407,11 @@ OPTIONS = {
         temperature=0, max_tokens=40, stop_token_ids=[7, 8, 9, 10, 11], ignore_eos=True
     ),
     "logprobs": SamplingParams(temperature=0, max_tokens=24, logprobs=3, ignore_eos=True),
+    # the grammar's state and the bans follow the accepted tokens through preemption (docs/sampling.md)
+    "structured_outputs": SamplingParams(temperature=0, max_tokens=40, structured_outputs={"regex": "[a-z ]{30,60}"}),
+    "token_controls": SamplingParams(
+        temperature=0, max_tokens=40, logit_bias={5: 3.0, 17: -50.0}, bad_words=["the", "on"], ignore_eos=True
+    ),
 }
 
 

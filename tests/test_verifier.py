@@ -167,14 +167,26 @@ def _residual_is_p(p, draft_ids, num_drafts, q, uniforms, draw):
     return rejection_sample(p, draft_ids, num_drafts, q, uniforms, lambda dist, at: draw(p[rows, at], at))
 
 
-@pytest.mark.parametrize("biased", [_accept_always, _residual_is_p], ids=["accept-always", "residual-is-p"])
-@pytest.mark.parametrize("probabilistic", [True, False], ids=["q-given", "one-hot-drafts"])
+def _coupled_accept_always(target_tokens, draft_ids, num_drafts):
+    k = draft_ids.shape[1]
+    tokens = target_tokens.clone()
+    valid = torch.arange(k)[None, :] < num_drafts[:, None]
+    tokens[:, :k] = torch.where(valid, draft_ids, tokens[:, :k])
+    tokens[torch.arange(len(tokens)), num_drafts] = target_tokens[torch.arange(len(tokens)), num_drafts]
+    return tokens, num_drafts + 1
+
+
+@pytest.mark.parametrize(("biased", "probabilistic"), [
+    (_accept_always, True), (_residual_is_p, True), (_coupled_accept_always, False),
+], ids=["q-given-accept-always", "q-given-residual-is-p", "one-hot-drafts-coupled-accept-always"])
 def test_the_statistic_detects_a_biased_verifier(monkeypatch, biased, probabilistic):
-    """Negative controls: the same draws and statistic reject verifiers with a classic bug."""
-    monkeypatch.setattr(sampler_mod, "rejection_sample", biased)
+    """Negative controls: the same draws and statistic reject verifiers with a classic bug (q-given drafts go
+    through rejection sampling, one-hot drafts through coupled verification)."""
+    monkeypatch.setattr(sampler_mod, "verify_coupled" if biased is _coupled_accept_always else "rejection_sample",
+                        biased)
     p1, joint = exact_distributions()
     first, second = speculative_draws(probabilistic)
-    if biased is _accept_always:  # accepting tokens outside the support: the support check itself fails
+    if biased in (_accept_always, _coupled_accept_always):  # tokens outside the support: the support check fails
         with pytest.raises(AssertionError, match="outside the target's support"):
             chi_square(*histograms(first, second)[:1], p1)
         h1 = torch.bincount(first, minlength=V)
@@ -410,6 +422,8 @@ def test_engine_seeded_speculative_sampling(tiny_small_vocab, method):
     manager.register(plugin)
     common = dict(max_model_len=64, kv_cache_memory_bytes=8 << 20, max_num_seqs=512, disable_log_stats=True)
     spec = {"method": method, "num_speculative_tokens": 2}
+    if method == "sampled_draft":  # seeded requests would be coupled by default; this test is of rejection sampling
+        spec["draft_verification"] = "rejection"
     spec_llm = LLM(str(tiny_small_vocab), speculative_config=spec, proposer_manager=manager, **common)
     n = 3000
     params = [

@@ -1,9 +1,45 @@
-"""tokenleap: an LLM inference engine built around lossless speculative decoding."""
+"""tokenleap: an LLM inference engine built around lossless speculative decoding.
 
-from tokenleap.inputs import TextPrompt, TokensPrompt
-from tokenleap.llm import LLM
-from tokenleap.outputs import CompletionOutput, Logprob, RequestOutput
-from tokenleap.sampling_params import SamplingParams
+The public names are imported on first use (PEP 562), so that ``tokenleap --help`` and other light commands do
+not pay for torch and transformers.
+"""
 
-__all__ = ["LLM", "CompletionOutput", "Logprob", "RequestOutput", "SamplingParams", "TextPrompt", "TokensPrompt"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tokenleap.inputs import TextPrompt, TokensPrompt
+    from tokenleap.llm import LLM
+    from tokenleap.outputs import CompletionOutput, Logprob, RequestOutput
+    from tokenleap.sampling_params import SamplingParams
+    from tokenleap.structured.params import StructuredOutputsParams
+    from tokenleap.async_llm import AsyncLLM
+
+_EXPORTS = {
+    "LLM": "tokenleap.llm",
+    "AsyncLLM": "tokenleap.async_llm",
+    "StructuredOutputsParams": "tokenleap.structured.params",
+    "CompletionOutput": "tokenleap.outputs",
+    "Logprob": "tokenleap.outputs",
+    "RequestOutput": "tokenleap.outputs",
+    "SamplingParams": "tokenleap.sampling_params",
+    "TextPrompt": "tokenleap.inputs",
+    "TokensPrompt": "tokenleap.inputs",
+}
+__all__ = ["LLM", "AsyncLLM", "CompletionOutput", "Logprob", "RequestOutput", "SamplingParams", "StructuredOutputsParams",
+           "TextPrompt", "TokensPrompt"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tokenleap' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

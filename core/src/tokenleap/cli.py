@@ -1,4 +1,4 @@
-"""The ``tokenleap`` command: generate, pull, proposers, bench latency, bench throughput.
+"""The ``tokenleap`` command: generate, serve, pull, proposers, bench latency / throughput / serve.
 
 Only argument parsing and printing live here; the work is done by ``LLM``, ``model.hub`` and
 ``tokenleap.bench``. Every bad argument exits with status 2 and a message naming the flag, the value
@@ -127,6 +127,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-model-len", type=_int("an", 2), default=None, metavar="N")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    g.add_argument("--tensor-parallel-size", "-tp", type=positive_int, default=None, metavar="N",
+                   help="split the model over N processes (GPUs on CUDA); docs/tensor-parallel.md")
     g.add_argument(
         "--load-format",
         choices=["auto", "safetensors", "gguf", "dummy"],
@@ -142,6 +144,37 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default=None)
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument(
+        "--log-stats",
+        action="store_true",
+        help="log an 'engine stats' line (throughput, acceptance) every few seconds while running",
+    )
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    g.add_argument("--port", type=_port, default=8000, help="port to bind (default 8000)")
+    g.add_argument(
+        "--api-key",
+        default=os.environ.get("TOKENLEAP_API_KEY"),
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on /v1/* (default: $TOKENLEAP_API_KEY, else no key)",
+    )
+    g.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="model name(s) clients send in 'model' (default: the model argument)",
+    )
+
+
+def _port(text: str) -> int:
+    value = _int("a", 0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in [0, 65535], got {value}")
+    return value
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_tokens: bool) -> None:
@@ -209,7 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_proposers, parser=pr)
 
-    b = sub.add_parser("bench", help="latency / throughput benchmarks")
+    sv = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server (chat, completions, streaming, /metrics)",
+        description="Serves MODEL over HTTP: /v1/chat/completions, /v1/completions, /v1/models, /health, "
+        "/metrics. Point the official openai client at http://HOST:PORT/v1.",
+    )
+    sv.add_argument("model_tag", nargs="?", default=None, metavar="MODEL", help="the model (or use --model)")
+    _engine_args(sv)
+    _server_args(sv)
+    sv.add_argument(
+        "--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info", help="uvicorn's"
+    )
+    sv.set_defaults(func=cmd_serve, parser=sv)
+
+    b = sub.add_parser("bench", help="latency / throughput / serving benchmarks")
     bsub = b.add_subparsers(dest="bench", metavar="BENCH", required=True)
     lat = bsub.add_parser(
         "latency",
@@ -258,7 +305,53 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-warmup", dest="warmup", action="store_false", help="skip the 4-token warm-up request"
     )
     thr.set_defaults(func=cmd_bench_throughput, parser=thr)
+    _bench_serve_parser(bsub)
     return parser
+
+
+def _rate(text: str) -> float:
+    if text.lower() == "inf":
+        return float("inf")
+    return _float(0.0, None, low_open=True)(text)
+
+
+_rate.__name__ = "rate"
+
+
+def _bench_serve_parser(bsub) -> None:
+    bs = bsub.add_parser(
+        "serve",
+        help="TTFT / ITL / tokens/s of an OpenAI-compatible server under load",
+        description="Streams requests to a server at each --concurrency and --request-rate and reports output "
+        "tokens/s, TTFT, ITL and TPOT (p50/p90/p99). Without --base-url it starts `tokenleap serve` with the "
+        "engine options given, once without speculation and once with --speculative-config (when given).",
+    )
+    _engine_args(bs)
+    g = bs.add_argument_group("benchmark")
+    g.add_argument("--base-url", default=None, metavar="URL", help="benchmark this running server instead")
+    g.add_argument("--api-key", default=os.environ.get("TOKENLEAP_API_KEY"), metavar="KEY")
+    g.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
+    g.add_argument(
+        "--dataset",
+        type=dataset_name,
+        default="random",
+        help="random | mtbench | humaneval | sharegpt | code-editing | module-editing | summarization | jsonl:PATH",
+    )
+    g.add_argument("--input-len", type=positive_int, default=32, metavar="N", help="prompt tokens for random")
+    g.add_argument("--output-len", type=positive_int, default=128, metavar="N")
+    g.add_argument("--num-prompts", type=positive_int, default=64, metavar="N", help="requests per level")
+    g.add_argument("--concurrency", type=positive_int, nargs="+", default=[1], metavar="C",
+                   help="most requests in flight (several: one run each; default 1)")
+    g.add_argument("--request-rate", type=_rate, nargs="+", default=[float("inf")], metavar="R",
+                   help="requests per second, Poisson arrivals; inf = all at once (default)")
+    g.add_argument("--temperature", type=_float(0.0, 2.0), default=0.0, metavar="T")
+    g.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
+                   help="generate exactly --output-len tokens (default on)")
+    g.add_argument("--no-plain", action="store_true", help="with --speculative-config: skip the run without it")
+    g.add_argument("--server-timeout", type=positive_int, default=600, metavar="S",
+                   help="seconds to wait for a started server to be ready")
+    g.add_argument("--output-json", type=Path, default=None, metavar="PATH", help="also write the result here")
+    bs.set_defaults(func=cmd_bench_serve, parser=bs)
 
 
 # -- building the engine -------------------------------------------------------------------------------
@@ -268,6 +361,7 @@ _ENGINE_FLAGS = (
     "max_model_len",
     "device",
     "enforce_eager",
+    "tensor_parallel_size",
     "load_format",
     "seed",
     "max_num_seqs",
@@ -312,6 +406,7 @@ def make_llm(args: argparse.Namespace):
 
     check_speculative_config(args.speculative_config)
     kwargs = {k: getattr(args, k) for k in _ENGINE_FLAGS if getattr(args, k, None) is not None}
+    kwargs["disable_log_stats"] = not getattr(args, "log_stats", False)
     try:
         return LLM(model=args.model, speculative_config=args.speculative_config, **kwargs)
     except pydantic.ValidationError as exc:
@@ -452,43 +547,39 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_proposers(args: argparse.Namespace) -> int:
-    from tokenleap_plugins import ProposerManager
+    """Installed methods (package, version, whether TOKENLEAP_PLUGINS allows them, the package's summary) and the
+    repository's methods that are not installed, with the folder to install them from. Imports no plugin."""
+    from tokenleap_plugins import PLUGINS_ENV_VAR, ProposerManager
     from tokenleap_plugins.manager import KNOWN_PACKAGES
 
     installed = ProposerManager().installed_methods()
     have = {m.method for m in installed}
-    missing = {m: pkg for m, pkg in KNOWN_PACKAGES.items() if m not in have}
+    missing = {m: folder for m, folder in KNOWN_PACKAGES.items() if m not in have}
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "installed": [
-                        {"method": m.method, "package": m.package, "version": m.version} for m in installed
-                    ],
-                    "not_installed": [
-                        {"method": m, "package": pkg, "install": f"pip install {pkg}"}
-                        for m, pkg in sorted(missing.items())
-                    ],
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps({
+            "installed": [{"method": m.method, "package": m.package, "version": m.version, "allowed": m.allowed,
+                           "description": m.description} for m in installed],
+            "not_installed": [{"method": m, "folder": folder, "install": f"pip install ./{folder}"}
+                              for m, folder in sorted(missing.items())],
+        }, indent=2))
         return 0
     if installed:
         w = max(len("method"), *(len(m.method) for m in installed))
         wp = max(len("package"), *(len(m.package) for m in installed))
-        print(f"{'method':<{w}}  {'package':<{wp}}  version")
+        wv = max(len("version"), *(len(m.version) for m in installed))
+        print(f"{'method':<{w}}  {'package':<{wp}}  {'version':<{wv}}  description")
         for m in installed:
-            print(f"{m.method:<{w}}  {m.package:<{wp}}  {m.version}")
+            blocked = f"  [not allowed by {PLUGINS_ENV_VAR}]" if not m.allowed else ""
+            print(f"{m.method:<{w}}  {m.package:<{wp}}  {m.version:<{wv}}  {m.description}{blocked}")
     else:
         print("no speculative methods installed")
     if missing:
-        print("\nnot installed:")
-        by_pkg: dict[str, list[str]] = {}
-        for m, pkg in sorted(missing.items()):
-            by_pkg.setdefault(pkg, []).append(m)
-        for pkg, methods in by_pkg.items():
-            print(f"  {', '.join(methods)}: pip install {pkg}")
+        print("\nnot installed (from a clone of the tokenleap repository):")
+        by_folder: dict[str, list[str]] = {}
+        for m, folder in sorted(missing.items()):
+            by_folder.setdefault(folder, []).append(m)
+        for folder, methods in by_folder.items():
+            print(f"  {', '.join(methods)}: pip install ./{folder}")
     return 0
 
 
@@ -572,6 +663,111 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     )
     _write_bench(args, llm, res.to_dict())
     return 0
+
+
+def _need_server_deps(flag: str) -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(flag, f"the server needs {exc.name}: pip install 'tokenleap[serve]'") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.model_tag is not None:
+        if args.model != DEFAULT_MODEL and args.model != args.model_tag:
+            raise UsageError("--model", f"{args.model!r} and the positional MODEL {args.model_tag!r} differ; give one")
+        args.model = args.model_tag
+    _need_server_deps("serve")
+    from tokenleap.async_llm import AsyncLLM
+    from tokenleap.server.launch import serve
+
+    llm = make_llm(args)
+    serve(AsyncLLM.from_llm(llm), args.served_model_name or [args.model], host=args.host, port=args.port,
+          api_key=args.api_key, log_level=args.log_level)
+    return 0
+
+
+def _engine_argv(args: argparse.Namespace) -> list[str]:
+    """The engine flags of ``args`` as a command line (for a ``tokenleap serve`` subprocess)."""
+    argv = ["--model", args.model]
+    for name in _ENGINE_FLAGS:
+        value = getattr(args, name, None)
+        if value is None or value is False and name != "enable_prefix_caching":
+            continue
+        if isinstance(value, bool):
+            argv.append(_flag(name) if value else "--no-" + _flag(name)[2:])
+        else:
+            argv += [_flag(name), str(value)]
+    return argv
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+
+    from tokenleap.bench import prompts as P
+    from tokenleap.bench.serve import compare, run_level, server_info
+    from tokenleap.bench.server_process import ServerProcess
+
+    if args.base_url is not None:
+        runs = [("server", None)]
+    else:
+        _need_server_deps("bench serve")
+        check_speculative_config(args.speculative_config)
+        runs = [] if args.no_plain and args.speculative_config else [("plain", None)]
+        if args.speculative_config is not None:
+            runs.append(("speculative", args.speculative_config))
+    if args.no_plain and args.speculative_config is None:
+        raise UsageError("--no-plain", "needs --speculative-config (there would be nothing to run)")
+    text_prompts = None
+    if args.dataset != "random":
+        try:
+            text_prompts = P.load_prompts(args.dataset, args.num_prompts)
+        except (ValueError, FileNotFoundError) as exc:
+            raise UsageError("--dataset", str(exc)) from None
+    elif args.endpoint == "chat":
+        raise UsageError("--endpoint", "chat needs a text data set (--dataset), not random token ids")
+    results: dict[str, list[dict[str, Any]]] = {}
+    servers: dict[str, Any] = {}
+    for label, spec in runs:
+        if args.base_url is not None:
+            ctx = contextlib.nullcontext(args.base_url.rstrip("/"))
+        else:
+            serve_args = _engine_argv(args)
+            if spec is not None:
+                serve_args += ["--speculative-config", json.dumps(spec)]
+            ctx = ServerProcess(serve_args, startup_timeout_s=args.server_timeout)
+        with ctx as url:
+            info = asyncio.run(server_info(url, args.api_key))
+            servers[label] = info
+            prompts = text_prompts or [p["prompt_token_ids"] for p in P.random_token_prompts(
+                args.num_prompts, args.input_len, info["vocab_size"], seed=args.seed)]
+            common = dict(output_len=args.output_len, endpoint=args.endpoint, temperature=args.temperature,
+                          ignore_eos=args.ignore_eos, api_key=args.api_key, seed=args.seed, label=label)
+            asyncio.run(run_level(url, info["id"], prompts[:1], concurrency=1, request_rate=float("inf"),
+                                  **{**common, "output_len": 4}))  # warm-up, not counted
+            results[label] = []
+            for c in args.concurrency:
+                for rate in args.request_rate:
+                    res = asyncio.run(run_level(url, info["id"], prompts, concurrency=c, request_rate=rate, **common))
+                    results[label].append(res.to_dict())
+                    print(f"[{label}] concurrency={c} rate={rate}: {res.output_tokens_per_s:.1f} output tok/s, "
+                          f"TTFT p50 {res.ttft_ms['p50']:.1f} ms, ITL p50 {res.itl_ms['p50']:.2f} ms, "
+                          f"failed {res.num_failed}", file=sys.stderr)
+    config = {k: getattr(args, k) for k in ("model", "base_url", "endpoint", "dataset", "input_len", "output_len",
+                                            "num_prompts", "concurrency", "temperature", "ignore_eos", "seed",
+                                            "speculative_config")}
+    config["request_rate"] = [None if r == float("inf") else r for r in args.request_rate]
+    doc = {"benchmark": "serve", "config": config, "servers": servers, "runs": results}
+    if "plain" in results and "speculative" in results:
+        doc["speculative_vs_plain"] = compare(results["plain"], results["speculative"])
+    text = json.dumps(_finite(doc), indent=2)
+    if args.output_json is not None:
+        args.output_json.parent.mkdir(parents=True, exist_ok=True)
+        args.output_json.write_text(text + "\n")
+    print(text)
+    return 0 if all(r["num_failed"] == 0 for rs in results.values() for r in rs) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

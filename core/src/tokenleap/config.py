@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DType = Literal["auto", "float32", "bfloat16", "float16", "float", "half"]
 
@@ -41,14 +41,15 @@ class EngineConfig(BaseModel):
     attention_backend: Literal["auto", "torch", "triton"] = "auto"
     trust_remote_code: bool = False
 
-    @field_validator("tensor_parallel_size")
-    @classmethod
-    def _single_device(cls, v: int) -> int:
-        if v != 1:
+    @model_validator(mode="after")
+    def _draft_tp(self) -> EngineConfig:
+        draft_tp = (self.speculative_config or {}).get("draft_tensor_parallel_size")
+        if draft_tp is not None and draft_tp not in (1, self.tensor_parallel_size):
             raise ValueError(
-                f"tensor_parallel_size={v} is not supported yet: tokenleap runs a model on one device; use 1"
+                f"speculative_config draft_tensor_parallel_size={draft_tp!r} must be 1 or the target's "
+                f"tensor_parallel_size={self.tensor_parallel_size}"
             )
-        return v
+        return self
 
     @field_validator("block_size")
     @classmethod
@@ -76,13 +77,18 @@ class SpeculativeCommonConfig(BaseModel):
     method: str = Field(min_length=1)
     num_speculative_tokens: int | None = Field(None, ge=1, le=32)
     model: str | None = Field(None, min_length=1)
-    draft_tensor_parallel_size: int | None = Field(None, ge=1)
+    draft_tensor_parallel_size: int | None = Field(None, ge=1)  # 1 or the target's: checked by EngineConfig
     parallel_drafting: bool = False
     disable_padded_drafter_batch: bool = False
     disable_by_batch_size: int | None = Field(None, ge=2)
     max_model_len: int | None = Field(None, ge=2)
+    # How drafts that come with probabilities are verified (one-hot drafts are always coupled): "coupled" accepts
+    # a draft iff it is the token plain sampling draws there (output independent of the drafts), "rejection" is
+    # standard speculative sampling (higher acceptance, output depends on the drafts), "auto" couples seeded
+    # requests only. docs/sampling.md says why.
+    draft_verification: Literal["auto", "coupled", "rejection"] = "auto"
 
 
 COMMON_SPECULATIVE_KEYS = set(SpeculativeCommonConfig.model_fields)
 # Common keys every method takes; the rest only when the method lists them in ProposerSpec.common_keys.
-UNIVERSAL_SPECULATIVE_KEYS = {"method", "num_speculative_tokens", "disable_by_batch_size"}
+UNIVERSAL_SPECULATIVE_KEYS = {"method", "num_speculative_tokens", "disable_by_batch_size", "draft_verification"}

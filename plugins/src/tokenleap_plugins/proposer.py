@@ -160,6 +160,13 @@ class SamplingInfo:
     Draft probabilities must come from the distribution the draft was drawn from; matching the target's
     temperature and truncation raises acceptance. ``seed`` and ``stream`` key the engine's noise
     (``tokenleap.sample.noise``) for proposers that want reproducible drafts.
+
+    coupled: verification accepts a draft only if it equals the token the target itself draws there with the
+        request's noise (``speculative_config.draft_verification``; seeded requests by default): draw draft ``j``
+        with ``tokenleap.sample.noise.sample_with_noise(q, seed, stream, output_position)`` (output_position =
+        ``len(token_ids) - num_prompt_tokens + j``) to be accepted whenever the target would draw the same token.
+        Otherwise drafts are verified by rejection sampling and must be drawn with noise independent of the
+        target's (any other generator or noise domain).
     """
 
     temperature: float = 0.0
@@ -168,6 +175,7 @@ class SamplingInfo:
     min_p: float = 0.0
     seed: int = 0
     stream: int = 0
+    coupled: bool = False
 
     @property
     def greedy(self) -> bool:

@@ -9,7 +9,9 @@ Their keys and values sit at positions the next verify step covers; rejected one
 after, when the draft recomputes the positions the target kept.
 
 Greedy requests get argmax drafts. Sampling requests get drafts drawn from the draft's distribution under the
-request's temperature / min-p / top-k / top-p, returned with it, so rejection sampling stays lossless.
+request's temperature / min-p / top-k / top-p, returned with it: verified by rejection sampling (drawn with noise
+of the draft's own) or by coupling (drawn with the target's noise, so that a draft is the target's own draw
+whenever the two distributions agree there); either way the output keeps the target's distribution.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tokenleap.engine.setup import load_weights
+from tokenleap.engine import setup
 from tokenleap.model.hub import resolve_model
 from tokenleap.model.loader import load_tokenizer, read_arch
+from tokenleap.sample import noise
 from tokenleap_plugins import (
     Drafts,
     KVCacheNeeds,
@@ -32,6 +35,7 @@ from tokenleap_plugins import (
 )
 
 from tokenleap_draft import checks
+from tokenleap_draft.chain import GreedyChain
 from tokenleap_draft.config import DraftModelConfig
 from tokenleap_draft.forward import Run, paged_forward
 from tokenleap_draft.sampling import draft_probs, draw
@@ -62,16 +66,20 @@ class DraftModelProposer(ProposerBase):
         # attention splits are fixed per engine by this bound (the engine's max_model_len plus drafts past it)
         self.max_seq_len = context.max_model_len + 2 * (self.k + 1)
         path = resolve_model(context.speculative.model)
-        loaded = load_weights(path, context.dtype, self.device, self.max_seq_len, self.backend,
+        loaded = setup.load_weights(path, context.dtype, self.device, self.max_seq_len, self.backend,
                               config.draft_load_format, context.seed)
         self.model, arch = loaded.model, loaded.arch
         self.vocab_size = context.vocab_size
         self.needs = ProposerNeeds(kv_cache=KVCacheNeeds(arch.num_hidden_layers, arch.num_key_value_heads,
                                                          arch.head_dim))
         self.kv: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()
+        self.chain: GreedyChain | None = None
 
     def bind_kv_cache(self, cache: ProposerKVCache) -> None:
         self.kv = list(cache.layers)
+        max_blocks = -(-self.max_seq_len // self.block_size) + 1
+        self.chain = GreedyChain(self.model, self.kv, self.block_size, self.max_seq_len, self.backend, self.device,
+                                 max_blocks)
 
     @torch.inference_mode()
     def propose(self, batch: ProposeBatch) -> Drafts:
@@ -99,6 +107,14 @@ class DraftModelProposer(ProposerBase):
             return Drafts(token_ids)
         logits = self.model.compute_logits(hidden[torch.tensor(last_rows, device=self.device)])  # [d, vocab]
         reqs = [batch.requests[i] for i in drafting]
+        if self.chain is not None and all(r.sampling.greedy for r in reqs):
+            # greedy: the k - 1 later drafts fed on the device, read back once
+            steps = max(r.max_num_drafts for r in reqs) - 1
+            rows = [(len(r.token_ids), r.block_ids, r.max_num_drafts) for r in reqs]
+            chained = self.chain.run(logits[:, : self.vocab_size].argmax(dim=-1), rows, steps).tolist()
+            for a, i in enumerate(drafting):
+                token_ids[i] = chained[a][: reqs[a].max_num_drafts]
+            return Drafts(token_ids)
         rows_of = list(range(len(reqs)))  # which requests are still drafting, as rows of `logits`
         step_probs: list[list[torch.Tensor]] = [[] for _ in reqs]
         drafted: list[list[int]] = [[] for _ in reqs]
@@ -137,8 +153,13 @@ class DraftModelProposer(ProposerBase):
         p = draft_probs(logits, temps, torch.tensor([x.top_k for x in s], device=dev),
                         torch.tensor([x.top_p for x in s], device=dev), torch.tensor([x.min_p for x in s], device=dev))
         positions = torch.tensor([len(r.token_ids) - r.num_prompt_tokens + j for r in reqs], device=dev)
-        sampled = draw(p, torch.tensor([x.seed for x in s], device=dev), torch.tensor([x.stream for x in s], device=dev),
-                       positions)
+        seeds = torch.tensor([x.seed for x in s], device=dev)
+        streams = torch.tensor([x.stream for x in s], device=dev)
+        # coupled verification accepts a draft iff the target draws the same token with the same noise: draw with
+        # it; rejection sampling needs noise of the draft's own
+        own = draw(p, seeds, streams, positions)
+        shared = noise.sample_with_noise(p, seeds, streams, positions)
+        sampled = torch.where(torch.tensor([x.coupled for x in s], device=dev), shared, own)
         argmax = logits.argmax(dim=-1)
         tokens = torch.where(torch.tensor(greedy, device=dev), argmax, sampled)
         return tokens.tolist(), p

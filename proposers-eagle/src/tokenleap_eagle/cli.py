@@ -13,6 +13,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokenleap-eagle", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train an EAGLE-3 head on the target's own answers to ShareGPT prompts")
+    t.add_argument("--head", choices=["eagle3", "mlp_speculator"], default="eagle3",
+                   help="eagle3 (default), or mlp_speculator: IBM's MLP speculator, whose own options are listed by "
+                        "`tokenleap-eagle train --head mlp_speculator --help`")
     t.add_argument("--target", required=True, help="the target model: a folder, a .gguf file or an alias")
     t.add_argument("--out", required=True, help="output folder (the head, checkpoints, generated data)")
     t.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
@@ -33,7 +36,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _head_of(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--head" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--head="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"] and _head_of(argv) == "mlp_speculator":  # its own options: train/mlp_speculator.py
+        from tokenleap_eagle.train import mlp_speculator
+
+        rest = [a for i, a in enumerate(argv[1:], 1)
+                if not (a.startswith("--head=") or a == "--head" or (i > 1 and argv[i - 1] == "--head"))]
+        return mlp_speculator.main(rest, prog="tokenleap-eagle train --head mlp_speculator")
     from tokenleap_eagle.train.loop import TrainArgs, train
 
     args = _parser().parse_args(argv)

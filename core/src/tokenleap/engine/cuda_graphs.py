@@ -11,13 +11,11 @@ chunk padded to the next bucket (32, 64, ..., 512) the same way, logits only for
 (its row travels in the ``num_drafts`` field). Other prefills (longer chunks, several requests) run eagerly.
 
 Each (batch, q) forward is captured as a few consecutive graphs (layer segments) rather than one: launching a
-graph costs host time that grows with its size (measured on an H100: 0.4-0.8 ms for a whole 32-layer 8B
-forward), and while the GPU runs one segment the host launches the next. Verify graphs (q > 1) run on an idle
-GPU when the proposer needed the previous step's tokens, so their first segment is one layer and the GPU waits
-only for a one-layer launch (then two equal segments: ``segment_bounds``). 1-token graphs are mostly launched
-behind a running step (below); for them three equal segments measured fastest on an H100 (8B shape, one
-machine, 272-token runs: 1.671-1.687 s against 1.712-1.736 s with a whole-forward graph captured beside the
-segments, or with a 1, 2, 4, ... layer split; about 0.15 ms per step; the cause was not found).
+graph costs host time that grows with its size, and while the GPU runs one segment the host launches the
+next. Verify graphs (q > 1) run on an idle GPU when the proposer needed the previous step's tokens, so their
+first segment is one layer and the GPU waits only for a one-layer launch (then two equal segments:
+``segment_bounds``). 1-token graphs are mostly launched behind a running step (below); for them three equal
+segments measured fastest (docs/performance-log.md, "Measurements behind the code").
 
 Static inputs live in one device byte buffer (int64: ids, positions, slots, drafts per request, feed flags,
 token limits; int32: query start offsets, sequence lengths, block tables; each field 64-byte aligned, at offsets
@@ -48,7 +46,7 @@ import torch
 from tokenleap_plugins import DeviceDrafter, DeviceDraftStep
 
 from tokenleap.model.attention import AttentionMetadata
-from tokenleap.model.llama import KVCache, LlamaForCausalLM
+from tokenleap.model.llama import KVCache, LlamaForCausalLM, hidden_state_boundaries
 
 
 def graph_batch_sizes(max_num_seqs: int) -> list[int]:
@@ -71,10 +69,7 @@ def segment_bounds(num_layers: int) -> list[int]:
     """Layer boundaries of verify-graph segments, [0, ..., num_layers]: one layer, then the rest in two equal
     segments. A verify step launched on an idle GPU waits only for the one-layer launch, and the next segment is
     launched while that layer runs; a verify step launched behind the step in flight (device drafting) pays a
-    short GPU gap per segment boundary. Measured on an H100 (``tests/benchmarks/verify_segments.py``, two runs):
-    SmolLM2-shaped 1 + 15 forward back to back 871 / 867 us against 881 / 877 us with 1, 2, 4, 8, ... layers,
-    idle-GPU latency within +-9 us of it; Llama-3-8B shape no difference beyond noise (6.12-6.13 ms back to back,
-    6.22-6.23 ms idle)."""
+    short GPU gap per segment boundary (``tests/benchmarks/verify_segments.py`` compares splits)."""
     return sorted({0, min(1, num_layers), 1 + (num_layers - 1) // 2, num_layers})
 
 
@@ -109,7 +104,7 @@ class DecodeGraphs:
                  device: torch.device, use_cuda_graphs: bool = True,
                  decode_bounds: list[int] | None = None, verify_bounds: list[int] | None = None,
                  prefill_query_lens: list[int] = (), drafter: DeviceDrafter | None = None,
-                 block_size: int = 16) -> None:
+                 block_size: int = 16, hidden_state_layers: tuple[int, ...] = ()) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.batch_sizes = graph_batch_sizes(max_num_seqs)
@@ -119,6 +114,8 @@ class DecodeGraphs:
         self.max_model_len = max_model_len
         self.backend = backend
         self.kernels = graph_kernels(backend)
+        # hidden states a proposer reads: each graph leaves them in state["aux"] (layer -> [b * q, hidden])
+        self.wanted = hidden_state_boundaries(hidden_state_layers, len(model.layers))
         self.device = device
         self.use_cuda_graphs = use_cuda_graphs
         num_layers = len(model.layers)
@@ -156,6 +153,7 @@ class DecodeGraphs:
         # q -> the same for a one-request prefill chunk padded to q tokens ("logits" of its last real row only)
         self.prefill_graphs: dict[int, tuple[list[torch.cuda.CUDAGraph], dict]] = {}
         self.pool = None
+        self._eager_aux: dict[int, torch.Tensor] = {}  # the last eager run's hidden states (use_cuda_graphs=False)
 
     def _layout(self, b: int, q: int) -> dict[str, tuple[int, int, torch.dtype]]:
         """Field -> (byte offset, elements, dtype) of a (b, q) step's inputs in the byte buffer. Every field
@@ -200,7 +198,7 @@ class DecodeGraphs:
         meta = AttentionMetadata(slot_mapping=slots, block_tables=tables, query_start_loc=qsl, seq_lens=seq_lens,
                                  query_lens_host=[q] * b, seq_lens_host=seq_lens_host or [self.max_model_len] * b,
                                  max_query_len=q, max_seq_len=self.max_model_len, backend=self.backend)
-        model, bounds, state = self.model, self.bounds(q), {}
+        model, bounds, state = self.model, self.bounds(q), {"aux": {}}
 
         def layers(i: int) -> None:
             if i == 0 and draft and q > 1 and self.drafter is not None:  # fed rows draft here, others kept
@@ -210,7 +208,8 @@ class DecodeGraphs:
                 state["x"] = self.kernels.embed_fed(model.embed_tokens.weight, ids, *fed)  # [b * q, hidden]
                 state["residual"] = None
             state["x"], state["residual"] = model.run_layers(state["x"], state["residual"], positions,
-                                                             self.kv_caches, meta, bounds[i], bounds[i + 1])
+                                                             self.kv_caches, meta, bounds[i], bounds[i + 1],
+                                                             self.wanted, state["aux"])
 
         def head() -> None:
             hidden = model.final_norm(state["x"], state["residual"])  # [b * q, hidden]
@@ -315,6 +314,13 @@ class DecodeGraphs:
         self._pending = staged
         return views
 
+    def hidden_states(self, b: int, q: int, prefill: bool = False) -> dict[int, torch.Tensor]:
+        """The hidden states the (b, q) graph (or prefill graph) left at its last run: layer -> [b * q, hidden]
+        (request i's rows at i * q ..). Overwritten by its next run."""
+        if not self.use_cuda_graphs:
+            return self._eager_aux
+        return (self.prefill_graphs[q] if prefill else self.graphs[(b, q)])[1]["aux"]
+
     def replay_staged(self, b: int, q: int, prefill: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Copy the inputs written after ``stage(b, q)`` to the device (one copy) and run the (b, q) forward;
         returns what ``run`` returns."""
@@ -329,6 +335,7 @@ class DecodeGraphs:
             stages, state = self._segments(b, q, seq_lens, prefill, draft=False)
             for stage in stages:
                 stage()
+            self._eager_aux = state["aux"]
         else:
             graphs, state = self.prefill_graphs[q] if prefill else self.graphs[(b, q)]
             for graph in graphs:

@@ -31,6 +31,7 @@ from tokenleap.speculative.building import (
 )
 from tokenleap.speculative.config import ResolvedSpeculativeConfig, resolve_speculative_config
 from tokenleap.speculative.proposing import ProposerDriver, StepEntry
+from tokenleap.structured import constraints
 
 log = structlog.get_logger("tokenleap")
 
@@ -53,8 +54,16 @@ class Engine:
                                        cfg.load_format)
             preflight(self.spec_cfg, context)
 
-        loaded = setup.load_model(cfg, model_path, self.device, cfg.max_model_len, self.backend)
+        self.tensor_parallel = None  # rank 0's handle on the workers when tensor_parallel_size > 1
+        if cfg.tensor_parallel_size > 1:
+            from tokenleap.distributed.launcher import TensorParallelGroup
+
+            self.tensor_parallel = TensorParallelGroup(cfg, model_path, self.device, self.backend)
+            loaded = self.tensor_parallel.loaded
+        else:
+            loaded = setup.load_model(cfg, model_path, self.device, cfg.max_model_len, self.backend)
         self.model, self.arch, self.tokenizer = loaded.model, loaded.arch, loaded.tokenizer
+        kv_arch = self.arch if self.tensor_parallel is None else self.tensor_parallel.shard_arch  # this rank's
         self.decode = text_decoder(self.tokenizer)
         k = self.spec_cfg.num_speculative_tokens if self.spec_cfg else 0
         max_len = cfg.max_model_len or self.arch.max_position_embeddings
@@ -63,11 +72,12 @@ class Engine:
         # cache it asks for, come out of the same budget.
         proposer = None
         if context is not None:
-            context = replace(context, dtype=str(loaded.dtype).removeprefix("torch."),
-                              target=target_handles(self.model, self.tokenizer))
+            # under tensor parallelism rank 0 holds a shard of the embedding and LM head: no handles to share yet
+            handles = target_handles(self.model, self.tokenizer) if self.tensor_parallel is None else None
+            context = replace(context, dtype=str(loaded.dtype).removeprefix("torch."), target=handles)
             proposer = build_proposer(self.spec_cfg, context)
         extra = proposer_kv_bytes_per_block(proposer, cfg.block_size, loaded.dtype) if proposer else 0
-        num_blocks = setup.num_kv_blocks(cfg, self.arch, loaded.dtype, self.device, self.max_num_batched_tokens,
+        num_blocks = setup.num_kv_blocks(cfg, kv_arch, loaded.dtype, self.device, self.max_num_batched_tokens,
                                          max_len, extra)
         lookahead = k if proposer is not None and proposer.needs.kv_cache is not None else 0
         capacity = (num_blocks - 1) * cfg.block_size - (k + 1) - lookahead
@@ -84,7 +94,9 @@ class Engine:
         self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, cfg.max_num_seqs, self.max_num_batched_tokens,
                                    cfg.scheduling_policy, cfg.enable_chunked_prefill, lookahead_slots=lookahead)
-        kv = setup.allocate_kv_caches(self.arch, num_blocks, cfg.block_size, loaded.dtype, self.device)
+        kv = setup.allocate_kv_caches(kv_arch, num_blocks, cfg.block_size, loaded.dtype, self.device)
+        if self.tensor_parallel is not None:
+            self.tensor_parallel.allocate(num_blocks, cfg.block_size)
         self.driver: ProposerDriver | None = None
         hidden_layers: tuple[int, ...] = ()
         drafter = None  # drafts the next verify step on the device (verify steps launched ahead of the host)
@@ -97,20 +109,23 @@ class Engine:
                                          cfg.block_size, self.device, self.backend)
             common = self.spec_cfg.common
             self.driver = ProposerDriver(proposer, common.method, k, self.arch.vocab_size, max_len,
-                                         common.disable_by_batch_size, common.max_model_len, cfg.block_size)
+                                         common.disable_by_batch_size, common.max_model_len, cfg.block_size,
+                                         common.draft_verification)
         max_blocks = -(-(max_len + 2 * (k + 1) + lookahead) // cfg.block_size)  # a verify step launched ahead: 2(k+1)
         graphs = None
-        if graphed and not hidden_layers:
+        if graphed and self.tensor_parallel is None:  # TP steps run eagerly (docs/tensor-parallel.md)
             t0 = time.monotonic()
             graphs = DecodeGraphs(self.model, kv, cfg.max_num_seqs, [1, 1 + k], max_blocks, max_len, self.backend,
                                   self.device, prefill_query_lens=prefill_buckets(self.max_num_batched_tokens),
-                                  drafter=drafter, block_size=cfg.block_size)
+                                  drafter=drafter, block_size=cfg.block_size, hidden_state_layers=hidden_layers)
             graphs.capture()
             log.info("captured CUDA graphs", batch_sizes=graphs.batch_sizes, query_lens=graphs.query_lens,
                      prefill_query_lens=graphs.prefill_query_lens,
                      seconds=round(time.monotonic() - t0, 1))
         self.runner = ModelRunner(self.model, kv, cfg.block_size, max_blocks, max_len, self.device, self.backend,
                                   hidden_layers, graphs)
+        if self.spec_cfg is not None:
+            self.runner.draft_verification = self.spec_cfg.common.draft_verification
         self.counters = EngineCounters()
         self.requests: dict[str, Request] = {}
         self._in_flight: LaunchedStep | None = None  # a step launched ahead, read back by the next step()
@@ -131,6 +146,8 @@ class Engine:
     def add_request(self, request: Request) -> None:
         if request.request_id in self.requests:
             raise ValueError(f"request_id={request.request_id!r} is already in the engine")
+        request.constraints = constraints.for_request(request.params, self.tokenizer, self.arch.vocab_size,
+                                                      sorted(request.eos_token_ids))
         init_offsets(request)
         self.requests[request.request_id] = request
         self.scheduler.add(request)
@@ -259,6 +276,8 @@ class Engine:
                 kept = s.num_new_tokens + num_accepted
                 req.num_computed_tokens += kept
                 new_tokens = append_tokens(req, sampled, self.decode, self.max_model_len)
+                if req.constraints is not None:
+                    req.constraints.accept(new_tokens)
                 num_drafts = sampled.num_draft_tokens  # the host's, or the device's (drafted there)
                 self._count_step(req, num_drafts, num_accepted, len(new_tokens))
                 verified.append(VerifiedRequest(req.request_id, num_drafts, num_accepted, new_tokens))

@@ -22,6 +22,8 @@ from tokenleap.model.attention import AttentionMetadata
 from tokenleap.model.llama import KVCache, LlamaForCausalLM
 from tokenleap.sample.logits import RowParams
 from tokenleap.sample.sampler import Penalties, SamplingBatch, gather_logprobs, sample
+from tokenleap.speculative.verify import is_coupled
+from tokenleap.structured.constraints import StepRows
 
 
 @dataclass
@@ -50,6 +52,8 @@ class LaunchedStep:
     host: torch.Tensor | None = None  # [len(scheduled), q + 2]: argmax per row, tokens emitted, drafts verified
     event: torch.cuda.Event | None = None
     drafted_on_device: bool = False  # a verify step whose drafts the device made (launched behind another)
+    hidden_states: dict[int, torch.Tensor] | None = None  # a graphed step's, for the proposer (layer -> rows)
+    token_rows: dict[str, tuple[int, int]] | None = None
 
     @property
     def is_greedy_decode(self) -> bool:
@@ -69,7 +73,7 @@ class LaunchedStep:
             self.result = StepResult({
                 s.request.request_id: SampledRequest(rows[i][: rows[i][-2]], rows[i][-1], None)
                 for i, s in enumerate(self.scheduled)
-            }, {}, {})
+            }, self.hidden_states or {}, self.token_rows or {})
         return self.result
 
 
@@ -97,6 +101,7 @@ class ModelRunner:
         self.vocab_size = model.cfg.vocab_size
         self.graphs = graphs
         self._positions: dict[tuple[int, int], np.ndarray] = {}  # (b, q) -> padded positions, built once
+        self.draft_verification = "auto"  # speculative_config.draft_verification (drafts with probabilities)
 
     def _tensor(self, array: np.ndarray | list, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=dtype).to(self.device, non_blocking=True)
@@ -150,7 +155,7 @@ class ModelRunner:
     @property
     def _graphed(self) -> bool:
         """Decode / verify steps (and one-request prefill chunks) may run on captured graphs."""
-        return self.graphs is not None and not self.hidden_state_layers
+        return self.graphs is not None
 
     def _prefill_graph(self, s: ScheduledRequest, q: int) -> StepResult:
         """One request's prefill chunk through the captured graph of ``q`` >= its tokens, padded at the end
@@ -168,9 +173,10 @@ class ModelRunner:
         last_row = np.array([n - 1], dtype=np.int64)  # the prefill graph's head reads it from num_drafts
         logits, _ = self.graphs.run(1, q, ids, positions, slots, last_row, tables, seq_lens, prefill=True)
         token_rows = {r.request_id: (0, n)}
+        aux = self.graphs.hidden_states(1, q, prefill=True) if self.hidden_state_layers else {}
         if not s.samples:
-            return StepResult({}, {}, token_rows)
-        return self._sample(logits, [0], False, [s], {}, token_rows)
+            return StepResult({}, aux, token_rows)
+        return self._sample(logits, [0], False, [s], aux, token_rows)
 
     def _launch_graph(self, scheduled: list[ScheduledRequest], b: int, q: int, ahead: bool = False) -> LaunchedStep:
         """Decode / verify through a captured graph: every request padded to ``q`` query tokens. ``ahead``:
@@ -206,12 +212,16 @@ class ModelRunner:
         if ahead:
             h["feed"][: len(scheduled)] = 1
         logits_all, greedy = self.graphs.replay_staged(b, q)
+        aux, rows = {}, {}
+        if self.hidden_state_layers:  # request i's rows of the padded batch start at i * q
+            aux = self.graphs.hidden_states(b, q)
+            rows = {s.request.request_id: (i * q, i * q + s.num_query_tokens) for i, s in enumerate(scheduled)}
         if all(_plain_greedy(s.request) for s in scheduled):  # the graph already verified: read it back
             host, event = self.graphs.read_back(greedy, len(scheduled))
-            return LaunchedStep(scheduled, host=host, event=event)
+            return LaunchedStep(scheduled, host=host, event=event, hidden_states=aux, token_rows=rows)
         assert not ahead, "only plain-greedy steps are launched ahead"
         logits_rows = [i * q + j for i, s in enumerate(scheduled) for j in range(s.num_query_tokens)]
-        return LaunchedStep(scheduled, result=self._sample(logits_all, logits_rows, False, scheduled, {}, {}))
+        return LaunchedStep(scheduled, result=self._sample(logits_all, logits_rows, False, scheduled, aux, rows))
 
     def _padded_positions(self, b: int, q: int) -> np.ndarray:
         """[b * q] 0..q-1 per request (the positions of padded requests; real ones add their start)."""
@@ -312,6 +322,7 @@ class ModelRunner:
         seen_tokens: list[int] = []
         any_pen = any(s.request.params.has_penalties for s in samplers)
         plain_greedy = all(_plain_sampling(s.request) for s in samplers)
+        constrained = StepRows()  # logit_bias, allowed_token_ids, bad_words, structured outputs
         row = 0
         for b, s in enumerate(samplers):
             r, p, d = s.request, s.request.params, s.num_spec_tokens
@@ -346,14 +357,20 @@ class ModelRunner:
                     seen = set(r.prompt_token_ids) | set(context)
                     seen_rows.extend([row + i] * len(seen))
                     seen_tokens.extend(seen)
+            if r.constraints is not None:
+                r.constraints.add_rows(constrained, row, r.output_token_ids, r.spec_token_ids[:d])
             row += d + 1
+        ban_rows += constrained.ban_rows
+        ban_ids += constrained.ban_ids
 
         f32, i64 = torch.float32, torch.int64
         has_probs = k > 0 and any(s.request.spec_probs is not None for s in samplers)
         ints = {"logits_rows": logits_rows, "row_index": row_index, "draft_ids": draft_ids, "num_drafts": num_drafts}
         if not plain_greedy:
             ints.update(top_k=top_k, seeds=seeds, streams=streams, positions=pos, req_seeds=req_seeds,
-                        req_streams=req_streams, req_out=req_out, ban_rows=ban_rows, ban_ids=ban_ids)
+                        req_streams=req_streams, req_out=req_out, ban_rows=ban_rows, ban_ids=ban_ids,
+                        bias_rows=constrained.bias_rows, bias_ids=constrained.bias_ids,
+                        mask_rows=constrained.mask_rows)
         dev = self._upload(ints)
         rows = None
         if not plain_greedy:
@@ -376,8 +393,10 @@ class ModelRunner:
             if seen_rows:
                 seen_mask[self._tensor(seen_rows, i64), self._tensor(seen_tokens, i64)] = True
             penalties = Penalties(counts, seen_mask, floats[3], floats[4], floats[5])
-        draft_probs = None
+        draft_probs, coupled = None, None
         if has_probs:
+            coupled = self._tensor([is_coupled(self.draft_verification, s.request.spec_probs is not None,
+                                               s.request.params.seed is not None) for s in samplers], torch.bool)
             draft_probs = torch.zeros(nb, k, self.vocab_size, device=self.device)
             for b, s in enumerate(samplers):
                 d = s.num_spec_tokens
@@ -392,7 +411,14 @@ class ModelRunner:
             draft_probs=draft_probs, rows=rows, req_seeds=dev.get("req_seeds"), req_streams=dev.get("req_streams"),
             req_output_lens=dev.get("req_out"), penalties=penalties,
             ban_rows=dev["ban_rows"] if ban_rows else None, ban_token_ids=dev["ban_ids"] if ban_rows else None,
+            coupled=coupled,
         )
+        if constrained.bias_rows:
+            batch.bias_rows, batch.bias_token_ids = dev["bias_rows"], dev["bias_ids"]
+            batch.bias_values = self._tensor(constrained.bias_values, f32)
+        if constrained.mask_rows:
+            batch.mask_rows = dev["mask_rows"]
+            batch.bitmask = torch.cat(constrained.masks).to(self.device, non_blocking=True)  # [masked, words]
         return batch, dev["logits_rows"]
 
 
@@ -404,9 +430,9 @@ def _slots(block_ids: list[int], positions: np.ndarray, block_size: int) -> np.n
 
 def _plain_sampling(request) -> bool:
     """Greedy with nothing that changes the logits: the token is the argmax (no penalties, no min_tokens
-    ban left, no draft probabilities)."""
+    ban left, no logit_bias / allowed_token_ids / bad_words / structured outputs, no draft probabilities)."""
     p = request.params
-    return (p.temperature == 0 and not p.has_penalties and request.spec_probs is None
+    return (p.temperature == 0 and not p.has_penalties and not p.has_constraints and request.spec_probs is None
             and request.num_output_tokens >= p.min_tokens)
 
 

@@ -52,6 +52,7 @@ class Request:
     block_hashes: list[bytes] = field(default_factory=list)
     spec_token_ids: list[int] = field(default_factory=list)  # drafts to verify in the next step
     spec_probs: Any = None  # [len(spec_token_ids), vocab] tensor or None
+    constraints: Any = None  # structured.constraints.RequestConstraints (logit_bias, grammar, ...) or None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     logprobs: list[dict[int, Logprob]] | None = None

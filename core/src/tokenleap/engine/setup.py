@@ -65,9 +65,8 @@ def load_weights(model_path: Path, dtype: str, device: torch.device, max_positio
         ckpt.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     arch = ckpt.arch
     positions = max_positions or arch.max_position_embeddings
-    with torch.device(device):
-        model = LlamaForCausalLM(arch, positions + 64, ops).to(ckpt.torch_dtype)
-    model.load_hf_weights(ckpt.weights)  # copy_ moves each tensor to the device
+    model = LlamaForCausalLM.uninitialized(arch, positions + 64, ops, device, ckpt.torch_dtype)
+    model.load_hf_weights(ckpt.weights)  # copy_ moves each tensor to the device; every parameter is written
     return LoadedModel(model.eval(), arch, ckpt.tokenizer, ckpt.torch_dtype)
 
 

@@ -7,10 +7,7 @@ kernel runs; they may read what nothing in the step writes (their weights: ``pre
 layer's rows into L2), then ``enter`` waits until the kernel before has completed and its writes are visible
 (``griddepcontrol.wait``) and lets the kernel after it be launched. Nothing is written before ``enter``, so a
 kernel never overwrites what the one before still reads, and each kernel completes only after its
-predecessor: the order of the step is unchanged. Measured on an H100 (graph replay of the SmolLM2-shaped
-forward, random weights, two runs; in that build the 56 MB lm_head was launched with PDL too, without the
-prefetch): 1-token forward 734.4 / 731.3 -> 565.1 / 565.9 us, 1 + 15 tokens 861.4 / 862.4 -> 723.1 / 717.5 us.
-The build as committed was measured end to end (README, run U)."""
+predecessor: the order of the step is unchanged (gains: docs/performance-log.md)."""
 
 from __future__ import annotations
 

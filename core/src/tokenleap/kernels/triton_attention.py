@@ -38,7 +38,7 @@ import triton.language as tl
 
 from tokenleap.kernels import (
     pdl,
-    triton_compat,  # noqa: F401  (the interpreter's loop bounds, under TRITON_INTERPRET=1)
+    triton_compat,  # noqa: F401  (interpreter fixes, under TRITON_INTERPRET=1)
 )
 
 DECODE_MAX_ROWS = 128  # max_query_len * group at or below this takes the split-KV decode/verify config

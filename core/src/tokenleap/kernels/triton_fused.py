@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tokenleap.kernels import triton_compat  # noqa: F401  (interpreter fixes, under TRITON_INTERPRET=1)
+
 
 @triton.jit
 def _rms_norm_kernel(

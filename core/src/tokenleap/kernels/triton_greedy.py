@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tokenleap.kernels import triton_compat  # noqa: F401  (interpreter fixes, under TRITON_INTERPRET=1)
+
 CHUNK = 2048  # logits per program of the first kernel
 
 

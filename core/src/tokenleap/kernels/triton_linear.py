@@ -41,17 +41,11 @@ the kernel before it, and only then reads activations or writes anything.
 
 When to use: decode / verify steps with at most MAX_ROWS tokens and weights in [N, K] (``nn.Linear``) layout
 with a contiguous last dimension; activation rows may be strided. Pick the op per layer, never per M (the
-bits would change with M otherwise). Measured on an H100 (bf16, CUDA graphs, bench_linear_gpu.py) on
-SmolLM2-135M and Llama-3-8B shapes, M = 1..16: ``linear_small_m`` runs from 21% faster to 15% slower than
-cuBLAS, faster on the small layers and the Llama lm_head (338 vs 375 us at M = 1), slowest at M = 4 on
-wide-N, short-K layers (SmolLM2 lm_head 26 vs 23 us). ``add_rms_norm_linear`` beats RMSNorm + cuBLAS by
-0.5-1 us at M = 1 on SmolLM2's qkv and gate_up (hidden 576, N <= 3072) and is within 0.25 us of it for
-M >= 4; on wider N or hidden 4096 it is slower (every program re-reads the rows twice). A SiLU-and-mul
-prologue was tried the same way and measured 2-3x slower than SiLU-and-mul + ``linear_small_m`` (every program
-recomputes the activation; bench_linear_gpu.py at commit eccd682), so it is not offered; SiLU-and-mul as the
-gate/up projection's epilogue is (``swiglu``: each program computes matching gate and up columns, no
-[M, 2 * I] round trip, no second kernel): 11 us less per 1-token SmolLM2 forward, 22 us per 1 + 15 one
-(graph_replay.py on an H100).
+bits would change with M otherwise). The fused RMSNorm pays only for small hidden sizes
+(``ops.FUSED_NORM_MAX_HIDDEN``): every program re-reads the rows twice. SiLU-and-mul is offered as the gate/up
+projection's epilogue (each program computes matching gate and up columns: no [M, 2 * I] round trip, no second
+kernel), not as a prologue, where every program would recompute the activation. Measurements behind these
+choices: docs/performance-log.md ("Measurements behind the code").
 """
 
 from __future__ import annotations
@@ -60,7 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tokenleap.kernels import pdl
+from tokenleap.kernels import pdl, triton_compat  # noqa: F401  (triton_compat: interpreter fixes)
 from tokenleap.kernels.triton_fused import rotate_half_pair, silu_times
 
 MAX_ROWS = 16  # rows (tokens) a call may have; also the row count of every tl.dot

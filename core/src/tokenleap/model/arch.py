@@ -14,6 +14,7 @@ SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
+    "MiMoForCausalLM": "qwen2",
 }
 SUPPORTED_MODEL_TYPES = {"llama", "mistral", "qwen2"}
 SUPPORTED_ROPE_TYPES = {"default", "llama3", "linear"}
@@ -47,6 +48,8 @@ class ModelArchConfig:
     def from_hf_config(cls, cfg: Mapping[str, Any]) -> ModelArchConfig:
         """Build from a parsed config.json; unsupported models fail with what is supported."""
         model_type = cfg.get("model_type")
+        if model_type == "mimo":  # Xiaomi MiMo: a Qwen2 body (its MTP layers are left to method 'mtp')
+            model_type = "qwen2"
         archs = cfg.get("architectures") or []
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(

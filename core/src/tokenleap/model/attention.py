@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from tokenleap.kernels.attention_ref import paged_attention_ref
+from tokenleap.kernels.attention_ref import attention_plan, paged_attention_ref
 
 
 @dataclass
@@ -25,6 +25,8 @@ class AttentionMetadata:
     max_query_len: int
     max_seq_len: int  # an upper bound on seq_lens fixed per engine (max_model_len): it sets the KV splits
     backend: str = "torch"  # "torch" (reference, CPU and CUDA) or "triton" (CUDA)
+    # the torch reference's index tensors and masks, built by the step's first attention layer for the others
+    ref_plans: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def paged_attention(
@@ -42,7 +44,14 @@ def paged_attention(
             query, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
             meta.max_query_len, scale, sliding_window, max_seq_len=meta.max_seq_len,
         )
+    key = (query.shape[0], query.shape[1], k_cache.shape[1], sliding_window)
+    plan = meta.ref_plans.get(key)
+    if plan is None:
+        plan = meta.ref_plans[key] = attention_plan(
+            query.shape[0], meta.block_tables, meta.query_lens_host, meta.seq_lens_host, k_cache.shape[1],
+            query.shape[1], sliding_window,
+        )
     return paged_attention_ref(
         query, k_cache, v_cache, meta.block_tables, meta.query_lens_host, meta.seq_lens_host,
-        scale, sliding_window,
+        scale, sliding_window, plan=plan,
     )

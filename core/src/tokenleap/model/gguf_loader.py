@@ -1,8 +1,8 @@
 """Read a llama.cpp GGUF file into Hugging Face-named float tensors, an HF-style config and a tokenizer.
 
-Weights are dequantized with `gguf.quants.dequantize` (any type it knows: F32, F16, BF16, Q4_0, Q4_1,
-Q8_0, K-quants, ...). llama.cpp's converter permutes the rows of q_proj/k_proj of the `llama`
-architecture to suit its own RoPE layout (pairs of adjacent rows instead of the two halves of each
+The file is read by `gguf_file.GGUFFile`; weights are dequantized with `gguf.quants.dequantize` (any type it
+knows: F32, F16, BF16, Q4_0, Q4_1, Q8_0, K-quants, ...). llama.cpp's converter permutes the rows of q_proj/k_proj
+of the `llama` architecture to suit its own RoPE layout (pairs of adjacent rows instead of the two halves of each
 head); `unpermute_rope_rows` undoes that, so the tensors equal the original Hugging Face ones.
 """
 
@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from tokenleap.model.gguf_file import GGUFFile
+from tokenleap.model.tokenizer_cache import cached_tokenizer
 
 # general.architecture -> Hugging Face model_type / class name
 GGUF_ARCHITECTURES = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM")}
@@ -64,9 +67,8 @@ def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, head_dim // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _field(reader: Any, key: str, default: Any = None) -> Any:
-    f = reader.fields.get(key)
-    return default if f is None else f.contents()
+def _field(reader: GGUFFile, key: str, default: Any = None) -> Any:
+    return reader.field(key, default)
 
 
 def _f32(x: Any) -> float:
@@ -74,9 +76,8 @@ def _f32(x: Any) -> float:
     return float(str(np.float32(x)))
 
 
-def _token(reader: Any, token_id: int) -> str:
-    f = reader.fields["tokenizer.ggml.tokens"]
-    return bytes(f.parts[f.data[token_id]]).decode("utf-8")
+def _token(reader: GGUFFile, token_id: int) -> str:
+    return reader.metadata["tokenizer.ggml.tokens"][token_id]
 
 
 def _llama3_rope(freqs: np.ndarray, head_dim: int, theta: float, orig_ctx: int) -> dict[str, Any]:
@@ -104,7 +105,7 @@ def _llama3_rope(freqs: np.ndarray, head_dim: int, theta: float, orig_ctx: int) 
     return rope
 
 
-def gguf_config(reader: Any) -> dict[str, Any]:
+def gguf_config(reader: GGUFFile) -> dict[str, Any]:
     """A Hugging Face config.json-style dict from GGUF metadata (what ModelArchConfig reads)."""
     arch = _field(reader, "general.architecture")
     if arch not in GGUF_ARCHITECTURES:
@@ -122,7 +123,7 @@ def gguf_config(reader: Any) -> dict[str, Any]:
             f"GGUF {arch}.rope.dimension_count={rope_dims} != head_dim={head_dim}: "
             "partial rotary embeddings are not supported"
         )
-    n_tokens = len(reader.fields["tokenizer.ggml.tokens"].data)
+    n_tokens = len(reader.metadata["tokenizer.ggml.tokens"])
     theta = _f32(_field(reader, f"{arch}.rope.freq_base", 10000.0))
     ctx = int(_field(reader, f"{arch}.context_length", 4096))
     eos = [_field(reader, k) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")]
@@ -152,13 +153,16 @@ def gguf_config(reader: Any) -> dict[str, Any]:
             "factor": _f32(_field(reader, f"{arch}.rope.scaling.factor", 1.0)),
         }
     if "rope_freqs.weight" in names:
-        freqs = next(t for t in reader.tensors if t.name == "rope_freqs.weight").data
+        from gguf.quants import dequantize
+
+        t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
+        freqs = dequantize(t.data, t.tensor_type).reshape(-1)
         orig = int(_field(reader, f"{arch}.rope.scaling.original_context_length", 8192))
         cfg["rope_scaling"] = _llama3_rope(np.asarray(freqs, np.float32), head_dim, theta, orig)
     return cfg
 
 
-def gguf_weights(reader: Any, cfg: dict[str, Any], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def gguf_weights(reader: GGUFFile, cfg: dict[str, Any], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """All model tensors, dequantized, HF-named, [out, in] like nn.Linear, in `dtype` on CPU."""
     from gguf.quants import dequantize
 
@@ -168,8 +172,7 @@ def gguf_weights(reader: Any, cfg: dict[str, Any], dtype: torch.dtype) -> dict[s
         if t.name in _SKIPPED:
             continue
         name = hf_tensor_name(t.name)
-        shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims fastest-first
-        w = dequantize(t.data, t.tensor_type).reshape(shape)  # float32 numpy, [out, in] or [n]
+        w = dequantize(t.data, t.tensor_type).reshape(t.shape)  # float32 numpy, [out, in] or [n]
         if arch in PERMUTED_QK_ARCHITECTURES and ".attn_q." in t.name:
             w = unpermute_rope_rows(w, cfg["num_attention_heads"])
         elif arch in PERMUTED_QK_ARCHITECTURES and ".attn_k." in t.name:
@@ -180,12 +183,17 @@ def gguf_weights(reader: Any, cfg: dict[str, Any], dtype: torch.dtype) -> dict[s
     return weights
 
 
-def gguf_tokenizer(path: Path, reader: Any) -> Any:
-    """transformers' GGUF tokenizer, with bos/eos/pad/unk and the chat template from the metadata.
+def gguf_tokenizer(path: Path, reader: GGUFFile) -> Any:
+    """transformers' GGUF tokenizer, with bos/eos/pad/unk and the chat template from the metadata, converted
+    once per file and transformers version and then loaded from the cache (``tokenizer_cache``).
 
     transformers (5.17) builds the vocabulary and merges correctly but sets eos to the bos token for
     llama-architecture files; we reset the special tokens from the GGUF ids.
     """
+    return cached_tokenizer(path, lambda: _convert_tokenizer(path, reader))
+
+
+def _convert_tokenizer(path: Path, reader: GGUFFile) -> Any:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -204,10 +212,9 @@ def gguf_tokenizer(path: Path, reader: Any) -> Any:
     return tok
 
 
-def load_gguf(path: Path, dtype: torch.dtype) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
-    """(HF-style config dict, HF-named weights in `dtype`, tokenizer) from one .gguf file."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
+def load_gguf(path: Path, dtype: torch.dtype, with_tokenizer: bool = True,
+              ) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
+    """(HF-style config dict, HF-named weights in `dtype`, tokenizer or None) from one .gguf file."""
+    reader = GGUFFile(path)
     cfg = gguf_config(reader)
-    return cfg, gguf_weights(reader, cfg, dtype), gguf_tokenizer(path, reader)
+    return cfg, gguf_weights(reader, cfg, dtype), gguf_tokenizer(path, reader) if with_tokenizer else None

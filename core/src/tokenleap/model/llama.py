@@ -21,6 +21,8 @@ KVCache = tuple[torch.Tensor, torch.Tensor]  # k, v: [num_blocks, block_size, nu
 
 
 class LlamaAttention(nn.Module):
+    tp = None  # a tokenleap.distributed.parallel.TensorParallel on a tensor-parallel shard: o_proj's sum
+
     def __init__(self, cfg: ModelArchConfig, ops: LayerOps) -> None:
         super().__init__()
         self.ops = ops
@@ -41,7 +43,8 @@ class LlamaAttention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [num_tokens, hidden]
         o = paged_attention(q, kv_cache[0], kv_cache[1], meta, self.scale, self.sliding_window)
-        return self.ops.linear(o.reshape(q.shape[0], self.q_size), self.o_proj.weight, self.o_proj.bias)
+        out = self.ops.linear(o.reshape(q.shape[0], self.q_size), self.o_proj.weight, self.o_proj.bias)
+        return out if self.tp is None else self.tp.all_reduce(out)
 
 
 class LlamaMLP(nn.Module):
@@ -59,6 +62,8 @@ class LlamaDecoderLayer(nn.Module):
     the projection after it, one kernel where that measured faster: the attention's input norm with the qkv
     projection, RoPE and the KV-cache write (LayerOps.norm_qkv_rope), the MLP's norm with the gate/up
     projection and SiLU-and-mul (LayerOps.norm_swiglu)."""
+
+    tp = None  # on a tensor-parallel shard: down_proj's sum
 
     def __init__(self, cfg: ModelArchConfig, ops: LayerOps) -> None:
         super().__init__()
@@ -80,10 +85,13 @@ class LlamaDecoderLayer(nn.Module):
         norm = self.post_attention_layernorm
         act, residual = ops.norm_swiglu(h, residual, norm.weight, norm.eps, mlp.gate_up_proj.weight,
                                         mlp.gate_up_proj.bias)  # [num_tokens, intermediate]
-        return ops.linear(act, mlp.down_proj.weight, None), residual
+        out = ops.linear(act, mlp.down_proj.weight, None)
+        return (out if self.tp is None else self.tp.all_reduce(out)), residual
 
 
 class LlamaForCausalLM(nn.Module):
+    tp = None  # on a tensor-parallel shard (cfg then holds the shard's heads / columns / vocabulary rows)
+
     def __init__(self, cfg: ModelArchConfig, max_positions: int, ops: LayerOps) -> None:
         super().__init__()
         self.cfg = cfg
@@ -92,12 +100,20 @@ class LlamaForCausalLM(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, ops) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        inv_freq = rope_inv_freq(
-            cfg.head_dim, cfg.rope_theta, cfg.rope_type, cfg.rope_factor, cfg.rope_low_freq_factor,
-            cfg.rope_high_freq_factor, cfg.rope_original_max_position,
-        )
         # A plain attribute, not a buffer: it stays float32 when the weights are cast to bf16/fp16.
-        self.cos_sin_cache = rope_cos_sin_cache(inv_freq, max_positions)  # [max_positions, head_dim] fp32
+        self.cos_sin_cache = _rope_cache(cfg, max_positions)  # [max_positions, head_dim] fp32
+
+    @classmethod
+    def uninitialized(cls, cfg: ModelArchConfig, max_positions: int, ops: LayerOps, device: torch.device,
+                      dtype: torch.dtype) -> LlamaForCausalLM:
+        """The model with its parameters allocated on ``device`` but not initialized, for ``load_hf_weights`` to
+        fill: the random initialization it skips costs seconds on a CPU (135M values for SmolLM2)."""
+        with torch.device("meta"):
+            model = cls(cfg, max_positions, ops)
+        model = model.to_empty(device=device).to(dtype)
+        with torch.device(device):
+            model.cos_sin_cache = _rope_cache(cfg, max_positions)
+        return model
 
     def forward(
         self,
@@ -113,21 +129,28 @@ class LlamaForCausalLM(nn.Module):
         the final norm)."""
         wanted = hidden_state_boundaries(hidden_state_layers, len(self.layers))  # boundary -> requested indices
         aux: dict[int, torch.Tensor] = {}
-        x, residual = self.embed_tokens(input_ids), None  # [num_tokens, hidden]
-        for i in range(len(self.layers) + 1):
-            for layer in wanted.get(i, ()):
-                aux[layer] = x if residual is None else x + residual
-            if i < len(self.layers):
-                x, residual = self.run_layers(x, residual, positions, kv_caches, meta, i, i + 1)
+        if self.tp is None:
+            x, residual = self.embed_tokens(input_ids), None  # [num_tokens, hidden]
+        else:
+            x, residual = self.tp.embed(input_ids, self.embed_tokens.weight), None
+        x, residual = self.run_layers(x, residual, positions, kv_caches, meta, 0, len(self.layers), wanted, aux)
         return self.final_norm(x, residual), aux
 
     def run_layers(self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
                    kv_caches: Sequence[KVCache], meta: AttentionMetadata, start: int, stop: int,
+                   wanted: Mapping[int, Sequence[int]] | None = None, aux: dict[int, torch.Tensor] | None = None,
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder layers ``start..stop-1`` on the residual stream (``residual`` None before layer 0):
-        returns (block output, residual), both [num_tokens, hidden]."""
+        returns (block output, residual), both [num_tokens, hidden]. ``wanted`` (layer boundary -> requested
+        indices, ``hidden_state_boundaries``): the residual stream at each boundary in ``start..stop-1`` (and at
+        ``stop`` when it is the last layer's output) is put in ``aux`` under the requested indices."""
+        last = len(self.layers)
         for i in range(start, stop):
+            if wanted and i in wanted:
+                _capture(aux, wanted[i], x, residual)
             x, residual = self.layers[i](x, residual, positions, self.cos_sin_cache, kv_caches[i], meta)
+        if wanted and stop == last and last in wanted:
+            _capture(aux, wanted[last], x, residual)
         return x, residual
 
     def final_norm(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:  # [num_tokens, hidden]
@@ -140,6 +163,13 @@ class LlamaForCausalLM(nn.Module):
     def raw_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [n, hidden] -> [n, vocab] in the weights' dtype
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return self.ops.linear(hidden, weight, None)
+
+    def use_tensor_parallel(self, tp) -> None:
+        """Make this model a tensor-parallel shard: its row-parallel outputs and embedding are summed over
+        the ranks through ``tp`` (tokenleap.distributed.parallel.TensorParallel)."""
+        self.tp = tp
+        for layer in self.layers:
+            layer.tp = layer.self_attn.tp = tp
 
     @torch.no_grad()
     def load_hf_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
@@ -169,6 +199,13 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight.copy_(weights["lm_head.weight"])
 
 
+def _capture(aux: dict[int, torch.Tensor], layers: Sequence[int], x: torch.Tensor,
+             residual: torch.Tensor | None) -> None:
+    stream = x if residual is None else x + residual  # [num_tokens, hidden]
+    for layer in layers:
+        aux[layer] = stream
+
+
 def hidden_state_boundaries(layers: Sequence[int], num_layers: int) -> dict[int, list[int]]:
     """Layer-boundary index (0: the embedding, ``num_layers``: the last layer's output) -> the requested layer
     indices that name it (``i >= 0``: input of layer ``i``; ``i < 0``: output of layer ``num_layers + i``)."""
@@ -180,6 +217,14 @@ def hidden_state_boundaries(layers: Sequence[int], num_layers: int) -> dict[int,
                              f"(allowed {-num_layers}..{num_layers})")
         out.setdefault(boundary, []).append(i)
     return out
+
+
+def _rope_cache(cfg: ModelArchConfig, max_positions: int) -> torch.Tensor:  # [max_positions, head_dim] fp32
+    inv_freq = rope_inv_freq(
+        cfg.head_dim, cfg.rope_theta, cfg.rope_type, cfg.rope_factor, cfg.rope_low_freq_factor,
+        cfg.rope_high_freq_factor, cfg.rope_original_max_position,
+    )
+    return rope_cos_sin_cache(inv_freq, max_positions)
 
 
 def _hf_names(cfg: ModelArchConfig) -> list[str]:

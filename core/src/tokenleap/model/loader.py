@@ -10,6 +10,7 @@ is refused with the reason, never executed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ DTYPES = {
     "float16": torch.float16,
     "half": torch.float16,
 }
+# (HF-named tensors or lazy slices, architecture) -> the tensors to keep
+Select = Callable[[dict[str, Any], ModelArchConfig], dict[str, torch.Tensor]]
 PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # Tensors some checkpoints carry that are buffers, not parameters: dropped silently.
 _IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
@@ -95,6 +98,18 @@ def check_weights(
             f"model does not use (unsupported variant?), e.g. {unexpected[:5]}"
         )
     return {n: present[n] for n in expected}
+
+
+def drop_mtp_tensors(weights: dict[str, torch.Tensor], cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Leave out the multi-token-prediction layers a checkpoint may carry (config ``num_nextn_predict_layers``:
+    MiMo's ``model.mtp_layers.*``, DeepSeek-V3's ``model.layers.{N..}``): no part of the target, they are
+    read by speculative method 'mtp' itself."""
+    extra = int(cfg.get("num_nextn_predict_layers") or 0)
+    if not extra:
+        return weights
+    n = int(cfg["num_hidden_layers"])
+    prefixes = ("model.mtp_layers.", *(f"model.layers.{i}." for i in range(n, n + extra)))
+    return {k: v for k, v in weights.items() if not k.startswith(prefixes)}
 
 
 def read_pickled_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -168,6 +183,19 @@ def _read_safetensors(files: list[Path], dtype: torch.dtype) -> dict[str, torch.
     return weights
 
 
+def _safetensors_slices(files: list[Path]) -> tuple[list[Any], dict[str, Any]]:
+    """(open file handles, name -> lazy slice): a slice reads only the rows / columns it is indexed with."""
+    from safetensors import safe_open
+
+    handles, slices = [], {}
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"safetensors shard {f} (listed in the index) does not exist")
+        handles.append(safe_open(str(f), framework="pt", device="cpu"))
+        slices.update((name, handles[-1].get_slice(name)) for name in handles[-1].keys())
+    return handles, slices
+
+
 def _stored_dtype(files: list[Path]) -> torch.dtype | None:
     """The dtype of the first floating tensor of the first shard (read from the header only)."""
     from safetensors import safe_open
@@ -180,9 +208,8 @@ def _stored_dtype(files: list[Path]) -> torch.dtype | None:
     return None
 
 
-def _load_hf_folder(folder: Path, dtype: str | torch.dtype, device: str) -> LoadedCheckpoint:
-    from transformers import AutoTokenizer
-
+def _load_hf_folder(folder: Path, dtype: str | torch.dtype, device: str, with_tokenizer: bool = True,
+                    select: Select | None = None) -> LoadedCheckpoint:
     files = _safetensors_files(folder)
     pickled_files = [] if files else pickled_weight_files(folder)
     if not files and not pickled_files:
@@ -201,36 +228,54 @@ def _load_hf_folder(folder: Path, dtype: str | torch.dtype, device: str) -> Load
     config_dtype = DTYPES.get(str(cfg.get("torch_dtype") or cfg.get("dtype") or ""))
     if files:
         torch_dtype = resolve_dtype(dtype, config_dtype or _stored_dtype(files), device)
-        raw = _read_safetensors(files, torch_dtype)
     else:
         torch_dtype = resolve_dtype(dtype, config_dtype or torch.bfloat16, device)
-        raw = _read_pickled(pickled_files, torch_dtype)
-    weights = check_weights(raw, arch, str(folder))
+    if not files:
+        weights = check_weights(drop_mtp_tensors(_read_pickled(pickled_files, torch_dtype), cfg), arch, str(folder))
+    elif select is None:
+        weights = check_weights(drop_mtp_tensors(_read_safetensors(files, torch_dtype), cfg), arch, str(folder))
+    else:  # only the parts of the tensors that select takes are read from the files
+        handles, slices = _safetensors_slices(files)
+        kept = check_weights(drop_mtp_tensors(slices, cfg), arch, str(folder))
+        weights = {n: t.to(torch_dtype) for n, t in select(kept, arch).items()}
+        del handles
+    tokenizer = _hf_tokenizer(folder) if with_tokenizer else None
+    return LoadedCheckpoint(arch, weights, tokenizer, torch_dtype, str(folder), cfg)
+
+
+def _hf_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        return AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as e:
         raise ValueError(
             f"could not load a tokenizer from {folder} (tokenizer.json / tokenizer_config.json expected): {e}"
         ) from e
-    return LoadedCheckpoint(arch, weights, tokenizer, torch_dtype, str(folder), cfg)
 
 
-def _load_gguf_file(path: Path, dtype: str | torch.dtype, device: str) -> LoadedCheckpoint:
+def _load_gguf_file(path: Path, dtype: str | torch.dtype, device: str, with_tokenizer: bool = True,
+                    select: Select | None = None) -> LoadedCheckpoint:
     torch_dtype = resolve_dtype(dtype, torch.bfloat16, device)
-    cfg, weights, tokenizer = load_gguf(path, torch_dtype)
+    cfg, weights, tokenizer = load_gguf(path, torch_dtype, with_tokenizer)
     arch = ModelArchConfig.from_hf_config(cfg)
-    return LoadedCheckpoint(
-        arch, check_weights(weights, arch, str(path)), tokenizer, torch_dtype, str(path), cfg
-    )
+    weights = check_weights(weights, arch, str(path))
+    if select is not None:  # (the file was dequantized whole)
+        weights = select(weights, arch)
+    return LoadedCheckpoint(arch, weights, tokenizer, torch_dtype, str(path), cfg)
 
 
 def load_checkpoint(
-    path: str | Path, dtype: str | torch.dtype = "auto", device: str = "cpu"
+    path: str | Path, dtype: str | torch.dtype = "auto", device: str = "cpu", with_tokenizer: bool = True,
+    select: Select | None = None,
 ) -> LoadedCheckpoint:
     """Load a local HF folder (config.json + *.safetensors + tokenizer), a .gguf file, or a folder
     holding exactly one .gguf. dtype: "auto" | "float32" | "bfloat16" | "float16" ("float", "half").
     "auto" is float32 on CPU; on other devices the checkpoint's dtype (bfloat16 for GGUF).
-    Tensors are returned on CPU; `device` only steers "auto".
+    Tensors are returned on CPU; `device` only steers "auto". ``with_tokenizer=False`` leaves the tokenizer
+    None (a tensor-parallel worker needs only weights). ``select(weights, arch)`` returns the tensors to keep
+    (one tensor-parallel rank's slices): it gets safetensors' lazy slices, indexable like tensors, so only what
+    it takes is read.
     """
     resolve_dtype(dtype, None, device)  # reject a bad dtype before any reading
     p = Path(path).expanduser()
@@ -238,7 +283,7 @@ def load_checkpoint(
         raise FileNotFoundError(f"model path {str(path)!r} does not exist")
     if p.is_file():
         if p.suffix == ".gguf":
-            return _load_gguf_file(p, dtype, device)
+            return _load_gguf_file(p, dtype, device, with_tokenizer, select)
         if p.suffix in PICKLED_SUFFIXES:
             raise _refuse_pickled(p, [p])
         raise ValueError(
@@ -246,10 +291,10 @@ def load_checkpoint(
             "a folder with config.json and *.safetensors"
         )
     if _safetensors_files(p) or pickled_weight_files(p):
-        return _load_hf_folder(p, dtype, device)
+        return _load_hf_folder(p, dtype, device, with_tokenizer, select)
     ggufs = sorted(p.glob("*.gguf"))
     if len(ggufs) == 1:
-        return _load_gguf_file(ggufs[0], dtype, device)
+        return _load_gguf_file(ggufs[0], dtype, device, with_tokenizer, select)
     if len(ggufs) > 1:
         raise ValueError(
             f"{p} holds {len(ggufs)} .gguf files ({', '.join(g.name for g in ggufs)}); "
@@ -274,11 +319,10 @@ def read_arch(path: str | Path) -> ModelArchConfig:
     """The architecture of a checkpoint, read from its config.json or GGUF metadata without loading weights."""
     p = _checkpoint_file_or_folder(path)
     if p.is_file() and p.suffix == ".gguf":
-        from gguf import GGUFReader
-
+        from tokenleap.model.gguf_file import GGUFFile
         from tokenleap.model.gguf_loader import gguf_config
 
-        return ModelArchConfig.from_hf_config(gguf_config(GGUFReader(str(p))))
+        return ModelArchConfig.from_hf_config(gguf_config(GGUFFile(p)))
     config_path = p / "config.json" if p.is_dir() else p
     if not config_path.is_file():
         raise FileNotFoundError(f"{p} has no config.json (and is not a .gguf file)")
@@ -289,11 +333,10 @@ def load_tokenizer(path: str | Path):
     """The tokenizer of a checkpoint (HF folder or GGUF metadata), without its weights."""
     p = _checkpoint_file_or_folder(path)
     if p.is_file() and p.suffix == ".gguf":
-        from gguf import GGUFReader
-
+        from tokenleap.model.gguf_file import GGUFFile
         from tokenleap.model.gguf_loader import gguf_tokenizer
 
-        return gguf_tokenizer(p, GGUFReader(str(p)))
+        return gguf_tokenizer(p, GGUFFile(p))
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(p))

@@ -1,7 +1,8 @@
 """Turning raw logits into the distribution a request samples from (pure functions).
 
-Order, per row: penalties (repetition, presence, frequency) -> min_tokens (stop tokens banned) ->
-temperature -> min_p -> top_k -> top_p. Greedy rows take the argmax after penalties and bans.
+Order, per row: penalties (repetition, presence, frequency) -> bans (min_tokens' stop tokens, bad_words) ->
+logit_bias -> allowed-token bitmask (allowed_token_ids and structured outputs) -> temperature -> min_p -> top_k
+-> top_p. Greedy rows take the argmax after penalties, bans, biases and masks.
 """
 
 from __future__ import annotations
@@ -49,6 +50,34 @@ def ban_tokens(logits: torch.Tensor, rows: torch.Tensor, token_ids: torch.Tensor
     if rows.numel():
         logits = logits.index_put((rows, token_ids), torch.tensor(float("-inf"), device=logits.device))
     return logits
+
+
+def add_bias(
+    logits: torch.Tensor,  # [rows, vocab] float32
+    rows: torch.Tensor,  # [num_biases] int64
+    token_ids: torch.Tensor,  # [num_biases] int64
+    values: torch.Tensor,  # [num_biases] float32
+) -> torch.Tensor:
+    """logits[rows[i], token_ids[i]] += values[i] (logit_bias)."""
+    return logits.index_put((rows, token_ids), values, accumulate=True)
+
+
+def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[rows, words] int32, bit j of word w = token 32 w + j allowed -> [rows, vocab] bool."""
+    shifts = torch.arange(32, device=bitmask.device, dtype=torch.int32)
+    bits = (bitmask[:, :, None] >> shifts) & 1  # [rows, words, 32]
+    return bits.reshape(bitmask.shape[0], -1)[:, :vocab_size].bool()
+
+
+def apply_bitmask(
+    logits: torch.Tensor,  # [rows, vocab] float32
+    rows: torch.Tensor,  # [masked] int64, the rows the masks belong to
+    bitmask: torch.Tensor,  # [masked, ceil(vocab / 32)] int32, bit set = token allowed
+) -> torch.Tensor:
+    """Disallowed tokens of the masked rows get -inf (allowed_token_ids, structured outputs)."""
+    allowed = unpack_bitmask(bitmask, logits.shape[-1])  # [masked, vocab]
+    masked = logits[rows].masked_fill(~allowed, float("-inf"))
+    return logits.index_copy(0, rows, masked)
 
 
 def to_probs(logits: torch.Tensor, p: RowParams) -> torch.Tensor:  # [rows, vocab] float32

@@ -62,3 +62,19 @@ def sample_from_probs(probs: torch.Tensor, exp_noise: torch.Tensor) -> torch.Ten
     probs: [rows, vocab] non-negative (need not be normalised); exp_noise: [rows, vocab] Exp(1).
     """
     return (probs / exp_noise).argmax(dim=-1)
+
+
+def sample_with_noise(
+    probs: torch.Tensor,  # [rows, vocab] non-negative, need not be normalised
+    seeds: torch.Tensor,  # [rows] int64: the request's seed
+    streams: torch.Tensor,  # [rows] int64: its completion index
+    positions: torch.Tensor,  # [rows] int64: the output index the token is drawn for
+) -> torch.Tensor:  # [rows] int64
+    """Draw one token per row with the noise the target's sampler uses at that output position.
+
+    A proposer that draws its draft for output position ``t`` with this function (from its own
+    distribution q) makes coupled verification accept the draft whenever the target's own draw (from p,
+    with the same noise) is the same token: the Gumbel-max coupling of "drafter-invariant speculative
+    decoding" (Daliri et al. 2024). The target's output never depends on the drafts either way.
+    """
+    return sample_from_probs(probs, exponential(seeds, streams, positions, probs.shape[-1]))

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from tokenleap.sample import noise
-from tokenleap.sample.logits import RowParams, apply_penalties, ban_tokens, to_probs
-from tokenleap.speculative.verify import rejection_sample, verify_greedy
+from tokenleap.sample.logits import RowParams, add_bias, apply_bitmask, apply_penalties, ban_tokens, to_probs
+from tokenleap.speculative.verify import rejection_sample, verify_coupled, verify_greedy
 
 
 @dataclass
@@ -36,8 +36,17 @@ class SamplingBatch:
     req_streams: torch.Tensor | None  # [batch] int64
     req_output_lens: torch.Tensor | None  # [batch] int64, tokens generated before this step
     penalties: Penalties | None = None
-    ban_rows: torch.Tensor | None = None  # [num_bans] int64 rows where min_tokens bans stop tokens
+    ban_rows: torch.Tensor | None = None  # [num_bans] int64 rows with a banned token (min_tokens, bad_words)
     ban_token_ids: torch.Tensor | None = None  # [num_bans] int64
+    bias_rows: torch.Tensor | None = None  # [num_biases] int64 (logit_bias)
+    bias_token_ids: torch.Tensor | None = None  # [num_biases] int64
+    bias_values: torch.Tensor | None = None  # [num_biases] float32
+    mask_rows: torch.Tensor | None = None  # [masked] int64 rows with an allowed-token bitmask
+    bitmask: torch.Tensor | None = None  # [masked, ceil(vocab / 32)] int32
+    # [batch] bool, read only with draft_probs: verify this request's drafts by coupling (accept iff the draft is
+    # the token plain sampling draws there) rather than by rejection sampling; None = rejection sampling for all.
+    # Without draft_probs (one-hot drafts) every request is coupled: it accepts with p(x) either way.
+    coupled: torch.Tensor | None = None
 
 
 def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:  # [rows, vocab]
@@ -47,6 +56,10 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor: 
                                  pen.frequency)
     if batch.ban_rows is not None:
         logits = ban_tokens(logits, batch.ban_rows, batch.ban_token_ids)
+    if batch.bias_rows is not None:
+        logits = add_bias(logits, batch.bias_rows, batch.bias_token_ids, batch.bias_values)
+    if batch.mask_rows is not None:
+        logits = apply_bitmask(logits, batch.mask_rows, batch.bitmask)
     return logits
 
 
@@ -57,7 +70,15 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, to
         argmax = logits.argmax(dim=-1)[batch.row_index]  # [batch, k + 1]
         return verify_greedy(argmax, batch.draft_ids, batch.num_drafts)
     probs = to_probs(logits, batch.rows)[batch.row_index]  # [batch, k + 1, vocab]
-    k = batch.draft_ids.shape[1]
+    nb, k1, vocab = probs.shape
+    positions = batch.req_output_lens[:, None] + torch.arange(k1, device=logits.device)[None, :]  # [batch, k + 1]
+    exp = noise.exponential(batch.req_seeds.repeat_interleave(k1), batch.req_streams.repeat_interleave(k1),
+                            positions.reshape(-1), vocab).view(nb, k1, vocab)
+    own = noise.sample_from_probs(probs, exp)  # [batch, k + 1]: what plain sampling draws at each position
+    tokens, num_emitted = verify_coupled(own, batch.draft_ids, batch.num_drafts)
+    if batch.draft_probs is None:
+        return tokens, num_emitted
+    k = k1 - 1
     offsets = torch.arange(k, device=logits.device)[None, :]
     uniforms = noise.uniform(
         batch.req_seeds[:, None].expand(-1, k), batch.req_streams[:, None].expand(-1, k),
@@ -68,7 +89,12 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, to
         exp = noise.exponential(batch.req_seeds, batch.req_streams, batch.req_output_lens + index, dist.shape[-1])
         return noise.sample_from_probs(dist, exp)
 
-    return rejection_sample(probs, batch.draft_ids, batch.num_drafts, batch.draft_probs, uniforms, draw)
+    rej_tokens, rej_emitted = rejection_sample(probs, batch.draft_ids, batch.num_drafts, batch.draft_probs,
+                                               uniforms, draw)
+    if batch.coupled is None:
+        return rej_tokens, rej_emitted
+    return (torch.where(batch.coupled[:, None], tokens, rej_tokens),
+            torch.where(batch.coupled, num_emitted, rej_emitted))
 
 
 def gather_logprobs(

@@ -17,6 +17,7 @@ from tokenleap_plugins import (
 
 from tokenleap.engine.model_runner import StepResult
 from tokenleap.engine.request import Request
+from tokenleap.speculative.verify import is_coupled
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class StepEntry:
 class ProposerDriver:
     def __init__(self, proposer: Proposer, method: str, num_speculative_tokens: int, vocab_size: int,
                  max_model_len: int, disable_by_batch_size: int | None = None,
-                 speculative_max_model_len: int | None = None, block_size: int = 16) -> None:
+                 speculative_max_model_len: int | None = None, block_size: int = 16,
+                 draft_verification: str = "auto") -> None:
         self.proposer = proposer
         self.method = method
         self.k = num_speculative_tokens
@@ -44,6 +46,7 @@ class ProposerDriver:
         self.draft_len_limit = speculative_max_model_len or max_model_len
         self.sees_every_step = proposer.needs.sees_every_step
         self.block_size = block_size
+        self.draft_verification = draft_verification
 
     def added(self, request: Request) -> None:
         self._call("on_request_added", request.request_id, list(request.prompt_token_ids))
@@ -117,10 +120,10 @@ class ProposerDriver:
         num_tokens - 1 + drafts must lie in them (the scheduler reserves k slots past a step that ends decoding)."""
         return len(request.block_ids) * self.block_size - request.num_tokens + 1
 
-    @staticmethod
-    def _request(req: Request, entry: StepEntry | None, max_num_drafts: int,
+    def _request(self, req: Request, entry: StepEntry | None, max_num_drafts: int,
                  rows: tuple[int, int] | None) -> ProposeRequest:
         p = req.params
+        coupled = is_coupled(self.draft_verification, True, p.seed is not None)  # for drafts with probabilities
         computed = None
         if entry is not None:
             computed = ComputedTokens(entry.computed_start, entry.computed_count, rows[0] if rows else 0,
@@ -128,7 +131,7 @@ class ProposerDriver:
         return ProposeRequest(
             req.request_id, req.all_token_ids, req.num_prompt_tokens, max_num_drafts, rows, computed,
             req.num_computed_tokens, req.block_ids,
-            SamplingInfo(p.temperature, p.top_p, p.effective_top_k, p.min_p, req.seed, req.stream),
+            SamplingInfo(p.temperature, p.top_p, p.effective_top_k, p.min_p, req.seed, req.stream, coupled),
         )
 
     def _call(self, hook: str, *args) -> None:

@@ -15,6 +15,15 @@ every p_i is one-hot at the argmax: accept while x_i equals the argmax, then emi
 
 ``verify_reference`` is the readable definition; ``rejection_sample`` is the batched fast path and must
 give the same tokens for the same random numbers (tests check it).
+
+Coupled verification (``verify_coupled_reference`` / ``verify_coupled``): the target draws its own token at
+every verified position with the noise plain sampling would use there (the exponential race keyed by seed,
+completion and output position); a draft is accepted iff it equals that token, and the target's token is
+emitted at the first mismatch. The emitted tokens are then exactly the tokens plain sampling gives, whatever
+the drafts: a seeded request's output does not depend on the proposer, k or the batch. For a one-hot draft x
+the acceptance probability is p(x), the same as rejection sampling's min(1, p(x) / 1); for drafts drawn from
+q it is P(argmax p/E = argmax q/E) when the drafter draws with the same noise (``noise.sample_with_noise``),
+below rejection sampling's sum min(p, q) but drafter-invariant (Daliri et al. 2024).
 """
 
 from __future__ import annotations
@@ -43,6 +52,37 @@ def verify_reference(
         return emitted
     emitted.append(draw(p[len(draft_ids)], len(draft_ids)))  # bonus token
     return emitted
+
+
+def is_coupled(draft_verification: str, has_draft_probs: bool, seeded: bool) -> bool:
+    """Whether a request's drafts are verified by coupling (speculative_config.draft_verification)."""
+    return not has_draft_probs or draft_verification == "coupled" or (draft_verification == "auto" and seeded)
+
+
+def verify_coupled_reference(
+    p: torch.Tensor,  # [n + 1, vocab] target distributions
+    draft_ids: list[int],  # [n]
+    draw: Callable[[torch.Tensor, int], int],  # draw(distribution [vocab], position) -> token id (plain noise)
+) -> list[int]:
+    """One request's coupled verification, written for reading. Returns the emitted tokens."""
+    emitted: list[int] = []
+    for i, x in enumerate(draft_ids):
+        token = draw(p[i], i)  # what plain sampling draws at this position
+        emitted.append(token)
+        if token != x:
+            return emitted  # first mismatch: the target's token, then stop
+    emitted.append(draw(p[len(draft_ids)], len(draft_ids)))  # bonus token
+    return emitted
+
+
+def verify_coupled(
+    target_tokens: torch.Tensor,  # [batch, k + 1] the target's own draw at each verified position
+    draft_ids: torch.Tensor,  # [batch, k] (padding: any id)
+    num_drafts: torch.Tensor,  # [batch] 0..k
+) -> tuple[torch.Tensor, torch.Tensor]:  # tokens [batch, k + 1], num_emitted [batch]
+    """Batched coupled verification: accept while draft == the target's token (greedy is the case where
+    the target's token is the argmax)."""
+    return verify_greedy(target_tokens, draft_ids, num_drafts)
 
 
 def verify_greedy(

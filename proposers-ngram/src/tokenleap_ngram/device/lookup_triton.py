@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tokenleap.kernels import triton_compat  # noqa: F401  (the interpreter's loop bounds, under TRITON_INTERPRET=1)
+from tokenleap.kernels import triton_compat  # noqa: F401  (interpreter fixes, under TRITON_INTERPRET=1)
 from tokenleap_ngram.device.lookup_ref import MAX_LOOKUP
 
 

@@ -1,0 +1,77 @@
+"""Drafting from a head's logits: the argmax for greedy requests, else a sample from the request's own
+distribution (temperature, min-p, top-k, top-p, as the target samples) with the probabilities it came from.
+
+The noise is counter-based (``tokenleap.sample.noise``). Under rejection sampling it is in a domain of its own,
+keyed by the request's seed, stream and the draft's token position: a seeded request drafts the same tokens
+whatever else is in the batch, independently of the verifier's acceptance uniforms and token draws. Under coupled
+verification (``SamplingInfo.coupled``) draft ``j`` is drawn with the target's own noise at its output position
+(``sample_with_noise``), so it is accepted whenever the target draws the same token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tokenleap.sample.logits import RowParams, to_probs
+from tokenleap.sample.noise import exponential, mix32, row_keys
+from tokenleap_plugins import SamplingInfo
+
+DOMAIN_DRAFT = 0x3C6EF372  # differs from the verifier's DOMAIN_ACCEPT / DOMAIN_TOKEN
+
+
+def draft_noise(seeds: torch.Tensor, streams: torch.Tensor, positions: torch.Tensor,
+                vocab_size: int) -> torch.Tensor:  # [rows, vocab] float32 Exp(1)
+    keys = row_keys(seeds, streams, positions, DOMAIN_DRAFT)  # [rows]
+    vocab = mix32(torch.arange(vocab_size, device=keys.device, dtype=torch.int64) ^ 0x165667B1)  # [vocab]
+    u = ((mix32(keys[:, None] ^ vocab[None, :]) >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    return -torch.log(u)
+
+
+@dataclass
+class DraftRows:
+    """One row per draft being picked: its request's sampling settings (``params.positions``: the draft's token
+    position), and for coupled rows the output position the target draws it at."""
+
+    params: RowParams
+    coupled: torch.Tensor  # [rows] bool
+    output_positions: torch.Tensor  # [rows] int64
+    any_coupled: bool
+
+
+def row_params(infos: Sequence[SamplingInfo], positions: Sequence[int], output_positions: Sequence[int],
+               device: torch.device) -> DraftRows:
+    """positions: each draft's token position; output_positions: its index among the request's output tokens."""
+    f32 = dict(dtype=torch.float32, device=device)
+    i64 = dict(dtype=torch.int64, device=device)
+    temperature = torch.tensor([s.temperature for s in infos], **f32)
+    top_k = torch.tensor([s.top_k for s in infos], **i64)
+    top_p = torch.tensor([s.top_p for s in infos], **f32)
+    min_p = torch.tensor([s.min_p for s in infos], **f32)
+    greedy = [s.greedy for s in infos]
+    params = RowParams(
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        seeds=torch.tensor([s.seed for s in infos], **i64), streams=torch.tensor([s.stream for s in infos], **i64),
+        positions=torch.tensor(list(positions), **i64),
+        any_top_k=any(s.top_k > 0 for s in infos), any_top_p=any(s.top_p < 1.0 for s in infos),
+        any_min_p=any(s.min_p > 0 for s in infos), any_greedy=any(greedy), all_greedy=all(greedy),
+    )
+    coupled = [s.coupled and not s.greedy for s in infos]
+    return DraftRows(params, torch.tensor(coupled, dtype=torch.bool, device=device),
+                     torch.tensor(list(output_positions), **i64), any(coupled))
+
+
+def pick_drafts(logits: torch.Tensor, rows: DraftRows) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logits [rows, vocab] float32 -> (tokens [rows] int64, probs [rows, vocab] float32 or None when every
+    row is greedy). Greedy rows take the argmax (their probs row is a one-hot, unused by the verifier)."""
+    params = rows.params
+    if params.all_greedy:
+        return logits.argmax(dim=-1), None
+    probs = to_probs(logits, params)  # greedy rows: one-hot at the argmax
+    noise = draft_noise(params.seeds, params.streams, params.positions, logits.shape[-1])  # [rows, vocab]
+    if rows.any_coupled:
+        target_noise = exponential(params.seeds, params.streams, rows.output_positions, logits.shape[-1])
+        noise = torch.where(rows.coupled[:, None], target_noise, noise)
+    return (probs / noise).argmax(dim=-1), probs

@@ -1,0 +1,1 @@
+"""IBM's MLP speculator (fms-extras), as vLLM loads it: model, loader and proposer."""

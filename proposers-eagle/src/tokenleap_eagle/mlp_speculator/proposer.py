@@ -1,0 +1,80 @@
+"""Method ``mlp_speculator`` (alias ``mlp``): drafts from the target's final hidden state of the last token it
+computed for a request and the token that state predicted, one speculator stage per draft. No KV cache: the
+state of a request is that one hidden row, read from the step that just ran."""
+
+from __future__ import annotations
+
+import torch
+
+from tokenleap_eagle.head_sampling import pick_drafts, row_params
+from tokenleap_eagle.mlp_speculator.loader import load_speculator, read_config, resolve_speculator
+from tokenleap_plugins import Drafts, ProposeBatch, ProposerBase, ProposerContext, ProposerNeeds
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_fits(cfg, ctx: ProposerContext, where: str) -> None:
+    """The speculator's shape against the target and k: every mismatch fails before any weight is read."""
+    if ctx.num_speculative_tokens > cfg.n_predict:
+        raise ValueError(
+            f"speculative_config.num_speculative_tokens={ctx.num_speculative_tokens}, but the MLP speculator "
+            f"{where} has n_predict={cfg.n_predict} stages: use num_speculative_tokens <= {cfg.n_predict}"
+        )
+    if ctx.hidden_size and cfg.emb_dim != ctx.hidden_size:
+        raise ValueError(
+            f"the MLP speculator {where} was made for hidden size emb_dim={cfg.emb_dim}, but the target's "
+            f"hidden size is {ctx.hidden_size}: it is a speculator for another model"
+        )
+    if cfg.vocab_size != ctx.vocab_size:
+        raise ValueError(
+            f"the MLP speculator {where} has vocab_size={cfg.vocab_size}, but the target's vocabulary has "
+            f"{ctx.vocab_size} entries: it is a speculator for another model"
+        )
+
+
+class MLPSpeculatorProposer(ProposerBase):
+    needs = ProposerNeeds(hidden_state_layers=(-1,))
+
+    def __init__(self, config: None, ctx: ProposerContext) -> None:
+        name = ctx.speculative.model
+        if not name:
+            raise ValueError("speculative_config.model is required for method 'mlp_speculator': the folder (or "
+                             "alias) of an MLP speculator checkpoint")
+        folder = resolve_speculator(name)
+        check_fits(read_config(folder), ctx, repr(name))
+        self.device = torch.device(ctx.device)
+        self.model = load_speculator(folder, _DTYPES.get(ctx.dtype, torch.float32), self.device)
+        target = ctx.target
+        self._final_norm = target.final_norm if target is not None else (lambda h: h)
+
+    @torch.no_grad()
+    def propose(self, batch: ProposeBatch) -> Drafts:
+        reqs = batch.requests
+        todo = [i for i, r in enumerate(reqs) if r.max_num_drafts > 0 and r.computed and r.computed.count > 0]
+        drafts: list[list[int]] = [[] for _ in reqs]
+        if not todo:
+            return Drafts(drafts)
+        model = self.model
+        rows = torch.tensor([reqs[i].computed.hidden_rows + reqs[i].computed.count - 1 for i in todo],
+                            device=self.device)
+        hidden = self._final_norm(batch.hidden_states[-1][rows])  # [b, hidden]
+        state = model.input_state(hidden.to(model.head[0].weight.dtype))
+        tokens = torch.tensor([reqs[i].token_ids[-1] for i in todo], device=self.device)  # [b]
+        infos = [reqs[i].sampling for i in todo]
+        steps = max(reqs[i].max_num_drafts for i in todo)
+        picked, probs = [], []
+        for j in range(steps):
+            state = model.stage(j, state, tokens)
+            params = row_params(infos, [len(reqs[i].token_ids) + j for i in todo],
+                                [len(reqs[i].token_ids) - reqs[i].num_prompt_tokens + j for i in todo], self.device)
+            tokens, p = pick_drafts(model.logits(j, state), params)  # [b], [b, vocab] | None
+            picked.append(tokens)
+            probs.append(p)
+        host = torch.stack(picked, dim=1).tolist()  # [b, steps]
+        out_probs: list = [None] * len(reqs)
+        for row, i in enumerate(todo):
+            n = reqs[i].max_num_drafts
+            drafts[i] = host[row][:n]
+            if not reqs[i].sampling.greedy:
+                out_probs[i] = torch.stack([p[row] for p in probs[:n]])  # [n, vocab]
+        return Drafts(drafts, out_probs if any(p is not None for p in out_probs) else None)

@@ -1,0 +1,188 @@
+"""AsyncLLM from plain asyncio: same outputs as offline, continuous batching across callers, aborts free KV
+blocks at once, engine-loop failures reach every caller (tiny random model on CPU)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tokenleap import LLM, AsyncLLM, SamplingParams
+from tokenleap.async_llm import EngineDeadError
+from tokenleap.config import EngineConfig
+
+PROMPTS = ["The quick brown fox", "def add(a, b):", "Hello world! How are", "the cat sat on the mat; the dog"]
+# prompt_lookup_min=1: the tiny random model's outputs seldom repeat longer n-grams (no drafts without it)
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
+GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+
+
+def _make_llm(folder, **kwargs) -> LLM:
+    return LLM(model=str(folder), disable_log_stats=True, kv_cache_memory_bytes=8 << 20, **kwargs)
+
+
+@pytest.fixture(scope="module", params=[None, NGRAM], ids=["plain", "ngram"])
+def engines(request, tiny_checkpoint, torch_one_thread):
+    """(offline LLM, AsyncLLM over a second engine of the same checkpoint); the AsyncLLM is shut down after."""
+    folder = tiny_checkpoint("llama")
+    offline = _make_llm(folder, speculative_config=request.param)
+    aio = AsyncLLM(str(folder), disable_log_stats=True, kv_cache_memory_bytes=8 << 20,
+                   speculative_config=request.param)
+    yield offline, aio
+    aio.shutdown()
+    assert not aio._thread.is_alive()
+
+
+async def _final(aio: AsyncLLM, prompt, params, rid):
+    outs = [o async for o in aio.generate(prompt, params, rid)]
+    return outs
+
+
+def test_outputs_equal_offline_and_stream_grows(engines):
+    offline, aio = engines
+    ref = offline.generate(PROMPTS, GREEDY, use_tqdm=False)
+
+    async def main():
+        return await asyncio.gather(*(_final(aio, p, GREEDY, f"eq-{i}") for i, p in enumerate(PROMPTS)))
+
+    for r, outs in zip(ref, asyncio.run(main())):
+        last = outs[-1]
+        assert last.finished and all(not o.finished for o in outs[:-1])
+        assert last.outputs[0].token_ids == r.outputs[0].token_ids
+        assert last.outputs[0].text == r.outputs[0].text
+        assert last.outputs[0].finish_reason == "length"
+        for a, b in zip(outs, outs[1:]):  # cumulative: each output extends the one before
+            assert b.outputs[0].token_ids[: len(a.outputs[0].token_ids)] == a.outputs[0].token_ids
+            assert b.outputs[0].text.startswith(a.outputs[0].text)
+        assert len(outs) > 1  # it streamed
+
+
+def test_agenerate_equals_generate_with_n_and_seed(engines):
+    offline, _ = engines
+    params = [SamplingParams(temperature=0.8, n=2, seed=7, max_tokens=12),
+              SamplingParams(temperature=0, max_tokens=10, stop=["e"])]
+    ref = offline.generate(PROMPTS[:2], params, use_tqdm=False)
+    got = asyncio.run(offline.agenerate(PROMPTS[:2], params))
+    assert [[c.token_ids for c in o.outputs] for o in got] == [[c.token_ids for c in o.outputs] for o in ref]
+    assert [[c.text for c in o.outputs] for o in got] == [[c.text for c in o.outputs] for o in ref]
+    assert [o.request_id for o in got] != [o.request_id for o in ref]  # fresh ids, no clash with generate's
+    offline._async.shutdown()
+
+
+def test_requests_started_at_different_times_share_steps(engines):
+    _, aio = engines
+    long = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    counters = aio.engine.counters
+
+    async def alone(prompt, rid):
+        before = counters.num_steps
+        outs = await _final(aio, prompt, long, rid)
+        return counters.num_steps - before, outs[-1]
+
+    async def together():
+        before = counters.num_steps
+        first = aio.generate(PROMPTS[0], long, "tog-a")
+        outs_a = [await anext(first)]  # A is running ...
+        for _ in range(4):
+            outs_a.append(await anext(first))
+        task_b = asyncio.ensure_future(_final(aio, PROMPTS[1], long, "tog-b"))  # ... when B arrives
+        outs_a += [o async for o in first]
+        outs_b = await task_b
+        return counters.num_steps - before, outs_a[-1], outs_b[-1]
+
+    steps_a, ref_a = asyncio.run(alone(PROMPTS[0], "alone-a"))
+    steps_b, ref_b = asyncio.run(alone(PROMPTS[1], "alone-b"))
+    steps, out_a, out_b = asyncio.run(together())
+    assert out_a.outputs[0].token_ids == ref_a.outputs[0].token_ids
+    assert out_b.outputs[0].token_ids == ref_b.outputs[0].token_ids
+    assert steps < steps_a + steps_b - 4, (steps, steps_a, steps_b)  # B joined A's running batch
+
+
+@pytest.mark.parametrize("how", ["close", "cancel", "abort"])
+def test_abort_frees_blocks_at_once(engines, how):
+    _, aio = engines
+    blocks = aio.engine.blocks
+    params = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
+
+    async def main():
+        gen = aio.generate(PROMPTS[2] * 8, params, f"abort-{how}")
+        await anext(gen)
+        await anext(gen)
+        used = blocks.num_free_blocks < blocks.num_usable_blocks
+        other = asyncio.ensure_future(_final(aio, PROMPTS[3], GREEDY, f"other-{how}"))
+        if how == "close":
+            await gen.aclose()
+        elif how == "cancel":
+            async def consume():
+                async for _ in gen:
+                    pass
+
+            task = asyncio.ensure_future(consume())
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        else:
+            await aio.abort(f"abort-{how}")
+            rest = [o async for o in gen]  # the aborted stream ends with one last output
+            assert rest[-1].finished and rest[-1].outputs[0].finish_reason == "abort"
+        other_out = await other
+        await aio.abort("no-such-request")  # a round trip through the loop thread: earlier aborts are done
+        return used, other_out[-1]
+
+    used, other_out = asyncio.run(main())
+    assert used
+    assert other_out.finished and len(other_out.outputs[0].token_ids) == GREEDY.max_tokens  # the other finished
+    assert blocks.num_free_blocks == blocks.num_usable_blocks
+    assert not aio.engine.requests
+
+
+def test_bad_input_raises_before_queueing(engines):
+    _, aio = engines
+
+    async def main():
+        with pytest.raises(ValueError, match=r"prompts\[0\] has \d+ tokens; max_model_len=512"):
+            await anext(aio.generate({"prompt_token_ids": [5] * 600}, GREEDY, "too-long"))
+        with pytest.raises(TypeError, match="sampling_params is a dict"):
+            await anext(aio.generate("hi", {"temperature": 0}, "bad-params"))
+        gen = aio.generate("hi", GREEDY, "dup")
+        await anext(gen)
+        with pytest.raises(ValueError, match="request_id='dup' is already running"):
+            await anext(aio.generate("hi", GREEDY, "dup"))
+        await gen.aclose()
+        await aio.abort("no-such-request")  # a round trip through the loop thread: the close's abort is done
+
+    asyncio.run(main())
+    assert not aio.engine.requests
+
+
+def test_engine_failure_reaches_every_caller(tiny_checkpoint, torch_one_thread):
+    cfg = EngineConfig(model=str(tiny_checkpoint("llama")), disable_log_stats=True, kv_cache_memory_bytes=8 << 20)
+    aio = AsyncLLM.from_engine_config(cfg)
+    assert aio.config == cfg
+    real_step, calls = aio.engine.step, []
+
+    def failing_step():
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("device lost")
+        return real_step()
+
+    aio.engine.step = failing_step
+    params = SamplingParams(temperature=0, max_tokens=100, ignore_eos=True)
+
+    async def main():
+        results = await asyncio.wait_for(asyncio.gather(
+            *(_final(aio, p, params, f"f-{i}") for i, p in enumerate(PROMPTS)), return_exceptions=True), 30)
+        with pytest.raises(EngineDeadError, match="device lost"):
+            await anext(aio.generate("hi", params, "after"))
+        return results
+
+    try:
+        results = asyncio.run(main())
+        assert len(results) == len(PROMPTS)
+        for r in results:
+            assert isinstance(r, EngineDeadError) and "RuntimeError: device lost" in str(r)
+        assert not aio.is_running
+    finally:
+        aio.shutdown()
