@@ -96,6 +96,22 @@ def test_chat_equals_offline(served):
         assert resp.usage.prompt_tokens == len(r.prompt_token_ids)
 
 
+def test_response_format_and_logit_bias_equal_offline(served):
+    """``response_format`` maps onto structured outputs and ``logit_bias`` onto SamplingParams: the server's
+    answers equal offline generation with the same constraint."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    ref = served.llm.chat([MESSAGES[0]], _greedy(40, structured_outputs={"json": schema}), use_tqdm=False)[0]
+    resp = served.client.chat.completions.create(
+        model="tiny", messages=MESSAGES[0], max_tokens=40, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    assert resp.choices[0].message.content == ref.outputs[0].text
+    bias = {7: 100.0}
+    ref = served.llm.generate(PROMPTS[:1], _greedy(8, logit_bias=bias), use_tqdm=False)[0]
+    resp = served.client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=8, temperature=0,
+                                            logit_bias={"7": 100.0})
+    assert resp.choices[0].text == ref.outputs[0].text and ref.outputs[0].token_ids == [7] * 8
+
+
 def _stream_text(stream) -> tuple[dict[int, str], dict[int, str], object]:
     texts: dict[int, str] = {}
     reasons: dict[int, str] = {}
@@ -229,8 +245,10 @@ ERRORS = [
     ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, None, 400,
      "messages.0.role", "messages.0.role"),
     ("/v1/completions", {"model": "tiny"}, None, 400, "prompt is required", "prompt"),
-    ("/v1/completions", {"model": "tiny", "prompt": "x", "logit_bias": {"5": 1.0}}, None, 400, "logit_bias",
-     "logit_bias"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "logit_bias": {"five": 1.0}}, None, 400,
+     "logit_bias keys must be token ids", "logit_bias"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "response_format": {"type": "xml"}}, None, 400,
+     "response_format.type='xml' is not one of", "response_format.type"),
     ("/v1/completions", {"model": "tiny", "prompt": "x", "logprobs": 25}, None, 400, "logprobs", "logprobs"),
     ("/v1/completions", {"model": "tiny", "prompt": [[5, 99999]]}, None, 400, "outside the vocabulary", "prompt"),
     ("/v1/chat/completions", {"model": "tiny", "messages": MESSAGES[0], "top_logprobs": 2}, None, 400,

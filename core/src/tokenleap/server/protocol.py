@@ -44,6 +44,7 @@ class _SamplingFields(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
     user: str | None = None
     # extensions
     top_k: int = Field(0, ge=-1)
@@ -117,9 +118,6 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, max_tokens: 
     """The request's SamplingParams; a value SamplingParams refuses is an ApiError naming the field."""
     import pydantic
 
-    if req.logit_bias is not None and "logit_bias" not in SamplingParams.model_fields:
-        raise ApiError(400, "logit_bias is not supported yet by this server", "logit_bias",
-                       code="unsupported_parameter")
     kwargs: dict[str, Any] = dict(
         n=req.n, temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k, min_p=req.min_p,
@@ -135,6 +133,9 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, max_tokens: 
         except ValueError:
             raise ApiError(400, f"logit_bias keys must be token ids (integers as strings), got "
                                 f"{list(req.logit_bias)[:5]}", "logit_bias") from None
+    structured = structured_outputs(req.response_format)
+    if structured is not None:
+        kwargs["structured_outputs"] = structured
     try:
         return SamplingParams(**kwargs)
     except pydantic.ValidationError as exc:
@@ -142,3 +143,22 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, max_tokens: 
         field = ".".join(str(x) for x in err["loc"]) or None
         msg = err["msg"].removeprefix("Value error, ")
         raise ApiError(400, f"{field}: {msg}" if field else msg, field) from None
+
+
+def structured_outputs(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI's ``response_format`` as ``SamplingParams.structured_outputs`` (None for plain text)."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise ApiError(400, "response_format.json_schema.schema must be a JSON schema object",
+                           "response_format.json_schema")
+        return {"json": spec["schema"]}
+    raise ApiError(400, f"response_format.type={kind!r} is not one of 'text', 'json_object', 'json_schema'",
+                   "response_format.type")
