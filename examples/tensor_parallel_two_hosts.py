@@ -13,8 +13,8 @@ MODEL (default: the smollm2-135m-instruct alias) must be readable on every host 
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 
 from tokenleap import LLM, SamplingParams
 from tokenleap.distributed import run_worker
@@ -25,12 +25,16 @@ PARAMS = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 
 
 def main() -> None:
-    model = sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m-instruct"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", default="smollm2-135m-instruct")
+    parser.add_argument("--max-tokens", type=int, default=PARAMS.max_tokens)
+    args = parser.parse_args()
     if int(os.environ.get("RANK", "0")) > 0:
         run_worker()  # returns when rank 0's LLM is deleted or its program ends
         return
-    llm = LLM(model=model, tensor_parallel_size=int(os.environ.get("WORLD_SIZE", "1")), disable_log_stats=True)
-    out = llm.generate([PROMPT], PARAMS, use_tqdm=False)
+    llm = LLM(model=args.model, tensor_parallel_size=int(os.environ.get("WORLD_SIZE", "1")), disable_log_stats=True)
+    params = PARAMS.model_copy(update={"max_tokens": args.max_tokens})
+    out = llm.generate([PROMPT], params, use_tqdm=False)
     print("token ids:", out[0].outputs[0].token_ids)
     print("text:", repr(out[0].outputs[0].text))
 

@@ -278,28 +278,39 @@ def test_llm_config_errors_before_loading(no_loading, folder, kwargs, field, mes
     assert re.search(message, text), text
 
 
-def test_pickled_checkpoints_are_refused_without_unpickling(folder, tmp_path, monkeypatch):
-    """A folder holding only pytorch_model.bin, and a .bin file passed directly: refused with the way out,
-    and nothing is unpickled (torch.load / pickle.load fail the test if called)."""
+def test_pickled_checkpoints_are_read_only_through_the_restricted_unpickler(folder, tmp_path, monkeypatch):
+    """A folder holding only pytorch_model.bin is read with ``torch.load(weights_only=True)`` only (never a full
+    unpickle): a file that is no plain tensor pickle is refused with the reason and the way out; a .bin file passed
+    directly is refused unread. (Real .bin checkpoints, and a pickle that would run code, are in
+    test_loader.py.)"""
     import pickle
 
-    def refuse(*a, **k):
-        raise AssertionError("a pickle was loaded")
+    real_load, calls = torch.load, []
 
-    monkeypatch.setattr(torch, "load", refuse)
+    def restricted_only(*a, **k):
+        calls.append(k.get("weights_only"))
+        assert k.get("weights_only") is True, "torch.load without weights_only=True"
+        return real_load(*a, **k)
+
+    def refuse(*a, **k):
+        raise AssertionError("a pickle was fully unpickled")
+
+    monkeypatch.setattr(torch, "load", restricted_only)
     monkeypatch.setattr(pickle, "load", refuse)
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         (pickled / f).write_bytes((folder / f).read_bytes())
     (pickled / "pytorch_model.bin").write_bytes(b"not really a pickle")
-    for path in (pickled, pickled / "pytorch_model.bin"):
-        with pytest.raises(
-            ValueError,
-            match=r"holds only pickled PyTorch weights \(pytorch_model\.bin\)\. "
-            r"Loading a pickle can run arbitrary code, so tokenleap refuses it",
-        ):
-            LLM(model=str(path), disable_log_stats=True)
+    with pytest.raises(ValueError, match=r"refusing to load .*pytorch_model\.bin: it is not a plain tensor pickle "
+                                         r"\(torch\.load\(weights_only=True\) rejected it: .*\)\. Loading it fully "
+                                         r"could run arbitrary code; convert it to safetensors"):
+        LLM(model=str(pickled), disable_log_stats=True)
+    with pytest.raises(ValueError, match=r"holds only pickled PyTorch weights \(pytorch_model\.bin\)\. Loading a "
+                                         r"pickle can run arbitrary code, so tokenleap reads only a folder's "
+                                         r"pytorch_model\.bin \(through torch's restricted unpickler\)"):
+        LLM(model=str(pickled / "pytorch_model.bin"), disable_log_stats=True)  # a loose .bin file: refused
+    assert calls == [True]
 
 
 def test_invalid_dtype_in_loader_lists_allowed(folder):

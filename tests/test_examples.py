@@ -25,6 +25,7 @@ EXPECTED = {
     "third_party_proposer.py": ["method 'lastseen'", "same tokens as without speculation: True"],
     "draft_model.py": ["mean acceptance length:", "drafts accepted:"],
     "openai_server.py": ["answer:", "spec_decode:", "streamed the same text: True"],
+    "tensor_parallel_two_hosts.py": ["token ids:", "text:"],
 }
 
 

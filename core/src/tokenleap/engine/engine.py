@@ -281,7 +281,9 @@ class Engine:
                 num_drafts = sampled.num_draft_tokens  # the host's, or the device's (drafted there)
                 self._count_step(req, num_drafts, num_accepted, len(new_tokens))
                 verified.append(VerifiedRequest(req.request_id, num_drafts, num_accepted, new_tokens))
-            entries.append(StepEntry(req, start, kept, s.num_query_tokens - kept, not req.status.finished))
+            # (a stop inside the accepted run truncates the tokens: positions past the last one are not reported)
+            entries.append(StepEntry(req, start, min(kept, req.num_tokens - start), s.num_query_tokens - kept,
+                                     not req.status.finished))
             req.spec_token_ids, req.spec_probs = [], None
             self.blocks.cache_full_blocks(req.block_ids, req.block_hashes, req.all_token_ids,
                                           req.num_computed_tokens)
