@@ -19,7 +19,6 @@ import os
 from tokenleap import LLM, SamplingParams
 from tokenleap.distributed import run_worker
 
-
 PROMPT = {"prompt_token_ids": [1, 5, 17, 33, 40, 9, 17, 33]}
 PARAMS = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 

@@ -10,9 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tokenleap_plugins import ProposerManager
-
 from tokenleap import LLM, SamplingParams
+from tokenleap_plugins import ProposerManager
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--max-tokens", type=int, default=32)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from tokenleap import LLM, AsyncLLM, SamplingParams
 from tokenleap.async_llm import EngineDeadError
 from tokenleap.config import EngineConfig

@@ -8,7 +8,6 @@ import json
 import math
 
 import pytest
-
 from tokenleap import LLM, AsyncLLM
 from tokenleap.bench.serve import compare, run_level
 from tokenleap.cli import main

@@ -6,6 +6,7 @@ import types
 
 import pluggy
 import pytest
+from tokenleap_ngram.prompt_lookup import prompt_lookup
 from tokenleap_plugins import (
     Drafts,
     ProposerBase,
@@ -15,12 +16,11 @@ from tokenleap_plugins import (
     UnknownMethodError,
     hookimpl,
 )
-from tokenleap_ngram.prompt_lookup import prompt_lookup
 from tokenleap_plugins.testing import (
     EchoProposer,
     check_bounds,
-    check_device_drafter,
     check_determinism,
+    check_device_drafter,
     check_lifecycle,
     check_memory_flat,
     echo_spec,

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from tokenleap_eagle.train.data import capture_hidden_states, sharegpt_prompts
 
 from tests.helpers.tiny_models import make_tiny_checkpoint
-from tokenleap_eagle.train.data import capture_hidden_states, sharegpt_prompts
 
 
 def test_sharegpt_prompts_are_distinct_reproducible_and_exclude():
@@ -21,11 +21,10 @@ def test_sharegpt_too_few_prompts_is_an_error():
 
 
 def test_captured_hidden_states_equal_transformers(tmp_path):
-    from transformers import AutoModelForCausalLM
-
     from tokenleap.kernels.ops import layer_ops
-    from tokenleap.model.loader import load_checkpoint
     from tokenleap.model.llama import LlamaForCausalLM
+    from tokenleap.model.loader import load_checkpoint
+    from transformers import AutoModelForCausalLM
 
     folder = make_tiny_checkpoint(tmp_path, "llama", num_hidden_layers=3)
     ckpt = load_checkpoint(folder)

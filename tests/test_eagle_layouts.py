@@ -11,11 +11,11 @@ import random
 
 import pytest
 import torch
+from tokenleap import LLM, SamplingParams
+from tokenleap_eagle.checkpoint import load_head
 
 from tests.helpers.eagle_heads import write_eagle1_head, write_eagle3_head, write_speculators_eagle3_head
 from tests.helpers.tiny_models import TINY_VOCAB, make_tiny_checkpoint
-from tokenleap import LLM, SamplingParams
-from tokenleap_eagle.checkpoint import load_head
 
 HIDDEN = 64
 MAX_TOKENS = 12
@@ -168,9 +168,8 @@ def test_pickle_with_code_is_refused_without_running_it(tmp_path):
 
 
 def test_entry_points_name_their_methods():
-    from tokenleap_plugins.testing import check_entry_point
-
     from tokenleap_eagle.plugin import EAGLE, EAGLE3
+    from tokenleap_plugins.testing import check_entry_point
 
     assert check_entry_point(EAGLE) and check_entry_point(EAGLE3)
     assert EAGLE.requires_model and EAGLE.common_keys == frozenset({"model", "max_model_len"})

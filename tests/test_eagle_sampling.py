@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pytest
 import torch
+from tokenleap import LLM, SamplingParams
 
 from tests.helpers.eagle_heads import write_eagle3_head
 from tests.helpers.tiny_models import TINY_VOCAB, make_tiny_checkpoint
-from tokenleap import LLM, SamplingParams
 
 N = 1500
 POSITIONS = (1, 2, 3)

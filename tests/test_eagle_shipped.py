@@ -9,7 +9,6 @@ and is below that goal; a GPU-retrained head (same command, default sizes) shoul
 from __future__ import annotations
 
 import pytest
-
 from tokenleap import LLM, SamplingParams
 
 HEAD = "smollm2-135m-instruct-eagle3"

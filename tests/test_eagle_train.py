@@ -11,11 +11,11 @@ import time
 
 import pytest
 import torch
-
-from tests.helpers.tiny_models import make_tiny_checkpoint
 from tokenleap import LLM, SamplingParams
 from tokenleap_eagle.checkpoint import load_head
 from tokenleap_eagle.cli import main
+
+from tests.helpers.tiny_models import make_tiny_checkpoint
 
 ARGS = ["--device", "cpu", "--num-prompts", "24", "--max-tokens", "24", "--max-prompt-tokens", "24",
         "--gen-batch-size", "24", "--draft-vocab-size", "128", "--batch-size", "8", "--lr", "3e-3",

@@ -1,9 +1,6 @@
 """Training-time test (the unrolled dense forward) computes exactly what drafting computes on the paged cache."""
 
 import torch
-
-from tests.helpers.eagle_heads import write_eagle3_head
-from tests.helpers.tiny_models import TINY_VOCAB, make_tiny_checkpoint
 from tokenleap.kernels.ops import layer_ops
 from tokenleap.model.attention import AttentionMetadata
 from tokenleap.model.llama import LlamaForCausalLM
@@ -11,6 +8,9 @@ from tokenleap.model.loader import load_checkpoint
 from tokenleap_eagle.checkpoint import load_head
 from tokenleap_eagle.train.data import capture_hidden_states
 from tokenleap_eagle.train.ttt import ttt_forward
+
+from tests.helpers.eagle_heads import write_eagle3_head
+from tests.helpers.tiny_models import TINY_VOCAB, make_tiny_checkpoint
 
 BS = 4
 

@@ -7,11 +7,16 @@ import math
 
 import pytest
 import torch
-
 from helpers.tiny_heads import make_tiny_speculator
 from tokenleap_eagle.mlp_speculator.loader import load_speculator
 from tokenleap_plugins import (
-    ComputedTokens, ProposeBatch, ProposeRequest, ProposerContext, SamplingInfo, SpeculativeSettings, TargetHandles,
+    ComputedTokens,
+    ProposeBatch,
+    ProposerContext,
+    ProposeRequest,
+    SamplingInfo,
+    SpeculativeSettings,
+    TargetHandles,
 )
 from tokenleap_plugins.manager import ProposerManager
 
@@ -53,8 +58,9 @@ def _build(method: str, model: str, k: int, **kw):
     dict(tie_weights=True, write_duplicates=True, n_predict=4),
 ])
 def test_drafts_equal_the_published_formula(tmp_path, variant):
-    from safetensors.torch import load_file
     import json
+
+    from safetensors.torch import load_file
 
     folder = make_tiny_speculator(tmp_path / "spec", **variant)
     tensors = {k.removeprefix("speculator."): v for k, v in load_file(str(folder / "model.safetensors")).items()}
@@ -243,7 +249,6 @@ def test_sampling_keeps_the_target_distribution(trained, verification):
     compared with the target's exact one by a chi-square test (cells with expected count < 5 pooled), each at
     p = 0.001 / 4 (Bonferroni over the 4 positions: family-wise false alarm rate 0.001)."""
     from scipy.stats import chisquare
-
     from tokenleap import LLM, SamplingParams
 
     target, folder, _ = trained

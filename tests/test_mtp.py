@@ -8,10 +8,9 @@ import random
 
 import pytest
 import torch
-from torch.nn import functional as F
-
 from helpers.tiny_heads import add_mtp_layer
 from tokenleap_eagle.mtp.layouts import MTPWeights, load_mtp_weights
+from torch.nn import functional as F
 
 KW = dict(max_model_len=256, disable_log_stats=True, kv_cache_memory_bytes=8 << 20)
 LAYOUTS = {"mimo": ("qwen2", {}), "deepseek": ("llama", {}), "deepseek-own-head": ("llama", {"own_head": True})}

@@ -12,7 +12,6 @@ import time
 import httpx
 import openai
 import pytest
-
 from tokenleap import LLM, AsyncLLM, SamplingParams
 from tokenleap.server.launch import start_in_thread
 

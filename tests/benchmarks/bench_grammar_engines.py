@@ -30,9 +30,9 @@ TEXT = json.dumps({"name": "Ada Lovelace", "age": 36, "role": "admin",
 
 
 def tokenizer():
+    import gguf
     from tokenleap.model.gguf_loader import gguf_tokenizer
     from tokenleap.model.hub import resolve_model
-    import gguf
 
     path = resolve_model("smollm2-135m-instruct", progress=False)
     return gguf_tokenizer(path, gguf.GGUFReader(path))

@@ -10,12 +10,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from tokenleap.async_llm import AsyncLLM
     from tokenleap.inputs import TextPrompt, TokensPrompt
     from tokenleap.llm import LLM
     from tokenleap.outputs import CompletionOutput, Logprob, RequestOutput
     from tokenleap.sampling_params import SamplingParams
     from tokenleap.structured.params import StructuredOutputsParams
-    from tokenleap.async_llm import AsyncLLM
 
 _EXPORTS = {
     "LLM": "tokenleap.llm",
@@ -28,8 +28,8 @@ _EXPORTS = {
     "TextPrompt": "tokenleap.inputs",
     "TokensPrompt": "tokenleap.inputs",
 }
-__all__ = ["LLM", "AsyncLLM", "CompletionOutput", "Logprob", "RequestOutput", "SamplingParams", "StructuredOutputsParams",
-           "TextPrompt", "TokensPrompt"]
+__all__ = ["LLM", "AsyncLLM", "CompletionOutput", "Logprob", "RequestOutput", "SamplingParams",
+           "StructuredOutputsParams", "TextPrompt", "TokensPrompt"]
 __version__ = "0.1.0"
 
 

@@ -147,7 +147,6 @@ class LLM:
         return frozenset([tok.eos_token_id]) if tok is not None and tok.eos_token_id is not None else frozenset()
 
     def _run(self, requests: list[Request], use_tqdm: bool) -> None:
-        engine = self.engine
         with self._engine_lock:  # an AsyncLLM over this engine steps it between our steps, never during one
             self._run_locked(requests, use_tqdm)
 

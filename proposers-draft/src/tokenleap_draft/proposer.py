@@ -29,9 +29,9 @@ from tokenleap_plugins import (
     ProposeBatch,
     ProposerBase,
     ProposerContext,
+    ProposeRequest,
     ProposerKVCache,
     ProposerNeeds,
-    ProposeRequest,
 )
 
 from tokenleap_draft import checks

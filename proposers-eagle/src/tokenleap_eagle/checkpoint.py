@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from tokenleap.model.loader import pickled_weight_files, read_pickled_weights
+
 from tokenleap_eagle.config import HeadConfig, layer_config
 from tokenleap_eagle.head import EagleHead
 

@@ -17,13 +17,13 @@ paged forward here and the dense training forward (train/ttt.py), so the two can
 from __future__ import annotations
 
 import torch
-from torch import nn
-from torch.nn import functional as F
-
 from tokenleap.kernels.attention_ref import write_kv_ref
 from tokenleap.kernels.fused_ref import rms_norm_ref, rotary_embedding_ref, silu_and_mul_ref
 from tokenleap.model.attention import AttentionMetadata, paged_attention
 from tokenleap.model.layers import rope_cos_sin_cache, rope_inv_freq
+from torch import nn
+from torch.nn import functional as F
+
 from tokenleap_eagle.config import HeadConfig
 
 

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-
 from tokenleap.sample.logits import RowParams, to_probs
 from tokenleap.sample.noise import exponential, mix32, row_keys
-from tokenleap_plugins import SamplingInfo
+from tokenleap_plugins import Drafts, SamplingInfo
 
 DOMAIN_DRAFT = 0x3C6EF372  # differs from the verifier's DOMAIN_ACCEPT / DOMAIN_TOKEN
 
@@ -75,3 +74,18 @@ def pick_drafts(logits: torch.Tensor, rows: DraftRows) -> tuple[torch.Tensor, to
         target_noise = exponential(params.seeds, params.streams, rows.output_positions, logits.shape[-1])
         noise = torch.where(rows.coupled[:, None], target_noise, noise)
     return (probs / noise).argmax(dim=-1), probs
+
+
+def assemble_drafts(requests: Sequence, rows: Sequence[int], picked: Sequence[torch.Tensor],
+                    probs: Sequence[torch.Tensor | None], drafts: list[list[int]]) -> Drafts:
+    """The chain's drafts per request: ``picked[j]`` [b] tokens and ``probs[j]`` [b, vocab] (or None) of draft step
+    j for the batch rows of ``requests[rows[b]]``; each request keeps its first ``max_num_drafts``. ``drafts`` holds
+    the answer of every request (those not drafted for stay empty) and is filled in place."""
+    host = torch.stack(list(picked), dim=1).tolist()  # [b, steps]: the one read-back
+    out_probs: list = [None] * len(requests)
+    for b, i in enumerate(rows):
+        n = requests[i].max_num_drafts
+        drafts[i] = host[b][:n]
+        if not requests[i].sampling.greedy:
+            out_probs[i] = torch.stack([p[b] for p in probs[:n]])  # [n, vocab]
+    return Drafts(drafts, out_probs if any(p is not None for p in out_probs) else None)

@@ -14,23 +14,22 @@ from collections.abc import Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from tokenleap.engine.setup import torch_dtype
+from tokenleap.model.attention import AttentionMetadata
 from tokenleap_plugins import (
     Drafts,
     KVCacheNeeds,
     ProposeBatch,
     ProposerBase,
     ProposerContext,
+    ProposeRequest,
     ProposerKVCache,
     ProposerNeeds,
-    ProposeRequest,
 )
 
-from tokenleap.model.attention import AttentionMetadata
 from tokenleap_eagle.checkpoint import load_head
 from tokenleap_eagle.heads_registry import resolve_head
 from tokenleap_eagle.sampling import choose
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class EagleConfig(BaseModel):
@@ -55,7 +54,7 @@ class EagleProposer(ProposerBase):
         path = resolve_head(ctx.speculative.model)
         max_len = max(ctx.speculative.max_model_len or 0, ctx.max_model_len) + ctx.num_speculative_tokens + 1
         self.device = torch.device(ctx.device)
-        dtype = _DTYPES.get(ctx.dtype, torch.float32)
+        dtype = torch_dtype(ctx.dtype or None, torch.float32)
         head = load_head(path, max_model_len=max_len, dtype=dtype, device=self.device)
         _check_fits(kind, head.cfg, ctx, str(path))
         if kind == "eagle" and config.eagle_aux_hidden_state_layer_ids is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
 from tokenleap.sample import noise
 from tokenleap.sample.logits import RowParams, to_probs
 

@@ -11,7 +11,7 @@ import torch
 
 from tokenleap.config import EngineConfig
 from tokenleap.distributed.sharding import shard_arch, shard_weights
-from tokenleap.engine.setup import _DTYPES, LoadedModel
+from tokenleap.engine.setup import _DTYPES, LoadedModel, random_init_
 from tokenleap.kernels.ops import layer_ops
 from tokenleap.model.arch import ModelArchConfig
 from tokenleap.model.llama import LlamaForCausalLM
@@ -70,13 +70,7 @@ def build_shard(cfg: EngineConfig, ckpt: Checkpoint, device: torch.device, backe
     with torch.device(device):
         model = LlamaForCausalLM(arch, positions + 64, layer_ops(backend)).to(ckpt.dtype)
     if ckpt.weights is None:
-        gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "norm" in name:
-                    param.fill_(1.0)
-                else:
-                    param.normal_(0.0, 0.02, generator=gen)
+        random_init_(model, torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank))
     else:
         model.load_hf_weights(ckpt.weights)
     return LoadedModel(model.eval(), ckpt.arch, ckpt.tokenizer, ckpt.dtype)

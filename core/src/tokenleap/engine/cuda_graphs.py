@@ -42,7 +42,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-
 from tokenleap_plugins import DeviceDrafter, DeviceDraftStep
 
 from tokenleap.model.attention import AttentionMetadata

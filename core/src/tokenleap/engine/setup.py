@@ -87,18 +87,23 @@ def _dummy_model(dtype_name: str, model_path: Path, device: torch.device, max_po
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.device(device):
         model = LlamaForCausalLM(arch, positions + 64, ops).to(dtype)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.fill_(1.0)
-            else:
-                param.normal_(0.0, 0.02, generator=gen)
+    random_init_(model, gen)
     tokenizer = None
     if (model_path / "tokenizer.json").exists() or tokenizer_path:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or str(model_path))
     return LoadedModel(model.eval(), arch, tokenizer, dtype)
+
+
+@torch.no_grad()
+def random_init_(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """``load_format="dummy"``'s weights: norms 1, everything else N(0, 0.02)."""
+    for name, param in model.named_parameters():
+        if "norm" in name:
+            param.fill_(1.0)
+        else:
+            param.normal_(0.0, 0.02, generator=generator)
 
 
 def kv_bytes_per_block(arch: ModelArchConfig, block_size: int, dtype: torch.dtype) -> int:

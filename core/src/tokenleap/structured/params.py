@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
-
 from dataclasses import dataclass, fields
+from typing import Any
 
 _KINDS = ("json", "regex", "choice", "grammar", "json_object")
 

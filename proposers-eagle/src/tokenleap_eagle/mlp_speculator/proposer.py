@@ -5,10 +5,10 @@ state of a request is that one hidden row, read from the step that just ran."""
 from __future__ import annotations
 
 import torch
-
-from tokenleap_eagle.head_sampling import pick_drafts, row_params
-from tokenleap_eagle.mlp_speculator.loader import load_speculator, read_config, resolve_speculator
 from tokenleap_plugins import Drafts, ProposeBatch, ProposerBase, ProposerContext, ProposerNeeds
+
+from tokenleap_eagle.head_sampling import assemble_drafts, pick_drafts, row_params
+from tokenleap_eagle.mlp_speculator.loader import load_speculator, read_config, resolve_speculator
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -70,11 +70,4 @@ class MLPSpeculatorProposer(ProposerBase):
             tokens, p = pick_drafts(model.logits(j, state), params)  # [b], [b, vocab] | None
             picked.append(tokens)
             probs.append(p)
-        host = torch.stack(picked, dim=1).tolist()  # [b, steps]
-        out_probs: list = [None] * len(reqs)
-        for row, i in enumerate(todo):
-            n = reqs[i].max_num_drafts
-            drafts[i] = host[row][:n]
-            if not reqs[i].sampling.greedy:
-                out_probs[i] = torch.stack([p[row] for p in probs[:n]])  # [n, vocab]
-        return Drafts(drafts, out_probs if any(p is not None for p in out_probs) else None)
+        return assemble_drafts(reqs, todo, picked, probs, drafts)

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import nn
-
 from tokenleap.kernels.fused_ref import rms_norm_ref
 from tokenleap.kernels.ops import LayerOps
 from tokenleap.model.arch import ModelArchConfig
 from tokenleap.model.attention import AttentionMetadata
 from tokenleap.model.layers import rope_cos_sin_cache, rope_inv_freq
 from tokenleap.model.llama import KVCache, LlamaDecoderLayer
+from torch import nn
+
 from tokenleap_eagle.mtp.layouts import MTPWeights
 
 

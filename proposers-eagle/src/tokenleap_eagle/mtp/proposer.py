@@ -14,17 +14,23 @@ import json
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
-
 from tokenleap.kernels.ops import layer_ops
 from tokenleap.model.arch import ModelArchConfig
 from tokenleap.model.attention import AttentionMetadata
-from tokenleap_eagle.head_sampling import pick_drafts, row_params
+from tokenleap_plugins import (
+    Drafts,
+    KVCacheNeeds,
+    ProposeBatch,
+    ProposerBase,
+    ProposerContext,
+    ProposerKVCache,
+    ProposerNeeds,
+)
+from torch.nn import functional as F
+
+from tokenleap_eagle.head_sampling import assemble_drafts, pick_drafts, row_params
 from tokenleap_eagle.mtp.layouts import _no_mtp, load_mtp_weights
 from tokenleap_eagle.mtp.model import MTPLayer
-from tokenleap_plugins import (
-    Drafts, KVCacheNeeds, ProposeBatch, ProposerBase, ProposerContext, ProposerKVCache, ProposerNeeds,
-)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -162,11 +168,4 @@ class MTPProposer(ProposerBase):
             tokens, p = pick_drafts(self._logits(normed), params)
             picked.append(tokens)
             probs.append(p)
-        host = torch.stack(picked, dim=1).tolist()  # [b, steps]
-        out_probs: list = [None] * len(reqs)
-        for b, i in enumerate(todo):
-            m = reqs[i].max_num_drafts
-            drafts[i] = host[b][:m]
-            if not reqs[i].sampling.greedy:
-                out_probs[i] = torch.stack([p[b] for p in probs[:m]])
-        return Drafts(drafts, out_probs if any(p is not None for p in out_probs) else None)
+        return assemble_drafts(reqs, todo, picked, probs, drafts)

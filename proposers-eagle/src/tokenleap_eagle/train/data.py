@@ -17,7 +17,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-
 from tokenleap.model.attention import AttentionMetadata
 
 

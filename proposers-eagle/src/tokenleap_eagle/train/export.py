@@ -7,8 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-
 from tokenleap.model.arch import ModelArchConfig
+
 from tokenleap_eagle.checkpoint import canonical_state
 from tokenleap_eagle.config import HeadConfig
 from tokenleap_eagle.head import EagleHead

@@ -94,9 +94,8 @@ def _evaluation_prompts() -> list[str]:
 
 def train(args: TrainArgs) -> Path:
     """Run the whole pipeline; returns the output folder."""
-    from tqdm.auto import tqdm
-
     from tokenleap import LLM
+    from tqdm.auto import tqdm
 
     args.validate()
     out = Path(args.out)

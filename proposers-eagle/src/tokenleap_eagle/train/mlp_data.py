@@ -57,10 +57,9 @@ def sharegpt_conversations(limit: int) -> list[list[dict[str, str]]]:
 def load_target(target: str):
     """The target as a transformers model (teacher forcing runs faster there on CPU than through the paged
     engine), its LM-head matrix and tokenizer."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from tokenleap.model.hub import resolve_model
     from tokenleap.model.loader import load_checkpoint
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     ckpt = load_checkpoint(str(resolve_model(target, progress=False)), dtype="float32")
     hf = dict(ckpt.hf_config)

@@ -27,7 +27,7 @@ The Triton version is ``lookup_triton.next_verify_inputs``; this one runs on any
 from __future__ import annotations
 
 import torch
-from tokenleap_ngram.prompt_lookup import DEVICE_MAX_LOOKUP as MAX_LOOKUP
+
 from tokenleap_ngram.prompt_lookup import prompt_lookup_source
 
 

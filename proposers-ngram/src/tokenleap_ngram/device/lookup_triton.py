@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
 from tokenleap.kernels import triton_compat  # noqa: F401  (interpreter fixes, under TRITON_INTERPRET=1)
+
 from tokenleap_ngram.device.lookup_ref import MAX_LOOKUP
 
 
