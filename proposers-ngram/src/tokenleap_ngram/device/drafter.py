@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from tokenleap_plugins import DeviceDraftingSpec, DeviceDraftStep
 
-from tokenleap_ngram.device.lookup_ref import MAX_LOOKUP, next_verify_inputs_ref
+from tokenleap_ngram.device.lookup_ref import next_verify_inputs_ref
+from tokenleap_ngram.prompt_lookup import DEVICE_MAX_LOOKUP as MAX_LOOKUP
 
 
 class PromptLookupDrafter:

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from tokenleap.kernels import triton_compat  # noqa: F401  (interpreter fixes, under TRITON_INTERPRET=1)
 
-from tokenleap_ngram.device.lookup_ref import MAX_LOOKUP
+from tokenleap_ngram.prompt_lookup import DEVICE_MAX_LOOKUP as MAX_LOOKUP
 
 
 @triton.jit
