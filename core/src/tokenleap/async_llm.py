@@ -399,14 +399,7 @@ def _group_metrics(group: list[Request]) -> RequestMetrics:
     if len(group) > 1:
         total = SpecDecodeStats()
         for r in group:
-            s = r.metrics.spec_decode
-            total.num_drafts += s.num_drafts
-            total.num_draft_tokens += s.num_draft_tokens
-            total.num_accepted_tokens += s.num_accepted_tokens
-            per = total.num_accepted_tokens_per_pos
-            per.extend([0] * (len(s.num_accepted_tokens_per_pos) - len(per)))
-            for i, c in enumerate(s.num_accepted_tokens_per_pos):
-                per[i] += c
+            total.add(r.metrics.spec_decode)
         m.spec_decode = total
     else:
         m.spec_decode = copy.deepcopy(m.spec_decode)

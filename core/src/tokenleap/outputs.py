@@ -38,6 +38,16 @@ class SpecDecodeStats:
         for i in range(num_accepted):
             per_pos[i] += 1
 
+    def add(self, other: SpecDecodeStats) -> None:
+        """Sum another request's (or run's) counts into this one."""
+        self.num_drafts += other.num_drafts
+        self.num_draft_tokens += other.num_draft_tokens
+        self.num_accepted_tokens += other.num_accepted_tokens
+        per_pos = self.num_accepted_tokens_per_pos
+        per_pos.extend([0] * (len(other.num_accepted_tokens_per_pos) - len(per_pos)))
+        for i, count in enumerate(other.num_accepted_tokens_per_pos):
+            per_pos[i] += count
+
     @property
     def mean_acceptance_length(self) -> float:
         """Tokens emitted per verification step: 1 + accepted / drafts (1.0 with no drafts)."""

@@ -19,14 +19,8 @@ def spec_decode(outputs: list[RequestOutput]) -> dict[str, Any]:
     """The acceptance figures of these requests' own verification steps (the extension field)."""
     total = SpecDecodeStats()
     for o in outputs:
-        s = o.metrics.spec_decode if o.metrics is not None else SpecDecodeStats()
-        total.num_drafts += s.num_drafts
-        total.num_draft_tokens += s.num_draft_tokens
-        total.num_accepted_tokens += s.num_accepted_tokens
-        per = total.num_accepted_tokens_per_pos
-        per.extend([0] * (len(s.num_accepted_tokens_per_pos) - len(per)))
-        for i, c in enumerate(s.num_accepted_tokens_per_pos):
-            per[i] += c
+        if o.metrics is not None:
+            total.add(o.metrics.spec_decode)
     return total.to_dict()
 
 
