@@ -26,7 +26,7 @@ echo "[latest] the newest releases of the other dependencies (torch held where i
 TORCH_PIN="$VENV/torch-pin.txt"
 "$PY" -c 'import torch; print("torch==" + torch.__version__)' > "$TORCH_PIN"
 "${PIP[@]}" --upgrade -c "$TORCH_PIN" triton transformers tokenizers safetensors gguf pydantic \
-  structlog tqdm numpy pluggy jinja2 pytest
+  structlog tqdm numpy pluggy jinja2 accelerate pytest
 "${PIP[@]}" --no-deps -e plugins -e core -e proposers-ngram -e proposers-suffix
 "$PY" -c 'import torch, triton, transformers, tokenizers
 print("[latest] torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__,
