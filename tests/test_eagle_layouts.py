@@ -15,6 +15,7 @@ from tokenleap import LLM, SamplingParams
 from tokenleap_eagle.checkpoint import load_head
 
 from tests.helpers.eagle_heads import write_eagle1_head, write_eagle3_head, write_speculators_eagle3_head
+from tests.helpers.malicious_pickle import RunsCode
 from tests.helpers.tiny_models import TINY_VOCAB, make_tiny_checkpoint
 
 HIDDEN = 64
@@ -145,21 +146,11 @@ def test_method_and_layout_must_agree(tiny):
     assert "is an 'eagle' head" in str(err.value) and "use method 'eagle'" in str(err.value)
 
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_pickle_with_code_is_refused_without_running_it(tmp_path):
     folder = write_eagle1_head(tmp_path / "evil", HIDDEN, TINY_VOCAB)
     tensors = torch.load(folder / "pytorch_model.bin", weights_only=True)
     marker = tmp_path / "pwned"
-    tensors["fc.bias"] = _RunsCode(marker)
+    tensors["fc.bias"] = RunsCode(marker)
     torch.save(tensors, folder / "pytorch_model.bin")
     with pytest.raises(ValueError) as err:
         load_head(folder)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers.malicious_pickle import RunsCode
 from helpers.tiny_gguf import llamacpp_permute, write_tiny_gguf
 from helpers.tiny_models import (
     EOS_ID,
@@ -116,24 +117,12 @@ def test_pytorch_model_bin_loads_through_the_restricted_unpickler(tmp_path):
     assert "arbitrary code" in str(err.value) and "safetensors" in str(err.value)
 
 
-class _RunsCode:
-    """Unpickling this calls os.system: what a malicious checkpoint does."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_pickle_with_code_is_refused_without_running_it(tmp_path):
     folder = make_tiny_checkpoint(tmp_path, "llama")
     state = dict(load_file(folder / "model.safetensors"))
     (folder / "model.safetensors").unlink()
     marker = tmp_path / "pwned"
-    state["model.norm.weight"] = _RunsCode(marker)
+    state["model.norm.weight"] = RunsCode(marker)
     torch.save(state, folder / "pytorch_model.bin")
     with pytest.raises(ValueError) as err:
         load_checkpoint(folder)
