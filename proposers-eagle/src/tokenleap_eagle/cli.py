@@ -20,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="output folder (the head, checkpoints, generated data)")
     t.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     t.add_argument("--num-prompts", type=int, default=d.num_prompts)
+    t.add_argument("--prompts", default=None,
+                   help="a JSON file with a list of prompt strings to answer (default: ShareGPT first turns)")
     t.add_argument("--max-tokens", type=int, default=d.max_tokens, help="answer tokens generated per prompt")
     t.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
     t.add_argument("--gen-batch-size", type=int, default=d.gen_batch_size)
@@ -31,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=d.lr)
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    t.add_argument("--feature-cache-gb", type=float, default=d.feature_cache_gb,
+                   help="keep the target's captured hidden states up to this size (on the training device) "
+                        "instead of recomputing them every epoch")
+    t.add_argument("--max-train-minutes", type=float, default=None,
+                   help="stop training after this many minutes and write the head as it is")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt and OUT/sequences.json")
     t.add_argument("--no-progress", action="store_true")
     return p
@@ -58,10 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     targs = TrainArgs(
         target=args.target, out=args.out, device=args.device, num_prompts=args.num_prompts,
-        max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens, gen_batch_size=args.gen_batch_size,
+        prompts=args.prompts, max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens,
+        gen_batch_size=args.gen_batch_size,
         draft_vocab_size=args.draft_vocab_size, aux_layers=tuple(args.aux_layers) if args.aux_layers else None,
         ttt_steps=args.ttt_steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.no_progress,
+        checkpoint_every=args.checkpoint_every,
+        max_train_minutes=args.max_train_minutes, feature_cache_gb=args.feature_cache_gb, resume=args.resume,
+        progress=not args.no_progress,
     )
     try:
         out = train(targs)

@@ -95,23 +95,41 @@ def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
     return list(tokenizer.encode(prompt))
 
 
-def generate_sequences(llm, prompts: Sequence[str], max_tokens: int, batch_size: int = 64,
-                       max_prompt_tokens: int = 512, temperature: float = 0.0, seed: int = 0,
-                       progress: bool = True) -> list[TrainSequence]:
-    """The target's answers to ``prompts`` (tokenleap ``LLM``), as prompt + answer token sequences. Prompts
-    longer than max_prompt_tokens are cut to their first max_prompt_tokens tokens."""
+def prompts_from_file(path: str, n: int) -> list[str]:
+    """The first n prompts of a JSON file holding a list of strings (or of chat messages lists, whose first user
+    turn is taken)."""
+    data = json.loads(open(path, encoding="utf-8").read())
+    if not isinstance(data, list):
+        raise ValueError(f"--prompts={path!r}: expected a JSON list of prompt strings, got {type(data).__name__}")
+    out: list[str] = []
+    for item in data:
+        if isinstance(item, list):
+            item = next((m.get("content") for m in item if isinstance(m, dict) and m.get("role") == "user"), None)
+        if isinstance(item, str) and item.strip():
+            out.append(item)
+        if len(out) == n:
+            break
+    if not out:
+        raise ValueError(f"--prompts={path!r}: no prompt strings in it")
+    return out
+
+
+def generate_sequences(llm, prompts: Sequence[str], max_tokens: int, max_prompt_tokens: int = 512,
+                       temperature: float = 0.0, seed: int = 0, progress: bool = True) -> list[TrainSequence]:
+    """The target's answers to ``prompts`` (tokenleap ``LLM``, all prompts in one ``generate`` call so continuous
+    batching keeps the engine's batch full), as prompt + answer token sequences. Prompts longer than
+    max_prompt_tokens are cut to their first max_prompt_tokens tokens."""
     from tokenleap import SamplingParams
 
     tokenizer = llm.get_tokenizer()
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    ids = [chat_prompt_ids(tokenizer, p)[:max_prompt_tokens] for p in prompts]
+    results = llm.generate([{"prompt_token_ids": i} for i in ids], params, use_tqdm=progress)
     out: list[TrainSequence] = []
-    for b in range(0, len(prompts), batch_size):
-        ids = [chat_prompt_ids(tokenizer, p)[:max_prompt_tokens] for p in prompts[b:b + batch_size]]
-        results = llm.generate([{"prompt_token_ids": i} for i in ids], params, use_tqdm=progress)
-        for prompt_ids, r in zip(ids, results):
-            answer = list(r.outputs[0].token_ids)
-            if answer:
-                out.append(TrainSequence(tuple(prompt_ids) + tuple(answer), len(prompt_ids)))
+    for prompt_ids, r in zip(ids, results):
+        answer = list(r.outputs[0].token_ids)
+        if answer:
+            out.append(TrainSequence(tuple(prompt_ids) + tuple(answer), len(prompt_ids)))
     return out
 
 

