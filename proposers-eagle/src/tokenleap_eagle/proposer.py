@@ -6,6 +6,10 @@ prompt token, or the token sampled in this step), so the head writes its KV for 
 kept (prefill chunks included) in one flat catch-up pass. The last row (position P, the last computed one)
 yields the first draft; each further draft step feeds (embed(previous draft), the head's own output) at P + j,
 writing into the request's lookahead slots (overwritten once the target computes those positions).
+
+When every drafting request is greedy, the drafts after the first are chained on the device (chain.py: argmax
+fed to the next step, one read-back, captured graphs on CUDA); otherwise each step is chosen (and, for sampled
+requests, drawn with its probabilities) on the host side, step by step.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from tokenleap_plugins import (
     ProposerNeeds,
 )
 
+from tokenleap_eagle.chain import HeadChain
 from tokenleap_eagle.checkpoint import load_head
 from tokenleap_eagle.heads_registry import resolve_head
 from tokenleap_eagle.sampling import choose
@@ -82,10 +87,14 @@ class EagleProposer(ProposerBase):
                                    kv_cache=KVCacheNeeds(1, lc.num_key_value_heads, lc.head_dim))
         self.kv: tuple[torch.Tensor, torch.Tensor] | None = None
         self.block_size = ctx.block_size
+        self.chain: HeadChain | None = None  # None: greedy requests drafted step by step too (tests compare)
 
     def bind_kv_cache(self, cache: ProposerKVCache) -> None:
         self.kv = tuple(cache.layers[0])
         self.block_size = cache.block_size
+        max_blocks = -(-self.max_len // self.block_size)
+        self.chain = HeadChain(self._step, self._argmax, self.block_size, self.max_len, self.backend, self.device,
+                               max_blocks)
 
     # ---- drafting ----
 
@@ -104,6 +113,18 @@ class EagleProposer(ProposerBase):
         if self.kind == "eagle3":
             return self.head.draft_logits(out)
         return self.target.compute_logits(out)
+
+    def _argmax(self, out: torch.Tensor) -> torch.Tensor:
+        """[n, hidden] -> [n] int64 target ids: the greedy drafts, argmax of ``_target_logits`` (eagle3: over the
+        draft vocabulary, then mapped; the same token, ties aside, as d2t keeps the draft ids' order)."""
+        if self.kind == "eagle3":
+            return self.head.draft_to_target(self.head.draft_logits(out).argmax(dim=-1))
+        return self.target.compute_logits(out)[:, : self.vocab_size].argmax(dim=-1)
+
+    def _step(self, ids: torch.Tensor, g: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+              ) -> torch.Tensor:
+        """One draft step: (embed(ids [n]), g [n, hidden]) at positions [n] -> the head's output [n, hidden]."""
+        return self.head(self._embed(ids).to(g.dtype), g, positions, self.kv, meta)
 
     def _meta(self, tables: torch.Tensor, query_lens: list[int], seq_lens: list[int], slots: list[int]
               ) -> AttentionMetadata:
@@ -133,8 +154,6 @@ class EagleProposer(ProposerBase):
         if self.kv is None:
             raise RuntimeError("EAGLE proposer used before bind_kv_cache()")
         reqs = batch.requests
-        drafts: list[list[int]] = [[] for _ in reqs]
-        probs: list[torch.Tensor | None] = [None for _ in reqs]
         # 1. catch-up over every computed row whose next token is known
         caught, ids, positions, rows, slots, qlens, slens = [], [], [], [], [], [], []
         for i, r in enumerate(reqs):
@@ -152,29 +171,50 @@ class EagleProposer(ProposerBase):
             qlens.append(count)
             slens.append(c.start + count)
         if not caught:
-            return Drafts(drafts)
+            return Drafts([[] for _ in reqs])
         dev = self.device
         tables = self._tables([reqs[i] for i in caught])
         h = self._target_hidden(batch.hidden_states, torch.tensor(rows, device=dev))
         out = self.head(self._embed(torch.tensor(ids, device=dev)).to(h.dtype), h,
                         torch.tensor(positions, device=dev), self.kv, self._meta(tables, qlens, slens, slots))
         # 2. the chain, from each drafting request's last row (its last computed position P = len - 2)
-        last_rows = torch.tensor([sum(qlens[:j + 1]) - 1 for j in range(len(caught))], device=dev)
+        last_rows = [sum(qlens[:j + 1]) - 1 for j in range(len(caught))]
         active = [j for j, i in enumerate(caught) if reqs[i].max_num_drafts > 0
                   and slens[j] == len(reqs[i].token_ids) - 1]
         if not active:
-            return Drafts(drafts)
-        g = out[last_rows[active]]  # [a, hidden]
-        tables = tables[active]
+            return Drafts([[] for _ in reqs])
+        drafting = [caught[j] for j in active]  # indices into reqs
+        g = out[torch.tensor([last_rows[j] for j in active], device=dev)]  # [a, hidden]
+        if self.chain is not None and all(reqs[i].sampling.greedy for i in drafting):
+            return self._draft_greedy(reqs, drafting, g)
+        return self._draft_stepwise(reqs, drafting, g, tables[torch.tensor(active, device=dev)])
+
+    def _draft_greedy(self, reqs: Sequence[ProposeRequest], drafting: list[int], g: torch.Tensor) -> Drafts:
+        """Every draft an argmax on the device, read back once. g: [len(drafting), hidden] at each P."""
+        rs = [reqs[i] for i in drafting]
+        rows = [(len(r.token_ids) - 1, r.block_ids, r.max_num_drafts) for r in rs]  # n = P + 1
+        steps = max(r.max_num_drafts for r in rs) - 1
+        chained = self.chain.run(g, self._argmax(g), rows, steps).tolist()  # [a, steps + 1]: the one host sync
+        drafts: list[list[int]] = [[] for _ in reqs]
+        for a, i in enumerate(drafting):
+            drafts[i] = chained[a][: rs[a].max_num_drafts]
+        return Drafts(drafts)
+
+    def _draft_stepwise(self, reqs: Sequence[ProposeRequest], drafting: list[int], g: torch.Tensor,
+                        tables: torch.Tensor) -> Drafts:
+        """Each step chosen by ``choose`` (sampled requests: drawn, with their probabilities) and read back.
+        g: [len(drafting), hidden] at each P; tables: [len(drafting), width] int32."""
+        dev = self.device
+        drafts: list[list[int]] = [[] for _ in reqs]
         step_probs: dict[int, list[torch.Tensor]] = {}
+        active = list(drafting)  # indices into reqs, in the rows' order
         for step in range(self.k):
-            rs = [reqs[caught[j]] for j in active]
+            rs = [reqs[i] for i in active]
             positions = torch.tensor([len(r.token_ids) - r.num_prompt_tokens + step for r in rs], device=dev)
             tokens_t, p = choose(self._target_logits(g), [r.sampling for r in rs], positions)  # [a] target ids
             tokens = tokens_t.tolist()
             keep = []
-            for a, j in enumerate(active):
-                i = caught[j]
+            for a, i in enumerate(active):
                 drafts[i].append(tokens[a])
                 if p is not None and not reqs[i].sampling.greedy:
                     step_probs.setdefault(i, []).append(p[a])
@@ -182,16 +222,16 @@ class EagleProposer(ProposerBase):
                     keep.append(a)
             if not keep:
                 break
-            pos = [slens[active[a]] + step for a in keep]  # P + step + 1, P = slens - 1
+            pos = [len(reqs[active[a]].token_ids) - 1 + step for a in keep]  # P + step + 1, P = len - 2
             keep_t = torch.tensor(keep, device=dev)
             active = [active[a] for a in keep]
             tables = tables[keep_t]
             meta = self._meta(tables, [1] * len(keep), [q + 1 for q in pos],
-                              [self._slot(reqs[caught[j]].block_ids, q) for j, q in zip(active, pos)])
-            g = self.head(self._embed(tokens_t[keep_t]).to(g.dtype), g[keep_t], torch.tensor(pos, device=dev),
-                          self.kv, meta)
+                              [self._slot(reqs[i].block_ids, q) for i, q in zip(active, pos)])
+            g = self._step(tokens_t[keep_t], g[keep_t], torch.tensor(pos, device=dev), meta)
         if not step_probs:
             return Drafts(drafts)
+        probs: list[torch.Tensor | None] = [None for _ in reqs]
         for i, rows in step_probs.items():
             probs[i] = torch.stack(rows)  # [n_i, vocab]
         return Drafts(drafts, probs)
