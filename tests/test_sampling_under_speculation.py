@@ -3,9 +3,11 @@ tokens with or without speculation, whatever the proposer, batch or call; greedy
 outputs / logit_bias / allowed_token_ids / bad_words is the same with ngram, suffix and an oracle proposer as
 without speculation, and the constraint holds; a constrained sampling distribution is the target's.
 
-Proposers: ``ngram`` and ``suffix`` as a user would configure them, and the oracle of test_spec_decode (knows
+Proposers: ``ngram`` and ``suffix`` as a user would configure them, the oracle of test_spec_decode (knows
 the plain output, drafts a run of right tokens then a wrong and random ones, and checks that exactly the right
-ones were accepted), which makes sure long runs are accepted and that drafts leaving the grammar are rejected.
+ones were accepted), which makes sure long runs are accepted and that drafts leaving the grammar are rejected,
+and the model-based ``draft_model`` (the target as its own draft: long accepted runs, drafts that know nothing of
+the constraint) and ``eagle3`` (a random EAGLE-3 head), each on its default (coupled) verification.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ SPECS = {
     "ngram": {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, "prompt_lookup_max": 3},
     "suffix": {"method": "suffix", "num_speculative_tokens": 6, "suffix_decoding_max_tree_depth": 12},
     "oracle": {"method": "oracle", "num_speculative_tokens": 4},
+    "draft_model": {"method": "draft_model", "num_speculative_tokens": 3},  # "model": the target, set below
+    "eagle3": {"method": "eagle3", "num_speculative_tokens": 3},  # "model": a random head, set below
 }
+MODEL_FREE = ("ngram", "suffix", "oracle")
 TEXTS = [
     "The quick brown fox jumps over", "the cat sat on the mat; the dog sat on", "def add(a, b):\n    return",
     "Hello world! How are you today?", "Paged attention stores keys", "Speculative decoding drafts tokens and",
@@ -51,14 +56,20 @@ CHOICES = ["yes", "no", "maybe later", "the dog"]
 
 
 @pytest.fixture(scope="module")
-def engines(tiny_checkpoint):
+def engines(tiny_checkpoint, tmp_path_factory):
     """plain and one LLM per proposer over the same tiny model; ``truth`` feeds the oracle."""
+    from helpers.eagle_heads import write_eagle3_head
+    from helpers.tiny_models import TINY_VOCAB
+
     folder = str(tiny_checkpoint("llama", initializer_range=PEAKED))
+    head = write_eagle3_head(tmp_path_factory.mktemp("eagle3-head"), 64, TINY_VOCAB, 128, seed=5)
+    models = {"draft_model": folder, "eagle3": str(head)}
     truth: dict[tuple, list[int]] = {}
     manager = ProposerManager(env={})
     manager.register(OraclePlugin(truth))
     llms = {"plain": LLM(folder, **KW)}
     for name, spec in SPECS.items():
+        spec = {**spec, "model": models[name]} if name in models else spec
         llms[name] = LLM(folder, speculative_config=spec, proposer_manager=manager, **KW)
     return llms, truth
 
@@ -101,9 +112,12 @@ def test_seeded_sampling_does_not_depend_on_speculation(engines):
             assert tokens(llm.generate(TEXTS[i], params[i], use_tqdm=False)) == [want[i]], (name, i)
         assert tokens(llm.generate(TEXTS, params, use_tqdm=False)) == want, name
         assert tokens(llm.generate(TEXTS[::-1], params[::-1], use_tqdm=False)) == want[::-1], name
-    for name in SPECS:
+    for name in MODEL_FREE:
         acc, drafts = (a - b for a, b in zip(accepted(llms[name]), before[name]))
         assert 0 < acc < drafts, (name, acc, drafts)
+    # the target drafting for itself with the target's own noise (coupled): every draft is the target's draw
+    acc, drafts = (a - b for a, b in zip(accepted(llms["draft_model"]), before["draft_model"]))
+    assert drafts > 50 and acc == drafts, (acc, drafts)
     assert accepted(llms["oracle"])[0] - before["oracle"][0] > 50
     # without a seed the same request samples differently, so the equality above is the seed's doing
     unseeded = [p.model_copy(update={"seed": None}) for p in params]
