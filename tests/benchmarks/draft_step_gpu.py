@@ -72,6 +72,7 @@ def replay_tables(rows: int, width: int, num_blocks: int) -> torch.Tensor:
     return (torch.arange(rows * width, dtype=torch.int32) % (num_blocks - 1) + 1).view(rows, width)
 
 
+@torch.inference_mode()  # the graphs' static tensors are inference tensors
 def chain_step_ms(proposer, b: int, num_blocks: int) -> float:
     """The draft's one-token decode forward as the step runs it: ``GreedyChain``'s captured graph for ``b`` rows at
     ``CONTEXT`` positions, writing to the null slot."""
@@ -85,6 +86,7 @@ def chain_step_ms(proposer, b: int, num_blocks: int) -> float:
     return replay_ms(graph.replay)
 
 
+@torch.inference_mode()  # the graphs' static tensors are inference tensors
 def first_forward_ms(proposer, b: int, num_blocks: int) -> float:
     """The draft's first forward as the step runs it: ``FirstForward``'s captured graph for ``b`` requests of k + 2
     tokens at ``CONTEXT`` positions (every row real), writing to the null slot."""
@@ -102,6 +104,7 @@ def first_forward_ms(proposer, b: int, num_blocks: int) -> float:
     return replay_ms(graph.replay)
 
 
+@torch.inference_mode()
 def eager_forward_ms(proposer, b: int, n: int = 30) -> float:
     """For reference: the draft's one-token forward for ``b`` requests at ``CONTEXT`` positions, eager."""
     from tokenleap_draft.forward import Run, paged_forward

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 from helpers.draft_proposer import decode_batch, make_draft_proposer, random_kv
+from tokenleap.kernels.triton_linear import MAX_ROWS
+from tokenleap_draft.chain import BUCKETS
 
 K = 5
 # (drafts wanted, tokens kept) per request: batch 1 (nothing / everything accepted), 3 requests (bucket 4), 9 among
@@ -55,8 +57,12 @@ def test_graphed_first_forward_equals_the_eager_one(tmp_path):
             unpadded, _, _ = _propose(proposer, batch, "unpadded")
             assert [len(d) for d in graphed] == max_drafts
             assert graphed == eager == unpadded, (seed, max_drafts)
-            assert torch.equal(graphed_logits, eager_logits), (seed, max_drafts)
+            # the same kernels replayed: the same bits (the few-row linears certainly; cuBLAS past MAX_ROWS rows
+            # picks its kernels per shape, which a graph keeps, but that is not checked here)
+            bucket = next(b for b in BUCKETS if b >= len(max_drafts))
+            same = torch.equal if bucket * proposer.first.q <= MAX_ROWS else torch.allclose
+            assert same(graphed_logits, eager_logits), (seed, max_drafts)
             for (gk, gv), (ek, ev) in zip(graphed_kv, eager_kv, strict=True):
-                assert torch.equal(_owned(gk), _owned(ek)) and torch.equal(_owned(gv), _owned(ev))
+                assert same(_owned(gk), _owned(ek)) and same(_owned(gv), _owned(ev)), (seed, max_drafts)
     assert proposer.first.captured() == [1, 4, 16]  # one graph per bucket, replayed
     assert len({t for d in graphed for t in d}) > 3  # varied drafts

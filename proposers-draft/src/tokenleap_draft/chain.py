@@ -95,6 +95,7 @@ class GreedyChain:
         hidden, _ = self.model(ids, positions, self.kv, meta)
         return self.model.compute_logits(hidden).argmax(dim=-1)
 
+    @torch.inference_mode()
     def graph(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]:
         """The bucket's captured one-token forward (captured on first use) and its static tensors: inputs ids,
         positions, slots, seq_lens [bucket], tables [bucket, max_blocks]; output argmax [bucket]."""

@@ -94,6 +94,7 @@ class FirstForward:
             logits = self._forward(b, [self.q] * bucket, x.seq_lens.tolist())
         return logits[: len(drafting)]
 
+    @torch.inference_mode()
     def graph(self, bucket: int) -> torch.cuda.CUDAGraph:
         """The bucket's captured forward (captured on first use), replayed on what ``views(bucket)`` hold."""
         b = self._bucket(bucket)
