@@ -70,7 +70,7 @@ class GreedyChain:
         out = [cur[:b].clone()]
         for s in range(steps):
             if self.graphed and bucket in BUCKETS:
-                graph, io = self._graph(bucket)
+                graph, io = self.graph(bucket)
                 io["ids"].copy_(cur)
                 io["positions"].copy_(dev["positions"][s])
                 io["slots"].copy_(dev["slots"][s])
@@ -95,7 +95,10 @@ class GreedyChain:
         hidden, _ = self.model(ids, positions, self.kv, meta)
         return self.model.compute_logits(hidden).argmax(dim=-1)
 
-    def _graph(self, bucket: int):
+    @torch.inference_mode()
+    def graph(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]:
+        """The bucket's captured one-token forward (captured on first use) and its static tensors: inputs ids,
+        positions, slots, seq_lens [bucket], tables [bucket, max_blocks]; output argmax [bucket]."""
         if bucket not in self._graphs:
             io = {"ids": torch.zeros(bucket, dtype=torch.int64, device=self.device),
                   "positions": torch.zeros(bucket, dtype=torch.int64, device=self.device),

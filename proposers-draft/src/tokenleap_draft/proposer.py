@@ -6,7 +6,10 @@ computed and kept (prefill chunks, a verify step's input token and accepted draf
 preemption and freeing free. For a request that may be drafted for, the same forward continues with the request's
 last token (not computed by the target yet) and gives the first draft; ``k - 1`` one-token forwards give the rest.
 Their keys and values sit at positions the next verify step covers; rejected ones are overwritten the step
-after, when the draft recomputes the positions the target kept.
+after, when the draft recomputes the positions the target kept. When every run of the step has at most ``k + 2``
+tokens (a verify step's kept tokens and the last one: no prefill chunk) and there are at most 64, the first forward
+runs padded (``first_forward``: a captured graph per batch bucket on CUDA, the same padded forward eagerly
+elsewhere); otherwise unpadded (``forward.paged_forward``).
 
 Greedy requests get argmax drafts. Sampling requests get drafts drawn from the draft's distribution under the
 request's temperature / min-p / top-k / top-p, returned with it: verified by rejection sampling (drawn with noise
@@ -37,6 +40,8 @@ from tokenleap_plugins import (
 from tokenleap_draft import checks
 from tokenleap_draft.chain import GreedyChain
 from tokenleap_draft.config import DraftModelConfig
+from tokenleap_draft.first_forward import FirstForward
+from tokenleap_draft.first_inputs import unpadded_last_rows
 from tokenleap_draft.forward import Run, paged_forward
 from tokenleap_draft.sampling import draft_probs, draw
 
@@ -74,17 +79,19 @@ class DraftModelProposer(ProposerBase):
                                                          arch.head_dim))
         self.kv: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()
         self.chain: GreedyChain | None = None
+        self.first: FirstForward | None = None  # None: every first forward unpadded
 
     def bind_kv_cache(self, cache: ProposerKVCache) -> None:
         self.kv = list(cache.layers)
         max_blocks = -(-self.max_seq_len // self.block_size) + 1
         self.chain = GreedyChain(self.model, self.kv, self.block_size, self.max_seq_len, self.backend, self.device,
                                  max_blocks)
+        self.first = FirstForward(self.model, self.kv, self.block_size, self.max_seq_len, self.backend, self.device,
+                                  max_blocks, self.k + 2)
 
     @torch.inference_mode()
     def propose(self, batch: ProposeBatch) -> Drafts:
-        runs, last_rows, drafting = [], [], []  # drafting: indices into batch.requests
-        row = 0
+        runs, drafting_runs, drafting = [], [], []  # drafting: indices into batch.requests; drafting_runs: into runs
         for i, r in enumerate(batch.requests):
             c = r.computed
             start, count = (c.start, c.count) if c is not None else (len(r.token_ids) - 1, 0)
@@ -93,19 +100,16 @@ class DraftModelProposer(ProposerBase):
             if stop <= start:
                 continue
             runs.append(Run(r.token_ids[start:stop], start, r.block_ids))
-            row += stop - start
             if wants:
-                last_rows.append(row - 1)
+                drafting_runs.append(len(runs) - 1)
                 drafting.append(i)
         token_ids: list[list[int]] = [[] for _ in batch.requests]
         probs: list[torch.Tensor | None] = [None for _ in batch.requests]
         if not runs:
             return Drafts(token_ids)
-        hidden = paged_forward(self.model, self.kv, runs, self.block_size, self.max_seq_len, self.backend,
-                               self.device)  # [rows, hidden]
+        logits = self._first_logits(runs, drafting_runs)  # [d, vocab] fp32
         if not drafting:
             return Drafts(token_ids)
-        logits = self.model.compute_logits(hidden[torch.tensor(last_rows, device=self.device)])  # [d, vocab]
         reqs = [batch.requests[i] for i in drafting]
         if self.chain is not None and all(r.sampling.greedy for r in reqs):
             # greedy: the k - 1 later drafts fed on the device, read back once
@@ -139,6 +143,21 @@ class DraftModelProposer(ProposerBase):
                 probs[i] = torch.stack(step_probs[a])  # [n, vocab]
                 any_probs = True
         return Drafts(token_ids, probs if any_probs else None)
+
+    def _first_logits(self, runs: Sequence[Run], drafting_runs: Sequence[int]) -> torch.Tensor | None:
+        """The first forward over ``runs`` (writes their keys and values): logits [len(drafting_runs), vocab] fp32 of
+        the drafting runs' last tokens (None without any). Padded (a graph on CUDA) when every run fits, else
+        unpadded."""
+        bucket = self.first.bucket(runs) if self.first is not None else None
+        if bucket is not None:
+            logits = self.first.run(runs, drafting_runs, bucket)
+            return logits if drafting_runs else None
+        hidden = paged_forward(self.model, self.kv, runs, self.block_size, self.max_seq_len, self.backend,
+                               self.device)  # [rows, hidden]
+        if not drafting_runs:
+            return None
+        rows = unpadded_last_rows([len(r.token_ids) for r in runs], drafting_runs)
+        return self.model.compute_logits(hidden[torch.tensor(rows, dtype=torch.int64, device=self.device)])
 
     def _pick(self, logits: torch.Tensor, reqs: Sequence[ProposeRequest], j: int):
         """Draft j of each row: argmax for greedy requests, a draw from the draft distribution otherwise.
