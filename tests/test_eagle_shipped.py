@@ -2,8 +2,9 @@
 keeps greedy output identical to plain decoding, and reaches its measured acceptance on MT-Bench first turns.
 
 ACCEPTANCE_FLOOR is the figure measured for the head that ships (tests/benchmarks/eagle_acceptance.py; command
-and figure in docs/eagle.md), not the issue's goal of 3.0: the shipped head was trained on CPU with little data
-and is below that goal; a GPU-retrained head (same command, default sizes) should raise both.
+and figure in docs/eagle.md), not the issue's goal of 3.0: the shipped head, trained on one H100 on 1.25 M tokens
+of the target's answers (scripts/train_shipped_heads.sh), is below that goal; more and more varied data should
+raise both.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 from tokenleap import LLM, SamplingParams
 
 HEAD = "smollm2-135m-instruct-eagle3"
-ACCEPTANCE_FLOOR = 1.03  # measured 1.036 (docs/eagle.md); the issue's goal is 3.0
+ACCEPTANCE_FLOOR = 1.9  # measured 1.942 on these 5 prompts (docs/eagle.md); the issue's goal is 3.0
 MEASURE = dict(limit=5, max_tokens=48)
 
 pytestmark = pytest.mark.slow
