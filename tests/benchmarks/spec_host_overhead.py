@@ -6,14 +6,16 @@ Python that a GPU step waits on). Not part of the test suite.
 
 Methods: plain, ngram (k=5, host path: no device drafting on the CPU), mlp_speculator (k=3, random tiny
 speculator), eagle3 (k=4, random tiny head). Greedy, ignore_eos, every request decoding (prefill steps are
-left out). Each phase is the median over the measured steps of the wall time spent inside the engine's own
+left out). Decode / verify steps take the graphed path that CUDA takes (padded inputs staged in place, the
+verification inside the forward, one read-back), its graphs run eagerly (``--eager``: the CPU's own path; no
+device drafting either way). Each phase is the median over the measured steps of the wall time spent inside the engine's own
 callables (wrapped); ``other`` is the rest of ``Engine.step``. ``--profile METHOD`` prints the top cProfile
 entries of that method's measured steps (batch of the first ``--batch``).
 
 Phases (microseconds per engine step):
   schedule       Scheduler.schedule
   inputs         ModelRunner.launch less the forward and the sampling (flat batch, metadata, uploads)
-  forward        the target's forward (tiny: mostly torch dispatch)
+  forward        the target's forward (tiny: mostly torch dispatch; on CUDA a graph replay, a few us)
   sample         ModelRunner._sample (sampling batch, verify, the step's read-back)
   apply          Engine._apply less driver calls (append tokens, counters, prefix-cache blocks)
   drv.build      ProposerDriver.propose less proposer.propose (ProposeRequests, SamplingInfo, checks)
@@ -43,6 +45,7 @@ from tests.helpers.eagle_heads import write_eagle3_head  # noqa: E402
 from tests.helpers.tiny_heads import make_tiny_speculator  # noqa: E402
 from tests.helpers.tiny_models import TINY_VOCAB, make_tiny_checkpoint  # noqa: E402
 from tokenleap import LLM, SamplingParams  # noqa: E402
+from tokenleap.engine.cuda_graphs import DecodeGraphs  # noqa: E402
 
 PHASES = ["schedule", "inputs", "forward", "sample", "apply", "drv.build", "propose", "verified", "other"]
 
@@ -70,6 +73,8 @@ def instrument(llm: LLM) -> tuple[dict, callable]:
 
     eng.runner.launch = launch_noting_prefill
     eng.runner.model.forward = timed(cur, "forward", eng.runner.model.forward)
+    if eng.runner.graphs is not None:  # the padded forward (segments of layers, not model.forward)
+        eng.runner.graphs.replay_staged = timed(cur, "forward", eng.runner.graphs.replay_staged)
     eng.runner._sample = timed(cur, "sample", eng.runner._sample)
     eng._apply = timed(cur, "_apply", eng._apply)
     if eng.driver is not None:
@@ -96,7 +101,7 @@ def phases(cur: dict) -> dict[str, float]:
     return out
 
 
-def build(folder: Path, method: str, batch: int, tmp: Path) -> LLM:
+def build(folder: Path, method: str, batch: int, tmp: Path, padded: bool) -> LLM:
     kw = dict(max_model_len=512, max_num_seqs=batch, disable_log_stats=True, kv_cache_memory_bytes=16 << 20)
     if method == "ngram":
         kw["speculative_config"] = {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4,
@@ -109,7 +114,14 @@ def build(folder: Path, method: str, batch: int, tmp: Path) -> LLM:
         if not head.exists():
             write_eagle3_head(head, 64, TINY_VOCAB, 96, seed=2, fmt="bin")
         kw["speculative_config"] = {"method": "eagle3", "model": str(head), "num_speculative_tokens": 4}
-    return LLM(str(folder), **kw)
+    llm = LLM(str(folder), **kw)
+    if padded:  # decode / verify steps through the graphed path (as on CUDA), run eagerly
+        eng = llm.engine
+        eng.runner.graphs = DecodeGraphs(
+            eng.model, eng.runner.kv_caches, eng.cfg.max_num_seqs, [1, 1 + eng.num_speculative_tokens],
+            eng.runner.max_blocks_per_req, eng.max_model_len, eng.backend, eng.device, use_cuda_graphs=False,
+            block_size=eng.cfg.block_size, hidden_state_layers=eng.runner.hidden_state_layers)
+    return llm
 
 
 def measure(llm: LLM, batch: int, steps: int, seed: int, profile: cProfile.Profile | None):
@@ -152,6 +164,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60, help="measured all-decode steps per configuration")
     ap.add_argument("--methods", nargs="+", default=["plain", "ngram", "mlp", "eagle3"])
     ap.add_argument("--profile", default=None, help="a method whose steps to cProfile (first batch size)")
+    ap.add_argument("--eager", action="store_true",
+                    help="decode / verify steps through the CPU's eager path (default: the graphed path run eagerly, "
+                         "DecodeGraphs(use_cuda_graphs=False), the inputs and read-back the GPU's steps use)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -161,7 +176,7 @@ def main() -> None:
         print(f"{'method':<8} {'batch':>5} " + " ".join(f"{p:>9}" for p in PHASES) + f" {'step':>8} {'tok/req':>7}")
         for b in args.batch:
             for method in args.methods:
-                llm = build(folder, method, b, tmp)
+                llm = build(folder, method, b, tmp, not args.eager)
                 measure(llm, b, 10, 1, None)  # warm-up
                 prof = cProfile.Profile() if method == args.profile and b == args.batch[0] else None
                 med, tps = measure(llm, b, args.steps, 2, prof)

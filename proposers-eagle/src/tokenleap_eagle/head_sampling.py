@@ -73,7 +73,12 @@ def shifted(rows: DraftRows, j: int) -> DraftRows:
 def upload(values: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
     """int64 rows of equal length -> one [len(values), n] tensor on ``device`` in one copy (pinned and
     asynchronous on CUDA: no wait for the device, unlike ``torch.tensor(list, device=cuda)``)."""
-    host = torch.tensor(values, dtype=torch.int64)
+    return upload_flat(torch.tensor(values, dtype=torch.int64), device)
+
+
+def upload_flat(host, device: torch.device) -> torch.Tensor:
+    """A host tensor (or numpy array) -> the same on ``device``, pinned and asynchronous on CUDA."""
+    host = torch.as_tensor(host)
     if device.type == "cuda":
         return host.pin_memory().to(device, non_blocking=True)
     return host.to(device)
