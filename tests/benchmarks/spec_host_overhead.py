@@ -183,7 +183,7 @@ def main() -> None:
                 print(f"{method:<8} {b:>5} " + " ".join(f"{med[p]:>9.0f}" for p in PHASES)
                       + f" {med['step']:>8.0f} {tps:>7.2f}", flush=True)
                 if prof is not None:
-                    pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+                    pstats.Stats(prof).sort_stats("cumulative").print_stats(r"tokenleap_eagle|attention_ref|fused_ref", 25)
 
 
 if __name__ == "__main__":
