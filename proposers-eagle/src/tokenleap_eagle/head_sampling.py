@@ -11,7 +11,7 @@ verification (``SamplingInfo.coupled``) draft ``j`` is drawn with the target's o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tokenleap.sample.logits import RowParams, to_probs
@@ -60,6 +60,28 @@ def row_params(infos: Sequence[SamplingInfo], positions: Sequence[int], output_p
     coupled = [s.coupled and not s.greedy for s in infos]
     return DraftRows(params, torch.tensor(coupled, dtype=torch.bool, device=device),
                      torch.tensor(list(output_positions), **i64), any(coupled))
+
+
+def shifted(rows: DraftRows, j: int) -> DraftRows:
+    """``rows`` for the drafts ``j`` positions further on (token and output positions + j)."""
+    if j == 0:
+        return rows
+    return replace(rows, params=replace(rows.params, positions=rows.params.positions + j),
+                   output_positions=rows.output_positions + j)
+
+
+def upload(values: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+    """int64 rows of equal length -> one [len(values), n] tensor on ``device`` in one copy (pinned and
+    asynchronous on CUDA: no wait for the device, unlike ``torch.tensor(list, device=cuda)``)."""
+    return upload_flat(torch.tensor(values, dtype=torch.int64), device)
+
+
+def upload_flat(host, device: torch.device) -> torch.Tensor:
+    """A host tensor (or numpy array) -> the same on ``device``, pinned and asynchronous on CUDA."""
+    host = torch.as_tensor(host)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
 
 
 def pick_drafts(logits: torch.Tensor, rows: DraftRows) -> tuple[torch.Tensor, torch.Tensor | None]:

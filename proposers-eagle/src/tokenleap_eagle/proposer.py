@@ -14,7 +14,10 @@ requests, drawn with its probabilities) on the host side, step by step.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+
+import numpy as np
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -33,6 +36,7 @@ from tokenleap_plugins import (
 
 from tokenleap_eagle.chain import HeadChain
 from tokenleap_eagle.checkpoint import load_head
+from tokenleap_eagle.head_sampling import upload_flat
 from tokenleap_eagle.heads_registry import resolve_head
 from tokenleap_eagle.sampling import choose
 
@@ -142,13 +146,6 @@ class EagleProposer(ProposerBase):
     def _slot(self, block_ids: Sequence[int], p: int) -> int:
         return block_ids[p // self.block_size] * self.block_size + p % self.block_size
 
-    def _tables(self, reqs: Sequence[ProposeRequest]) -> torch.Tensor:  # [len(reqs), max_blocks] int32
-        width = max(len(r.block_ids) for r in reqs)
-        table = torch.zeros(len(reqs), max(width, 1), dtype=torch.int32)
-        for i, r in enumerate(reqs):
-            table[i, :len(r.block_ids)] = torch.tensor(list(r.block_ids), dtype=torch.int32)
-        return table.to(self.device)
-
     @torch.no_grad()
     def propose(self, batch: ProposeBatch) -> Drafts:
         if self.kv is None:
@@ -172,22 +169,36 @@ class EagleProposer(ProposerBase):
             slens.append(c.start + count)
         if not caught:
             return Drafts([[] for _ in reqs])
-        dev = self.device
-        tables = self._tables([reqs[i] for i in caught])
-        h = self._target_hidden(batch.hidden_states, torch.tensor(rows, device=dev))
-        out = self.head(self._embed(torch.tensor(ids, device=dev)).to(h.dtype), h,
-                        torch.tensor(positions, device=dev), self.kv, self._meta(tables, qlens, slens, slots))
         # 2. the chain, from each drafting request's last row (its last computed position P = len - 2)
-        last_rows = [sum(qlens[:j + 1]) - 1 for j in range(len(caught))]
+        last_rows = list(itertools.accumulate(qlens, initial=-1))[1:]
         active = [j for j, i in enumerate(caught) if reqs[i].max_num_drafts > 0
                   and slens[j] == len(reqs[i].token_ids) - 1]
+        # every index the catch-up and the chain's start need, uploaded in one copy (a torch.tensor(list,
+        # device=cuda) apiece would be a copy each that waits for the device)
+        width = max(max(len(reqs[i].block_ids) for i in caught), 1)
+        table = np.zeros((len(caught), width), dtype=np.int64)
+        for j, i in enumerate(caught):
+            table[j, :len(reqs[i].block_ids)] = reqs[i].block_ids
+        parts = [rows, ids, positions, slots, [0, *itertools.accumulate(qlens)], slens, [last_rows[j] for j in active]]
+        flat = np.concatenate([np.fromiter(itertools.chain.from_iterable(parts), np.int64), table.reshape(-1)])
+        dev_all = upload_flat(flat, self.device)
+        cuts = list(itertools.accumulate([len(p) for p in parts], initial=0))
+        rows_t, ids_t, positions_t, slots_t, cu_t, slens_t, last_t = (dev_all[a:b] for a, b in zip(cuts, cuts[1:]))
+        tables = dev_all[cuts[-1]:].view(len(caught), width).to(torch.int32)
+        meta = AttentionMetadata(
+            slot_mapping=slots_t, block_tables=tables, query_start_loc=cu_t.to(torch.int32),
+            seq_lens=slens_t.to(torch.int32), query_lens_host=qlens, seq_lens_host=slens, max_query_len=max(qlens),
+            max_seq_len=self.max_len, backend=self.backend,
+        )
+        h = self._target_hidden(batch.hidden_states, rows_t)
+        out = self.head(self._embed(ids_t).to(h.dtype), h, positions_t, self.kv, meta)
         if not active:
             return Drafts([[] for _ in reqs])
         drafting = [caught[j] for j in active]  # indices into reqs
-        g = out[torch.tensor([last_rows[j] for j in active], device=dev)]  # [a, hidden]
+        g = out[last_t]  # [a, hidden]
         if self.chain is not None and all(reqs[i].sampling.greedy for i in drafting):
             return self._draft_greedy(reqs, drafting, g)
-        return self._draft_stepwise(reqs, drafting, g, tables[torch.tensor(active, device=dev)])
+        return self._draft_stepwise(reqs, drafting, g, tables[torch.tensor(active, device=self.device)])
 
     def _draft_greedy(self, reqs: Sequence[ProposeRequest], drafting: list[int], g: torch.Tensor) -> Drafts:
         """Every draft an argmax on the device, read back once. g: [len(drafting), hidden] at each P."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from tokenleap_plugins import Drafts, ProposeBatch, ProposerBase, ProposerContext, ProposerNeeds
 
-from tokenleap_eagle.head_sampling import assemble_drafts, pick_drafts, row_params
+from tokenleap_eagle.head_sampling import assemble_drafts, pick_drafts, row_params, shifted, upload
 from tokenleap_eagle.mlp_speculator.loader import load_speculator, read_config, resolve_speculator
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,19 +55,29 @@ class MLPSpeculatorProposer(ProposerBase):
         if not todo:
             return Drafts(drafts)
         model = self.model
-        rows = torch.tensor([reqs[i].computed.hidden_rows + reqs[i].computed.count - 1 for i in todo],
-                            device=self.device)
+        # one upload of the rows to read and the tokens to feed (each torch.tensor(list, device=cuda) is a copy
+        # of its own that waits for the device)
+        index = upload([[reqs[i].computed.hidden_rows + reqs[i].computed.count - 1 for i in todo],
+                        [reqs[i].token_ids[-1] for i in todo]], self.device)
+        rows, tokens = index[0], index[1]  # [b], [b]
         hidden = self._final_norm(batch.hidden_states[-1][rows])  # [b, hidden]
         state = model.input_state(hidden.to(model.head[0].weight.dtype))
-        tokens = torch.tensor([reqs[i].token_ids[-1] for i in todo], device=self.device)  # [b]
         infos = [reqs[i].sampling for i in todo]
         steps = max(reqs[i].max_num_drafts for i in todo)
+        # greedy batches take the argmax (what pick_drafts does when every row is greedy) without building the
+        # per-row sampling tensors; others build them once, the positions moving by one per step
+        params = None
+        if not all(s.greedy for s in infos):
+            params = row_params(infos, [len(reqs[i].token_ids) for i in todo],
+                                [len(reqs[i].token_ids) - reqs[i].num_prompt_tokens for i in todo], self.device)
         picked, probs = [], []
         for j in range(steps):
             state = model.stage(j, state, tokens)
-            params = row_params(infos, [len(reqs[i].token_ids) + j for i in todo],
-                                [len(reqs[i].token_ids) - reqs[i].num_prompt_tokens + j for i in todo], self.device)
-            tokens, p = pick_drafts(model.logits(j, state), params)  # [b], [b, vocab] | None
+            logits = model.logits(j, state)  # [b, vocab] float32
+            if params is None:
+                tokens, p = logits.argmax(dim=-1), None
+            else:
+                tokens, p = pick_drafts(logits, shifted(params, j))  # [b], [b, vocab] | None
             picked.append(tokens)
             probs.append(p)
         return assemble_drafts(reqs, todo, picked, probs, drafts)
