@@ -7,8 +7,9 @@ tokenleap runs each weight format of BENCH_CPU_FORMATS (default ``float32,bfloat
 default engine: torch reference ops), bfloat16 (``dtype="bfloat16"``: the CPU fast path), int8 / int4
 (``quantization=...``: weight-only packed linears, bfloat16 activations). transformers runs float32, and
 bfloat16 too when a format other than float32 is asked for (its default attention, SDPA). Every configuration
-runs once per round, rounds after each other (BENCH_CPU_ROUNDS, default 2), so that a busy machine slows all
-of them alike; the table gives each one's best round and its ratio to transformers float32 and bfloat16.
+answers each prompt in turn before the next prompt (a round: every prompt once; BENCH_CPU_ROUNDS, default 2), so
+that a change of load on a busy machine slows all of them alike; the table gives each one's tokens/s per round
+and its ratio to transformers float32 and bfloat16 in the same round.
 
 BENCH_CPU_PROMPTS (default 6), BENCH_CPU_TOKENS (default 64) shrink the run; BENCH_CPU_K (default 3) is the n-gram
 drafts per step (the packed int8 / int4 kernels take rows in fours: 1 + 3 rows cost about 1.5 one-row steps,
@@ -75,26 +76,23 @@ def _hf_models(path, dtypes: list[str]):
     return out, ckpt.tokenizer
 
 
-def _ours(llm: LLM, chats=CHATS, tokens: int = NEW_TOKENS) -> float:
+def _ours(llm: LLM, chat, tokens: int = NEW_TOKENS) -> tuple[int, float]:  # (tokens, seconds) of one answer
     sp = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
-    t0, n = time.perf_counter(), 0
-    for chat in chats:
-        n += len(llm.chat([chat], sp, use_tqdm=False)[0].outputs[0].token_ids)
-    return n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    n = len(llm.chat([chat], sp, use_tqdm=False)[0].outputs[0].token_ids)
+    return n, time.perf_counter() - t0
 
 
-def _transformers(model, tok, chats=CHATS, tokens: int = NEW_TOKENS) -> float:
-    t0, n = time.perf_counter(), 0
+def _transformers(model, tok, chat, tokens: int = NEW_TOKENS) -> tuple[int, float]:
+    ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    t0 = time.perf_counter()
     with torch.no_grad():
-        for chat in chats:
-            ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-            out = model.generate(ids["input_ids"], max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
-            n += out.shape[1] - ids["input_ids"].shape[1]
-    return n / (time.perf_counter() - t0)
+        out = model.generate(ids["input_ids"], max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+    return out.shape[1] - ids["input_ids"].shape[1], time.perf_counter() - t0
 
 
 def test_cpu_vs_transformers(benchmark, smollm2_path, threads):
-    runs = {}  # name -> (chats=CHATS, tokens=NEW_TOKENS) -> tokens/s
+    runs = {}  # name -> (chat, tokens=NEW_TOKENS) -> (tokens, seconds)
     for fmt in FORMATS:
         plain, spec = _engines(smollm2_path, fmt)
         runs[f"tokenleap {fmt}"] = partial(_ours, plain)
@@ -104,23 +102,32 @@ def test_cpu_vs_transformers(benchmark, smollm2_path, threads):
     for name, model in hf.items():
         runs[f"transformers {name}"] = partial(_transformers, model, tok)
     for run in runs.values():  # warm-up: one short answer each
-        run(CHATS[:1], 8)
+        run(CHATS[0], 8)
 
     def rounds() -> dict[str, list[float]]:
+        """tokens/s per configuration and round; within a round, every configuration answers a prompt before
+        the next prompt, so that a change of load hits all of them alike."""
         got: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(ROUNDS):
-            for name, run in runs.items():
-                got[name].append(run())
+            tokens, seconds = dict.fromkeys(runs, 0), dict.fromkeys(runs, 0.0)
+            for chat in CHATS:
+                for name, run in runs.items():
+                    n, dt = run(chat)
+                    tokens[name] += n
+                    seconds[name] += dt
+            for name in runs:
+                got[name].append(tokens[name] / seconds[name])
         return got
 
     got = benchmark.pedantic(rounds, rounds=1, iterations=1)
-    best = {name: max(v) for name, v in got.items()}
-    benchmark.extra_info.update({name: v for name, v in got.items()})
-    base32 = best["transformers float32"]
-    base16 = best.get("transformers bfloat16")
-    print(f"\nCPU batch-1 greedy, {len(CHATS)} prompts, {NEW_TOKENS} new tokens, threads={threads}, best of {ROUNDS} "
-          f"rounds (each round runs every configuration once):")
-    for name, tps in best.items():
-        ratios = f"{tps / base32:.2f}x tf fp32" + (f", {tps / base16:.2f}x tf bf16" if base16 else "")
-        rounds_txt = " / ".join(f"{v:.1f}" for v in got[name])
-        print(f"  {name:32s} {tps:6.1f} tokens/s  ({ratios})  rounds: {rounds_txt}")
+    benchmark.extra_info.update(got)
+    bases = {name: label for name, label in (("transformers float32", "tf fp32"), ("transformers bfloat16", "tf bf16"))
+             if name in got}
+    print(f"\nCPU batch-1 greedy, {len(CHATS)} prompts, {NEW_TOKENS} new tokens, threads={threads}, {ROUNDS} rounds "
+          f"(configurations interleaved prompt by prompt); tokens/s per round, and the ratio to transformers in the "
+          f"same round:")
+    for name, tps in got.items():
+        per_round = " / ".join(f"{v:.1f}" for v in tps)
+        ratios = "; ".join(f"{' / '.join(f'{v / b:.2f}' for v, b in zip(tps, got[base]))}x {label}"
+                           for base, label in bases.items())
+        print(f"  {name:32s} {per_round:>14s} tokens/s  ({ratios})")
