@@ -142,7 +142,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--gpu-memory-utilization", type=_float(0.0, 1.0, low_open=True), default=None, metavar="F"
     )
-    g.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default=None)
+    g.add_argument("--attention-backend", choices=["auto", "torch", "triton", "cpu"], default=None)
+    g.add_argument("--quantization", choices=["int8", "int4"], default=None,
+                   help="weight-only int8 / int4 linears on the CPU, bfloat16 activations")
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument(
         "--log-stats",
@@ -369,6 +371,7 @@ _ENGINE_FLAGS = (
     "kv_cache_memory_bytes",
     "gpu_memory_utilization",
     "attention_backend",
+    "quantization",
     "enable_prefix_caching",
 )
 

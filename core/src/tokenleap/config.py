@@ -38,7 +38,10 @@ class EngineConfig(BaseModel):
     max_logprobs: int = Field(20, ge=0)
     disable_log_stats: bool = False
     log_stats_interval_s: float = Field(5.0, gt=0)
-    attention_backend: Literal["auto", "torch", "triton"] = "auto"
+    attention_backend: Literal["auto", "torch", "triton", "cpu"] = "auto"
+    # Weight-only quantization on the CPU (bfloat16 activations; docs/performance-log.md, issue 18): "int8" one
+    # scale per output row, "int4" groups of 32 (a Q4_1 GGUF's own codes); the LM head int8 in both.
+    quantization: Literal["int8", "int4"] | None = None
     trust_remote_code: bool = False
 
     @model_validator(mode="after")
@@ -50,6 +53,23 @@ class EngineConfig(BaseModel):
                 f"tensor_parallel_size={self.tensor_parallel_size}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _quantization(self) -> EngineConfig:
+        if self.quantization is None:
+            return self
+        if self.dtype not in ("auto", "bfloat16"):
+            raise ValueError(f"quantization={self.quantization!r} runs bfloat16 activations; dtype must be 'auto' "
+                             f"or 'bfloat16', not {self.dtype!r}")
+        if self.device == "cuda" or self.tensor_parallel_size > 1:
+            raise ValueError(f"quantization={self.quantization!r} runs on one CPU process (device='cpu', "
+                             f"tensor_parallel_size=1)")
+        return self
+
+    @property
+    def model_dtype(self) -> str:
+        """The dtype name the weights load in: bfloat16 under a quantization, else ``dtype``."""
+        return "bfloat16" if self.quantization is not None else self.dtype
 
     @field_validator("block_size")
     @classmethod

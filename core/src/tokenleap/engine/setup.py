@@ -32,7 +32,11 @@ def pick_device(cfg: EngineConfig) -> torch.device:
 
 
 def pick_backend(cfg: EngineConfig, device: torch.device) -> str:
-    return attention_backend(device.type, cfg.attention_backend)
+    if cfg.quantization is not None and device.type != "cpu":
+        raise ValueError(f"quantization={cfg.quantization!r} runs on the CPU (ATen's CPU kernels); the device is "
+                         f"{device.type!r}: pass device='cpu'")
+    activations = {"float": "float32", "half": "float16"}.get(cfg.model_dtype, cfg.model_dtype)
+    return attention_backend(device.type, cfg.attention_backend, activations)
 
 
 @dataclass
@@ -45,20 +49,24 @@ class LoadedModel:
 
 def load_model(cfg: EngineConfig, model_path: Path, device: torch.device, max_positions: int | None,
                backend: str) -> LoadedModel:
-    return load_weights(model_path, cfg.dtype, device, max_positions, backend, cfg.load_format, cfg.seed,
-                        cfg.tokenizer)
+    return load_weights(model_path, cfg.model_dtype, device, max_positions, backend, cfg.load_format, cfg.seed,
+                        cfg.tokenizer, cfg.quantization)
 
 
 def load_weights(model_path: Path, dtype: str, device: torch.device, max_positions: int | None, backend: str,
-                 load_format: str = "auto", seed: int = 0, tokenizer: str | None = None) -> LoadedModel:
+                 load_format: str = "auto", seed: int = 0, tokenizer: str | None = None,
+                 quantization: str | None = None) -> LoadedModel:
     """A Llama-family model from a checkpoint (or random weights of its config.json's shape with ``"dummy"``),
-    on ``device``, its RoPE table long enough for ``max_positions`` (default: the model's)."""
+    on ``device``, its RoPE table long enough for ``max_positions`` (default: the model's). ``quantization``
+    ("int8" / "int4", CPU): the linears packed from the float32 weights, the rest bfloat16 (``model/quantize``)."""
     ops = layer_ops(backend)
     if load_format == "dummy":
-        return _dummy_model(dtype, model_path, device, max_positions, ops, seed, tokenizer)
+        loaded = _dummy_model("float32" if quantization else dtype, model_path, device, max_positions, ops, seed,
+                              tokenizer)
+        return _quantized(loaded, quantization)
     from tokenleap.model.loader import load_checkpoint
 
-    ckpt = load_checkpoint(str(model_path), dtype=dtype, device=device.type)
+    ckpt = load_checkpoint(str(model_path), dtype="float32" if quantization else dtype, device=device.type)
     if tokenizer is not None:
         from transformers import AutoTokenizer
 
@@ -67,7 +75,16 @@ def load_weights(model_path: Path, dtype: str, device: torch.device, max_positio
     positions = max_positions or arch.max_position_embeddings
     model = LlamaForCausalLM.uninitialized(arch, positions + 64, ops, device, ckpt.torch_dtype)
     model.load_hf_weights(ckpt.weights)  # copy_ moves each tensor to the device; every parameter is written
-    return LoadedModel(model.eval(), arch, ckpt.tokenizer, ckpt.torch_dtype)
+    return _quantized(LoadedModel(model.eval(), arch, ckpt.tokenizer, ckpt.torch_dtype), quantization)
+
+
+def _quantized(loaded: LoadedModel, quantization: str | None) -> LoadedModel:
+    if quantization is None:
+        return loaded
+    from tokenleap.model.quantize import quantize_model_
+
+    quantize_model_(loaded.model, quantization)
+    return LoadedModel(loaded.model, loaded.arch, loaded.tokenizer, torch.bfloat16)
 
 
 def dummy_arch(model_path: Path) -> ModelArchConfig:

@@ -1,4 +1,4 @@
-"""The per-layer ops of a decoder, as one bundle: torch references or their Triton versions.
+"""The per-layer ops of a decoder, as one bundle: torch references, their Triton versions, or the CPU fast path.
 
 Besides the final norm, the linears: a plain one; the attention's input projection with the RMSNorm in front
 and RoPE plus the KV-cache write after it; the MLP's gate/up projection with the RMSNorm in front and
@@ -6,7 +6,7 @@ SiLU-and-mul after it. The torch bundle composes the reference ops with ``F.line
 steps of at most ``MAX_ROWS`` tokens (decode and verify steps of small batches, where a layer is launch- and
 latency-bound) through the few-row kernels of ``triton_linear``, for small hidden sizes with the norm and what
 follows the projection fused into the one kernel; larger steps through the Triton norm / RoPE kernels and
-cuBLAS.
+cuBLAS. The CPU bundle (``cpu_ops``) is the torch one in bfloat16 with fewer ops and packed-weight linears.
 """
 
 from __future__ import annotations
@@ -64,9 +64,16 @@ def _composed(norm_linear: Callable, silu_and_mul: Callable, rope_and_write_kv: 
 
 
 def layer_ops(backend: str) -> LayerOps:
-    """``"triton"`` (CUDA; fewer, fused kernels) or ``"torch"`` (references, any device)."""
+    """``"triton"`` (CUDA; fewer, fused kernels), ``"cpu"`` (CPU, bfloat16 activations, packed weights
+    allowed; ``cpu_ops``) or ``"torch"`` (references, any device)."""
     if backend == "triton":
         return _triton_ops()
+    if backend == "cpu":
+        from tokenleap.kernels import cpu_ops as c
+        from tokenleap.kernels import fused_ref as r
+        from tokenleap.kernels.cpu_linear import cpu_linear
+
+        return LayerOps(r.fused_add_rms_norm_ref, c.norm_qkv_rope, c.norm_swiglu, cpu_linear)
     from tokenleap.kernels import fused_ref as r
 
     norm_linear = _norm_linear(r.rms_norm_ref, r.fused_add_rms_norm_ref, F.linear)

@@ -24,8 +24,8 @@ class AttentionMetadata:
     seq_lens_host: list[int]  # [num_reqs]
     max_query_len: int
     max_seq_len: int  # an upper bound on seq_lens fixed per engine (max_model_len): it sets the KV splits
-    backend: str = "torch"  # "torch" (reference, CPU and CUDA) or "triton" (CUDA)
-    # the torch reference's index tensors and masks, built by the step's first attention layer for the others
+    backend: str = "torch"  # "torch" (reference, CPU and CUDA), "triton" (CUDA) or "cpu" (CPU, bfloat16)
+    # the torch / cpu attention's index tensors and masks, built by the step's first attention layer for the others
     ref_plans: dict = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -44,6 +44,15 @@ def paged_attention(
             query, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
             meta.max_query_len, scale, sliding_window, max_seq_len=meta.max_seq_len,
         )
+    if meta.backend == "cpu":
+        from tokenleap.kernels.cpu_attention import cpu_plan, paged_attention_cpu
+
+        key = ("cpu", k_cache.shape[1], sliding_window)
+        plan = meta.ref_plans.get(key)
+        if plan is None:
+            plan = meta.ref_plans[key] = cpu_plan(meta.block_tables, meta.query_lens_host, meta.seq_lens_host,
+                                                  k_cache.shape[1], sliding_window)
+        return paged_attention_cpu(query, k_cache, v_cache, plan, scale)
     key = (query.shape[0], query.shape[1], k_cache.shape[1], sliding_window)
     plan = meta.ref_plans.get(key)
     if plan is None:

@@ -17,11 +17,13 @@ from tokenleap_plugins import (
 from tokenleap.engine import setup
 from tokenleap.model.arch import ModelArchConfig
 from tokenleap.model.llama import LlamaForCausalLM
+from tokenleap.model.quantize import dense_weight
 from tokenleap.speculative.config import ResolvedSpeculativeConfig
 
 
 def target_handles(model: LlamaForCausalLM, tokenizer) -> TargetHandles:
-    lm_head = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
+    # tied: the embedding (a quantized model's LM head is a packed copy of it); untied: the head, dense
+    lm_head = model.embed_tokens.weight if model.cfg.tie_word_embeddings else dense_weight(model.lm_head.weight)
     return TargetHandles(
         embed=model.embed_tokens, compute_logits=model.compute_logits,
         final_norm=lambda h: model.final_norm(h, torch.zeros_like(h)),
