@@ -77,17 +77,20 @@ def _vocab_map(g, vocab: int, draft_vocab: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def write_eagle3_head(folder: Path, hidden: int, vocab: int, draft_vocab: int, seed: int = 0, fmt: str = "bin",
-                      aux_layers: list[int] | None = None) -> Path:
+                      aux_layers: list[int] | None = None, heads: int = 4, kv_heads: int = 2,
+                      intermediate: int = 96, dtype: torch.dtype = torch.float32) -> Path:
     """yuhuili/EAGLE3-* / SpecForge: midlayer.* (q/k/v in 2H, hidden_norm), fc [H, 3H], norm, lm_head
-    [draft_vocab, H], d2t, t2d; config with draft_vocab_size, architectures LlamaForCausalLMEagle3."""
+    [draft_vocab, H], d2t, t2d; config with draft_vocab_size, architectures LlamaForCausalLMEagle3. ``heads``,
+    ``kv_heads``, ``intermediate`` and ``dtype`` (of the float tensors) give a full-size head for benchmarks."""
     g = torch.Generator().manual_seed(seed)
     cfg = {"architectures": ["LlamaForCausalLMEagle3"], "draft_vocab_size": draft_vocab, "torch_dtype": "bfloat16",
-           **_layer_dims(hidden, vocab)}
+           **_layer_dims(hidden, vocab, heads, kv_heads, intermediate)}
     if aux_layers is not None:
         cfg["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": aux_layers, "use_aux_hidden_state": True}
     t = {"fc.weight": _rand(g, hidden, 3 * hidden), "norm.weight": 1 + 0.1 * torch.randn(hidden, generator=g),
          "lm_head.weight": _rand(g, draft_vocab, hidden, scale=1.0)}
-    t.update(_layer_tensors(g, "midlayer.", hidden, 2 * hidden, 4, 2, 96, eagle3=True))
+    t.update(_layer_tensors(g, "midlayer.", hidden, 2 * hidden, heads, kv_heads, intermediate, eagle3=True))
+    t = {k: v.to(dtype) if v.is_floating_point() else v for k, v in t.items()}
     t["d2t"], t["t2d"] = _vocab_map(g, vocab, draft_vocab)
     return _save(folder, cfg, t, fmt)
 

@@ -10,8 +10,10 @@ import torch
 
 def make_tiny_speculator(folder: str | Path, *, emb_dim: int = 64, vocab_size: int = 320, n_predict: int = 3,
                          inner_dim: int = 0, tie_weights: bool = False, scale_input: bool = False,
-                         prefix: str = "", seed: int = 0, write_duplicates: bool = False) -> Path:
-    """config.json + model.safetensors of a random MLP speculator (fms-extras / vLLM names)."""
+                         prefix: str = "", seed: int = 0, write_duplicates: bool = False,
+                         dtype: torch.dtype = torch.float32) -> Path:
+    """config.json + model.safetensors of a random MLP speculator (fms-extras / vLLM names); ``dtype`` of the
+    tensors (bfloat16 for a full-size one)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -34,7 +36,7 @@ def make_tiny_speculator(folder: str | Path, *, emb_dim: int = 64, vocab_size: i
             t[f"ln.{i}.weight"], t[f"ln.{i}.bias"] = t["ln.0.weight"], t["ln.0.bias"]
             if i >= 2:
                 t[f"proj.{i}.weight"] = t["proj.1.weight"]
-    save_file({prefix + k: v.clone().contiguous() for k, v in t.items()}, str(folder / "model.safetensors"))
+    save_file({prefix + k: v.to(dtype, copy=True).contiguous() for k, v in t.items()}, str(folder / "model.safetensors"))
     cfg = {"architectures": ["MLPSpeculatorPreTrainedModel"], "model_type": "mlp_speculator", "emb_dim": emb_dim,
            "inner_dim": inner_dim, "vocab_size": vocab_size, "n_predict": n_predict, "tie_weights": tie_weights,
            "scale_input": scale_input, "top_k_tokens_per_head": [1] * n_predict}
