@@ -26,6 +26,12 @@ EXPECTED = {
     "draft_model.py": ["mean acceptance length:", "drafts accepted:"],
     "openai_server.py": ["answer:", "spec_decode:", "streamed the same text: True"],
     "tensor_parallel_two_hosts.py": ["token ids:", "text:"],
+    "eagle3.py": ["mean acceptance length:", "same tokens as plain decoding: True"],
+    "mlp_speculator.py": ["mean acceptance length:", "drafts accepted:"],
+    "structured_outputs.py": ["stopped by max_tokens after 6 tokens", "mean acceptance length:"],
+    "cpu_quantized.py": ["quantization=int4:", "tokens/s"],
+    "train_eagle_head.py": ["head files: ['config.json', 'model.safetensors']",
+                            "mean acceptance length with the toy head:"],
 }
 
 
