@@ -280,3 +280,20 @@ def test_bench_throughput_no_speculation_random(tiny, capsys):
     assert code == 0
     doc = json.loads(out)
     assert doc["acceptance"] is None and doc["total_input_tokens"] == 20 and doc["total_output_tokens"] == 16
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "fast"])
+def test_serve_bad_switch_interval_fails_before_loading(capsys, monkeypatch, raw):
+    monkeypatch.setenv("TOKENLEAP_SWITCH_INTERVAL_S", raw)
+    code, _, err = _run(capsys, ["serve", "--model", "/nonexistent/model"])  # the model would fail to load
+    assert code == 2
+    assert f"TOKENLEAP_SWITCH_INTERVAL_S={raw!r}: a number of seconds > 0 is needed" in err
+
+
+def test_server_switch_interval_default_and_override(monkeypatch):
+    from tokenleap.server.launch import SWITCH_INTERVAL_S, switch_interval_s
+
+    monkeypatch.delenv("TOKENLEAP_SWITCH_INTERVAL_S", raising=False)
+    assert switch_interval_s() == SWITCH_INTERVAL_S
+    monkeypatch.setenv("TOKENLEAP_SWITCH_INTERVAL_S", "0.001")
+    assert switch_interval_s() == 0.001

@@ -43,7 +43,7 @@ DRAFT_VOCAB = 32000
 
 def engine(target: str, spec: dict | None) -> LLM:
     return LLM(target, load_format="dummy", dtype="bfloat16", max_model_len=2048, max_num_seqs=1,
-               gpu_memory_utilization=0.6, disable_log_stats=True, speculative_config=spec)
+               kv_cache_memory_bytes=2 << 30, disable_log_stats=True, speculative_config=spec)
 
 
 def free(llm: LLM) -> None:

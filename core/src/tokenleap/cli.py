@@ -683,11 +683,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.model = args.model_tag
     _need_server_deps("serve")
     from tokenleap.async_llm import AsyncLLM
-    from tokenleap.server.launch import serve
+    from tokenleap.server.launch import serve, switch_interval_s
 
+    try:  # a bad TOKENLEAP_SWITCH_INTERVAL_S fails before the model loads
+        interval = switch_interval_s()
+    except ValueError as exc:
+        raise UsageError("serve", str(exc)) from None
     llm = make_llm(args)
     serve(AsyncLLM.from_llm(llm), args.served_model_name or [args.model], host=args.host, port=args.port,
-          api_key=args.api_key, log_level=args.log_level)
+          api_key=args.api_key, log_level=args.log_level, switch_interval=interval)
     return 0
 
 

@@ -3,6 +3,8 @@ thread (tests, ``bench serve`` in-process)."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -13,9 +15,32 @@ from tokenleap.async_llm import AsyncLLM
 from tokenleap.server.app import build_app
 
 
+# The interpreter's thread switch interval in the server's process (CPython's default is 5 ms). The engine thread
+# gives up the GIL at every CUDA sync and torch call; while the event loop streams to many clients it holds the
+# GIL, and the engine thread waits up to one interval to get it back, each time: at 64 streams the steps
+# stretched from 1.5 ms to ~4 ms (docs/serving.md). TOKENLEAP_SWITCH_INTERVAL_S overrides it.
+SWITCH_INTERVAL_S = 0.0002
+
+
+def switch_interval_s() -> float:
+    raw = os.environ.get("TOKENLEAP_SWITCH_INTERVAL_S")
+    if raw is None:
+        return SWITCH_INTERVAL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"TOKENLEAP_SWITCH_INTERVAL_S={raw!r}: a number of seconds > 0 is needed (default "
+                         f"{SWITCH_INTERVAL_S})")
+    return value
+
+
 def serve(llm: AsyncLLM, served_model_names: list[str], host: str = "127.0.0.1", port: int = 8000,
-          api_key: str | None = None, log_level: str = "info") -> None:
-    """Serve until interrupted (Ctrl-C / SIGTERM), then stop the engine thread."""
+          api_key: str | None = None, log_level: str = "info", switch_interval: float | None = None) -> None:
+    """Serve until interrupted (Ctrl-C / SIGTERM), then stop the engine thread. The process is the server's:
+    its thread switch interval is set for the engine thread's sake (default ``switch_interval_s()``)."""
+    sys.setswitchinterval(switch_interval if switch_interval is not None else switch_interval_s())
     app = build_app(llm, served_model_names, api_key, shutdown_engine=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
