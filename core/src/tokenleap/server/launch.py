@@ -14,7 +14,6 @@ import uvicorn
 from tokenleap.async_llm import AsyncLLM
 from tokenleap.server.app import build_app
 
-
 # The interpreter's thread switch interval in the server's process (CPython's default is 5 ms). The engine thread
 # gives up the GIL at every CUDA sync and torch call; while the event loop streams to many clients it holds the
 # GIL, and the engine thread waits up to one interval to get it back, each time: at 64 streams the steps
