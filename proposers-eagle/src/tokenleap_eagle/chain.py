@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tokenleap.model.attention import AttentionMetadata
 
-BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+from tokenleap_eagle.graph_capture import BUCKETS, bucket_for, capture
 
 # (ids [n] int64, g [n, hidden], positions [n] int64, meta) -> the head's output g [n, hidden]; writes the head's KV
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor]
@@ -59,7 +59,7 @@ class HeadChain:
         self._pool = None
 
     def bucket(self, rows: int) -> int | None:
-        return next((b for b in BUCKETS if b >= rows), None)
+        return bucket_for(rows)
 
     @torch.inference_mode()
     def run(self, g: torch.Tensor, first: torch.Tensor, rows: Sequence[tuple[int, Sequence[int], int]], steps: int
@@ -129,15 +129,7 @@ class HeadChain:
                                 self._meta(io["slots"], io["tables"], io["seq_lens"], host_lens))
                 return out, self.pick(out)
 
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm up: Triton compiles
-                    forward()
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                io["out"], io["argmax"] = forward()
+            graph, (io["out"], io["argmax"]) = capture(forward, self._pool)
             self._pool = graph.pool()
             self._graphs[bucket] = (graph, io)
         return self._graphs[bucket]

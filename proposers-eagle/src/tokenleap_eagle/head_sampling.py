@@ -84,6 +84,15 @@ def upload_flat(host, device: torch.device) -> torch.Tensor:
     return host.to(device)
 
 
+def upload_into(dst: torch.Tensor, host) -> None:
+    """A host tensor (or numpy array) of ``dst``'s shape -> copied into ``dst`` (a static buffer on the device),
+    pinned and asynchronous on CUDA."""
+    host = torch.as_tensor(host)
+    if dst.device.type == "cuda":
+        host = host.pin_memory()
+    dst.copy_(host, non_blocking=True)
+
+
 def pick_drafts(logits: torch.Tensor, rows: DraftRows) -> tuple[torch.Tensor, torch.Tensor | None]:
     """logits [rows, vocab] float32 -> (tokens [rows] int64, probs [rows, vocab] float32 or None when every
     row is greedy). Greedy rows take the argmax (their probs row is a one-hot, unused by the verifier)."""

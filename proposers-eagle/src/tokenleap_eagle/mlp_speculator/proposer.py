@@ -1,6 +1,9 @@
 """Method ``mlp_speculator`` (alias ``mlp``): drafts from the target's final hidden state of the last token it
 computed for a request and the token that state predicted, one speculator stage per draft. No KV cache: the
-state of a request is that one hidden row, read from the step that just ran."""
+state of a request is that one hidden row, read from the step that just ran.
+
+When every drafting request is greedy, all stages run in one padded device pass (greedy.py: a captured graph per
+batch-size bucket on CUDA); otherwise stage by stage, sampled requests drawing from each stage's distribution."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import torch
 from tokenleap_plugins import Drafts, ProposeBatch, ProposerBase, ProposerContext, ProposerNeeds
 
 from tokenleap_eagle.head_sampling import assemble_drafts, pick_drafts, row_params, shifted, upload
+from tokenleap_eagle.mlp_speculator.greedy import GreedyDrafter
 from tokenleap_eagle.mlp_speculator.loader import load_speculator, read_config, resolve_speculator
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -46,6 +50,9 @@ class MLPSpeculatorProposer(ProposerBase):
         self.model = load_speculator(folder, _DTYPES.get(ctx.dtype, torch.float32), self.device)
         target = ctx.target
         self._final_norm = target.final_norm if target is not None else (lambda h: h)
+        # None: greedy batches drafted stage by stage too (tests compare)
+        self.greedy: GreedyDrafter | None = GreedyDrafter(self.model, self._final_norm, ctx.num_speculative_tokens,
+                                                          self.device)
 
     @torch.no_grad()
     def propose(self, batch: ProposeBatch) -> Drafts:
@@ -55,15 +62,21 @@ class MLPSpeculatorProposer(ProposerBase):
         if not todo:
             return Drafts(drafts)
         model = self.model
-        # one upload of the rows to read and the tokens to feed (each torch.tensor(list, device=cuda) is a copy
-        # of its own that waits for the device)
-        index = upload([[reqs[i].computed.hidden_rows + reqs[i].computed.count - 1 for i in todo],
-                        [reqs[i].token_ids[-1] for i in todo]], self.device)
-        rows, tokens = index[0], index[1]  # [b], [b]
-        hidden = self._final_norm(batch.hidden_states[-1][rows])  # [b, hidden]
-        state = model.input_state(hidden.to(model.head[0].weight.dtype))
         infos = [reqs[i].sampling for i in todo]
         steps = max(reqs[i].max_num_drafts for i in todo)
+        rows = [reqs[i].computed.hidden_rows + reqs[i].computed.count - 1 for i in todo]  # each one's last row
+        last = [reqs[i].token_ids[-1] for i in todo]  # the token that row predicted
+        if self.greedy is not None and all(s.greedy for s in infos):
+            host = self.greedy.run(batch.hidden_states[-1], rows, last, steps)  # [b, steps]
+            for b, i in enumerate(todo):
+                drafts[i] = host[b][: reqs[i].max_num_drafts]
+            return Drafts(drafts)
+        # one upload of the rows to read and the tokens to feed (each torch.tensor(list, device=cuda) is a copy
+        # of its own that waits for the device)
+        index = upload([rows, last], self.device)  # [2, b]
+        tokens = index[1]  # [b]
+        hidden = self._final_norm(batch.hidden_states[-1][index[0]])  # [b, hidden]
+        state = model.input_state(hidden.to(model.head[0].weight.dtype))
         # greedy batches take the argmax (what pick_drafts does when every row is greedy) without building the
         # per-row sampling tensors; others build them once, the positions moving by one per step
         params = None
