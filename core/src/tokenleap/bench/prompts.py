@@ -245,6 +245,9 @@ def load_prompts(dataset: str, num_prompts: int | None = None) -> list[str]:
         texts = module_editing_prompts()
     elif dataset == "summarization":
         texts = summarization_prompts()
+    elif dataset == "random":
+        raise ValueError("dataset 'random' is random token ids, not text: it needs token-id prompts (`bench serve "
+                         "--endpoint completions`, or `build_prompts`), not a text prompt set")
     else:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {list(DATASETS)}")
     if not texts:
