@@ -108,6 +108,8 @@ def test_builtin_prompt_sets():
     assert P.load_prompts("code-editing", 13)[10] == P.code_editing_prompts()[0]  # cycled
     with pytest.raises(ValueError, match="unknown dataset"):
         P.load_prompts("nope")
+    with pytest.raises(ValueError, match="dataset 'random' is random token ids, not text"):
+        P.load_prompts("random")
 
 
 def test_acceptance_between_and_percentile():
