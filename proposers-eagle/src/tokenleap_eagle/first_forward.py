@@ -58,6 +58,7 @@ class FirstForward(PaddedFirstForward):
             for j, i in enumerate(self.layers):
                 torch.index_select(hidden_states[i], 0, io["gather"], out=rows[j])
 
+        self._buffer(bucket)  # before a capture: the graph reads it, the gather writes it
         g, first = super().run(runs, drafting, bucket, hidden_rows, gather)
         return g[: len(drafting)], first[: len(drafting)]
 

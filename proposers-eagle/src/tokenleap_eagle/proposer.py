@@ -36,7 +36,7 @@ from tokenleap_plugins import (
     ProposerNeeds,
 )
 
-from tokenleap_eagle.catch_up import catch_up
+from tokenleap_eagle.catch_up import CatchUp, catch_up
 from tokenleap_eagle.chain import HeadChain
 from tokenleap_eagle.checkpoint import load_head
 from tokenleap_eagle.first_forward import FirstForward
@@ -173,14 +173,26 @@ class EagleProposer(ProposerBase):
             return Drafts([[] for _ in reqs])
         drafting = [cu.caught[j] for j in cu.active]  # indices into reqs
         greedy = self.chain is not None and all(reqs[i].sampling.greedy for i in drafting)
-        first = self.first if greedy and self.first is not None and self.first.fits(batch.hidden_states) else None
-        bucket = first.bucket(cu.runs) if first is not None else None
+        padded = self.first if greedy and self.first is not None and self.first.fits(batch.hidden_states) else None
+        bucket = padded.bucket(cu.runs) if padded is not None else None
         if bucket is not None:  # a decode / verify step: padded (a graph on CUDA), with the first drafts
-            g, first_drafts = first.run(cu.runs, cu.active, bucket, cu.hidden_rows, batch.hidden_states)
-            if not drafting:
-                return Drafts([[] for _ in reqs])
-            return self._draft_greedy(reqs, drafting, g, first_drafts)
-        caught = cu.caught
+            g, first = padded.run(cu.runs, cu.active, bucket, cu.hidden_rows, batch.hidden_states)
+        else:
+            g, tables = self._catch_up_unpadded(reqs, cu, batch.hidden_states)
+        # 2. the chain, from each drafting request's last row (its last computed position P = len - 2)
+        if not drafting:
+            return Drafts([[] for _ in reqs])
+        if bucket is not None:
+            return self._draft_greedy(reqs, drafting, g, first)
+        if greedy:
+            return self._draft_greedy(reqs, drafting, g, self._argmax(g))
+        return self._draft_stepwise(reqs, drafting, g, tables[torch.tensor(cu.active, device=self.device)])
+
+    def _catch_up_unpadded(self, reqs: Sequence[ProposeRequest], cu: CatchUp, hidden_states
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The catch-up over the runs one after the other (any run lengths): writes the head's KV of their rows;
+        returns (g [len(cu.active), hidden]: the head's output at the drafting runs' last rows, the runs' block
+        tables [len(cu.runs), width] int32)."""
         ids, positions, rows, slots, qlens, slens = [], [], [], [], [], []
         for run, row in zip(cu.runs, cu.hidden_rows, strict=True):
             count = len(run.token_ids)
@@ -190,33 +202,27 @@ class EagleProposer(ProposerBase):
             slots += [self._slot(run.block_ids, p) for p in range(run.start, run.start + count)]
             qlens.append(count)
             slens.append(run.start + count)
-        # 2. the chain, from each drafting request's last row (its last computed position P = len - 2)
         last_rows = list(itertools.accumulate(qlens, initial=-1))[1:]
-        active = cu.active
         # every index the catch-up and the chain's start need, uploaded in one copy (a torch.tensor(list,
         # device=cuda) apiece would be a copy each that waits for the device)
-        width = max(max(len(reqs[i].block_ids) for i in caught), 1)
-        table = np.zeros((len(caught), width), dtype=np.int64)
-        for j, i in enumerate(caught):
-            table[j, :len(reqs[i].block_ids)] = reqs[i].block_ids
-        parts = [rows, ids, positions, slots, [0, *itertools.accumulate(qlens)], slens, [last_rows[j] for j in active]]
+        width = max(max(len(r.block_ids) for r in cu.runs), 1)
+        table = np.zeros((len(cu.runs), width), dtype=np.int64)
+        for j, r in enumerate(cu.runs):
+            table[j, :len(r.block_ids)] = r.block_ids
+        parts = [rows, ids, positions, slots, [0, *itertools.accumulate(qlens)], slens,
+                 [last_rows[j] for j in cu.active]]
         flat = np.concatenate([np.fromiter(itertools.chain.from_iterable(parts), np.int64), table.reshape(-1)])
         dev_all = upload_flat(flat, self.device)
         cuts = list(itertools.accumulate([len(p) for p in parts], initial=0))
         rows_t, ids_t, positions_t, slots_t, cu_t, slens_t, last_t = (dev_all[a:b] for a, b in zip(cuts, cuts[1:]))
-        tables = dev_all[cuts[-1]:].view(len(caught), width).to(torch.int32)
+        tables = dev_all[cuts[-1]:].view(len(cu.runs), width).to(torch.int32)
         meta = AttentionMetadata(
             slot_mapping=slots_t, block_tables=tables, query_start_loc=cu_t.to(torch.int32),
             seq_lens=slens_t.to(torch.int32), query_lens_host=qlens, seq_lens_host=slens, max_query_len=max(qlens),
             max_seq_len=self.max_len, backend=self.backend,
         )
-        out = self._catch_up(ids_t, [batch.hidden_states[i][rows_t] for i in self.layers], positions_t, meta)
-        if not active:
-            return Drafts([[] for _ in reqs])
-        g = out[last_t]  # [a, hidden]
-        if greedy:
-            return self._draft_greedy(reqs, drafting, g, self._argmax(g))
-        return self._draft_stepwise(reqs, drafting, g, tables[torch.tensor(active, device=self.device)])
+        out = self._catch_up(ids_t, [hidden_states[i][rows_t] for i in self.layers], positions_t, meta)
+        return out[last_t], tables  # [a, hidden]
 
     def _draft_greedy(self, reqs: Sequence[ProposeRequest], drafting: list[int], g: torch.Tensor,
                       first: torch.Tensor) -> Drafts:
