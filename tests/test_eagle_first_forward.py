@@ -164,4 +164,4 @@ def test_padded_step_reads_back_once(proposer, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "tolist", counting)
     proposer.propose(batch)
     assert calls == [(3, K)]  # [drafting requests, max drafts]
-    assert 4 in proposer.first._buckets
+    assert 4 in proposer.first.used()

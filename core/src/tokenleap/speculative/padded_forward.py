@@ -109,6 +109,10 @@ class PaddedFirstForward:
         """The buckets with a captured graph."""
         return sorted(b for b, x in self._buckets.items() if x.graph is not None)
 
+    def used(self) -> list[int]:
+        """The buckets that have run (or been captured), graphed or eager."""
+        return sorted(self._buckets)
+
     def _bucket(self, bucket: int) -> _Bucket:
         if bucket not in self._buckets:
             self._buckets[bucket] = _Bucket(bucket, self.q, self.width, self.device)
