@@ -1,17 +1,24 @@
 """The draft_model proposer's first forward (catch-up + first draft) padded for a captured graph
-(tokenleap_draft/first_inputs.py, first_forward.py): the host index maths by hand, and the padded forward (which is
-what runs on CPU, eagerly, where CUDA replays a graph) against the unpadded one on the same inputs: the same bits
-of first-draft logits and of every key and value a request owns, only the runs' slots written, and the same greedy
-and sampled drafts."""
+(tokenleap/speculative/padded_inputs.py, padded_forward.py; tokenleap_draft/first_forward.py): the host index
+maths by hand, and the padded forward (which is what runs on CPU, eagerly, where CUDA replays a graph) against the
+unpadded one on the same inputs: the same bits of first-draft logits and of every key and value a request owns,
+only the runs' slots written, and the same greedy and sampled drafts."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from tokenleap.speculative.padded_inputs import (
+    FIELDS,
+    Run,
+    first_inputs,
+    packed,
+    packed_sizes,
+    padded_bucket,
+    unpadded_last_rows,
+)
 from tokenleap_draft.chain import BUCKETS
-from tokenleap_draft.first_inputs import first_inputs, packed, packed_sizes, padded_bucket, unpadded_last_rows
-from tokenleap_draft.forward import Run
 from tokenleap_plugins import SamplingInfo
 
 from tests.helpers.draft_proposer import decode_batch, make_draft_proposer, random_kv
@@ -39,7 +46,11 @@ def test_first_inputs_by_hand():
     assert x.query_start.tolist() == [0, 3, 6, 9, 12]
     assert x.tables.tolist() == [[3, 7, 0], [4, 0, 0], [1, 2, 6], [0, 0, 0]]
     assert x.last_rows.tolist() == [2, 8, 0, 0]  # drafting runs 0 and 2: the last rows of theirs
-    assert [a.dtype for a in x] == [np.int64] * 3 + [np.int32] * 3 + [np.int64]
+    assert x.gather.tolist() == [0] * 12  # no hidden rows given
+    assert [a.dtype for a in x] == [np.int64] * len(FIELDS)
+    # hidden rows (EAGLE): run i's tokens read rows hidden_rows[i] .. at their own rows, padding row 0
+    x = first_inputs(runs, drafting=[0, 2], q=3, bucket=4, block_size=4, width=3, hidden_rows=[0, 2, 3])
+    assert x.gather.tolist() == [0, 0, 1, 0, 0, 2, 3, 4, 5, 0, 0, 0]
 
 
 def test_padded_bucket_and_unpadded_rows():
@@ -59,16 +70,12 @@ def test_padded_bucket_and_unpadded_rows():
 
 def test_packed_fields_follow_packed_sizes():
     runs = [Run([11, 12], 5, [3, 7]), Run([31, 32, 33], 9, [1, 2, 6])]
-    x = first_inputs(runs, [1], q=3, bucket=2, block_size=4, width=4)
-    i64, i32 = packed(x)
-    s64, s32 = packed_sizes(2, 3, 4)
-    assert (i64.dtype, i32.dtype) == (np.int64, np.int32)
-    for got, want in zip(np.split(i64, np.cumsum(s64)[:-1]), [x.ids, x.positions, x.slots, x.last_rows],
-                         strict=True):
-        assert got.tolist() == want.tolist()
-    for got, want in zip(np.split(i32, np.cumsum(s32)[:-1]), [x.seq_lens, x.query_start, x.tables.reshape(-1)],
-                         strict=True):
-        assert got.tolist() == want.tolist()
+    x = first_inputs(runs, [1], q=3, bucket=2, block_size=4, width=4, hidden_rows=[4, 0])
+    flat = packed(x)
+    sizes = packed_sizes(2, 3, 4)
+    assert flat.dtype == np.int64 and len(sizes) == len(FIELDS)
+    for got, want in zip(np.split(flat, np.cumsum(sizes)[:-1]), x, strict=True):
+        assert got.tolist() == want.reshape(-1).tolist()
 
 
 def _runs(batch) -> tuple[list[Run], list[int]]:

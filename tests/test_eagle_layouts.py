@@ -58,6 +58,7 @@ def test_greedy_output_equals_plain_decoding(tiny, layout, k):
         assert out == reference, (layout, k, batch)
         spec = llm.engine.counters.spec
         assert spec.num_draft_tokens > 0  # the head drafted
+        assert llm.engine.driver.proposer.first.used()  # verify steps took the padded catch-up
 
 
 def test_layouts_are_detected_with_their_settings(tiny):

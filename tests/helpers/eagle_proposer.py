@@ -85,3 +85,40 @@ def fresh_kv(proposer: EagleProposer) -> None:
     """Zero the head's KV cache, so that a second run starts where the first one did."""
     for t in proposer.kv:
         t.zero_()
+
+
+def verify_batch(proposer: EagleProposer, max_drafts: list[int], kept: list[int], seed: int = 0,
+                 sampling: SamplingInfo | None = None, prefill: int | None = None) -> ProposeBatch:
+    """A decode / verify step: request n caught up on the ``kept[n]`` positions its last step kept (1: a decode
+    step or every draft rejected; k + 1: every draft accepted), up to its last computed position P = len - 2, and
+    wants ``max_drafts[n]`` drafts (0: none). Random tokens, lengths (at least k + 3: every run fits the padded
+    layout), scattered blocks and target hidden states. ``prefill``: the index of a request that instead just
+    computed its whole prompt (a run too long to pad)."""
+    rng = random.Random(seed)
+    bs = proposer.block_size
+    free = list(range(1, NUM_BLOCKS))  # block 0 is the null block
+    rng.shuffle(free)
+    reqs, row = [], 0
+    for n, (d, count) in enumerate(zip(max_drafts, kept, strict=True)):
+        length = rng.randrange(proposer.k + 3, 40)
+        tokens = [1] + [rng.randrange(3, 300) for _ in range(length - 1)]
+        if n == prefill:
+            count = length - 1
+        start = length - 1 - count
+        blocks = [free.pop() for _ in range(-(-(length - 1 + proposer.k) // bs))]
+        reqs.append(ProposeRequest(
+            request_id=f"r{n}", token_ids=tokens, num_prompt_tokens=max(1, length - 3), max_num_drafts=d,
+            computed=ComputedTokens(start, count, hidden_rows=row), num_computed_tokens=start + count,
+            block_ids=blocks, sampling=sampling or SamplingInfo()))
+        row += count
+    g = torch.Generator().manual_seed(seed)
+    hidden = {layer: torch.randn(row, HIDDEN, generator=g).to(proposer.device)
+              for layer in proposer.needs.hidden_state_layers}
+    return ProposeBatch(reqs, hidden)
+
+
+def random_kv(proposer: EagleProposer, seed: int = 0) -> None:
+    """Random keys and values everywhere (the context the catch-up attends to), the same for the same seed."""
+    g = torch.Generator().manual_seed(seed)
+    for t in proposer.kv:
+        t.copy_(torch.randn(t.shape, generator=g))

@@ -5,21 +5,14 @@ everything before it in its request."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tokenleap.model.attention import AttentionMetadata
 from tokenleap.model.llama import KVCache, LlamaForCausalLM
+from tokenleap.speculative.padded_inputs import Run
 
-
-@dataclass(frozen=True)
-class Run:
-    """Tokens at positions ``start .. start + len(token_ids) - 1`` of one request."""
-
-    token_ids: Sequence[int]
-    start: int
-    block_ids: Sequence[int]
+__all__ = ["Run", "paged_forward"]
 
 
 def paged_forward(model: LlamaForCausalLM, kv_caches: Sequence[KVCache], runs: Sequence[Run], block_size: int,

@@ -26,6 +26,7 @@ from tokenleap.engine import setup
 from tokenleap.model.hub import resolve_model
 from tokenleap.model.loader import load_tokenizer, read_arch
 from tokenleap.sample import noise
+from tokenleap.speculative.padded_inputs import unpadded_last_rows
 from tokenleap_plugins import (
     Drafts,
     KVCacheNeeds,
@@ -41,7 +42,6 @@ from tokenleap_draft import checks
 from tokenleap_draft.chain import GreedyChain
 from tokenleap_draft.config import DraftModelConfig
 from tokenleap_draft.first_forward import FirstForward
-from tokenleap_draft.first_inputs import unpadded_last_rows
 from tokenleap_draft.forward import Run, paged_forward
 from tokenleap_draft.sampling import draft_probs, draw
 

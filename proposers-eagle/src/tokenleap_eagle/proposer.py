@@ -7,9 +7,12 @@ kept (prefill chunks included) in one flat catch-up pass. The last row (position
 yields the first draft; each further draft step feeds (embed(previous draft), the head's own output) at P + j,
 writing into the request's lookahead slots (overwritten once the target computes those positions).
 
-When every drafting request is greedy, the drafts after the first are chained on the device (chain.py: argmax
-fed to the next step, one read-back, captured graphs on CUDA); otherwise each step is chosen (and, for sampled
-requests, drawn with its probabilities) on the host side, step by step.
+When every drafting request is greedy and every catch-up run is at most k + 1 rows (a decode or verify step), the
+catch-up and the first draft run over rows padded to a bucket of requests (first_forward.py: one captured graph per
+bucket on CUDA, the same padded forward eagerly elsewhere); other steps (prefill chunks, sampled requests) run it
+unpadded. When every drafting request is greedy, the drafts after the first are chained on the device (chain.py:
+argmax fed to the next step, one read-back, captured graphs on CUDA); otherwise each step is chosen (and, for
+sampled requests, drawn with its probabilities) on the host side, step by step.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import itertools
 from collections.abc import Sequence
 
 import numpy as np
-
 import torch
 from pydantic import BaseModel, ConfigDict
 from tokenleap.engine.setup import torch_dtype
@@ -34,8 +36,10 @@ from tokenleap_plugins import (
     ProposerNeeds,
 )
 
+from tokenleap_eagle.catch_up import CatchUp, catch_up
 from tokenleap_eagle.chain import HeadChain
 from tokenleap_eagle.checkpoint import load_head
+from tokenleap_eagle.first_forward import FirstForward
 from tokenleap_eagle.head_sampling import upload_flat
 from tokenleap_eagle.heads_registry import resolve_head
 from tokenleap_eagle.sampling import choose
@@ -92,6 +96,8 @@ class EagleProposer(ProposerBase):
         self.kv: tuple[torch.Tensor, torch.Tensor] | None = None
         self.block_size = ctx.block_size
         self.chain: HeadChain | None = None  # None: greedy requests drafted step by step too (tests compare)
+        self.first: FirstForward | None = None  # None: every catch-up unpadded (tests compare)
+        self.target_hidden = ctx.hidden_size
 
     def bind_kv_cache(self, cache: ProposerKVCache) -> None:
         self.kv = tuple(cache.layers[0])
@@ -99,6 +105,8 @@ class EagleProposer(ProposerBase):
         max_blocks = -(-self.max_len // self.block_size)
         self.chain = HeadChain(self._step, self._argmax, self.block_size, self.max_len, self.backend, self.device,
                                max_blocks)
+        self.first = FirstForward(self._catch_up, self._argmax, self.layers, self.target_hidden, self.block_size,
+                                  self.max_len, self.backend, self.device, max_blocks, self.k + 1)
 
     # ---- drafting ----
 
@@ -107,11 +115,19 @@ class EagleProposer(ProposerBase):
             return self.head.embed_tokens(ids)
         return self.target.embed(ids)
 
-    def _target_hidden(self, hidden_states, rows: torch.Tensor) -> torch.Tensor:  # -> h [n, hidden]
+    def _target_hidden(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The target's hidden rows of ``self.layers`` ([n, target_hidden] each) -> the head's h [n, hidden]."""
         if self.kind == "eagle3":
-            aux = torch.cat([hidden_states[i][rows] for i in self.layers], dim=-1)  # [n, 3 * target_hidden]
+            aux = torch.cat(parts, dim=-1)  # [n, 3 * target_hidden]
             return self.head.combine(aux.to(self.head.fc.weight.dtype))
-        return self.target.final_norm(hidden_states[-1][rows])
+        return self.target.final_norm(parts[0])
+
+    def _catch_up(self, ids: torch.Tensor, parts: list[torch.Tensor], positions: torch.Tensor,
+                  meta: AttentionMetadata) -> torch.Tensor:
+        """The head over catch-up rows: (embed(ids [n]), the target's hidden rows ``parts``) at positions [n] ->
+        its output [n, hidden]; writes the head's KV at ``meta.slot_mapping``."""
+        h = self._target_hidden(parts)
+        return self.head(self._embed(ids).to(h.dtype), h, positions, self.kv, meta)
 
     def _logits(self, out: torch.Tensor) -> torch.Tensor:  # [n, hidden] -> [n, draft_vocab] fp32
         if self.kind == "eagle3":
@@ -152,60 +168,70 @@ class EagleProposer(ProposerBase):
             raise RuntimeError("EAGLE proposer used before bind_kv_cache()")
         reqs = batch.requests
         # 1. catch-up over every computed row whose next token is known
-        caught, ids, positions, rows, slots, qlens, slens = [], [], [], [], [], [], []
-        for i, r in enumerate(reqs):
-            c = r.computed
-            if c is None:
-                continue
-            count = min(c.count, len(r.token_ids) - 1 - c.start)
-            if count <= 0:
-                continue
-            caught.append(i)
-            ids += list(r.token_ids[c.start + 1:c.start + 1 + count])
-            positions += range(c.start, c.start + count)
-            rows += range(c.hidden_rows, c.hidden_rows + count)
-            slots += [self._slot(r.block_ids, p) for p in range(c.start, c.start + count)]
-            qlens.append(count)
-            slens.append(c.start + count)
-        if not caught:
+        cu = catch_up(reqs)
+        if not cu.runs:
             return Drafts([[] for _ in reqs])
+        drafting = [cu.caught[j] for j in cu.active]  # indices into reqs
+        greedy = self.chain is not None and all(reqs[i].sampling.greedy for i in drafting)
+        padded = self.first if greedy and self.first is not None and self.first.fits(batch.hidden_states) else None
+        bucket = padded.bucket(cu.runs) if padded is not None else None
+        if bucket is not None:  # a decode / verify step: padded (a graph on CUDA), with the first drafts
+            g, first = padded.run(cu.runs, cu.active, bucket, cu.hidden_rows, batch.hidden_states)
+        else:
+            g, tables = self._catch_up_unpadded(reqs, cu, batch.hidden_states)
         # 2. the chain, from each drafting request's last row (its last computed position P = len - 2)
+        if not drafting:
+            return Drafts([[] for _ in reqs])
+        if bucket is not None:
+            return self._draft_greedy(reqs, drafting, g, first)
+        if greedy:
+            return self._draft_greedy(reqs, drafting, g, self._argmax(g))
+        return self._draft_stepwise(reqs, drafting, g, tables[torch.tensor(cu.active, device=self.device)])
+
+    def _catch_up_unpadded(self, reqs: Sequence[ProposeRequest], cu: CatchUp, hidden_states
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The catch-up over the runs one after the other (any run lengths): writes the head's KV of their rows;
+        returns (g [len(cu.active), hidden]: the head's output at the drafting runs' last rows, the runs' block
+        tables [len(cu.runs), width] int32)."""
+        ids, positions, rows, slots, qlens, slens = [], [], [], [], [], []
+        for run, row in zip(cu.runs, cu.hidden_rows, strict=True):
+            count = len(run.token_ids)
+            ids += list(run.token_ids)
+            positions += range(run.start, run.start + count)
+            rows += range(row, row + count)
+            slots += [self._slot(run.block_ids, p) for p in range(run.start, run.start + count)]
+            qlens.append(count)
+            slens.append(run.start + count)
         last_rows = list(itertools.accumulate(qlens, initial=-1))[1:]
-        active = [j for j, i in enumerate(caught) if reqs[i].max_num_drafts > 0
-                  and slens[j] == len(reqs[i].token_ids) - 1]
         # every index the catch-up and the chain's start need, uploaded in one copy (a torch.tensor(list,
         # device=cuda) apiece would be a copy each that waits for the device)
-        width = max(max(len(reqs[i].block_ids) for i in caught), 1)
-        table = np.zeros((len(caught), width), dtype=np.int64)
-        for j, i in enumerate(caught):
-            table[j, :len(reqs[i].block_ids)] = reqs[i].block_ids
-        parts = [rows, ids, positions, slots, [0, *itertools.accumulate(qlens)], slens, [last_rows[j] for j in active]]
+        width = max(max(len(r.block_ids) for r in cu.runs), 1)
+        table = np.zeros((len(cu.runs), width), dtype=np.int64)
+        for j, r in enumerate(cu.runs):
+            table[j, :len(r.block_ids)] = r.block_ids
+        parts = [rows, ids, positions, slots, [0, *itertools.accumulate(qlens)], slens,
+                 [last_rows[j] for j in cu.active]]
         flat = np.concatenate([np.fromiter(itertools.chain.from_iterable(parts), np.int64), table.reshape(-1)])
         dev_all = upload_flat(flat, self.device)
         cuts = list(itertools.accumulate([len(p) for p in parts], initial=0))
         rows_t, ids_t, positions_t, slots_t, cu_t, slens_t, last_t = (dev_all[a:b] for a, b in zip(cuts, cuts[1:]))
-        tables = dev_all[cuts[-1]:].view(len(caught), width).to(torch.int32)
+        tables = dev_all[cuts[-1]:].view(len(cu.runs), width).to(torch.int32)
         meta = AttentionMetadata(
             slot_mapping=slots_t, block_tables=tables, query_start_loc=cu_t.to(torch.int32),
             seq_lens=slens_t.to(torch.int32), query_lens_host=qlens, seq_lens_host=slens, max_query_len=max(qlens),
             max_seq_len=self.max_len, backend=self.backend,
         )
-        h = self._target_hidden(batch.hidden_states, rows_t)
-        out = self.head(self._embed(ids_t).to(h.dtype), h, positions_t, self.kv, meta)
-        if not active:
-            return Drafts([[] for _ in reqs])
-        drafting = [caught[j] for j in active]  # indices into reqs
-        g = out[last_t]  # [a, hidden]
-        if self.chain is not None and all(reqs[i].sampling.greedy for i in drafting):
-            return self._draft_greedy(reqs, drafting, g)
-        return self._draft_stepwise(reqs, drafting, g, tables[torch.tensor(active, device=self.device)])
+        out = self._catch_up(ids_t, [hidden_states[i][rows_t] for i in self.layers], positions_t, meta)
+        return out[last_t], tables  # [a, hidden]
 
-    def _draft_greedy(self, reqs: Sequence[ProposeRequest], drafting: list[int], g: torch.Tensor) -> Drafts:
-        """Every draft an argmax on the device, read back once. g: [len(drafting), hidden] at each P."""
+    def _draft_greedy(self, reqs: Sequence[ProposeRequest], drafting: list[int], g: torch.Tensor,
+                      first: torch.Tensor) -> Drafts:
+        """Every draft an argmax on the device, read back once. g: [len(drafting), hidden] at each P; first:
+        [len(drafting)] int64, the first drafts (its argmax)."""
         rs = [reqs[i] for i in drafting]
         rows = [(len(r.token_ids) - 1, r.block_ids, r.max_num_drafts) for r in rs]  # n = P + 1
         steps = max(r.max_num_drafts for r in rs) - 1
-        chained = self.chain.run(g, self._argmax(g), rows, steps).tolist()  # [a, steps + 1]: the one host sync
+        chained = self.chain.run(g, first, rows, steps).tolist()  # [a, steps + 1]: the one host sync
         drafts: list[list[int]] = [[] for _ in reqs]
         for a, i in enumerate(drafting):
             drafts[i] = chained[a][: rs[a].max_num_drafts]
