@@ -185,3 +185,30 @@ def test_engine_failure_reaches_every_caller(tiny_checkpoint, torch_one_thread):
         assert not aio.is_running
     finally:
         aio.shutdown()
+
+
+def test_stream_interval_sends_fewer_longer_outputs(tiny_checkpoint, torch_one_thread):
+    """stream_interval=5: after the first tokens, each output has grown by at least 5 tokens (the last one aside),
+    and the final output is offline generation's."""
+    folder = tiny_checkpoint("llama")
+    ref = _make_llm(folder).generate(PROMPTS, GREEDY, use_tqdm=False)
+    aio = AsyncLLM(str(folder), stream_interval=5, disable_log_stats=True, kv_cache_memory_bytes=8 << 20)
+    try:
+        async def main():
+            return await asyncio.gather(*(_final(aio, p, GREEDY, f"si-{i}") for i, p in enumerate(PROMPTS)))
+
+        for r, outs in zip(ref, asyncio.run(main())):
+            assert outs[-1].finished and outs[-1].outputs[0].token_ids == r.outputs[0].token_ids
+            lens = [len(o.outputs[0].token_ids) for o in outs]
+            sent = [n for n in lens if n > 0]
+            assert sent[0] <= 2, lens  # the first tokens go at once (TTFT is not delayed)
+            assert all(b - a >= 5 for a, b in zip(sent[:-2], sent[1:-1])), lens
+            assert len(outs) <= 2 + 24 // 5, lens  # against 24 + outputs at stream_interval=1
+    finally:
+        aio.shutdown()
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_stream_interval_must_be_a_positive_int(tiny_checkpoint, bad):
+    with pytest.raises(ValueError, match=rf"stream_interval={bad!r}: an int >= 1 is needed"):
+        AsyncLLM(str(tiny_checkpoint("llama")), stream_interval=bad)

@@ -297,3 +297,8 @@ def test_server_switch_interval_default_and_override(monkeypatch):
     assert switch_interval_s() == SWITCH_INTERVAL_S
     monkeypatch.setenv("TOKENLEAP_SWITCH_INTERVAL_S", "0.001")
     assert switch_interval_s() == 0.001
+
+
+def test_serve_stream_interval_must_be_positive(capsys):
+    code, _, err = _run(capsys, ["serve", "--stream-interval", "0", "--model", "/nonexistent/model"])
+    assert code == 2 and "argument --stream-interval: expected a positive integer (>= 1), got 0" in err

@@ -63,6 +63,7 @@ def offline(args, spec, prompts: list[str]) -> dict:
 
 def served(args, spec, prompts: list[str]) -> dict:
     serve_args = _engine_argv(args) + (["--speculative-config", json.dumps(spec)] if spec else [])
+    serve_args += ["--stream-interval", str(args.stream_interval)]
     out = {}
     with ServerProcess(serve_args) as url:
         info = asyncio.run(server_info(url))
@@ -83,6 +84,7 @@ def main() -> None:
     ap.add_argument("--num-batch1", type=int, default=8, help="prompts run one at a time (c=1 / batch 1)")
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--output-json", default=None)
+    ap.add_argument("--stream-interval", type=int, default=1, help="the servers' --stream-interval")
     args = ap.parse_args()
     spec = args.speculative_config or DEFAULT_SPEC
     prompts = P.load_prompts(args.dataset, args.num_prompts)
@@ -103,6 +105,7 @@ def main() -> None:
         "c64_spec_over_plain_tokens_per_s": ss[64]["output_tokens_per_s"] / sp[64]["output_tokens_per_s"],
     }
     doc = {"model": args.model, "dataset": args.dataset, "num_prompts": args.num_prompts,
+           "stream_interval": args.stream_interval,
            "output_len": args.output_len, "speculative_config": spec, "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                           time.gmtime()),
            "offline": off, "server": srv, "ratios": ratios}

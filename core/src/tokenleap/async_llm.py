@@ -79,12 +79,19 @@ class AsyncLLM:
     request's output so far after each engine step in which it grew (text and token ids cumulative), the last one
     with ``finished=True``. Closing the generator or cancelling its task aborts the request."""
 
-    def __init__(self, model: str | None = None, *, _llm: LLM | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: str | None = None, *, stream_interval: int = 1, _llm: LLM | None = None,
+                 **kwargs: Any) -> None:
+        if isinstance(stream_interval, bool) or not isinstance(stream_interval, int) or stream_interval < 1:
+            raise ValueError(f"stream_interval={stream_interval!r}: an int >= 1 is needed (output tokens between two "
+                             "outputs of a stream; 1 = every step)")
         if _llm is None:
             if model is None:
                 raise TypeError("AsyncLLM() needs a model")
             _llm = LLM(model=model, **kwargs)
         self.llm = _llm
+        # a request's output is handed over once it has grown by this many tokens since the last one (and always its
+        # first and last): fewer, longer chunks when many streams share a fast model (as vLLM's --stream-interval)
+        self.stream_interval = stream_interval
         self.engine = _llm.engine
         self.config: EngineConfig = _llm.config
         tok = self.engine.tokenizer
@@ -98,9 +105,9 @@ class AsyncLLM:
         self._thread.start()
 
     @classmethod
-    def from_llm(cls, llm: LLM) -> AsyncLLM:
+    def from_llm(cls, llm: LLM, stream_interval: int = 1) -> AsyncLLM:
         """An AsyncLLM stepping an existing LLM's engine (the two never step it at the same time)."""
-        return cls(_llm=llm)
+        return cls(_llm=llm, stream_interval=stream_interval)
 
     @classmethod
     def from_engine_config(cls, config: EngineConfig, **kwargs: Any) -> AsyncLLM:
@@ -264,7 +271,7 @@ class AsyncLLM:
                 by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
                 for rid in list(tracked):
                     t = tracked[rid]
-                    out = _snapshot(t)
+                    out = _snapshot(t, self.stream_interval)
                     if out is not None:
                         by_loop.setdefault(t.loop, []).append((t.inbox, out))
                     if all(r.status.finished for r in t.group):
@@ -376,10 +383,13 @@ def _visible_text(r: Request) -> str:
     return r.text[: len(r.text) - hold] if hold else r.text
 
 
-def _snapshot(t: _Tracked) -> RequestOutput | None:
-    """The group's output so far, or None when nothing new is visible since the last one."""
+def _snapshot(t: _Tracked, interval: int = 1) -> RequestOutput | None:
+    """The group's output so far, or None when nothing new is visible since the last one, or (``interval`` > 1)
+    when it has grown by fewer than ``interval`` tokens since then (the first tokens and the last output always go)."""
     finished = all(r.status.finished for r in t.group)
     n_tokens = sum(r.num_output_tokens for r in t.group)
+    if not finished and t.sent_tokens > 0 and n_tokens - t.sent_tokens < interval:
+        return None
     texts = [_visible_text(r) for r in t.group]
     n_text = sum(len(x) for x in texts)
     if not finished and n_tokens == t.sent_tokens and n_text == t.sent_text:

@@ -170,6 +170,14 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="model name(s) clients send in 'model' (default: the model argument)",
     )
+    g.add_argument(
+        "--stream-interval",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="output tokens per streamed chunk of a request (default 1: every step; more: fewer chunks when many "
+        "clients stream from a fast model; a request's first tokens and its end are sent at once)",
+    )
 
 
 def _port(text: str) -> int:
@@ -690,8 +698,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError("serve", str(exc)) from None
     llm = make_llm(args)
-    serve(AsyncLLM.from_llm(llm), args.served_model_name or [args.model], host=args.host, port=args.port,
-          api_key=args.api_key, log_level=args.log_level, switch_interval=interval)
+    serve(AsyncLLM.from_llm(llm, args.stream_interval), args.served_model_name or [args.model], host=args.host,
+          port=args.port, api_key=args.api_key, log_level=args.log_level, switch_interval=interval)
     return 0
 
 
