@@ -14,29 +14,9 @@ import numpy as np
 import torch
 from tokenleap.model.attention import AttentionMetadata
 from tokenleap.model.llama import KVCache, LlamaForCausalLM
+from tokenleap.speculative.chain_inputs import chain_inputs
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-
-
-def chain_inputs(rows: Sequence[tuple[int, Sequence[int], int]], steps: int, bucket: int, block_size: int,
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Host inputs of the chain's ``steps`` forwards for ``rows`` = (tokens known n, block_ids, drafts wanted d).
-
-    Step s feeds draft s + 1 at position n + s, wanted while s + 2 <= d. Returns positions [steps, bucket] int64,
-    slots [steps, bucket] int64, seq_lens [steps, bucket] int32 and block tables [bucket, width] int32."""
-    width = max(len(b) for _, b, _ in rows)
-    tables = np.zeros((bucket, width), dtype=np.int32)
-    positions = np.zeros((steps, bucket), dtype=np.int64)
-    slots = np.zeros((steps, bucket), dtype=np.int64)  # padding and finished rows: the null slot
-    seq_lens = np.ones((steps, bucket), dtype=np.int32)
-    for i, (n, blocks, d) in enumerate(rows):
-        tables[i, : len(blocks)] = blocks
-        for s in range(min(steps, d - 1)):
-            p = n + s
-            positions[s, i] = p
-            slots[s, i] = blocks[p // block_size] * block_size + p % block_size
-            seq_lens[s, i] = p + 1
-    return positions, slots, seq_lens, tables
 
 
 class GreedyChain:

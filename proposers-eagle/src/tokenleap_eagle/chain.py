@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from tokenleap.model.attention import AttentionMetadata
+from tokenleap.speculative.chain_inputs import chain_inputs
 
 from tokenleap_eagle.graph_capture import BUCKETS, bucket_for, capture
 
@@ -21,29 +22,6 @@ from tokenleap_eagle.graph_capture import BUCKETS, bucket_for, capture
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor]
 # g [n, hidden] -> [n] int64 target ids: the greedy draft
 Pick = Callable[[torch.Tensor], torch.Tensor]
-
-
-def chain_inputs(rows: Sequence[tuple[int, Sequence[int], int]], steps: int, bucket: int, block_size: int,
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Host inputs of the chain's ``steps`` head steps for ``rows`` = (n, block_ids, drafts wanted d), where
-    n = P + 1 = the positions whose head KV is written (P: the request's last computed position).
-
-    Step s (0-based) feeds draft s at position n + s and gives draft s + 1, wanted while s + 2 <= d. Returns
-    positions [steps, bucket] int64, slots [steps, bucket] int64, seq_lens [steps, bucket] int32 and block
-    tables [bucket, width] int32 (width: the widest row's block count)."""
-    width = max(max(len(b) for _, b, _ in rows), 1)
-    tables = np.zeros((bucket, width), dtype=np.int32)
-    positions = np.zeros((steps, bucket), dtype=np.int64)
-    slots = np.zeros((steps, bucket), dtype=np.int64)  # padding and finished rows: the null slot
-    seq_lens = np.ones((steps, bucket), dtype=np.int32)
-    for i, (n, blocks, d) in enumerate(rows):
-        tables[i, : len(blocks)] = blocks
-        for s in range(min(steps, d - 1)):
-            p = n + s
-            positions[s, i] = p
-            slots[s, i] = blocks[p // block_size] * block_size + p % block_size
-            seq_lens[s, i] = p + 1
-    return positions, slots, seq_lens, tables
 
 
 class HeadChain:
