@@ -321,7 +321,8 @@ class ModelRunner:
         seen_rows: list[int] = []
         seen_tokens: list[int] = []
         any_pen = any(s.request.params.has_penalties for s in samplers)
-        plain_greedy = all(_plain_sampling(s.request) for s in samplers)
+        # argmax only (of the logits after the requests' constraints): no per-row sampling parameters to build
+        argmax_only = all(_argmax_sampling(s.request) for s in samplers)
         constrained = StepRows()  # logit_bias, allowed_token_ids, bad_words, structured outputs
         row = 0
         for b, s in enumerate(samplers):
@@ -329,7 +330,9 @@ class ModelRunner:
             row_index[b] = [row + min(i, d) for i in range(k + 1)]
             draft_ids[b, :d] = r.spec_token_ids[:d]
             num_drafts[b] = d
-            if plain_greedy:  # argmax only: no per-row parameters to build
+            if argmax_only:
+                if r.constraints is not None:
+                    r.constraints.add_rows(constrained, row, r.output_token_ids, r.spec_token_ids[:d])
                 row += d + 1
                 continue
             req_seeds.append(r.seed)
@@ -365,15 +368,15 @@ class ModelRunner:
 
         f32, i64 = torch.float32, torch.int64
         has_probs = k > 0 and any(s.request.spec_probs is not None for s in samplers)
-        ints = {"logits_rows": logits_rows, "row_index": row_index, "draft_ids": draft_ids, "num_drafts": num_drafts}
-        if not plain_greedy:
+        ints = {"logits_rows": logits_rows, "row_index": row_index, "draft_ids": draft_ids, "num_drafts": num_drafts,
+                "ban_rows": ban_rows, "ban_ids": ban_ids, "bias_rows": constrained.bias_rows,
+                "bias_ids": constrained.bias_ids, "mask_rows": constrained.mask_rows}
+        if not argmax_only:
             ints.update(top_k=top_k, seeds=seeds, streams=streams, positions=pos, req_seeds=req_seeds,
-                        req_streams=req_streams, req_out=req_out, ban_rows=ban_rows, ban_ids=ban_ids,
-                        bias_rows=constrained.bias_rows, bias_ids=constrained.bias_ids,
-                        mask_rows=constrained.mask_rows)
+                        req_streams=req_streams, req_out=req_out)
         dev = self._upload(ints)
         rows = None
-        if not plain_greedy:
+        if not argmax_only:
             floats = self._tensor(np.stack([temp, top_p, min_p, rep, pres, freq]), f32)  # [6, rows]
             rows = RowParams(
                 temperature=floats[0], top_k=dev["top_k"], top_p=floats[1], min_p=floats[2], seeds=dev["seeds"],
@@ -426,6 +429,15 @@ def _slots(block_ids: list[int], positions: np.ndarray, block_size: int) -> np.n
     """KV-cache slot of each position of a request: its block's id * block_size + the offset in the block."""
     blocks = np.asarray(block_ids, dtype=np.int64)
     return blocks[positions // block_size] * block_size + positions % block_size
+
+
+def _argmax_sampling(request) -> bool:
+    """Greedy where the token is the argmax of the logits after the request's constraints (logit_bias,
+    allowed_token_ids, bad_words, structured outputs): no penalties, no min_tokens ban left, no draft
+    probabilities."""
+    p = request.params
+    return (p.temperature == 0 and not p.has_penalties and request.spec_probs is None
+            and request.num_output_tokens >= p.min_tokens)
 
 
 def _plain_sampling(request) -> bool:
