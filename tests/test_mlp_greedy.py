@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers.tiny_heads import make_tiny_speculator
-from tokenleap_eagle.graph_capture import bucket_for, capture_or_eager
+from tokenleap.speculative.graph_capture import bucket_for, capture_or_eager
 from tokenleap_eagle.mlp_speculator.greedy import BUCKETS, padded_index
 from tokenleap_plugins import (
     ComputedTokens,

@@ -15,8 +15,7 @@ import torch
 from tokenleap.model.attention import AttentionMetadata
 from tokenleap.model.llama import KVCache, LlamaForCausalLM
 from tokenleap.speculative.chain_inputs import chain_inputs
-
-BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+from tokenleap.speculative.graph_capture import BUCKETS, bucket_for, capture
 
 
 class GreedyChain:
@@ -30,7 +29,7 @@ class GreedyChain:
         self._pool = None
 
     def bucket(self, rows: int) -> int | None:
-        return next((b for b in BUCKETS if b >= rows), None)
+        return bucket_for(rows)
 
     @torch.inference_mode()
     def run(self, first: torch.Tensor, rows: Sequence[tuple[int, Sequence[int], int]], steps: int) -> torch.Tensor:
@@ -90,15 +89,7 @@ class GreedyChain:
             def forward():
                 return self._forward(io["ids"], io["positions"], io["slots"], io["seq_lens"], io["tables"], host_lens)
 
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm up: Triton compiles
-                    forward()
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                io["argmax"] = forward()
+            graph, io["argmax"] = capture(forward, self._pool)
             self._pool = graph.pool()
             self._graphs[bucket] = (graph, io)
         return self._graphs[bucket]

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from tokenleap.model.attention import AttentionMetadata
 from tokenleap.speculative.chain_inputs import chain_inputs
-
-from tokenleap_eagle.graph_capture import BUCKETS, bucket_for, capture
+from tokenleap.speculative.graph_capture import BUCKETS, bucket_for, capture
 
 # (ids [n] int64, g [n, hidden], positions [n] int64, meta) -> the head's output g [n, hidden]; writes the head's KV
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from tokenleap.model.attention import AttentionMetadata
+from tokenleap.speculative.graph_capture import capture
 from tokenleap.speculative.padded_inputs import FIELDS, Run, first_inputs, packed, packed_sizes, padded_bucket
 
 # (the bucket's device inputs by name, their attention metadata) -> outputs of ``bucket`` rows each
@@ -133,14 +134,6 @@ class PaddedFirstForward:
         """Warm up (Triton compiles) and capture on the buffer's harmless initial inputs (null-slot writes only)."""
         host_lens = [self.q] * b.bucket  # unused by the Triton kernels
         b.harmless()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._forward(b, host_lens)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            b.out = self._forward(b, host_lens)
+        graph, b.out = capture(lambda: self._forward(b, host_lens), self._pool)
         self._pool = graph.pool()
         b.graph = graph

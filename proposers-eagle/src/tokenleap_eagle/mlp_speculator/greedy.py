@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from tokenleap.speculative.graph_capture import bucket_for, capture_or_eager
 
-from tokenleap_eagle.graph_capture import bucket_for, capture_or_eager
 from tokenleap_eagle.head_sampling import upload_flat, upload_into
 from tokenleap_eagle.mlp_speculator.model import MLPSpeculator
 

@@ -1,6 +1,7 @@
-"""What the heads' captured CUDA graphs share: the padded batch-size buckets and the capture itself.
+"""What proposers' captured CUDA graphs share: the padded batch-size buckets and the capture itself
+(method-agnostic: draft_model's and EAGLE's chains and first forwards, the MLP speculator's stages).
 
-A head drafting on the device pays one kernel launch per op per draft step; replaying one captured graph per
+A proposer drafting on the device pays one kernel launch per op per draft step; replaying one captured graph per
 padded batch size pays one launch for all of them. Rows are padded up to the next bucket so a few graphs serve
 every batch; a batch above the last bucket runs eagerly.
 """
