@@ -35,7 +35,8 @@ def pick_backend(cfg: EngineConfig, device: torch.device) -> str:
     if cfg.quantization is not None and device.type != "cpu":
         raise ValueError(f"quantization={cfg.quantization!r} runs on the CPU (ATen's CPU kernels); the device is "
                          f"{device.type!r}: pass device='cpu'")
-    activations = {"float": "float32", "half": "float16"}.get(cfg.model_dtype, cfg.model_dtype)
+    dtype = _DTYPES.get(cfg.model_dtype)  # None for "auto"
+    activations = str(dtype).removeprefix("torch.") if dtype is not None else cfg.model_dtype  # the canonical name
     return attention_backend(device.type, cfg.attention_backend, activations)
 
 

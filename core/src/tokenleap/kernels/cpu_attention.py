@@ -11,7 +11,7 @@ values gathered from the paged cache (the layout of ``attention_ref``):
 Query invariance, which keeps speculative output token-identical to plain decoding: a row's result has the
 same bits whatever the other rows of its request and step are, and however many keys past its own position
 are masked. That holds for the oneDNN bfloat16 matmuls on this CPU (checked over positions and row counts by
-``tests/test_cpu_fast_path.py``), not for the float32 MKL ones, hence bfloat16 only. Every layer of a step
+``tests/test_cpu_attention.py``), not for the float32 MKL ones, hence bfloat16 only. Every layer of a step
 attends over the same positions, so the gather indices and masks are built once per step (``cpu_plan``).
 """
 
