@@ -128,3 +128,15 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def threads(request):
+    """One test with ``request.param`` intra-op threads (default 1; ``parametrize("threads", [1, 2],
+    indirect=True)``), restored after: kernels whose bits must not depend on the thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(getattr(request, "param", 1))
+    yield
+    torch.set_num_threads(before)

@@ -19,14 +19,6 @@ H, KVH, D, BS = 9, 3, 64, 16  # SmolLM2's heads; block size 16
 SCALE = D**-0.5
 
 
-@pytest.fixture
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(getattr(request, "param", 1))
-    yield
-    torch.set_num_threads(before)
-
-
 def rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).bfloat16()
 

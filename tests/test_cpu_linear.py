@@ -31,14 +31,6 @@ from tokenleap.kernels.quant_ref import (
 )
 
 
-@pytest.fixture
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(getattr(request, "param", 1))
-    yield
-    torch.set_num_threads(before)
-
-
 def weights(n: int, k: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, k, generator=g) * 0.05  # [N, K] float32
