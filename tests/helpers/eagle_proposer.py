@@ -58,27 +58,16 @@ def random_batch(proposer: EagleProposer, max_drafts: list[int], seed: int = 0,
     tokens, prompt lengths, catch-up spans (a whole prefill or a verify step's last few positions) and scattered
     blocks, and random target hidden states for the catch-up rows."""
     rng = random.Random(seed)
-    bs = proposer.block_size
-    free = list(range(1, NUM_BLOCKS))  # block 0 is the null block
-    rng.shuffle(free)
-    reqs, row = [], 0
-    for n, d in enumerate(max_drafts):
+
+    def span(n: int, d: int) -> tuple[int, int, int]:  # (length, start, count)
         length = rng.randrange(3, 40)
-        tokens = [1] + [rng.randrange(3, 300) for _ in range(length - 1)]
         start = 0 if rng.random() < 0.5 else max(0, length - 1 - rng.randrange(1, 5))
         count = length - 1 - start
         if d == 0 and n % 3 == 0:
             count = max(1, count - 2)  # mid-prefill: the next prompt tokens not computed yet
-        blocks = [free.pop() for _ in range(-(-(length - 1 + proposer.k) // bs))]
-        reqs.append(ProposeRequest(
-            request_id=f"r{n}", token_ids=tokens, num_prompt_tokens=max(1, length - 3), max_num_drafts=d,
-            computed=ComputedTokens(start, count, hidden_rows=row), num_computed_tokens=start + count,
-            block_ids=blocks, sampling=sampling or SamplingInfo()))
-        row += count
-    g = torch.Generator().manual_seed(seed)
-    hidden = {layer: torch.randn(row, HIDDEN, generator=g).to(proposer.device)
-              for layer in proposer.needs.hidden_state_layers}
-    return ProposeBatch(reqs, hidden)
+        return length, start, count
+
+    return _batch(proposer, max_drafts, span, rng, seed, sampling)
 
 
 def fresh_kv(proposer: EagleProposer) -> None:
@@ -95,16 +84,29 @@ def verify_batch(proposer: EagleProposer, max_drafts: list[int], kept: list[int]
     layout), scattered blocks and target hidden states. ``prefill``: the index of a request that instead just
     computed its whole prompt (a run too long to pad)."""
     rng = random.Random(seed)
+    if len(kept) != len(max_drafts):
+        raise ValueError(f"kept has {len(kept)} entries, max_drafts {len(max_drafts)}")
+
+    def span(n: int, d: int) -> tuple[int, int, int]:  # (length, start, count)
+        length = rng.randrange(proposer.k + 3, 40)
+        count = length - 1 if n == prefill else kept[n]
+        return length, length - 1 - count, count
+
+    return _batch(proposer, max_drafts, span, rng, seed, sampling)
+
+
+def _batch(proposer: EagleProposer, max_drafts: list[int], span, rng: random.Random, seed: int,
+           sampling: SamplingInfo | None) -> ProposeBatch:
+    """Request n wants ``max_drafts[n]`` drafts and computed ``count`` positions from ``start`` of its ``length``
+    tokens, (length, start, count) = ``span(n, max_drafts[n])``; random tokens, scattered blocks (with room for k
+    lookahead slots) and random target hidden states of the catch-up rows."""
     bs = proposer.block_size
     free = list(range(1, NUM_BLOCKS))  # block 0 is the null block
     rng.shuffle(free)
     reqs, row = [], 0
-    for n, (d, count) in enumerate(zip(max_drafts, kept, strict=True)):
-        length = rng.randrange(proposer.k + 3, 40)
+    for n, d in enumerate(max_drafts):
+        length, start, count = span(n, d)
         tokens = [1] + [rng.randrange(3, 300) for _ in range(length - 1)]
-        if n == prefill:
-            count = length - 1
-        start = length - 1 - count
         blocks = [free.pop() for _ in range(-(-(length - 1 + proposer.k) // bs))]
         reqs.append(ProposeRequest(
             request_id=f"r{n}", token_ids=tokens, num_prompt_tokens=max(1, length - 3), max_num_drafts=d,
