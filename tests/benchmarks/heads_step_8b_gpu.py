@@ -47,10 +47,22 @@ def engine(target: str, spec: dict | None) -> LLM:
 
 
 def free(llm: LLM) -> None:
-    llm.shutdown() if hasattr(llm, "shutdown") else None
     del llm
     gc.collect()
     torch.cuda.empty_cache()
+
+
+def spec_step(target: str, spec: dict, plain_step_ms: float) -> dict:
+    """A speculative engine's step at batch 1 (random drafts: every step verifies 1 + k and emits one), its
+    verify forward alone, and the step over a plain one."""
+    k = spec["num_speculative_tokens"]
+    llm = engine(target, spec)
+    row = {"k": k}
+    row["step_ms"], _ = step_ms(llm, 1)
+    row["verify_forward_ms"] = graph_replay_ms(llm, 1, 1 + k)
+    row["step_over_plain_step"] = row["step_ms"] / plain_step_ms
+    free(llm)
+    return row
 
 
 def weight_bytes(module: torch.nn.Module) -> int:
@@ -113,22 +125,19 @@ def main() -> None:
         head = write_eagle3_head(tmp / "eagle3-8b", 4096, 128256, DRAFT_VOCAB, fmt="safetensors", heads=32, kv_heads=8,
                                  intermediate=14336, dtype=torch.bfloat16, aux_layers=[2, 16, 29])
         hb = head_floor_bytes(head)
-        llm = engine(target, {"method": "eagle3", "model": str(head), "num_speculative_tokens": EAGLE_K})
         k = EAGLE_K
-        row = res["eagle3"] = {"k": k, "head_fc_bytes": hb["fc"], "head_per_draft_bytes": hb["per_draft"]}
-        row["step_ms"], _ = step_ms(llm, 1)
-        row["verify_forward_ms"] = graph_replay_ms(llm, 1, 1 + k)
+        row = res["eagle3"] = spec_step(target, {"method": "eagle3", "model": str(head), "num_speculative_tokens": k},
+                                        res["plain_step_ms"])
+        row.update(head_fc_bytes=hb["fc"], head_per_draft_bytes=hb["per_draft"])
         floor_bytes = target_bytes + kv_bytes(LLAMA3_8B, CONTEXT) + hb["fc"] + k * hb["per_draft"]
         row["floor_ms"] = floor_bytes / bw / 1e9
         row["step_over_floor"] = row["step_ms"] / row["floor_ms"]
         row["floor_over_decode_floor"] = row["floor_ms"] / res["decode_floor_ms"]
-        row["step_over_plain_step"] = row["step_ms"] / res["plain_step_ms"]
         row["implied_speedup_at_5.4"] = TOKENS_PER_STEP * res["plain_step_ms"] / row["step_ms"]
         log(f"eagle3 k={k}: step {row['step_ms']:.3f} ms = {row['step_over_floor']:.2f}x its floor "
             f"{row['floor_ms']:.3f} ms ({row['floor_over_decode_floor']:.2f}x a decode floor), "
             f"{row['step_over_plain_step']:.2f}x a plain step; verify forward {row['verify_forward_ms']:.3f} ms; "
             f"implied speedup at {TOKENS_PER_STEP} tokens a step {row['implied_speedup_at_5.4']:.2f}x")
-        free(llm)
     except Exception as e:
         res["eagle3_error"] = repr(e)
         traceback.print_exc()
@@ -138,14 +147,11 @@ def main() -> None:
         log("writing an 8B-shaped MLP speculator ...")
         spec_dir = make_tiny_speculator(tmp / "mlp-8b", emb_dim=4096, vocab_size=128256, n_predict=MLP_K,
                                         inner_dim=3072, tie_weights=True, scale_input=True, dtype=torch.bfloat16)
-        llm = engine(target, {"method": "mlp_speculator", "model": str(spec_dir), "num_speculative_tokens": MLP_K})
-        row = res["mlp_speculator"] = {"k": MLP_K}
-        row["step_ms"], _ = step_ms(llm, 1)
-        row["verify_forward_ms"] = graph_replay_ms(llm, 1, 1 + MLP_K)
-        row["step_over_plain_step"] = row["step_ms"] / res["plain_step_ms"]
+        row = res["mlp_speculator"] = spec_step(
+            target, {"method": "mlp_speculator", "model": str(spec_dir), "num_speculative_tokens": MLP_K},
+            res["plain_step_ms"])
         log(f"mlp_speculator k={MLP_K}: step {row['step_ms']:.3f} ms = {row['step_over_plain_step']:.2f}x a plain "
             f"step; verify forward {row['verify_forward_ms']:.3f} ms")
-        free(llm)
     except Exception as e:
         res["mlp_error"] = repr(e)
         traceback.print_exc()
