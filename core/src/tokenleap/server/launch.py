@@ -16,8 +16,8 @@ from tokenleap.server.app import build_app
 
 # The interpreter's thread switch interval in the server's process (CPython's default is 5 ms). The engine thread
 # gives up the GIL at every CUDA sync and torch call; while the event loop streams to many clients it holds the
-# GIL, and the engine thread waits up to one interval to get it back, each time: at 64 streams the steps
-# stretched from 1.5 ms to ~4 ms (docs/serving.md). TOKENLEAP_SWITCH_INTERVAL_S overrides it.
+# GIL, and the engine thread may wait up to one interval to get it back, each time. Measured: a help on a busy
+# 2-core CPU, no difference beyond noise on an H100 (docs/serving.md). TOKENLEAP_SWITCH_INTERVAL_S overrides it.
 SWITCH_INTERVAL_S = 0.0002
 
 
