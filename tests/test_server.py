@@ -12,7 +12,7 @@ import time
 import httpx
 import openai
 import pytest
-from tokenleap import LLM, AsyncLLM, SamplingParams
+from tokenleap import LLM, AsyncLLM, ProcessAsyncLLM, SamplingParams
 from tokenleap.server.launch import start_in_thread
 
 # prompt_lookup_min=1: the tiny random model's outputs seldom repeat longer n-grams (no drafts without it)
@@ -23,7 +23,10 @@ MESSAGES = [[{"role": "user", "content": p}] for p in PROMPTS[:2]]
 
 
 class Served:
-    def __init__(self, llm: LLM, aio: AsyncLLM, server) -> None:
+    """A server over ``aio`` (an AsyncLLM over ``llm``'s engine, or a ProcessAsyncLLM of the same checkpoint);
+    ``llm`` gives the offline reference."""
+
+    def __init__(self, llm: LLM, aio: AsyncLLM | ProcessAsyncLLM, server) -> None:
         self.llm, self.aio, self.server = llm, aio, server
         self.url = server.base_url
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key=KEY, max_retries=0)
@@ -41,6 +44,18 @@ class Served:
             assert time.monotonic() < deadline, m
             time.sleep(0.05)
 
+    def engine(self, fn):
+        """fn(engine), run where the engine runs."""
+        return asyncio.run(self.aio.call_engine(fn))
+
+
+def _num_steps(engine) -> int:
+    return engine.counters.num_steps
+
+
+def _all_blocks_free(engine) -> bool:
+    return engine.blocks.num_free_blocks == engine.blocks.num_usable_blocks and not engine.requests
+
 
 def _serve(llm: LLM, names=("tiny",)) -> Served:
     aio = AsyncLLM.from_llm(llm)
@@ -50,14 +65,20 @@ def _serve(llm: LLM, names=("tiny",)) -> Served:
 def _stop(s: Served) -> None:
     s.server.stop()
     s.aio.shutdown()
-    assert not s.server.thread.is_alive() and not s.aio._thread.is_alive()
+    assert not s.server.thread.is_alive() and not s.aio.is_running
 
 
-@pytest.fixture(scope="module", params=[None, NGRAM], ids=["plain", "ngram"])
+@pytest.fixture(scope="module", params=[(None, False), (NGRAM, False), (NGRAM, True)],
+                ids=["plain", "ngram", "ngram-engine-process"])
 def served(request, tiny_checkpoint, torch_one_thread):
-    llm = LLM(model=str(tiny_checkpoint("llama")), disable_log_stats=True, kv_cache_memory_bytes=8 << 20,
-              speculative_config=request.param)
-    s = _serve(llm)
+    spec, engine_process = request.param
+    kw = dict(disable_log_stats=True, kv_cache_memory_bytes=8 << 20, speculative_config=spec)
+    llm = LLM(model=str(tiny_checkpoint("llama")), **kw)
+    if engine_process:
+        aio = ProcessAsyncLLM(str(tiny_checkpoint("llama")), **kw)
+        s = Served(llm, aio, start_in_thread(aio, ["tiny"], api_key=KEY))
+    else:
+        s = _serve(llm)
     request.addfinalizer(lambda: _stop(s))
     return s
 
@@ -75,7 +96,7 @@ def test_completions_equal_offline(served):
     assert resp.usage.prompt_tokens == sum(len(r.prompt_token_ids) for r in ref)
     assert resp.usage.completion_tokens == sum(len(r.outputs[0].token_ids) for r in ref)
     spec = resp.model_extra.get("spec_decode")
-    if served.aio.engine.spec_cfg is None:
+    if served.aio.speculative_config is None:
         assert spec is None
     else:  # the request's own acceptance figures: the sum of the offline run's per-request ones
         assert spec["num_draft_tokens"] == sum(r.metrics.spec_decode.num_draft_tokens for r in ref) > 0
@@ -182,10 +203,10 @@ def test_64_concurrent_streaming_clients(served):
         finally:
             await client.close()
 
-    before = served.aio.engine.counters.num_steps
+    before = served.engine(_num_steps)
     texts = asyncio.run(main())
     assert texts == [r.outputs[0].text for r in ref]
-    steps = served.aio.engine.counters.num_steps - before
+    steps = served.engine(_num_steps) - before
     one_at_a_time = sum(r.metrics.num_generation_steps for r in ref)  # each request's own decode/verify steps
     assert steps < one_at_a_time / 2, (steps, one_at_a_time)  # batched together
     served.wait_idle()
@@ -216,8 +237,7 @@ def test_disconnect_mid_stream_aborts_and_frees_blocks(served):
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 40
     m = served.wait_idle()  # nothing running, no KV block allocated
     assert m['tokenleap_request_success_total{finished_reason="abort"}'] == before + 1
-    blocks = served.aio.engine.blocks
-    assert blocks.num_free_blocks == blocks.num_usable_blocks
+    assert served.engine(_all_blocks_free)
     del aborted_before
 
 
@@ -298,7 +318,7 @@ def test_models_and_metrics(served):
                  "tokenleap_e2e_request_latency_seconds_count",
                  'tokenleap_server_request_latency_seconds_count{endpoint="completions"}'):
         assert name in text, name
-    if served.aio.engine.spec_cfg is not None:
+    if served.aio.speculative_config is not None:
         assert 'tokenleap_spec_decode_num_accepted_tokens_per_pos_total{position="0"}' in text
 
 

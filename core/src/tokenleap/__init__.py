@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tokenleap.async_llm import AsyncLLM
+    from tokenleap.engine_core.async_client import ProcessAsyncLLM
     from tokenleap.inputs import TextPrompt, TokensPrompt
     from tokenleap.llm import LLM
     from tokenleap.outputs import CompletionOutput, Logprob, RequestOutput
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "LLM": "tokenleap.llm",
     "AsyncLLM": "tokenleap.async_llm",
+    "ProcessAsyncLLM": "tokenleap.engine_core.async_client",
     "StructuredOutputsParams": "tokenleap.structured.params",
     "CompletionOutput": "tokenleap.outputs",
     "Logprob": "tokenleap.outputs",
@@ -28,7 +30,7 @@ _EXPORTS = {
     "TextPrompt": "tokenleap.inputs",
     "TokensPrompt": "tokenleap.inputs",
 }
-__all__ = ["LLM", "AsyncLLM", "CompletionOutput", "Logprob", "RequestOutput", "SamplingParams",
+__all__ = ["LLM", "AsyncLLM", "ProcessAsyncLLM", "CompletionOutput", "Logprob", "RequestOutput", "SamplingParams",
            "StructuredOutputsParams", "TextPrompt", "TokensPrompt"]
 __version__ = "0.1.0"
 

@@ -23,6 +23,7 @@ import structlog
 
 from tokenleap.config import EngineConfig
 from tokenleap.engine.request import Request
+from tokenleap.engine.request_factory import RequestFactory, params_list
 from tokenleap.inputs import PromptType, as_prompt_list
 from tokenleap.llm import LLM
 from tokenleap.outputs import RequestMetrics, RequestOutput, SpecDecodeStats
@@ -74,56 +75,51 @@ class _Call:
 _STOP = object()
 
 
-class AsyncLLM:
-    """``AsyncLLM(model, **LLM kwargs)``; ``async for out in llm.generate(prompt, params, request_id)`` yields the
-    request's output so far after each engine step in which it grew (text and token ids cumulative), the last one
-    with ``finished=True``. Closing the generator or cancelling its task aborts the request."""
+def check_stream_interval(stream_interval: Any) -> None:
+    if isinstance(stream_interval, bool) or not isinstance(stream_interval, int) or stream_interval < 1:
+        raise ValueError(f"stream_interval={stream_interval!r}: an int >= 1 is needed (output tokens between two "
+                         "outputs of a stream; 1 = every step)")
 
-    def __init__(self, model: str | None = None, *, stream_interval: int = 1, _llm: LLM | None = None,
-                 **kwargs: Any) -> None:
-        if isinstance(stream_interval, bool) or not isinstance(stream_interval, int) or stream_interval < 1:
-            raise ValueError(f"stream_interval={stream_interval!r}: an int >= 1 is needed (output tokens between two "
-                             "outputs of a stream; 1 = every step)")
-        if _llm is None:
-            if model is None:
-                raise TypeError("AsyncLLM() needs a model")
-            _llm = LLM(model=model, **kwargs)
-        self.llm = _llm
-        # a request's output is handed over once it has grown by this many tokens since the last one (and always its
-        # first and last): fewer, longer chunks when many streams share a fast model (as vLLM's --stream-interval)
-        self.stream_interval = stream_interval
-        self.engine = _llm.engine
-        self.config: EngineConfig = _llm.config
-        tok = self.engine.tokenizer
-        if tok is not None:  # settle the tokenizer's (mutable) padding / truncation state before threads share it
-            tok.encode("warm up")
-        self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._active: set[str] = set()  # request ids with a generate() in progress (touched on callers' loops)
-        self._ids = itertools.count()
-        self.dead: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="tokenleap-engine", daemon=True)
-        self._thread.start()
 
-    @classmethod
-    def from_llm(cls, llm: LLM, stream_interval: int = 1) -> AsyncLLM:
-        """An AsyncLLM stepping an existing LLM's engine (the two never step it at the same time)."""
-        return cls(_llm=llm, stream_interval=stream_interval)
+class AsyncFrontend:
+    """What every async engine offers callers: requests made and validated here (``make_request``), their outputs
+    as async generators (``generate``, ``run_request``), ``generate_all``. Subclasses run the engine (a thread of
+    this process: ``AsyncLLM``; a process of its own: ``ProcessAsyncLLM``) and provide ``run_request``."""
 
-    @classmethod
-    def from_engine_config(cls, config: EngineConfig, **kwargs: Any) -> AsyncLLM:
-        return cls(**config.model_dump(), **kwargs)
+    _requests: RequestFactory
+    _active: set[str]  # request ids with a generate() in progress (touched on callers' loops)
+    config: EngineConfig
+    stream_interval: int
 
-    # -- the public API -----------------------------------------------------------------------------
+    def _check_alive(self) -> None:
+        raise NotImplementedError
+
+    def run_request(self, group: list[Request]) -> AsyncIterator[RequestOutput]:
+        raise NotImplementedError
+
+    async def call_engine(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(engine, *args)`` run where the engine runs, between two steps (``fn`` a module-level function when
+        the engine has a process of its own)."""
+        raise NotImplementedError
+
+    async def engine_metrics(self) -> list:
+        """The engine's metrics (``LLM.get_metrics``), read between two steps."""
+        return await self.call_engine(engine_metrics)
+
     def get_tokenizer(self):
-        return self.engine.tokenizer
+        return self._requests.tokenizer
 
     @property
     def max_model_len(self) -> int:
-        return self.engine.max_model_len
+        return self._requests.max_model_len
 
     @property
-    def is_running(self) -> bool:
-        return self.dead is None and self._thread.is_alive()
+    def vocab_size(self) -> int:
+        return self._requests.vocab_size
+
+    @property
+    def speculative_config(self) -> dict[str, Any] | None:
+        return self.config.speculative_config
 
     async def generate(self, prompt: PromptType, sampling_params: SamplingParams | None = None,
                        request_id: str | None = None, *, priority: int = 0,
@@ -149,7 +145,75 @@ class AsyncLLM:
         rid = str(request_id) if request_id is not None else f"async-{next(self._ids)}"
         if rid in self._active:
             raise ValueError(f"request_id={rid!r} is already running; request ids must be unique")
-        return self.llm._make_requests([prompt], [sp], [priority], tokenization_kwargs, request_ids=[rid])[0]
+        return self._requests.make([prompt], [sp], [priority], tokenization_kwargs, request_ids=[rid])[0]
+
+    async def generate_all(self, prompts: PromptType | Sequence[PromptType],
+                           sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
+                           ) -> list[RequestOutput]:
+        """What ``LLM.generate`` returns for these prompts, all validated before any is queued."""
+        plist = as_prompt_list(prompts)
+        params = params_list(sampling_params, len(plist))
+        self._check_alive()
+        groups = self._requests.make(plist, params, None, None)
+
+        async def last(group: list[Request]) -> RequestOutput:
+            out = None
+            async with contextlib.aclosing(self.run_request(group)) as outputs:
+                async for out in outputs:  # noqa: B007 - the last one is wanted
+                    pass
+            return out
+
+        tasks = [asyncio.ensure_future(last(g)) for g in groups]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for t in tasks:  # on cancellation or the first failure: abort the rest
+                t.cancel()
+
+
+class AsyncLLM(AsyncFrontend):
+    """``AsyncLLM(model, **LLM kwargs)``; ``async for out in llm.generate(prompt, params, request_id)`` yields the
+    request's output so far after each engine step in which it grew (text and token ids cumulative), the last one
+    with ``finished=True``. Closing the generator or cancelling its task aborts the request. The engine steps in a
+    thread of this process (``ProcessAsyncLLM``: in a process of its own)."""
+
+    def __init__(self, model: str | None = None, *, stream_interval: int = 1, _llm: LLM | None = None,
+                 **kwargs: Any) -> None:
+        check_stream_interval(stream_interval)
+        if _llm is None:
+            if model is None:
+                raise TypeError("AsyncLLM() needs a model")
+            _llm = LLM(model=model, **kwargs)
+        self.llm = _llm
+        # a request's output is handed over once it has grown by this many tokens since the last one (and always its
+        # first and last): fewer, longer chunks when many streams share a fast model (as vLLM's --stream-interval)
+        self.stream_interval = stream_interval
+        self.engine = _llm.engine
+        self.config: EngineConfig = _llm.config
+        self._requests = _llm.requests
+        tok = self.engine.tokenizer
+        if tok is not None:  # settle the tokenizer's (mutable) padding / truncation state before threads share it
+            tok.encode("warm up")
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._active: set[str] = set()
+        self._ids = itertools.count()
+        self.dead: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="tokenleap-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_llm(cls, llm: LLM, stream_interval: int = 1) -> AsyncLLM:
+        """An AsyncLLM stepping an existing LLM's engine (the two never step it at the same time)."""
+        return cls(_llm=llm, stream_interval=stream_interval)
+
+    @classmethod
+    def from_engine_config(cls, config: EngineConfig, **kwargs: Any) -> AsyncLLM:
+        return cls(**config.model_dump(), **kwargs)
+
+    # -- the public API -----------------------------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        return self.dead is None and self._thread.is_alive()
 
     async def run_request(self, group: list[Request]) -> AsyncIterator[RequestOutput]:
         """Queue a group made by ``make_request`` and yield its outputs (see ``generate``)."""
@@ -180,29 +244,6 @@ class AsyncLLM:
             if not finished:
                 self._commands.put(_Abort(rid))
 
-    async def generate_all(self, prompts: PromptType | Sequence[PromptType],
-                           sampling_params: SamplingParams | Sequence[SamplingParams] | None = None
-                           ) -> list[RequestOutput]:
-        """What ``LLM.generate`` returns for these prompts, all validated before any is queued."""
-        plist = as_prompt_list(prompts)
-        params = self.llm._params_list(sampling_params, len(plist))
-        self._check_alive()
-        groups = self.llm._make_requests(plist, params, None, None)
-
-        async def last(group: list[Request]) -> RequestOutput:
-            out = None
-            async with contextlib.aclosing(self.run_request(group)) as outputs:
-                async for out in outputs:
-                    pass
-            return out
-
-        tasks = [asyncio.ensure_future(last(g)) for g in groups]
-        try:
-            return list(await asyncio.gather(*tasks))
-        finally:
-            for t in tasks:  # on cancellation or the first failure: abort the rest
-                t.cancel()
-
     async def abort(self, request_id: str) -> None:
         """Abort a request; returns once it has left the engine (its KV blocks are free). Unknown ids are ignored."""
         if not self.is_running:
@@ -232,6 +273,10 @@ class AsyncLLM:
 
         self._commands.put(_Call(fn, done))
         return await fut
+
+    async def call_engine(self, fn: Callable[..., Any], *args: Any) -> Any:
+        engine = self.engine
+        return await self.call_in_engine_thread(lambda: fn(engine, *args))
 
     def get_metrics(self):
         """The engine's metrics (as ``LLM.get_metrics``), read between two steps."""
@@ -356,6 +401,10 @@ class AsyncLLM:
                 cmd.done()
             elif isinstance(cmd, _Call):
                 cmd.done(None, EngineDeadError(f"the engine loop failed: {self.dead}"))
+
+
+def engine_metrics(engine: Any) -> list:
+    return engine.metrics()
 
 
 def _post(loop: asyncio.AbstractEventLoop, items: list[tuple[asyncio.Queue, Any]]) -> None:

@@ -178,6 +178,13 @@ def _server_args(p: argparse.ArgumentParser) -> None:
         help="output tokens per streamed chunk of a request (default 1: every step; more: fewer chunks when many "
         "clients stream from a fast model; a request's first tokens and its end are sent at once)",
     )
+    g.add_argument(
+        "--engine-process",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the engine in a process of its own (default), so that HTTP work and the engine's Python do not "
+        "take turns on one GIL; --no-engine-process runs it in a thread of the server's process",
+    )
 
 
 def _port(text: str) -> int:
@@ -411,15 +418,24 @@ def check_speculative_config(cfg: dict[str, Any] | None) -> None:
 
 
 def make_llm(args: argparse.Namespace):
-    import pydantic
-
     from tokenleap import LLM
 
+    return _build(args, lambda kwargs: LLM(**kwargs))
+
+
+def _llm_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     check_speculative_config(args.speculative_config)
     kwargs = {k: getattr(args, k) for k in _ENGINE_FLAGS if getattr(args, k, None) is not None}
     kwargs["disable_log_stats"] = not getattr(args, "log_stats", False)
+    return dict(model=args.model, speculative_config=args.speculative_config, **kwargs)
+
+
+def _build(args: argparse.Namespace, make: Any):
+    """make(LLM keyword arguments), its errors as UsageErrors naming the argument."""
+    import pydantic
+
     try:
-        return LLM(model=args.model, speculative_config=args.speculative_config, **kwargs)
+        return make(_llm_kwargs(args))
     except pydantic.ValidationError as exc:
         raise UsageError(*_validation_message(exc)) from None
     except FileNotFoundError as exc:
@@ -697,9 +713,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         interval = switch_interval_s()
     except ValueError as exc:
         raise UsageError("serve", str(exc)) from None
-    llm = make_llm(args)
-    serve(AsyncLLM.from_llm(llm, args.stream_interval), args.served_model_name or [args.model], host=args.host,
-          port=args.port, api_key=args.api_key, log_level=args.log_level, switch_interval=interval)
+    if args.engine_process:
+        from tokenleap.config import EngineConfig
+        from tokenleap.engine_core.async_client import ProcessAsyncLLM
+
+        def make(kwargs: dict[str, Any]) -> ProcessAsyncLLM:
+            EngineConfig(**kwargs)  # a bad argument fails here, named, before the engine process starts
+            return ProcessAsyncLLM(stream_interval=args.stream_interval, **kwargs)
+
+        llm = _build(args, make)
+    else:
+        llm = AsyncLLM.from_llm(make_llm(args), args.stream_interval)
+    serve(llm, args.served_model_name or [args.model], host=args.host, port=args.port, api_key=args.api_key,
+          log_level=args.log_level, switch_interval=interval)
     return 0
 
 

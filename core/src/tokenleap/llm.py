@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import random
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -13,13 +11,11 @@ from tqdm.auto import tqdm
 from tokenleap.config import EngineConfig
 from tokenleap.engine.engine import Engine
 from tokenleap.engine.request import Request
-from tokenleap.inputs import PromptType, as_prompt_list, parse_prompt
+from tokenleap.engine.request_factory import RequestFactory, params_list
+from tokenleap.inputs import PromptType, as_prompt_list
 from tokenleap.logging_setup import configure_logging
 from tokenleap.outputs import CompletionOutput, RequestOutput
 from tokenleap.sampling_params import SamplingParams
-from tokenleap.structured import constraints
-
-_SEED_MASK = (1 << 63) - 1
 
 
 class LLM:
@@ -41,8 +37,9 @@ class LLM:
             disable_log_stats=disable_log_stats, **kwargs,
         )
         self.engine = Engine(self.config, proposer_manager)
-        self._seed_rng = random.Random(seed)
-        self._ids = itertools.count()
+        eng = self.engine
+        self.requests = RequestFactory(eng.tokenizer, eng.arch.vocab_size, eng.max_model_len,
+                                       frozenset(eng.arch.eos_token_ids), self.config.max_logprobs, seed)
         self._engine_lock = threading.RLock()  # held by whoever steps the engine (generate, or AsyncLLM's thread)
         self._async = None  # the AsyncLLM behind agenerate, made on first use
 
@@ -90,61 +87,10 @@ class LLM:
                        tokenization_kwargs: dict | None, request_ids: Sequence[str] | None = None
                        ) -> list[list[Request]]:
         """The engine requests of each prompt (n per prompt), every prompt parsed and validated first."""
-        parsed = [parse_prompt(i, p, self.engine.tokenizer, tokenization_kwargs) for i, p in enumerate(plist)]
-        for i, (pp, sp) in enumerate(zip(parsed, params)):
-            self._validate(i, pp.token_ids, sp)
-        eos = frozenset(self.engine.arch.eos_token_ids) | self._tokenizer_eos()
-        groups: list[list[Request]] = []
-        for i, (pp, sp) in enumerate(zip(parsed, params)):
-            base_seed = sp.seed if sp.seed is not None else self._seed_rng.getrandbits(63)
-            rid = request_ids[i] if request_ids is not None else str(next(self._ids))
-            max_tokens = self._max_tokens(len(pp.token_ids), sp)
-            groups.append([
-                Request(request_id=rid if sp.n == 1 else f"{rid}-{j}", prompt_token_ids=pp.token_ids, params=sp,
-                        seed=base_seed & _SEED_MASK, stream=j, max_tokens=max_tokens, eos_token_ids=eos,
-                        priority=priority[i] if priority is not None else 0, prompt=pp.text)
-                for j in range(sp.n)
-            ])
-        return groups
+        return self.requests.make(plist, params, priority, tokenization_kwargs, request_ids)
 
     def _params_list(self, sampling_params, n: int) -> list[SamplingParams]:
-        if sampling_params is None:
-            return [SamplingParams()] * n
-        if isinstance(sampling_params, SamplingParams):
-            return [sampling_params] * n
-        sp = list(sampling_params)
-        if len(sp) != n:
-            raise ValueError(f"sampling_params is a list of {len(sp)} but there are {n} prompts; give one or {n}")
-        for i, p in enumerate(sp):
-            if not isinstance(p, SamplingParams):
-                raise TypeError(f"sampling_params[{i}] is a {type(p).__name__}, not SamplingParams")
-        return sp
-
-    def _validate(self, i: int, ids: list[int], sp: SamplingParams) -> None:
-        max_len, vocab = self.engine.max_model_len, self.engine.arch.vocab_size
-        if not ids:
-            raise ValueError(f"prompts[{i}] is empty; a prompt needs at least one token")
-        if len(ids) >= max_len:
-            raise ValueError(f"prompts[{i}] has {len(ids)} tokens; max_model_len={max_len} leaves no room to generate")
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"prompts[{i}] has token id(s) {bad[:5]} outside the vocabulary [0, {vocab})")
-        if sp.logprobs is not None and sp.logprobs > self.config.max_logprobs:
-            raise ValueError(f"sampling_params.logprobs={sp.logprobs} exceeds max_logprobs={self.config.max_logprobs}")
-        bad_stop = [t for t in (sp.stop_token_ids or []) if not 0 <= t < vocab]
-        if bad_stop:
-            raise ValueError(f"sampling_params.stop_token_ids has id(s) {bad_stop} outside [0, {vocab})")
-        # logit_bias / allowed_token_ids ids in the vocabulary, bad_words tokenized, structured outputs compiled
-        # (cached: the engine's add_request then builds each completion's own matcher at no compile cost)
-        constraints.for_request(sp, self.engine.tokenizer, vocab, [])
-
-    def _max_tokens(self, prompt_len: int, sp: SamplingParams) -> int:
-        room = self.engine.max_model_len - prompt_len
-        return room if sp.max_tokens is None else min(sp.max_tokens, room)
-
-    def _tokenizer_eos(self) -> frozenset[int]:
-        tok = self.engine.tokenizer
-        return frozenset([tok.eos_token_id]) if tok is not None and tok.eos_token_id is not None else frozenset()
+        return params_list(sampling_params, n)
 
     def _run(self, requests: list[Request], use_tqdm: bool) -> None:
         with self._engine_lock:  # an AsyncLLM over this engine steps it between our steps, never during one

@@ -15,7 +15,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tokenleap.async_llm import AsyncLLM
+from tokenleap.async_llm import AsyncFrontend
 from tokenleap.server.metrics import ServerMetrics
 from tokenleap.server.protocol import ApiError, ChatCompletionRequest, CompletionRequest
 from tokenleap.server.routes import OpenAIServing
@@ -70,7 +70,7 @@ def _error_response(err: ApiError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
 
 
-def build_app(llm: AsyncLLM, served_model_names: list[str], api_key: str | None = None,
+def build_app(llm: AsyncFrontend, served_model_names: list[str], api_key: str | None = None,
               shutdown_engine: bool = False) -> FastAPI:
     """The server over ``llm``; ``shutdown_engine``: stop its engine thread when the app shuts down."""
     metrics = ServerMetrics()
@@ -116,8 +116,8 @@ def build_app(llm: AsyncLLM, served_model_names: list[str], api_key: str | None 
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": created, "owned_by": "tokenleap",
-             "max_model_len": llm.max_model_len, "vocab_size": llm.engine.arch.vocab_size,
-             "speculative_config": llm.config.speculative_config} for name in served_model_names]}
+             "max_model_len": llm.max_model_len, "vocab_size": llm.vocab_size,
+             "speculative_config": llm.speculative_config} for name in served_model_names]}
 
     @app.get("/health")
     async def health() -> Response:
@@ -128,7 +128,7 @@ def build_app(llm: AsyncLLM, served_model_names: list[str], api_key: str | None 
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        engine_metrics = await llm.call_in_engine_thread(llm.engine.metrics) if llm.is_running else []
+        engine_metrics = await llm.engine_metrics() if llm.is_running else []
         return Response(metrics.render(engine_metrics), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.state.llm, app.state.serving = llm, serving

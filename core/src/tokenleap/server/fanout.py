@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from starlette.requests import Request as HttpRequest
 
-from tokenleap.async_llm import AsyncLLM
+from tokenleap.async_llm import AsyncFrontend
 from tokenleap.engine.request import Request
 from tokenleap.outputs import RequestOutput
 
@@ -27,14 +27,14 @@ async def wait_for_disconnect(http: HttpRequest) -> None:
 class Fanout:
     """One task per request group, feeding one queue; ``cancel()`` (or a disconnect) aborts every group."""
 
-    def __init__(self, llm: AsyncLLM, groups: list[list[Request]], http: HttpRequest | None = None) -> None:
+    def __init__(self, llm: AsyncFrontend, groups: list[list[Request]], http: HttpRequest | None = None) -> None:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._tasks = [asyncio.ensure_future(self._pump(i, g, llm)) for i, g in enumerate(groups)]
         self._pending = len(groups)
         self.disconnected = False
         self._watcher = asyncio.ensure_future(self._watch(http)) if http is not None else None
 
-    async def _pump(self, index: int, group: list[Request], llm: AsyncLLM) -> None:
+    async def _pump(self, index: int, group: list[Request], llm: AsyncFrontend) -> None:
         try:
             async with contextlib.aclosing(llm.run_request(group)) as outputs:
                 async for out in outputs:

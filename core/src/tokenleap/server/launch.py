@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from tokenleap.async_llm import AsyncLLM
+from tokenleap.async_llm import AsyncFrontend
 from tokenleap.server.app import build_app
 
 # The interpreter's thread switch interval in the server's process (CPython's default is 5 ms). The engine thread
@@ -35,7 +35,7 @@ def switch_interval_s() -> float:
     return value
 
 
-def serve(llm: AsyncLLM, served_model_names: list[str], host: str = "127.0.0.1", port: int = 8000,
+def serve(llm: AsyncFrontend, served_model_names: list[str], host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, log_level: str = "info", switch_interval: float | None = None) -> None:
     """Serve until interrupted (Ctrl-C / SIGTERM), then stop the engine thread. The process is the server's:
     its thread switch interval is set for the engine thread's sake (default ``switch_interval_s()``)."""
@@ -62,7 +62,7 @@ class BackgroundServer:
         self.thread.join(timeout)
 
 
-def start_in_thread(llm: AsyncLLM, served_model_names: list[str], host: str = "127.0.0.1", port: int = 0,
+def start_in_thread(llm: AsyncFrontend, served_model_names: list[str], host: str = "127.0.0.1", port: int = 0,
                     api_key: str | None = None, timeout: float = 30.0) -> BackgroundServer:
     """Start a server on ``host`` (port 0: a free port, read back once bound); returns when it accepts."""
     app = build_app(llm, served_model_names, api_key)

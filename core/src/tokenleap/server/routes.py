@@ -11,7 +11,7 @@ from typing import Any
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from tokenleap.async_llm import AsyncLLM, EngineDeadError
+from tokenleap.async_llm import AsyncFrontend, EngineDeadError
 from tokenleap.engine.request import Request
 from tokenleap.llm import render_chat
 from tokenleap.outputs import RequestOutput
@@ -29,11 +29,11 @@ from tokenleap.server.protocol import (
 
 
 class OpenAIServing:
-    """The two generation endpoints over one AsyncLLM."""
+    """The two generation endpoints over one AsyncLLM or ProcessAsyncLLM."""
 
-    def __init__(self, llm: AsyncLLM, model_names: list[str], metrics: ServerMetrics) -> None:
+    def __init__(self, llm: AsyncFrontend, model_names: list[str], metrics: ServerMetrics) -> None:
         self.llm, self.model_names, self.metrics = llm, model_names, metrics
-        self.speculative = llm.engine.spec_cfg is not None
+        self.speculative = llm.speculative_config is not None
 
     # -- endpoints -------------------------------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, http: HttpRequest) -> Response:

@@ -1,0 +1,161 @@
+"""The engine process: builds the ``LLM``, then steps its engine for the requests the HTTP process sends.
+
+Messages in (``commands``, from the parent): ("add", group_id, [Request, ...]), ("abort", group_id, token),
+("call", token, fn, args) (``fn(engine, *args)``, a module-level function), ("stop",).
+Messages out (``outputs``): ("ready", EngineFacts) once, or ("failed", exception); then ("step", [StreamDelta, ...])
+after each step in which a request changed, ("error", group_id, exception) for a group the engine refused,
+("done", token, result, exception) for aborts and calls, and ("dead", message) if a step fails (the process then
+ends). When the parent goes away (its end of a pipe closes) the process ends too: no engine outlives its server.
+"""
+
+from __future__ import annotations
+
+import signal
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from tokenleap.engine.request import Request
+from tokenleap.engine_core.deltas import Sent, StreamDelta, stream_delta
+
+
+@dataclass
+class EngineFacts:
+    """What the HTTP process needs to make and check requests without the engine."""
+
+    tokenizer: Any
+    vocab_size: int
+    max_model_len: int
+    eos_token_ids: frozenset[int]
+    max_logprobs: int
+    config: dict[str, Any]  # EngineConfig.model_dump()
+    speculative: bool
+
+
+class EngineLoop:
+    """The engine and the groups it runs for the parent; ``step`` returns the deltas of one step."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.groups: dict[str, list[tuple[Request, Sent]]] = {}
+
+    def add(self, group_id: str, group: list[Request]) -> None:
+        """Raises ValueError (nothing of the group left in the engine) when the engine refuses a request."""
+        if group_id in self.groups:
+            raise ValueError(f"request_id={group_id!r} is already running; request ids must be unique")
+        added: list[Request] = []
+        try:
+            for r in group:
+                self.engine.add_request(r)
+                added.append(r)
+        except BaseException:
+            for r in added:
+                self.engine.abort_request(r.request_id)
+            raise
+        self.groups[group_id] = [(r, Sent()) for r in group]
+
+    def abort(self, group_id: str) -> list[StreamDelta]:
+        """Abort a group; its last deltas (finish_reason "abort") end the caller's stream."""
+        entries = self.groups.pop(group_id, None)
+        if entries is None:
+            return []
+        for r, _ in entries:
+            self.engine.abort_request(r.request_id)
+        return [d for r, sent in entries if (d := stream_delta(r, sent)) is not None]
+
+    def step(self) -> list[StreamDelta]:
+        self.engine.step()
+        deltas: list[StreamDelta] = []
+        for gid in list(self.groups):
+            entries = self.groups[gid]
+            for r, sent in entries:
+                d = stream_delta(r, sent)
+                if d is not None:
+                    deltas.append(d)
+            if all(r.status.finished for r, _ in entries):
+                del self.groups[gid]
+        return deltas
+
+    def abort_all(self) -> None:
+        for gid in list(self.groups):
+            self.abort(gid)
+
+
+def main(llm_kwargs: dict[str, Any], commands: Connection, outputs: Connection) -> None:
+    """The engine process's entry point (``multiprocessing`` spawn target). Ctrl-C is the parent's to handle (it
+    sends "stop"); SIGTERM ends the process through its exit handlers (tensor-parallel workers are stopped)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        from tokenleap.llm import LLM
+
+        llm = LLM(**llm_kwargs)
+        eng = llm.engine
+        facts = EngineFacts(eng.tokenizer, eng.arch.vocab_size, eng.max_model_len,
+                            frozenset(eng.arch.eos_token_ids), llm.config.max_logprobs, llm.config.model_dump(),
+                            eng.spec_cfg is not None)
+    except BaseException as exc:  # noqa: BLE001 - the parent raises it
+        try:
+            outputs.send(("failed", exc))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its message, as a RuntimeError
+            outputs.send(("failed", RuntimeError(f"{type(exc).__name__}: {exc}")))
+        return
+    outputs.send(("ready", facts))
+    loop = EngineLoop(eng)
+    try:
+        _serve(loop, commands, outputs)
+    except (EOFError, BrokenPipeError, ConnectionResetError, SystemExit):  # the parent is gone, or SIGTERM
+        loop.abort_all()
+    except BaseException as exc:  # noqa: BLE001 - a failed step: every caller hears of it, then the process ends
+        traceback.print_exc()
+        try:
+            outputs.send(("dead", f"{type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _serve(loop: EngineLoop, commands: Connection, outputs: Connection) -> None:
+    while True:
+        if not loop.groups:
+            commands.poll(None)  # idle: wait for a command (EOFError once the parent is gone)
+        while commands.poll(0):
+            if _handle(loop, commands.recv(), outputs) is False:
+                loop.abort_all()
+                return
+        if loop.groups:
+            deltas = loop.step()
+            if deltas:
+                outputs.send(("step", deltas))
+
+
+def _handle(loop: EngineLoop, cmd: tuple, outputs: Connection) -> bool:
+    kind = cmd[0]
+    if kind == "stop":
+        return False
+    if kind == "add":
+        _, gid, group = cmd
+        try:
+            loop.add(gid, group)
+        except ValueError as exc:  # this caller's error, not the engine's
+            outputs.send(("error", gid, exc))
+    elif kind == "abort":
+        _, gid, token = cmd
+        deltas = loop.abort(gid)
+        if deltas:
+            outputs.send(("step", deltas))
+        outputs.send(("done", token, None, None))
+    elif kind == "call":
+        _, token, fn, args = cmd
+        try:
+            result, error = fn(loop.engine, *args), None
+        except Exception as exc:  # noqa: BLE001 - the caller's error, not the engine's
+            result, error = None, exc
+        outputs.send(("done", token, result, error))
+    else:
+        raise ValueError(f"unknown engine-process command {kind!r}")
+    return True
