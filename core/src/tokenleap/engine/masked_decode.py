@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from tokenleap.engine.request import Request
-from tokenleap.sample.masked_argmax import masked_argmax
+from tokenleap.sample.masked_argmax import byte_bits, masked_argmax
 from tokenleap.structured.constraints import StepRows, bitmask_words
 
 
@@ -34,6 +34,7 @@ class MaskedDecode:
         # the step's result as the graphs lay it out: [max_batch, 3] (token, tokens emitted = 1, drafts = 0)
         self.result = torch.zeros(max_batch, 3, dtype=torch.int64, device=device)
         self.result[:, 1] = 1
+        self.bits = byte_bits(device)  # [256, 8] bool: unpacks the bitmask
 
     def pick(self, logits: torch.Tensor, requests: list[Request], last_tokens: torch.Tensor) -> torch.Tensor:
         """Launch the constrained argmax of ``logits`` [>= n, vocab] (row i: request i's next token) for the
@@ -58,7 +59,7 @@ class MaskedDecode:
         if rows.bias_rows:
             bias = (self._ints(rows.bias_rows), self._ints(rows.bias_ids),
                     torch.tensor(rows.bias_values, dtype=torch.float32).to(self.device, non_blocking=True))
-        tokens = masked_argmax(logits[:n], bitmask, bans, bias)  # [n]
+        tokens = masked_argmax(logits[:n], bitmask, self.bits, bans, bias)  # [n]
         last_tokens[:n].copy_(tokens)
         result = self.result[:n]
         result[:, 0].copy_(tokens)
