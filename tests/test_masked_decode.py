@@ -54,6 +54,8 @@ def kinds(tokenizer) -> dict[str, SamplingParams]:
         "allowed": SamplingParams(**common, allowed_token_ids=list(range(3, 120, 3)) + [2]),
         "bad_words": SamplingParams(**common, bad_words=["the", "on", "sat"]),
         "json+bias": SamplingParams(**common, structured_outputs={"json": SCHEMA}, logit_bias={40: 3.0, 41: -2.0}),
+        # synchronous while the EOS ban lasts, then masked decode steps
+        "min_tokens": SamplingParams(**common, logit_bias={40: 3.0}, bad_words=["the"], min_tokens=12),
     }
 
 

@@ -219,8 +219,8 @@ class Engine:
     def _may_launch_next(self) -> bool:
         """Launch the next step before making this step's text (the GPU runs while the host decodes): when
         it continues every running request, all of them decoding greedy (plain, or a decode step under
-        constraints), with nobody waiting (so that
-        new requests still get in when step() is next called), on captured graphs, so it stays in flight."""
+        constraints), with nobody waiting (so that new requests still get in when step() is next called), on
+        captured graphs, so it stays in flight."""
         running = self.scheduler.running
         return (bool(running) and not self.scheduler.waiting
                 and all(r.is_decoding and self.runner.stays_in_flight(r) for r in running))
