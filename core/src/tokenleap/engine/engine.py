@@ -169,9 +169,12 @@ class Engine:
     def step(self) -> list[Request]:
         """Run one engine step; returns the requests that finished in it.
 
-        With ``async_scheduling``, a plain-greedy decode step is followed on the device by the next one before
-        the host reads it back: step N + 1 is prepared and launched while the GPU runs step N, and the next
-        call returns step N + 1's results. Requests that finish in step N simply ignore step N + 1. A verify
+        With ``async_scheduling``, a greedy decode step is followed on the device by the next one before the host
+        reads it back: step N + 1 is prepared and launched while the GPU runs step N, and the next call returns
+        step N + 1's results. Requests that finish in step N simply ignore step N + 1. Under constraints (a
+        grammar, logit_bias, ...) step N + 1's forward is launched the same way, fed step N's constrained token on
+        the device; its own constrained argmax is launched in the next call, once step N's tokens advanced the
+        matchers and before step N + 2 is launched behind it (model_runner's docstring). A verify
         step is followed the same way when the device drafts (prompt lookup on the device's copy of each
         request's tokens). Otherwise (a proposer, which needs step N's tokens first) step N + 1 is launched as
         soon as step N's tokens and drafts are in, and step N's text is made while it runs."""
@@ -215,17 +218,19 @@ class Engine:
 
     def _may_launch_next(self) -> bool:
         """Launch the next step before making this step's text (the GPU runs while the host decodes): when
-        it continues every running request, all of them decoding greedy-plain, with nobody waiting (so that
-        new requests still get in when step() is next called), on captured graphs, so it stays in flight."""
+        it continues every running request, all of them decoding greedy (plain, or a decode step under
+        constraints), with nobody waiting (so that new requests still get in when step() is next called), on
+        captured graphs, so it stays in flight."""
         running = self.scheduler.running
         return (bool(running) and not self.scheduler.waiting
                 and all(r.is_decoding and self.runner.stays_in_flight(r) for r in running))
 
     def _ahead_query_len(self, launched: LaunchedStep) -> int | None:
-        """Tokens per request of a step that may be launched behind ``launched`` (a plain-greedy step in flight,
-        none of whose requests is sure to end in it), or None: 1 (decode) behind a decode step without a
-        proposer; 1 + k (verify, drafted on the device) behind a decode or verify step when the proposer
-        declares prompt lookup, the graphs draft for it and drafting is not switched off by the batch size."""
+        """Tokens per request of a step that may be launched behind ``launched`` (a greedy step in flight, none of
+        whose requests is sure to end in it), or None: 1 (decode) behind a decode step without a proposer (under
+        constraints too: ``LaunchedStep.masked``); 1 + k (verify, drafted on the device) behind an unconstrained
+        decode or verify step when the proposer declares prompt lookup, the graphs draft for it and drafting is not
+        switched off by the batch size. Verify steps under constraints sample synchronously."""
         if not self.cfg.async_scheduling or not (launched.is_greedy_decode or launched.is_greedy_verify):
             return None
         if not all(s.request.num_output_tokens + 1 < s.request.max_tokens
@@ -233,6 +238,8 @@ class Engine:
             return None
         if self.driver is None:
             return 1 if launched.is_greedy_decode else None
+        if launched.masked:  # its tokens are not the graph's argmax, which device drafting reads
+            return None
         graphs, limit = self.runner.graphs, self.driver.disable_by_batch_size
         if graphs is None or graphs.drafter is None or (limit is not None and len(launched.scheduled) >= limit):
             return None

@@ -7,16 +7,25 @@ A step is launched, then waited for. A graphed plain-greedy step stays in flight
 1-token decode step of the same requests can be launched behind it before that (``ahead_of``): its input
 tokens are taken on the device from the step in flight, so the host prepares and launches step N + 1 while
 the GPU still runs step N.
+
+A graphed decode step of greedy requests with constraints (``_masked_greedy``) stays in flight too: after the
+forward its token is the argmax under each request's constraints (``masked_decode``), which is what a step
+launched behind it is fed. The masks need the matchers to have accepted the previous step's tokens, so a masked
+step launched ahead runs its forward at once and launches that argmax later (``LaunchedStep.launch_sampling``),
+once the step before it was read back and applied: before the step behind it is launched, or when it is waited
+for. Verify steps (drafts) of constrained requests sample synchronously.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from tokenleap.engine.cuda_graphs import DecodeGraphs
+from tokenleap.engine.masked_decode import MaskedDecode
 from tokenleap.engine.scheduler import ScheduledRequest
 from tokenleap.model.attention import AttentionMetadata
 from tokenleap.model.llama import KVCache, LlamaForCausalLM
@@ -54,10 +63,18 @@ class LaunchedStep:
     drafted_on_device: bool = False  # a verify step whose drafts the device made (launched behind another)
     hidden_states: dict[int, torch.Tensor] | None = None  # a graphed step's, for the proposer (layer -> rows)
     token_rows: dict[str, tuple[int, int]] | None = None
+    # its tokens are picked under the requests' constraints after the forward (masked_decode): a step behind it
+    # must be a decode step doing the same (no device drafting from the graph's own argmax)
+    masked: bool = False
+    # a masked step launched ahead: launches its constrained argmax and read-back, returning (host, event); called
+    # once the step before it is applied (the masks need the matchers past its tokens)
+    sample_later: Callable[[], tuple[torch.Tensor, torch.cuda.Event | None]] | None = None
 
     @property
     def is_greedy_decode(self) -> bool:
         """In flight, 1 token per request: the next decode step can take its tokens on the device."""
+        if self.sample_later is not None:  # only decode steps sample later
+            return True
         return self.result is None and self.host is not None and self.host.shape[1] == 3
 
     @property
@@ -65,7 +82,15 @@ class LaunchedStep:
         """In flight, 1 + k tokens per request: with device drafting, the next verify step can follow it."""
         return self.result is None and self.host is not None and self.host.shape[1] > 3
 
+    def launch_sampling(self) -> None:
+        """Launch the constrained argmax of a masked step launched ahead (nothing for any other step). The tokens
+        before this step must be applied to its requests first."""
+        if self.sample_later is not None:
+            self.host, self.event = self.sample_later()
+            self.sample_later = None
+
     def wait(self) -> StepResult:
+        self.launch_sampling()
         if self.result is None:
             if self.event is not None:
                 self.event.synchronize()  # the step's one host sync
@@ -100,6 +125,7 @@ class ModelRunner:
         self.hidden_state_layers = hidden_state_layers
         self.vocab_size = model.cfg.vocab_size
         self.graphs = graphs
+        self._masked: MaskedDecode | None = None  # the constrained argmax of graphed decode steps, built on first use
         self._positions: dict[tuple[int, int], np.ndarray] = {}  # (b, q) -> padded positions, built once
         self.draft_verification = "auto"  # speculative_config.draft_verification (drafts with probabilities)
 
@@ -131,8 +157,9 @@ class ModelRunner:
                 "a step launched ahead must continue the same requests")
             if q == 1:
                 assert ahead_of.is_greedy_decode, "a decode step is launched ahead of a decode step only"
+                ahead_of.launch_sampling()  # its tokens feed this step: queued before its forward
                 return self._launch_graph(scheduled, *self.graphs.pick(len(scheduled), 1), ahead=True)
-            assert self.graphs.drafter is not None and ahead_of.host is not None
+            assert self.graphs.drafter is not None and ahead_of.host is not None and not ahead_of.masked
             if not ahead_of.drafted_on_device:  # the histories start here: tokens before ahead_of's outputs
                 self.graphs.load_histories([s.request.all_token_ids for s in scheduled])
             return self._launch_graph(scheduled, *self.graphs.pick(len(scheduled), q), ahead=True)
@@ -149,8 +176,9 @@ class ModelRunner:
 
     def stays_in_flight(self, request) -> bool:
         """A decode / verify step of this request alone would run on a captured graph and stay in flight after
-        launch (nothing but the argmax to read back; other requests sync inside ``launch``)."""
-        return self._graphed and _plain_greedy(request)
+        launch (nothing but the argmax, or a decode step's constrained argmax, to read back; other requests sync
+        inside ``launch``)."""
+        return self._graphed and (_plain_greedy(request) or (_masked_greedy(request) and not request.spec_token_ids))
 
     @property
     def _graphed(self) -> bool:
@@ -219,9 +247,24 @@ class ModelRunner:
         if all(_plain_greedy(s.request) for s in scheduled):  # the graph already verified: read it back
             host, event = self.graphs.read_back(greedy, len(scheduled))
             return LaunchedStep(scheduled, host=host, event=event, hidden_states=aux, token_rows=rows)
-        assert not ahead, "only plain-greedy steps are launched ahead"
+        if q == 1 and all(_masked_greedy(s.request) for s in scheduled):  # the argmax under the constraints
+            step = LaunchedStep(scheduled, hidden_states=aux, token_rows=rows, masked=True,
+                                sample_later=lambda: self._pick_masked(scheduled, logits_all))
+            if not ahead:  # the matchers are past every token before this step: sample now
+                step.launch_sampling()
+            return step
+        assert not ahead, "only greedy steps (plain, or decode steps under constraints) are launched ahead"
         logits_rows = [i * q + j for i, s in enumerate(scheduled) for j in range(s.num_query_tokens)]
         return LaunchedStep(scheduled, result=self._sample(logits_all, logits_rows, False, scheduled, aux, rows))
+
+    @torch.inference_mode()  # (may be called from LaunchedStep.wait, outside launch)
+    def _pick_masked(self, scheduled: list[ScheduledRequest], logits: torch.Tensor):
+        """Launch the constrained argmax of a 1-token graphed step from its logits [b, vocab] (the graph's static
+        output: this runs before the graph's next replay is queued) and its read-back; returns (host, event)."""
+        if self._masked is None:
+            self._masked = MaskedDecode(self.graphs.batch_sizes[-1], self.vocab_size, self.device)
+        result = self._masked.pick(logits, [s.request for s in scheduled], self.graphs.last_tokens)
+        return self.graphs.read_back(result, len(scheduled))
 
     def _padded_positions(self, b: int, q: int) -> np.ndarray:
         """[b * q] 0..q-1 per request (the positions of padded requests; real ones add their start)."""
@@ -446,6 +489,12 @@ def _plain_sampling(request) -> bool:
     p = request.params
     return (p.temperature == 0 and not p.has_penalties and not p.has_constraints and request.spec_probs is None
             and request.num_output_tokens >= p.min_tokens)
+
+
+def _masked_greedy(request) -> bool:
+    """Argmax sampling that needs nothing but the tokens back (no logprobs): a graphed decode step of such
+    requests picks its tokens under their constraints on the device (``masked_decode``) and stays in flight."""
+    return _argmax_sampling(request) and request.params.logprobs is None
 
 
 def _plain_greedy(request) -> bool:
