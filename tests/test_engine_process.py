@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from tokenleap import ProcessAsyncLLM, SamplingParams
 from tokenleap.async_llm import EngineDeadError
 from tokenleap.engine.request import Request, RequestStatus
-from tokenleap.engine_core.deltas import Sent, apply_delta, stream_delta
+from tokenleap.engine_core.deltas import PendingDeltas, Sent, apply_delta, stream_delta
 from tokenleap.outputs import Logprob
 
 PROMPTS = ["The quick brown fox", "def add(a, b):", "Hello world! How are"]
@@ -55,6 +56,36 @@ def test_deltas_rebuild_the_request_text_cut_included():
     assert n_deltas == 4
     assert (copy.finish_reason, copy.stop_reason) == ("stop", " wo")
     assert copy.metrics is eng.metrics or copy.metrics == eng.metrics
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_merged_deltas_apply_as_the_steps_one_by_one(seed):
+    """A random run of steps (tokens appended, text growing and sometimes cut, logprobs): merging the deltas of
+    any stretch of steps (PendingDeltas, as the engine process does while the parent is behind) brings a copy to
+    the same state as applying them one by one."""
+    rng = random.Random(seed)
+    eng, one_by_one, merged, sent = _req(logprobs=1), _req(logprobs=1), _req(logprobs=1), Sent()
+    pending = PendingDeltas()
+    for step in range(40):
+        new = [rng.randrange(100) for _ in range(rng.randrange(0, 4))]
+        eng.output_token_ids.extend(new)
+        eng.logprobs.extend({t: Logprob(-0.1 * t)} for t in new)
+        eng.cumulative_logprob -= 0.5 * len(new)
+        cut = rng.random() < 0.15 and eng.text
+        eng.text = (eng.text[: rng.randrange(len(eng.text))] if cut else eng.text) + "".join(
+            rng.choice("ab c") for _ in range(rng.randrange(0, 5)))
+        eng.status = RequestStatus.FINISHED_STOPPED if step == 39 else RequestStatus.RUNNING
+        d = stream_delta(eng, sent)
+        if d is None:
+            continue
+        apply_delta(one_by_one, d)
+        pending.add([d])
+        if rng.random() < 0.3 or step == 39:
+            (m,) = pending.take()
+            apply_delta(merged, m)
+            state = lambda r: (r.output_token_ids, r.text, r.logprobs, r.cumulative_logprob, r.status)  # noqa: E731
+            assert state(merged) == state(one_by_one) == state(eng)
+    assert not pending
 
 
 # -- the engine process -------------------------------------------------------------------------------

@@ -3,13 +3,17 @@
 Messages in (``commands``, from the parent): ("add", group_id, [Request, ...]), ("abort", group_id, token),
 ("call", token, fn, args) (``fn(engine, *args)``, a module-level function), ("stop",).
 Messages out (``outputs``): ("ready", EngineFacts) once, or ("failed", exception); then ("step", [StreamDelta, ...])
-after each step in which a request changed, ("error", group_id, exception) for a group the engine refused,
-("done", token, result, exception) for aborts and calls, and ("dead", message) if a step fails (the process then
-ends). When the parent goes away (its end of a pipe closes) the process ends too: no engine outlives its server.
+after a step in which a request changed (several steps' changes merged while the parent is behind), ("error",
+group_id, exception) for a group the engine refused, ("done", token, result, exception) for aborts and calls, and
+("dead", message) if a step fails (the process then ends). When the parent goes away (its end of a pipe closes)
+the process ends too: no engine outlives its server.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import select
 import signal
 import traceback
 from dataclasses import dataclass
@@ -17,7 +21,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from tokenleap.engine.request import Request
-from tokenleap.engine_core.deltas import Sent, StreamDelta, stream_delta
+from tokenleap.engine_core.deltas import PendingDeltas, Sent, StreamDelta, stream_delta
+from tokenleap.engine_core.trace import LoopTrace
 
 
 @dataclass
@@ -66,6 +71,10 @@ class EngineLoop:
 
     def step(self) -> list[StreamDelta]:
         self.engine.step()
+        return self.collect()
+
+    def collect(self) -> list[StreamDelta]:
+        """What changed in each group since the last call (groups that ended are dropped)."""
         deltas: list[StreamDelta] = []
         for gid in list(self.groups):
             entries = self.groups[gid]
@@ -104,7 +113,7 @@ def main(llm_kwargs: dict[str, Any], commands: Connection, outputs: Connection) 
     outputs.send(("ready", facts))
     loop = EngineLoop(eng)
     try:
-        _serve(loop, commands, outputs)
+        _serve(loop, commands, Outbox(outputs))
     except (EOFError, BrokenPipeError, ConnectionResetError, SystemExit):  # the parent is gone, or SIGTERM
         loop.abort_all()
     except BaseException as exc:  # noqa: BLE001 - a failed step: every caller hears of it, then the process ends
@@ -119,21 +128,66 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _serve(loop: EngineLoop, commands: Connection, outputs: Connection) -> None:
-    while True:
-        if not loop.groups:
-            commands.poll(None)  # idle: wait for a command (EOFError once the parent is gone)
-        while commands.poll(0):
-            if _handle(loop, commands.recv(), outputs) is False:
-                loop.abort_all()
-                return
-        if loop.groups:
-            deltas = loop.step()
-            if deltas:
-                outputs.send(("step", deltas))
+class Outbox:
+    """The engine's messages to the parent. Step deltas are sent when the pipe has room and merged per request
+    while it has none (``PendingDeltas``): a parent busy with HTTP never holds up the engine, it gets fewer, longer
+    messages. Every other message first sends the pending deltas (a caller sees its outputs before the reply to its
+    abort)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.pending = PendingDeltas()
+        _widen_pipe(conn.fileno())
+
+    def deltas(self, deltas: list[StreamDelta], wait: bool) -> None:
+        self.pending.add(deltas)
+        if self.pending and (wait or _writable(self.conn.fileno())):
+            self.conn.send(("step", self.pending.take()))
+
+    def send(self, msg: tuple) -> None:
+        if self.pending:
+            self.conn.send(("step", self.pending.take()))
+        self.conn.send(msg)
 
 
-def _handle(loop: EngineLoop, cmd: tuple, outputs: Connection) -> bool:
+def _writable(fd: int) -> bool:
+    return bool(select.select([], [fd], [], 0)[1])
+
+
+def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
+    """Room for many steps' deltas in the pipe (Linux; the default is 64 KiB), so that sends seldom wait."""
+    if hasattr(fcntl, "F_SETPIPE_SZ"):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+
+
+def _serve(loop: EngineLoop, commands: Connection, out: Outbox) -> None:
+    trace = LoopTrace.from_env()
+    try:
+        while True:
+            trace.mark()
+            if not loop.groups:
+                out.deltas([], wait=True)  # idle: nothing may stay pending
+                commands.poll(None)  # wait for a command (EOFError once the parent is gone)
+            idle, n = trace.mark(), 0
+            while commands.poll(0):
+                n += 1
+                if _handle(loop, commands.recv(), out) is False:
+                    loop.abort_all()
+                    return
+            if loop.groups:
+                took = trace.mark()
+                loop.engine.step()
+                stepped = trace.mark()
+                deltas = loop.collect()
+                collected = trace.mark()
+                out.deltas(deltas, wait=False)
+                trace.row(loop.engine, idle, took, n, stepped, collected, trace.mark(), len(deltas))
+    finally:
+        trace.write()
+
+
+def _handle(loop: EngineLoop, cmd: tuple, outputs: Outbox) -> bool:
     kind = cmd[0]
     if kind == "stop":
         return False
@@ -145,9 +199,7 @@ def _handle(loop: EngineLoop, cmd: tuple, outputs: Connection) -> bool:
             outputs.send(("error", gid, exc))
     elif kind == "abort":
         _, gid, token = cmd
-        deltas = loop.abort(gid)
-        if deltas:
-            outputs.send(("step", deltas))
+        outputs.deltas(loop.abort(gid), wait=True)
         outputs.send(("done", token, None, None))
     elif kind == "call":
         _, token, fn, args = cmd

@@ -68,6 +68,39 @@ def stream_delta(r: Request, sent: Sent) -> StreamDelta | None:
     return delta
 
 
+def merge_deltas(a: StreamDelta, b: StreamDelta) -> StreamDelta:
+    """One delta with the effect of ``a`` then ``b`` (same request): what the engine process sends when this
+    process has not read ``a`` yet, so that a slow reader gets fewer, longer messages instead of holding up steps."""
+    text_after_a = a.text_keep + len(a.text_add)
+    if b.text_keep >= a.text_keep:  # b keeps all of a's kept text, and a prefix of what a added
+        keep, add = a.text_keep, a.text_add[: b.text_keep - a.text_keep] + b.text_add
+    else:
+        keep, add = b.text_keep, b.text_add
+    assert b.text_keep <= text_after_a, "b keeps more text than a left"
+    logprobs = None if a.new_logprobs is None else a.new_logprobs + (b.new_logprobs or [])
+    return StreamDelta(a.request_id, a.new_token_ids + b.new_token_ids, keep, add, logprobs, b.cumulative_logprob,
+                       b.status, b.finish_reason, b.stop_reason, b.metrics if b.metrics is not None else a.metrics)
+
+
+class PendingDeltas:
+    """Deltas not sent yet, one per request (merged), in the order requests first changed."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, StreamDelta] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._by_id)
+
+    def add(self, deltas: list[StreamDelta]) -> None:
+        for d in deltas:
+            old = self._by_id.get(d.request_id)
+            self._by_id[d.request_id] = d if old is None else merge_deltas(old, d)
+
+    def take(self) -> list[StreamDelta]:
+        out, self._by_id = list(self._by_id.values()), {}
+        return out
+
+
 def apply_delta(r: Request, d: StreamDelta) -> None:
     """Bring ``r`` (the HTTP process's copy) to the engine's state that ``d`` was made from."""
     r.output_token_ids.extend(d.new_token_ids)
