@@ -38,7 +38,7 @@ def main() -> None:
             acc_own = (verify_coupled(own_p, own, ones)[1] == 2).float().mean().item()
             uniforms = noise.uniform(seeds, zeros, zeros)[:, None]
 
-            def draw(dist, at):
+            def draw(dist, at, seeds=seeds, zeros=zeros):
                 return noise.sample_from_probs(dist, noise.exponential(seeds, zeros, at, VOCAB))
 
             acc_rej = (rejection_sample(pb, own, ones, qb, uniforms, draw)[1] == 2).float().mean().item()

@@ -41,11 +41,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for tests.helpers
 
+from tokenleap import LLM, SamplingParams  # noqa: E402
+from tokenleap.engine.cuda_graphs import DecodeGraphs  # noqa: E402
+
 from tests.helpers.eagle_heads import write_eagle3_head  # noqa: E402
 from tests.helpers.tiny_heads import make_tiny_speculator  # noqa: E402
 from tests.helpers.tiny_models import TINY_VOCAB, make_tiny_checkpoint  # noqa: E402
-from tokenleap import LLM, SamplingParams  # noqa: E402
-from tokenleap.engine.cuda_graphs import DecodeGraphs  # noqa: E402
 
 PHASES = ["schedule", "inputs", "forward", "sample", "apply", "drv.build", "propose", "verified", "other"]
 
@@ -135,7 +136,7 @@ def measure(llm: LLM, batch: int, steps: int, seed: int, profile: cProfile.Profi
     rounds = 0
     while len(rows) < steps and rounds < 50:
         rounds += 1
-        for i in range(batch):
+        for _ in range(batch):
             # repetitive prompts, so that prompt lookup finds matches
             base = [rng.randrange(3, TINY_VOCAB) for _ in range(8)]
             for req in llm._make_requests([{"prompt_token_ids": base * 3}], [sp], None, None)[0]:
