@@ -18,7 +18,6 @@ can cost more than the model there (2 threads: 130 ms per token of the tiny test
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
 import statistics
@@ -26,7 +25,7 @@ import time
 
 from tokenleap import LLM, SamplingParams
 from tokenleap.bench import prompts as P
-from tokenleap.bench.serve import run_level, server_info
+from tokenleap.bench.serve import run_client, run_level, server_info
 from tokenleap.bench.server_process import ServerProcess
 from tokenleap.cli import _ENGINE_FLAGS, _engine_args, _engine_argv
 
@@ -73,15 +72,15 @@ def served(args, spec, prompts: list[str]) -> dict:
         serve_args.append("--no-engine-process")
     out = {}
     with ServerProcess(serve_args) as url:
-        info = asyncio.run(server_info(url))
+        info = run_client(server_info(url))
         common = dict(output_len=args.output_len, endpoint="chat", temperature=0.0, ignore_eos=True,
                       request_rate=float("inf"))
-        asyncio.run(run_level(url, info["id"], prompts[:2], concurrency=2, **{**common, "output_len": 8}))
-        out[1] = asyncio.run(run_level(url, info["id"], prompts[: args.num_batch1], concurrency=1, **common)).to_dict()
+        run_client(run_level(url, info["id"], prompts[:2], concurrency=2, **{**common, "output_len": 8}))
+        out[1] = run_client(run_level(url, info["id"], prompts[: args.num_batch1], concurrency=1, **common)).to_dict()
         runs = []
         for _ in range(args.repeats):  # (wall-clock start and end: to line up with an engine trace)
             t0 = time.time()
-            runs.append(asyncio.run(run_level(url, info["id"], prompts, concurrency=64, **common)).to_dict())
+            runs.append(run_client(run_level(url, info["id"], prompts, concurrency=64, **common)).to_dict())
             runs[-1]["wall_clock"] = [t0, time.time()]
         runs.sort(key=lambda r: r["output_tokens_per_s"])
         out[64] = runs[len(runs) // 2]  # the median run

@@ -744,11 +744,10 @@ def _engine_argv(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    import asyncio
     import contextlib
 
     from tokenleap.bench import prompts as P
-    from tokenleap.bench.serve import compare, run_level, server_info
+    from tokenleap.bench.serve import compare, run_client, run_level, server_info
     from tokenleap.bench.server_process import ServerProcess
 
     if args.base_url is not None:
@@ -780,18 +779,18 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
                 serve_args += ["--speculative-config", json.dumps(spec)]
             ctx = ServerProcess(serve_args, startup_timeout_s=args.server_timeout)
         with ctx as url:
-            info = asyncio.run(server_info(url, args.api_key))
+            info = run_client(server_info(url, args.api_key))
             servers[label] = info
             prompts = text_prompts or [p["prompt_token_ids"] for p in P.random_token_prompts(
                 args.num_prompts, args.input_len, info["vocab_size"], seed=args.seed)]
             common = dict(output_len=args.output_len, endpoint=args.endpoint, temperature=args.temperature,
                           ignore_eos=args.ignore_eos, api_key=args.api_key, seed=args.seed, label=label)
-            asyncio.run(run_level(url, info["id"], prompts[:1], concurrency=1, request_rate=float("inf"),
+            run_client(run_level(url, info["id"], prompts[:1], concurrency=1, request_rate=float("inf"),
                                   **{**common, "output_len": 4}))  # warm-up, not counted
             results[label] = []
             for c in args.concurrency:
                 for rate in args.request_rate:
-                    res = asyncio.run(run_level(url, info["id"], prompts, concurrency=c, request_rate=rate, **common))
+                    res = run_client(run_level(url, info["id"], prompts, concurrency=c, request_rate=rate, **common))
                     results[label].append(res.to_dict())
                     print(f"[{label}] concurrency={c} rate={rate}: {res.output_tokens_per_s:.1f} output tok/s, "
                           f"TTFT p50 {res.ttft_ms['p50']:.1f} ms, ITL p50 {res.itl_ms['p50']:.2f} ms, "

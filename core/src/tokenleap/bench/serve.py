@@ -24,6 +24,16 @@ from tokenleap.bench import AcceptanceStats, percentile
 PERCENTILES = (50, 90, 99)
 
 
+def run_client(coro: Any) -> Any:
+    """Run the benchmark client's coroutine on uvloop when it is installed (the serve extra has it): the client
+    parses every streamed chunk, and a slow client would be measured instead of the server."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 @dataclass
 class RequestRecord:
     ok: bool

@@ -71,6 +71,7 @@ class ProcessAsyncLLM(AsyncFrontend):
         self._tokens = itertools.count()
         ctx = multiprocessing.get_context("spawn")  # (CUDA cannot be forked)
         cmd_read, self._cmd = ctx.Pipe(duplex=False)
+        child.widen_pipe(self._cmd.fileno())  # 64 requests arriving at once do not wait for the engine's step
         self._out, out_write = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(target=child.main, args=(dict(model=model, **kwargs), cmd_read, out_write),
                                  name="tokenleap-engine", daemon=True)

@@ -137,7 +137,7 @@ class Outbox:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.pending = PendingDeltas()
-        _widen_pipe(conn.fileno())
+        widen_pipe(conn.fileno())
 
     def deltas(self, deltas: list[StreamDelta], wait: bool) -> None:
         self.pending.add(deltas)
@@ -154,8 +154,9 @@ def _writable(fd: int) -> bool:
     return bool(select.select([], [fd], [], 0)[1])
 
 
-def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
-    """Room for many steps' deltas in the pipe (Linux; the default is 64 KiB), so that sends seldom wait."""
+def widen_pipe(fd: int, size: int = 1 << 20) -> None:
+    """Room for many messages in a pipe (Linux; the default is 64 KiB), so that sends seldom wait: the engine's
+    deltas while the parent is busy, the parent's requests while the engine steps."""
     if hasattr(fcntl, "F_SETPIPE_SZ"):
         with contextlib.suppress(OSError):
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
