@@ -169,7 +169,7 @@ class ModelRunner:
             if picked is not None:
                 return self._launch_graph(scheduled, *picked)
         if graphed and len(scheduled) == 1 and scheduled[0].num_spec_tokens == 0:
-            q = self.graphs.pick_prefill(scheduled[0].num_new_tokens)
+            q = self.graphs.pick_prefill(scheduled[0].num_new_tokens, scheduled[0].request.num_computed_tokens)
             if q is not None:
                 return LaunchedStep(scheduled, result=self._prefill_graph(scheduled[0], q))
         return LaunchedStep(scheduled, result=self._execute_eager(scheduled))
