@@ -113,18 +113,21 @@ def test_async_constrained_decode_equals_eager(folder, params, eager, max_num_se
 
 
 def test_without_async_scheduling_and_with_ngram(folder, params, eager):
-    """async_scheduling off (masked decode steps launched and waited for in turn) and n-gram speculation (verify
-    steps sample synchronously, decode steps between them are masked; nothing drafts on the device behind a
-    masked step): the same tokens."""
+    """async_scheduling off (masked decode steps launched and waited for in turn) and n-gram speculation (with a
+    proposer every step of a constrained request samples synchronously: no masked steps, none launched ahead): the
+    same tokens."""
     sync = tiny_llm(folder, padded=True, max_num_seqs=4, async_scheduling=False, **KW)
     counts = count_launches(sync)
     spec = tiny_llm(folder, padded=True, max_num_seqs=4, speculative_config=NGRAM, **KW)
     spec_counts = count_launches(spec)
+    picks = []
+    pick = spec.engine.runner._pick_masked
+    spec.engine.runner._pick_masked = lambda *args: picks.append(1) or pick(*args)
     for kind, p in params.items():
         assert token_ids(sync.generate(TEXTS, p, use_tqdm=False)) == eager[kind], kind
         assert token_ids(spec.generate(TEXTS, p, use_tqdm=False)) == eager[kind], kind
     assert counts["ahead"] == 0 and spec_counts["ahead"] == 0
-    assert spec.engine.counters.spec.num_draft_tokens > 0
+    assert spec.engine.counters.spec.num_draft_tokens > 0 and not picks
 
 
 def test_mixed_batch_plain_and_constrained(folder, params, eager):

@@ -9,6 +9,7 @@ import random
 import types
 
 import pytest
+import torch
 from helpers.spec_counts import spec_totals, without_attention_output
 from tokenleap import LLM, SamplingParams
 from tokenleap.engine.cuda_graphs import DecodeGraphs, equal_bounds, graph_batch_sizes, segment_bounds
@@ -138,6 +139,35 @@ def test_prefill_buckets():
 
     assert prefill_buckets(2048) == [32, 64, 128, 256, 512]
     assert prefill_buckets(100) == [32, 64]
+
+
+def test_prefill_graphs_stay_within_max_model_len(folder):
+    """max_model_len (256) below the largest bucket (512): no bucket longer than it, a chunk whose padding would
+    end past it runs eagerly, and every shape's capture inputs (positions from 0, sequence length q) stay within
+    the RoPE table and the block table, which the torch reference indexes with bound checks (on CUDA the Triton
+    kernels do not: capturing the 512 bucket read past both, an illegal memory access)."""
+    from tokenleap.engine.cuda_graphs import prefill_buckets
+
+    llm = tiny_llm(folder, padded=True, prefill=tuple(prefill_buckets(2048)), max_num_seqs=2, max_model_len=256)
+    graphs = llm.engine.runner.graphs
+    assert graphs.prefill_query_lens == [32, 64, 128, 256]
+    shapes = [(b, q, False) for b in graphs.batch_sizes for q in graphs.query_lens]
+    for b, q, prefill in shapes + [(1, q, True) for q in graphs.prefill_query_lens]:
+        graphs._fill_dummy(b, q)
+        stages, state = graphs._segments(b, q, [q] * b, prefill=prefill)
+        for stage in stages:
+            stage()
+        assert torch.isfinite(state["logits"]).all(), (b, q)
+    assert graphs.pick_prefill(10, start=224) == 32 and graphs.pick_prefill(10, start=225) is None
+    assert graphs.pick_prefill(200) == 256 and graphs.pick_prefill(257) is None
+    prompt = {"prompt_token_ids": PROMPTS[0]["prompt_token_ids"] * 30}  # 244 tokens: cached 240, then 4 to go
+    prompt["prompt_token_ids"] = prompt["prompt_token_ids"][:244]
+    greedy = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    want = token_ids(tiny_llm(folder, padded=False, max_model_len=256).generate([prompt], greedy, use_tqdm=False))
+    counts = count_launches(llm)
+    for _ in range(2):  # the second time from position 240: 32 padded rows would end at 272
+        assert token_ids(llm.generate([prompt], greedy, use_tqdm=False)) == want
+    assert counts["prefill"] == 1  # the 256 bucket the first time; the 4-token tail at 240 ran eagerly
 
 
 def test_segment_bounds():

@@ -8,7 +8,8 @@ no kernel outside them; other sampling runs after them on the device from the lo
 
 A step that is one request's prefill chunk of at most 512 tokens runs through a prefill graph: batch 1, the
 chunk padded to the next bucket (32, 64, ..., 512) the same way, logits only for the chunk's last real token
-(its row travels in the ``num_drafts`` field). Other prefills (longer chunks, several requests) run eagerly.
+(its row travels in the ``num_drafts`` field). Other prefills (longer chunks, several requests, a chunk whose
+padding would end past max_model_len) run eagerly; no bucket is longer than max_model_len.
 
 Each (batch, q) forward is captured as a few consecutive graphs (layer segments) rather than one: launching a
 graph costs host time that grows with its size, and while the GPU runs one segment the host launches the
@@ -108,7 +109,10 @@ class DecodeGraphs:
         self.kv_caches = kv_caches
         self.batch_sizes = graph_batch_sizes(max_num_seqs)
         self.query_lens = sorted(set(query_lens))
-        self.prefill_query_lens = sorted(set(prefill_query_lens))  # buckets of one-request prefill graphs
+        # buckets of one-request prefill graphs, none longer than max_model_len: a chunk's padded positions and
+        # sequence length must stay inside the RoPE table and the block table, which are sized by it (capture runs
+        # each bucket from position 0)
+        self.prefill_query_lens = sorted({q for q in prefill_query_lens if q <= max_model_len})
         self.max_blocks = max_blocks_per_req
         self.max_model_len = max_model_len
         self.backend = backend
@@ -293,9 +297,12 @@ class DecodeGraphs:
         b = next((x for x in self.batch_sizes if x >= num_reqs), None)
         return None if q is None or b is None else (b, q)
 
-    def pick_prefill(self, num_tokens: int) -> int | None:
-        """The smallest prefill bucket that holds a chunk of ``num_tokens`` tokens, if any."""
-        return next((q for q in self.prefill_query_lens if q >= num_tokens), None)
+    def pick_prefill(self, num_tokens: int, start: int = 0) -> int | None:
+        """The smallest prefill bucket that holds a chunk of ``num_tokens`` tokens from position ``start``, if any
+        whose padding ends within max_model_len (past it, the padded positions would read beyond the RoPE table
+        and the sequence length beyond the block table: the Triton kernels do not check)."""
+        q = next((q for q in self.prefill_query_lens if q >= num_tokens), None)
+        return q if q is not None and start + q <= self.max_model_len else None
 
     def stage(self, b: int, q: int) -> dict[str, np.ndarray]:
         """The next staging buffer's fields for a (b, q) step, as numpy views (built once per shape and turn);

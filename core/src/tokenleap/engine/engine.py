@@ -126,6 +126,9 @@ class Engine:
                                   hidden_layers, graphs)
         if self.spec_cfg is not None:
             self.runner.draft_verification = self.spec_cfg.common.draft_verification
+        # with a proposer, steps of constrained requests sample synchronously (masked decode steps between n-gram
+        # verify steps measured slower: docs/sampling.md)
+        self.runner.masked_decode = self.driver is None
         self.counters = EngineCounters()
         self.requests: dict[str, Request] = {}
         self._in_flight: LaunchedStep | None = None  # a step launched ahead, read back by the next step()
@@ -174,7 +177,7 @@ class Engine:
         step N + 1's results. Requests that finish in step N simply ignore step N + 1. Under constraints (a
         grammar, logit_bias, ...) step N + 1's forward is launched the same way, fed step N's constrained token on
         the device; its own constrained argmax is launched in the next call, once step N's tokens advanced the
-        matchers and before step N + 2 is launched behind it (model_runner's docstring). A verify
+        matchers and before step N + 2 is launched behind it (model_runner's docstring; without a proposer). A verify
         step is followed the same way when the device drafts (prompt lookup on the device's copy of each
         request's tokens). Otherwise (a proposer, which needs step N's tokens first) step N + 1 is launched as
         soon as step N's tokens and drafts are in, and step N's text is made while it runs."""
@@ -228,9 +231,9 @@ class Engine:
     def _ahead_query_len(self, launched: LaunchedStep) -> int | None:
         """Tokens per request of a step that may be launched behind ``launched`` (a greedy step in flight, none of
         whose requests is sure to end in it), or None: 1 (decode) behind a decode step without a proposer (under
-        constraints too: ``LaunchedStep.masked``); 1 + k (verify, drafted on the device) behind an unconstrained
-        decode or verify step when the proposer declares prompt lookup, the graphs draft for it and drafting is not
-        switched off by the batch size. Verify steps under constraints sample synchronously."""
+        constraints too: ``LaunchedStep.masked``); 1 + k (verify, drafted on the device) behind a decode or verify
+        step when the proposer declares prompt lookup, the graphs draft for it and drafting is not switched off by
+        the batch size. With a proposer, steps under constraints sample synchronously (never in flight)."""
         if not self.cfg.async_scheduling or not (launched.is_greedy_decode or launched.is_greedy_verify):
             return None
         if not all(s.request.num_output_tokens + 1 < s.request.max_tokens
@@ -238,8 +241,6 @@ class Engine:
             return None
         if self.driver is None:
             return 1 if launched.is_greedy_decode else None
-        if launched.masked:  # its tokens are not the graph's argmax, which device drafting reads
-            return None
         graphs, limit = self.runner.graphs, self.driver.disable_by_batch_size
         if graphs is None or graphs.drafter is None or (limit is not None and len(launched.scheduled) >= limit):
             return None

@@ -13,7 +13,9 @@ forward its token is the argmax under each request's constraints (``masked_decod
 launched behind it is fed. The masks need the matchers to have accepted the previous step's tokens, so a masked
 step launched ahead runs its forward at once and launches that argmax later (``LaunchedStep.launch_sampling``),
 once the step before it was read back and applied: before the step behind it is launched, or when it is waited
-for. Verify steps (drafts) of constrained requests sample synchronously.
+for. Verify steps (drafts) of constrained requests sample synchronously, and so does every step of a speculative
+engine (``masked_decode`` off): with n-gram drafts the masked steps measured slower than the synchronous sampler
+(docs/sampling.md).
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ class ModelRunner:
         self._masked: MaskedDecode | None = None  # the constrained argmax of graphed decode steps, built on first use
         self._positions: dict[tuple[int, int], np.ndarray] = {}  # (b, q) -> padded positions, built once
         self.draft_verification = "auto"  # speculative_config.draft_verification (drafts with probabilities)
+        self.masked_decode = True  # constrained greedy decode steps pick their token on the device (off: proposers)
 
     def _tensor(self, array: np.ndarray | list, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=dtype).to(self.device, non_blocking=True)
@@ -169,7 +172,7 @@ class ModelRunner:
             if picked is not None:
                 return self._launch_graph(scheduled, *picked)
         if graphed and len(scheduled) == 1 and scheduled[0].num_spec_tokens == 0:
-            q = self.graphs.pick_prefill(scheduled[0].num_new_tokens)
+            q = self.graphs.pick_prefill(scheduled[0].num_new_tokens, scheduled[0].request.num_computed_tokens)
             if q is not None:
                 return LaunchedStep(scheduled, result=self._prefill_graph(scheduled[0], q))
         return LaunchedStep(scheduled, result=self._execute_eager(scheduled))
@@ -178,7 +181,8 @@ class ModelRunner:
         """A decode / verify step of this request alone would run on a captured graph and stay in flight after
         launch (nothing but the argmax, or a decode step's constrained argmax, to read back; other requests sync
         inside ``launch``)."""
-        return self._graphed and (_plain_greedy(request) or (_masked_greedy(request) and not request.spec_token_ids))
+        return self._graphed and (_plain_greedy(request) or (self.masked_decode and _masked_greedy(request)
+                                                              and not request.spec_token_ids))
 
     @property
     def _graphed(self) -> bool:
@@ -247,7 +251,7 @@ class ModelRunner:
         if all(_plain_greedy(s.request) for s in scheduled):  # the graph already verified: read it back
             host, event = self.graphs.read_back(greedy, len(scheduled))
             return LaunchedStep(scheduled, host=host, event=event, hidden_states=aux, token_rows=rows)
-        if q == 1 and all(_masked_greedy(s.request) for s in scheduled):  # the argmax under the constraints
+        if q == 1 and self.masked_decode and all(_masked_greedy(s.request) for s in scheduled):  # under constraints
             step = LaunchedStep(scheduled, hidden_states=aux, token_rows=rows, masked=True,
                                 sample_later=lambda: self._pick_masked(scheduled, logits_all))
             if not ahead:  # the matchers are past every token before this step: sample now
