@@ -18,7 +18,7 @@ import pytest
 from tokenleap import ProcessAsyncLLM, SamplingParams
 from tokenleap.async_llm import EngineDeadError
 from tokenleap.engine.request import Request, RequestStatus
-from tokenleap.engine_core.deltas import PendingDeltas, Sent, apply_delta, stream_delta
+from tokenleap.engine_core.deltas import Sent, apply_step, collect_step
 from tokenleap.outputs import Logprob
 
 PROMPTS = ["The quick brown fox", "def add(a, b):", "Hello world! How are"]
@@ -27,65 +27,65 @@ KW = dict(disable_log_stats=True, kv_cache_memory_bytes=8 << 20)
 
 
 # -- deltas (pure) ------------------------------------------------------------------------------------
-def _req(**kw) -> Request:
-    return Request(request_id="r", prompt_token_ids=[1, 2], params=SamplingParams(**kw), seed=0, stream=0,
+def _req(rid="r", **kw) -> Request:
+    return Request(request_id=rid, prompt_token_ids=[1, 2], params=SamplingParams(**kw), seed=0, stream=0,
                    max_tokens=10, eos_token_ids=frozenset())
 
 
-def test_deltas_rebuild_the_request_text_cut_included():
-    eng, copy, sent = _req(logprobs=1), _req(logprobs=1), Sent()
-    states = [([5], "He", RequestStatus.RUNNING), ([5, 6], "Hello", RequestStatus.RUNNING),
-              ([5, 6], "Hello", RequestStatus.RUNNING),  # nothing new: no delta
-              ([5, 6, 7, 8], "Hello wo", RequestStatus.RUNNING),
-              ([5, 6, 7, 8, 9], "Hello", RequestStatus.FINISHED_STOPPED)]  # a stop string cut the text
-    n_deltas = 0
-    for ids, text, status in states:
-        new = ids[len(eng.output_token_ids):]
-        eng.output_token_ids.extend(new)
-        eng.logprobs.extend({t: Logprob(-0.5 * t)} for t in new)
-        eng.cumulative_logprob -= len(new)
+def _state(r: Request) -> tuple:
+    return (r.output_token_ids, r.text, r.logprobs, r.cumulative_logprob, r.status, r.finish_reason, r.stop_reason)
+
+
+def test_step_changes_rebuild_the_request_text_cut_included():
+    """Columns for plain appends, whole deltas for the first change, a text cut and the end."""
+    eng, copy, sent = _req(), _req(), Sent()
+    states = [([5], "He", RequestStatus.RUNNING, "delta"), ([5, 6], "Hello", RequestStatus.RUNNING, "columns"),
+              ([5, 6], "Hello", RequestStatus.RUNNING, None),  # nothing new
+              ([5, 6, 7, 8], "Hello wo", RequestStatus.RUNNING, "columns"),
+              ([5, 6, 7, 8, 9], "Hello", RequestStatus.FINISHED_STOPPED, "delta")]  # a stop string cut the text
+    for ids, text, status, how in states:
+        eng.output_token_ids.extend(ids[len(eng.output_token_ids):])
         eng.text, eng.status = text, status
         if status.finished:
             eng.finish_reason, eng.stop_reason = "stop", " wo"
-        d = stream_delta(eng, sent)
-        if d is not None:
-            n_deltas += 1
-            apply_delta(copy, d)
-        assert (copy.output_token_ids, copy.text, copy.status) == (eng.output_token_ids, eng.text, eng.status)
-        assert copy.logprobs == eng.logprobs and copy.cumulative_logprob == eng.cumulative_logprob
-    assert n_deltas == 4
-    assert (copy.finish_reason, copy.stop_reason) == ("stop", " wo")
-    assert copy.metrics is eng.metrics or copy.metrics == eng.metrics
+        changes = collect_step([(7, eng, sent)])
+        assert (bool(changes.handles), bool(changes.deltas)) == (how == "columns", how == "delta")
+        assert apply_step(changes, {7: copy}) == ([7] if how else [])
+        assert _state(copy) == _state(eng)
+    assert copy.metrics is not None
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_merged_deltas_apply_as_the_steps_one_by_one(seed):
-    """A random run of steps (tokens appended, text growing and sometimes cut, logprobs): merging the deltas of
-    any stretch of steps (PendingDeltas, as the engine process does while the parent is behind) brings a copy to
-    the same state as applying them one by one."""
+def test_step_changes_of_a_random_run_rebuild_every_request(seed):
+    """Three requests (one with logprobs) over a random run (tokens appended, text growing and sometimes cut,
+    requests ending), the steps' changes kept and applied several at a time as the engine process sends them
+    while the parent is behind: every copy equals its request after each delivery."""
     rng = random.Random(seed)
-    eng, one_by_one, merged, sent = _req(logprobs=1), _req(logprobs=1), _req(logprobs=1), Sent()
-    pending = PendingDeltas()
+    engs = [_req("a"), _req("b", logprobs=1), _req("c")]
+    copies = [_req("a"), _req("b", logprobs=1), _req("c")]
+    sents = [Sent() for _ in engs]
+    kept = []
     for step in range(40):
-        new = [rng.randrange(100) for _ in range(rng.randrange(0, 4))]
-        eng.output_token_ids.extend(new)
-        eng.logprobs.extend({t: Logprob(-0.1 * t)} for t in new)
-        eng.cumulative_logprob -= 0.5 * len(new)
-        cut = rng.random() < 0.15 and eng.text
-        eng.text = (eng.text[: rng.randrange(len(eng.text))] if cut else eng.text) + "".join(
-            rng.choice("ab c") for _ in range(rng.randrange(0, 5)))
-        eng.status = RequestStatus.FINISHED_STOPPED if step == 39 else RequestStatus.RUNNING
-        d = stream_delta(eng, sent)
-        if d is None:
-            continue
-        apply_delta(one_by_one, d)
-        pending.add([d])
+        for eng in engs:
+            if eng.status.finished:
+                continue
+            new = [rng.randrange(100) for _ in range(rng.randrange(0, 4))]
+            eng.output_token_ids.extend(new)
+            if eng.logprobs is not None:
+                eng.logprobs.extend({t: Logprob(-0.1 * t)} for t in new)
+                eng.cumulative_logprob -= 0.5 * len(new)
+            cut = rng.random() < 0.1 and eng.text
+            eng.text = (eng.text[: rng.randrange(len(eng.text))] if cut else eng.text) + "".join(
+                rng.choice("ab c") for _ in range(rng.randrange(0, 5)))
+            eng.status = RequestStatus.RUNNING
+            if rng.random() < 0.05 or step == 39:
+                eng.status, eng.finish_reason = RequestStatus.FINISHED_LENGTH, "length"
+        kept.append(collect_step([(i, e, s) for i, (e, s) in enumerate(zip(engs, sents))]))
         if rng.random() < 0.3 or step == 39:
-            (m,) = pending.take()
-            apply_delta(merged, m)
-            state = lambda r: (r.output_token_ids, r.text, r.logprobs, r.cumulative_logprob, r.status)  # noqa: E731
-            assert state(merged) == state(one_by_one) == state(eng)
-    assert not pending
+            for changes in kept:
+                apply_step(changes, dict(enumerate(copies)))
+            kept = []
+            assert [_state(c) for c in copies] == [_state(e) for e in engs]
 
 
 # -- the engine process -------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Why: in one process the engine's Python (scheduling, inputs, outputs) and the event loop's (HTTP, JSON, one SSE
 chunk per stream per step) take turns on one GIL, so a fast model serving many streams runs at a fraction of its
 offline speed. Here the engine process steps without pause and sends, after each step, one message with what
-changed in each request (``deltas.StreamDelta``); this process keeps its own copy of every request, and a
+changed in each request (``deltas.StepChanges``); this process keeps its own copy of every request, and a
 caller's next output is built when the caller asks for it, from everything that arrived meanwhile: a caller that
 falls behind gets fewer, longer outputs instead of slowing the engine.
 
@@ -37,7 +37,7 @@ from tokenleap.config import EngineConfig
 from tokenleap.engine.request import Request
 from tokenleap.engine.request_factory import RequestFactory
 from tokenleap.engine_core import child
-from tokenleap.engine_core.deltas import StreamDelta, apply_delta
+from tokenleap.engine_core.deltas import StepChanges, apply_step
 from tokenleap.outputs import RequestOutput
 
 _WAKE = object()  # "your request changed": the caller builds its output from its copy
@@ -48,7 +48,29 @@ class _Copy(_Tracked):
     """A caller's request group as this process follows it (``group``: this process's copies)."""
 
     woken: bool = False  # a _WAKE is in the inbox, not yet taken
-    streams: dict[str, Request] = field(default_factory=dict)
+    streams: dict[int, Request] = field(default_factory=dict)  # handle -> copy of that stream
+
+
+class _LoopStreams:
+    """The streams followed on one event loop, touched only on that loop: the engine's changes are applied here
+    and each caller whose request changed is woken once."""
+
+    def __init__(self) -> None:
+        self.streams: dict[int, Request] = {}
+        self.owners: dict[int, _Copy] = {}
+        self.groups = 0  # run_request calls in progress on this loop (guarded by the client's lock)
+
+    def apply(self, steps: list[StepChanges]) -> None:
+        woken: dict[int, _Copy] = {}
+        for changes in steps:
+            for handle in apply_step(changes, self.streams):
+                copy = self.owners.get(handle)
+                if copy is not None:
+                    woken[id(copy)] = copy
+        for copy in woken.values():
+            if not copy.woken:
+                copy.woken = True
+                copy.inbox.put_nowait(_WAKE)
 
 
 class ProcessAsyncLLM(AsyncFrontend):
@@ -64,7 +86,8 @@ class ProcessAsyncLLM(AsyncFrontend):
         self._ids = itertools.count()
         self.dead: BaseException | None = None
         self._copies: dict[str, _Copy] = {}  # group id -> copy (the reader thread reads it: guarded by _lock)
-        self._streams: dict[str, _Copy] = {}  # stream request id -> its group's copy
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopStreams] = {}  # loops with requests (guarded by _lock)
+        self._handles = itertools.count()
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._pending: dict[int, Callable[[Any, BaseException | None], None]] = {}  # token -> reply handler
@@ -119,15 +142,19 @@ class ProcessAsyncLLM(AsyncFrontend):
         rid = _group_id(group)
         if rid in self._active:
             raise ValueError(f"request_id={rid!r} is already running; request ids must be unique")
-        copy = _Copy(rid, group, asyncio.get_running_loop(), asyncio.Queue())
-        copy.streams = {r.request_id: r for r in group}
+        loop = asyncio.get_running_loop()
+        copy = _Copy(rid, group, loop, asyncio.Queue())
+        copy.streams = {next(self._handles): r for r in group}
         self._active.add(rid)
         finished = False
         try:
             with self._lock:
                 self._copies[rid] = copy
-                self._streams.update(dict.fromkeys(copy.streams, copy))
-            self._send(("add", rid, group))
+                streams = self._loops.setdefault(loop, _LoopStreams())
+                streams.groups += 1
+            streams.streams.update(copy.streams)
+            streams.owners.update(dict.fromkeys(copy.streams, copy))
+            self._send(("add", rid, group, list(copy.streams)))
             while True:
                 item = await copy.inbox.get()
                 if isinstance(item, BaseException):
@@ -242,12 +269,19 @@ class ProcessAsyncLLM(AsyncFrontend):
         return await fut
 
     def _forget(self, copy: _Copy) -> None:
+        """On the caller's loop: stop following ``copy``."""
         with self._lock:
             if self._copies.get(copy.request_id) is copy:
                 del self._copies[copy.request_id]
-            for sid in copy.streams:
-                if self._streams.get(sid) is copy:
-                    del self._streams[sid]
+            streams = self._loops.get(copy.loop)
+            if streams is not None:
+                streams.groups -= 1
+                if streams.groups == 0:
+                    del self._loops[copy.loop]
+        if streams is not None:
+            for handle in copy.streams:
+                streams.streams.pop(handle, None)
+                streams.owners.pop(handle, None)
 
     def _read(self) -> None:
         """The reader thread: the engine's messages, until the process ends."""
@@ -256,7 +290,7 @@ class ProcessAsyncLLM(AsyncFrontend):
             while True:
                 msg = self._out.recv()
                 kind = msg[0]
-                if kind == "step":
+                if kind == "steps":
                     self._hand_out(msg[1])
                 elif kind == "error":
                     with self._lock:
@@ -277,17 +311,13 @@ class ProcessAsyncLLM(AsyncFrontend):
         finally:
             self._fail_all(why)
 
-    def _hand_out(self, deltas: list[StreamDelta]) -> None:
-        """Each delta to its request's event loop, where it is applied to the copy (and the caller woken)."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Copy, StreamDelta]]] = {}
+    def _hand_out(self, steps: list[StepChanges]) -> None:
+        """The steps' changes to every event loop with requests (usually one), where each applies its own."""
         with self._lock:
-            for d in deltas:
-                copy = self._streams.get(d.request_id)
-                if copy is not None:
-                    by_loop.setdefault(copy.loop, []).append((copy, d))
-        for loop, items in by_loop.items():
+            loops = list(self._loops.items())
+        for loop, streams in loops:
             try:
-                loop.call_soon_threadsafe(_apply_all, items)
+                loop.call_soon_threadsafe(streams.apply, steps)
             except RuntimeError:  # the caller's loop is closed: nobody is waiting
                 pass
 
@@ -298,7 +328,7 @@ class ProcessAsyncLLM(AsyncFrontend):
             self.dead = why or EngineDeadError(f"the engine process exited (code {code})")
         err = self.dead if isinstance(self.dead, EngineDeadError) else EngineDeadError(str(self.dead))
         with self._lock:
-            copies, self._copies, self._streams = list(self._copies.values()), {}, {}
+            copies, self._copies = list(self._copies.values()), {}
             pending, self._pending = list(self._pending.values()), {}
         for copy in copies:
             copy.deliver(err)
@@ -309,15 +339,3 @@ class ProcessAsyncLLM(AsyncFrontend):
         for conn in (getattr(self, "_cmd", None), getattr(self, "_out", None)):
             if conn is not None:
                 conn.close()
-
-
-def _apply_all(items: list[tuple[_Copy, StreamDelta]]) -> None:
-    """On the caller's loop: bring each copy up to date, then wake each caller once (it reads the newest)."""
-    for copy, d in items:
-        r = copy.streams.get(d.request_id)
-        if r is not None:
-            apply_delta(r, d)
-    for copy, _ in items:
-        if not copy.woken:
-            copy.woken = True
-            copy.inbox.put_nowait(_WAKE)

@@ -1,9 +1,10 @@
 """The engine process: builds the ``LLM``, then steps its engine for the requests the HTTP process sends.
 
-Messages in (``commands``, from the parent): ("add", group_id, [Request, ...]), ("abort", group_id, token),
-("call", token, fn, args) (``fn(engine, *args)``, a module-level function), ("stop",).
-Messages out (``outputs``): ("ready", EngineFacts) once, or ("failed", exception); then ("step", [StreamDelta, ...])
-after a step in which a request changed (several steps' changes merged while the parent is behind), ("error",
+Messages in (``commands``, from the parent): ("add", group_id, [Request, ...], [handle, ...]) (the handles name
+the streams in the changes sent back), ("abort", group_id, token), ("call", token, fn, args) (``fn(engine,
+*args)``, a module-level function), ("stop",).
+Messages out (``outputs``): ("ready", EngineFacts) once, or ("failed", exception); then ("steps", [StepChanges, ...])
+after a step in which a request changed (several steps' changes at once while the parent is behind), ("error",
 group_id, exception) for a group the engine refused, ("done", token, result, exception) for aborts and calls, and
 ("dead", message) if a step fails (the process then ends). When the parent goes away (its end of a pipe closes)
 the process ends too: no engine outlives its server.
@@ -21,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from tokenleap.engine.request import Request
-from tokenleap.engine_core.deltas import PendingDeltas, Sent, StreamDelta, stream_delta
+from tokenleap.engine_core.deltas import Sent, StepChanges, collect_step
 from tokenleap.engine_core.trace import LoopTrace
 
 
@@ -39,13 +40,13 @@ class EngineFacts:
 
 
 class EngineLoop:
-    """The engine and the groups it runs for the parent; ``step`` returns the deltas of one step."""
+    """The engine and the groups it runs for the parent; ``step`` returns one step's changes."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
-        self.groups: dict[str, list[tuple[Request, Sent]]] = {}
+        self.groups: dict[str, list[tuple[int, Request, Sent]]] = {}  # group id -> (handle, request, sent) per stream
 
-    def add(self, group_id: str, group: list[Request]) -> None:
+    def add(self, group_id: str, group: list[Request], handles: list[int]) -> None:
         """Raises ValueError (nothing of the group left in the engine) when the engine refuses a request."""
         if group_id in self.groups:
             raise ValueError(f"request_id={group_id!r} is already running; request ids must be unique")
@@ -58,33 +59,27 @@ class EngineLoop:
             for r in added:
                 self.engine.abort_request(r.request_id)
             raise
-        self.groups[group_id] = [(r, Sent()) for r in group]
+        self.groups[group_id] = [(h, r, Sent()) for h, r in zip(handles, group)]
 
-    def abort(self, group_id: str) -> list[StreamDelta]:
-        """Abort a group; its last deltas (finish_reason "abort") end the caller's stream."""
+    def abort(self, group_id: str) -> StepChanges:
+        """Abort a group; its last changes (finish_reason "abort") end the caller's stream."""
         entries = self.groups.pop(group_id, None)
         if entries is None:
-            return []
-        for r, _ in entries:
+            return StepChanges()
+        for _, r, _ in entries:
             self.engine.abort_request(r.request_id)
-        return [d for r, sent in entries if (d := stream_delta(r, sent)) is not None]
+        return collect_step(entries)
 
-    def step(self) -> list[StreamDelta]:
+    def step(self) -> StepChanges:
         self.engine.step()
         return self.collect()
 
-    def collect(self) -> list[StreamDelta]:
-        """What changed in each group since the last call (groups that ended are dropped)."""
-        deltas: list[StreamDelta] = []
-        for gid in list(self.groups):
-            entries = self.groups[gid]
-            for r, sent in entries:
-                d = stream_delta(r, sent)
-                if d is not None:
-                    deltas.append(d)
-            if all(r.status.finished for r, _ in entries):
-                del self.groups[gid]
-        return deltas
+    def collect(self) -> StepChanges:
+        """What changed since the last call (groups that ended are dropped)."""
+        changes = collect_step(e for entries in self.groups.values() for e in entries)
+        for gid in [g for g, entries in self.groups.items() if all(r.status.finished for _, r, _ in entries)]:
+            del self.groups[gid]
+        return changes
 
     def abort_all(self) -> None:
         for gid in list(self.groups):
@@ -129,24 +124,25 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 
 class Outbox:
-    """The engine's messages to the parent. Step deltas are sent when the pipe has room and merged per request
-    while it has none (``PendingDeltas``): a parent busy with HTTP never holds up the engine, it gets fewer, longer
-    messages. Every other message first sends the pending deltas (a caller sees its outputs before the reply to its
+    """The engine's messages to the parent. Step changes are sent when the pipe has room and kept (in order) while
+    it has none, then sent together: a parent busy with HTTP never holds up the engine, it gets fewer, longer
+    messages. Every other message first sends what is kept (a caller sees its outputs before the reply to its
     abort)."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.pending = PendingDeltas()
+        self.pending: list[StepChanges] = []
         widen_pipe(conn.fileno())
 
-    def deltas(self, deltas: list[StreamDelta], wait: bool) -> None:
-        self.pending.add(deltas)
+    def changes(self, changes: StepChanges, wait: bool) -> None:
+        if changes:
+            self.pending.append(changes)
         if self.pending and (wait or _writable(self.conn.fileno())):
-            self.conn.send(("step", self.pending.take()))
+            self.conn.send(("steps", self.pending))
+            self.pending = []
 
     def send(self, msg: tuple) -> None:
-        if self.pending:
-            self.conn.send(("step", self.pending.take()))
+        self.changes(StepChanges(), wait=True)
         self.conn.send(msg)
 
 
@@ -168,7 +164,7 @@ def _serve(loop: EngineLoop, commands: Connection, out: Outbox) -> None:
         while True:
             trace.mark()
             if not loop.groups:
-                out.deltas([], wait=True)  # idle: nothing may stay pending
+                out.changes(StepChanges(), wait=True)  # idle: nothing may stay pending
                 commands.poll(None)  # wait for a command (EOFError once the parent is gone)
             idle, n = trace.mark(), 0
             while commands.poll(0):
@@ -180,10 +176,11 @@ def _serve(loop: EngineLoop, commands: Connection, out: Outbox) -> None:
                 took = trace.mark()
                 loop.engine.step()
                 stepped = trace.mark()
-                deltas = loop.collect()
+                changes = loop.collect()
                 collected = trace.mark()
-                out.deltas(deltas, wait=False)
-                trace.row(loop.engine, idle, took, n, stepped, collected, trace.mark(), len(deltas))
+                out.changes(changes, wait=False)
+                trace.row(loop.engine, idle, took, n, stepped, collected, trace.mark(),
+                          len(changes.handles) + len(changes.deltas))
     finally:
         trace.write()
 
@@ -193,14 +190,14 @@ def _handle(loop: EngineLoop, cmd: tuple, outputs: Outbox) -> bool:
     if kind == "stop":
         return False
     if kind == "add":
-        _, gid, group = cmd
+        _, gid, group, handles = cmd
         try:
-            loop.add(gid, group)
+            loop.add(gid, group, handles)
         except ValueError as exc:  # this caller's error, not the engine's
             outputs.send(("error", gid, exc))
     elif kind == "abort":
         _, gid, token = cmd
-        outputs.deltas(loop.abort(gid), wait=True)
+        outputs.changes(loop.abort(gid), wait=True)
         outputs.send(("done", token, None, None))
     elif kind == "call":
         _, token, fn, args = cmd
