@@ -142,26 +142,34 @@ def test_mixed_batch_plain_and_constrained(folder, params, eager):
     assert counts["ahead"] > 10
 
 
-def test_abort_with_a_masked_step_in_flight(folder, params, eager):
-    """Aborting a request while a masked step launched ahead is in flight: the others continue unchanged; aborting
-    all of them drops the step (it is settled before the next launch), and the engine serves the next call."""
-    llm = tiny_llm(folder, padded=True, max_num_seqs=4, **KW)
+def run_with_aborts(llm, texts: list[str], sp: SamplingParams, prefix: str) -> list:
+    """Generate ``texts`` with ``sp`` step by step: abort the second request at step 5 (a masked step launched ahead
+    is in flight then), the others at step 9 (the step in flight is then dropped). Returns the requests."""
     eng = llm.engine
-    groups = llm._make_requests(TEXTS, [params["json"]] * len(TEXTS), None, None, [f"r{i}" for i in range(4)])
-    reqs = [req for (req,) in groups]
-    for req in reqs:
-        eng.add_request(req)
+    reqs = [r for (r,) in llm._make_requests(texts, [sp] * len(texts), None, None,
+                                               [f"{prefix}{i}" for i in range(len(texts))])]
+    for r in reqs:
+        eng.add_request(r)
     steps = 0
     while eng.has_unfinished_requests():
         eng.step()
         steps += 1
         if steps == 5:
             assert eng._in_flight is not None and eng._in_flight.masked
-            eng.abort_request("r1")
+            eng.abort_request(f"{prefix}1")
         if steps == 9:
-            for rid in ("r0", "r2", "r3"):
-                eng.abort_request(rid)
+            for r in reqs:
+                eng.abort_request(r.request_id)
             assert eng._in_flight is None
+    return reqs
+
+
+def test_abort_with_a_masked_step_in_flight(folder, params, eager):
+    """Aborting a request while a masked step launched ahead is in flight: the others continue unchanged; aborting
+    all of them drops the step (it is settled before the next launch), and the engine serves the next call."""
+    llm = tiny_llm(folder, padded=True, max_num_seqs=4, **KW)
+    eng = llm.engine
+    reqs = run_with_aborts(llm, TEXTS, params["json"], "r")
     for req, want in zip(reqs, eager["json"]):  # what each got before it was aborted is its output's start
         assert req.finish_reason == "abort" and 4 < req.num_output_tokens and req.output_token_ids == want[
             : req.num_output_tokens]

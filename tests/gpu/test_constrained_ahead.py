@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.tiny_models import make_tiny_checkpoint
-from test_masked_decode import NGRAM, TEXTS, check, kinds
+from test_masked_decode import NGRAM, TEXTS, check, kinds, run_with_aborts
 from tokenleap import LLM, SamplingParams
 from tokenleap.engine import model_runner
 
@@ -135,19 +135,7 @@ def test_tiny_abort_with_a_masked_step_in_flight(tiny, params):
     llm = LLM(model=tiny, device="cuda", dtype="float32", disable_log_stats=True, max_num_seqs=4, max_model_len=256)
     want = ids(run(llm, TEXTS, {"json": params["json"]}))["json"]
     eng = llm.engine
-    reqs = [r for (r,) in llm._make_requests(TEXTS, [params["json"]] * 4, None, None, [f"a{i}" for i in range(4)])]
-    for r in reqs:
-        eng.add_request(r)
-    steps = 0
-    while eng.has_unfinished_requests():
-        eng.step()
-        steps += 1
-        if steps == 5:
-            assert eng._in_flight is not None and eng._in_flight.masked
-            eng.abort_request("a1")
-        if steps == 9:
-            for rid in ("a0", "a2", "a3"):
-                eng.abort_request(rid)
+    reqs = run_with_aborts(llm, TEXTS, params["json"], "a")
     for r, w in zip(reqs, want):
         assert r.finish_reason == "abort" and r.output_token_ids == w[: r.num_output_tokens]
     assert eng.blocks.num_free_blocks == eng.blocks.num_usable_blocks
