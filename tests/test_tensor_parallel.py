@@ -59,11 +59,21 @@ def _stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[1])
 
 
+def _is_resource_tracker(pid: int) -> bool:
+    """multiprocessing's resource tracker: one per interpreter once anything is spawned (ProcessAsyncLLM tests in
+    the same session), ending with the interpreter; not a process an engine leaves behind."""
+    try:
+        return b"multiprocessing.resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def children() -> list[int]:
-    """Live (not zombie) descendants of this process."""
+    """Live (not zombie) descendants of this process, multiprocessing's resource tracker aside."""
     parent_of = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (st := _stat(int(entry.name))) is not None and st[0] != "Z":
+        if entry.name.isdigit() and (st := _stat(int(entry.name))) is not None and st[0] != "Z" \
+                and not _is_resource_tracker(int(entry.name)):
             parent_of[int(entry.name)] = st[1]
     found, frontier = [], {os.getpid()}
     while frontier:
