@@ -15,7 +15,7 @@ import textwrap
 import time
 
 import pytest
-from tokenleap import ProcessAsyncLLM, SamplingParams
+from tokenleap import LLM, ProcessAsyncLLM, SamplingParams
 from tokenleap.async_llm import EngineDeadError
 from tokenleap.engine.request import Request, RequestStatus
 from tokenleap.engine_core.deltas import Sent, apply_step, collect_step
@@ -173,3 +173,20 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_tensor_parallel_engine_process_equals_offline_and_leaves_no_process(tiny_checkpoint):
+    """tensor_parallel_size=2 inside the engine process (its workers are the child's subprocesses): greedy tokens
+    equal offline TP = 1, and after shutdown no process of ours is left (engine process and workers)."""
+    from test_tensor_parallel import children
+
+    folder = str(tiny_checkpoint("llama"))
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    ref = LLM(model=folder, **KW).generate(PROMPTS, params, use_tqdm=False)
+    aio = ProcessAsyncLLM(folder, tensor_parallel_size=2, **KW)
+    try:
+        outs = asyncio.run(aio.generate_all(PROMPTS, params))
+    finally:
+        aio.shutdown()
+    assert [o.outputs[0].token_ids for o in outs] == [r.outputs[0].token_ids for r in ref]
+    assert children() == []
