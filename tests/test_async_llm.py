@@ -92,7 +92,7 @@ def test_agenerate_equals_generate_with_n_and_seed(engines):
 
 def test_requests_started_at_different_times_share_steps(engines):
     _, aio = engines
-    long = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    long = SamplingParams(temperature=0, max_tokens=100, ignore_eos=True)  # (B starts long before A ends)
 
     async def alone(prompt, rid):
         before = await aio.call_engine(_num_steps)
@@ -225,7 +225,9 @@ def test_stream_interval_sends_fewer_longer_outputs(tiny_checkpoint, torch_one_t
             assert outs[-1].finished and outs[-1].outputs[0].token_ids == r.outputs[0].token_ids
             lens = [len(o.outputs[0].token_ids) for o in outs]
             sent = [n for n in lens if n > 0]
-            assert sent[0] <= 2, lens  # the first tokens go at once (TTFT is not delayed)
+            if cls is AsyncLLM:  # the first tokens go at once (TTFT is not delayed by the interval); the engine
+                # process builds an output when its caller reads, so a caller that reads late gets more at once
+                assert sent[0] <= 2, lens
             assert all(b - a >= 5 for a, b in zip(sent[:-2], sent[1:-1])), lens
             assert len(outs) <= 2 + 24 // 5, lens  # against 24 + outputs at stream_interval=1
     finally:
