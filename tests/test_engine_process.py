@@ -164,15 +164,11 @@ def test_the_engine_process_ends_with_its_parent(tiny_checkpoint, tmp_path):
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped by init) counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    """Running, not a zombie (exited, not yet reaped by init)."""
+    from test_tensor_parallel import _stat
+
+    st = _stat(pid)
+    return st is not None and st[0] != "Z"
 
 
 def test_tensor_parallel_engine_process_equals_offline_and_leaves_no_process(tiny_checkpoint):

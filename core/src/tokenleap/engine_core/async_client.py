@@ -103,7 +103,6 @@ class ProcessAsyncLLM(AsyncFrontend):
         out_write.close()
         atexit.register(self.shutdown)  # (after multiprocessing's own exit handler: this one runs first)
         facts = self._wait_ready(startup_timeout)
-        self._facts = facts
         self.config = EngineConfig(**facts.config)
         self._requests = RequestFactory(facts.tokenizer, facts.vocab_size, facts.max_model_len,
                                         facts.eos_token_ids, facts.max_logprobs, self.config.seed)

@@ -36,7 +36,6 @@ class EngineFacts:
     eos_token_ids: frozenset[int]
     max_logprobs: int
     config: dict[str, Any]  # EngineConfig.model_dump()
-    speculative: bool
 
 
 class EngineLoop:
@@ -97,8 +96,7 @@ def main(llm_kwargs: dict[str, Any], commands: Connection, outputs: Connection) 
         llm = LLM(**llm_kwargs)
         eng = llm.engine
         facts = EngineFacts(eng.tokenizer, eng.arch.vocab_size, eng.max_model_len,
-                            frozenset(eng.arch.eos_token_ids), llm.config.max_logprobs, llm.config.model_dump(),
-                            eng.spec_cfg is not None)
+                            frozenset(eng.arch.eos_token_ids), llm.config.max_logprobs, llm.config.model_dump())
     except BaseException as exc:  # noqa: BLE001 - the parent raises it
         try:
             outputs.send(("failed", exc))
