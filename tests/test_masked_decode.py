@@ -4,7 +4,8 @@ the next step's forward is launched before the token is read back (fed on the de
 launched once that token advanced the matchers. None of that changes a token: the same as eager decoding (the
 synchronous sampler), as without async scheduling, and as with n-gram speculation; the constraints hold.
 
-``masked_argmax`` itself equals the sampler (``sample``) on the same rows bit for bit."""
+``masked_argmax`` itself equals the sampler (``sample``) on the same rows bit for bit, and ``greedy_emitted`` (the
+host's greedy acceptance after it) equals ``verify_greedy``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from test_padded_decode_path import count_launches, tiny_llm, token_ids
 from tokenleap import SamplingParams
 from tokenleap.sample.masked_argmax import byte_bits, masked_argmax
 from tokenleap.sample.sampler import SamplingBatch, sample
+from tokenleap.speculative.verify import greedy_emitted, verify_greedy
 from tokenleap.structured.constraints import ids_bitmask
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -114,20 +116,24 @@ def test_async_constrained_decode_equals_eager(folder, params, eager, max_num_se
 
 def test_without_async_scheduling_and_with_ngram(folder, params, eager):
     """async_scheduling off (masked decode steps launched and waited for in turn) and n-gram speculation (with a
-    proposer every step of a constrained request samples synchronously: no masked steps, none launched ahead): the
-    same tokens."""
+    proposer every step of a constrained request is verified synchronously by ``MaskedDecode.verify``, drafts or
+    none: no masked steps launched ahead): the same tokens."""
     sync = tiny_llm(folder, padded=True, max_num_seqs=4, async_scheduling=False, **KW)
     counts = count_launches(sync)
     spec = tiny_llm(folder, padded=True, max_num_seqs=4, speculative_config=NGRAM, **KW)
     spec_counts = count_launches(spec)
-    picks = []
+    picks, verified = [], []
     pick = spec.engine.runner._pick_masked
     spec.engine.runner._pick_masked = lambda *args: picks.append(1) or pick(*args)
+    masked = spec.engine.runner._masked_decode()
+    verify = masked.verify
+    masked.verify = lambda logits, scheduled, q: verified.append(q) or verify(logits, scheduled, q)
     for kind, p in params.items():
         assert token_ids(sync.generate(TEXTS, p, use_tqdm=False)) == eager[kind], kind
         assert token_ids(spec.generate(TEXTS, p, use_tqdm=False)) == eager[kind], kind
     assert counts["ahead"] == 0 and spec_counts["ahead"] == 0
     assert spec.engine.counters.spec.num_draft_tokens > 0 and not picks
+    assert 1 in verified and NGRAM["num_speculative_tokens"] + 1 in verified, sorted(set(verified))
 
 
 def test_mixed_batch_plain_and_constrained(folder, params, eager):
@@ -212,3 +218,17 @@ def test_masked_argmax_equals_sampler():
         want, emitted = sample(logits.float(), batch)
         assert emitted.tolist() == [1] * n
         assert torch.equal(masked_argmax(logits, bitmask, bits, bans, bias_t), want[:, 0]), trial
+
+
+def test_greedy_emitted_equals_verify_greedy():
+    """Random targets and drafts (matching prefixes of every length, 0 to k drafts): the host rule emits what the
+    batched device rule does."""
+    rng = random.Random(5)
+    for _ in range(300):
+        k = rng.randint(0, 5)
+        d = rng.randint(0, k)
+        targets = [rng.randrange(4) for _ in range(k + 1)]
+        drafts = [t if rng.random() < 0.7 else rng.randrange(4) for t in targets[:d]]
+        tokens, emitted = verify_greedy(torch.tensor([targets]), torch.tensor([drafts + [0] * (k - d)]),
+                                        torch.tensor([d]))
+        assert greedy_emitted(targets, drafts) == tokens[0, : int(emitted[0])].tolist(), (targets, drafts)

@@ -126,8 +126,8 @@ class Engine:
                                   hidden_layers, graphs)
         if self.spec_cfg is not None:
             self.runner.draft_verification = self.spec_cfg.common.draft_verification
-        # with a proposer, steps of constrained requests sample synchronously (masked decode steps between n-gram
-        # verify steps measured slower: docs/sampling.md)
+        # with a proposer, steps of constrained requests are verified synchronously (MaskedDecode.verify; masked
+        # decode steps launched ahead between n-gram verify steps measured slower: docs/sampling.md)
         self.runner.masked_decode = self.driver is None
         self.counters = EngineCounters()
         self.requests: dict[str, Request] = {}

@@ -13,9 +13,9 @@ forward its token is the argmax under each request's constraints (``masked_decod
 launched behind it is fed. The masks need the matchers to have accepted the previous step's tokens, so a masked
 step launched ahead runs its forward at once and launches that argmax later (``LaunchedStep.launch_sampling``),
 once the step before it was read back and applied: before the step behind it is launched, or when it is waited
-for. Verify steps (drafts) of constrained requests sample synchronously, and so does every step of a speculative
-engine (``masked_decode`` off): with n-gram drafts the masked steps measured slower than the synchronous sampler
-(docs/sampling.md).
+for. In a speculative engine (``masked_decode`` off: with n-gram drafts the masked steps launched ahead measured
+slower, docs/sampling.md) every graphed step of such requests, verify or decode, is verified synchronously by
+``MaskedDecode.verify``: the constrained argmax of every verified position, then greedy acceptance on the host.
 """
 
 from __future__ import annotations
@@ -261,6 +261,11 @@ class ModelRunner:
                 step.launch_sampling()
             return step
         assert not ahead, "only greedy steps (plain, or decode steps under constraints) are launched ahead"
+        if all(_masked_greedy(s.request) for s in scheduled):  # greedy under constraints, synchronously
+            emitted = self._masked_decode().verify(logits_all, scheduled, q)
+            sampled = {s.request.request_id: SampledRequest(tokens, s.num_spec_tokens, None)
+                       for s, tokens in zip(scheduled, emitted)}
+            return LaunchedStep(scheduled, result=StepResult(sampled, aux, rows))
         logits_rows = [i * q + j for i, s in enumerate(scheduled) for j in range(s.num_query_tokens)]
         return LaunchedStep(scheduled, result=self._sample(logits_all, logits_rows, False, scheduled, aux, rows))
 
@@ -268,10 +273,14 @@ class ModelRunner:
     def _pick_masked(self, scheduled: list[ScheduledRequest], logits: torch.Tensor):
         """Launch the constrained argmax of a 1-token graphed step from its logits [b, vocab] (the graph's static
         output: this runs before the graph's next replay is queued) and its read-back; returns (host, event)."""
-        if self._masked is None:
-            self._masked = MaskedDecode(self.graphs.batch_sizes[-1], self.vocab_size, self.device)
-        result = self._masked.pick(logits, [s.request for s in scheduled], self.graphs.last_tokens)
+        result = self._masked_decode().pick(logits, [s.request for s in scheduled], self.graphs.last_tokens)
         return self.graphs.read_back(result, len(scheduled))
+
+    def _masked_decode(self) -> MaskedDecode:
+        if self._masked is None:
+            self._masked = MaskedDecode(self.graphs.batch_sizes[-1], max(self.graphs.query_lens), self.vocab_size,
+                                        self.device)
+        return self._masked
 
     def _padded_positions(self, b: int, q: int) -> np.ndarray:
         """[b * q] 0..q-1 per request (the positions of padded requests; real ones add their start)."""

@@ -75,6 +75,16 @@ def verify_coupled_reference(
     return emitted
 
 
+def greedy_emitted(targets: list[int], drafts: list[int]) -> list[int]:
+    """Greedy verification of one request on the host: ``targets`` [len(drafts) + 1] are the target's tokens at
+    the verified positions (argmax, under constraints where the request has them); the emitted tokens are those
+    up to and including the first that differs from its draft (``verify_greedy``'s rule)."""
+    for i, x in enumerate(drafts):
+        if targets[i] != x:
+            return targets[: i + 1]
+    return targets[: len(drafts) + 1]
+
+
 def verify_coupled(
     target_tokens: torch.Tensor,  # [batch, k + 1] the target's own draw at each verified position
     draft_ids: torch.Tensor,  # [batch, k] (padding: any id)
