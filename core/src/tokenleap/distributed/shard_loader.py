@@ -74,3 +74,16 @@ def build_shard(cfg: EngineConfig, ckpt: Checkpoint, device: torch.device, backe
     else:
         model.load_hf_weights(ckpt.weights)
     return LoadedModel(model.eval(), ckpt.arch, ckpt.tokenizer, ckpt.dtype)
+
+
+def load_shard(cfg: EngineConfig, model_path: Path, device: torch.device, backend: str, rank: int, tp: int,
+               ) -> LoadedModel:
+    """Rank ``rank``'s shard of the checkpoint at ``model_path`` (no tokenizer), ready to run with the other ranks:
+    its collectives set (``use_tensor_parallel``). ``LoadedModel.arch`` is the whole model's."""
+    from tokenleap.distributed.parallel import TensorParallel
+
+    loaded = build_shard(cfg, read_checkpoint(cfg, model_path, device, rank, tp, need_tokenizer=False), device,
+                         backend, rank, tp)
+    loaded.model.use_tensor_parallel(TensorParallel(rank, tp, loaded.arch.vocab_size, loaded.model.cfg.vocab_size))
+    loaded.model.attention_backend = backend
+    return loaded
