@@ -224,3 +224,46 @@ def test_kv_cache_needs_must_be_the_sharded_models():
     with pytest.raises(ValueError, match=r"KVCacheNeeds \(layers, KV heads, head size\) = \(1, 2, 16\) are not those "
                                          r"of the model it loaded sharded \(2, 2, 16\)"):
         loader.local_kv_heads(KVCacheNeeds(1, 2, 16))
+
+
+# (run in worker processes only: started with PYTHONPATH naming its folder, after this process started)
+WORKER_CANNOT_READ_DRAFTS = """
+import os
+if os.environ.get("RANK") == "1":
+    import tokenleap.distributed.shard_loader as shard_loader
+
+    real = shard_loader.load_shard
+
+    def load_shard(cfg, model_path, *args, **kwargs):
+        if "draft" in str(model_path):
+            raise OSError(f"cannot read {model_path} on this host")
+        return real(cfg, model_path, *args, **kwargs)
+
+    shard_loader.load_shard = load_shard
+"""
+
+
+@pytest.mark.parametrize("where", ["every rank", "worker"])
+def test_a_draft_that_fails_to_load_fails_the_llm_and_leaves_no_process(models, tmp_path, monkeypatch, where):
+    """A draft whose weights no rank can read (its config and tokenizer pass the checks), or that only the worker
+    cannot read: every rank reports its status, so none is left waiting in the load's collective; rank 0 raises its
+    own error, or one naming the worker; the workers stop with the engine."""
+    import shutil
+
+    draft = models["draft_model"]
+    if where == "every rank":
+        draft = tmp_path / "broken-draft"
+        shutil.copytree(models["draft_model"], draft)
+        (draft / "model.safetensors").write_bytes(b"not a safetensors file")
+        message = r"building the proposer of method 'draft_model' failed: SafetensorError"
+    else:
+        (tmp_path / "sitecustomize.py").write_text(WORKER_CANNOT_READ_DRAFTS)
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+        message = (r"tensor-parallel worker rank 1 failed to load the proposer's model '.*near-draft':\n"
+                   r"(.|\n)*OSError: cannot read .*near-draft on this host")
+    spec = {"method": "draft_model", "model": str(draft), "num_speculative_tokens": K, "draft_tensor_parallel_size": 2}
+    with pytest.raises((RuntimeError, TensorParallelWorkerError), match=message) as err:
+        LLM(model=models["target"], tensor_parallel_size=2, speculative_config=spec, **ENGINE)
+    del err
+    gc.collect()
+    assert children() == []
