@@ -5,6 +5,7 @@ One engine step, seen from a proposer::
     engine                                   proposer
     ------                                   --------
     (build)            ──────────────────▶   spec.build(config, ProposerContext) -> proposer
+                                             (a model of its own: context.model_loader.load)
                        ──────────────────▶   bind_kv_cache(ProposerKVCache)        (when needs.kv_cache)
                        ──────────────────▶   device_drafter(DeviceDraftingSpec)    (GPU, may return None)
     add_request        ──────────────────▶   on_request_added(request_id, prompt_token_ids)
