@@ -27,7 +27,13 @@ from tokenleap.distributed import protocol, rendezvous
 from tokenleap.distributed.driver import TensorParallelModel, tensor_parallel_handles
 from tokenleap.distributed.errors import TensorParallelWorkerError
 from tokenleap.distributed.parallel import TensorParallel
-from tokenleap.distributed.shard_loader import build_shard, load_shard, read_arch, read_checkpoint
+from tokenleap.distributed.shard_loader import (
+    build_shard,
+    load_shard,
+    proposer_model_config,
+    read_arch,
+    read_checkpoint,
+)
 from tokenleap.distributed.sharding import check_divisible, shard_arch
 from tokenleap.distributed.worker import PARENT_ENV
 from tokenleap.engine.setup import LoadedModel
@@ -158,8 +164,7 @@ class TensorParallelGroup:
             raise RuntimeError("a tensor-parallel engine runs one sharded proposer model; one is already loaded")
         settings = {"path": path, "load_format": load_format, "dtype": str(dtype).removeprefix("torch."),
                     "max_positions": max_positions, "seed": self.cfg.seed}
-        cfg = self.cfg.model_copy(update={"model": path, "load_format": load_format, "tokenizer": None,
-                                          "dtype": settings["dtype"], "max_model_len": max_positions})
+        cfg = proposer_model_config(self.cfg, settings)
         error: BaseException | None = None
         with self.collective():
             protocol.send_load(settings, self.device, protocol.DRAFT)

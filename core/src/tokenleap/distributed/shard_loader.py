@@ -87,3 +87,11 @@ def load_shard(cfg: EngineConfig, model_path: Path, device: torch.device, backen
     loaded.model.use_tensor_parallel(TensorParallel(rank, tp, loaded.arch.vocab_size, loaded.model.cfg.vocab_size))
     loaded.model.attention_backend = backend
     return loaded
+
+
+def proposer_model_config(cfg: EngineConfig, settings: dict) -> EngineConfig:
+    """The engine's settings with a proposer's model's load settings in (``settings``, as rank 0 broadcasts them:
+    path, load_format, dtype name, max_positions, seed): what every rank loads its shard of that model with."""
+    return cfg.model_copy(update={
+        "model": settings["path"], "load_format": settings["load_format"], "dtype": settings["dtype"],
+        "max_model_len": settings["max_positions"], "tokenizer": None, "seed": settings["seed"]})

@@ -110,12 +110,12 @@ class Worker:
         return served
 
     def load(self, settings: dict) -> str:
-        """Load this rank's shard of a proposer's model (``settings`` from ``ShardedModels.load``): "ok" or the
-        traceback, reported to rank 0."""
+        """Load this rank's shard of a proposer's model (``settings`` from ``TensorParallelGroup.load_draft``):
+        "ok" or the traceback, reported to rank 0."""
+        from tokenleap.distributed.shard_loader import proposer_model_config
+
         try:
-            cfg = self.cfg.model_copy(update={
-                "model": settings["path"], "load_format": settings["load_format"], "dtype": settings["dtype"],
-                "max_model_len": settings["max_positions"], "tokenizer": None, "seed": settings["seed"]})
+            cfg = proposer_model_config(self.cfg, settings)
             self.draft = _load_shard(cfg, settings["path"], self.device, self.attn, self.rank, self.world)
         except Exception:
             return traceback.format_exc()
