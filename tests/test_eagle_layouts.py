@@ -164,7 +164,8 @@ def test_entry_points_name_their_methods():
     from tokenleap_plugins.testing import check_entry_point
 
     assert check_entry_point(EAGLE) and check_entry_point(EAGLE3)
-    assert EAGLE.requires_model and EAGLE.common_keys == frozenset({"model", "max_model_len"})
+    assert EAGLE.requires_model
+    assert EAGLE.common_keys == frozenset({"model", "max_model_len", "draft_tensor_parallel_size"})
 
 
 def test_unknown_method_key_is_refused(tiny):

@@ -5,6 +5,7 @@ One engine step, seen from a proposer::
     engine                                   proposer
     ------                                   --------
     (build)            ──────────────────▶   spec.build(config, ProposerContext) -> proposer
+                                             (a model of its own: context.model_loader.load)
                        ──────────────────▶   bind_kv_cache(ProposerKVCache)        (when needs.kv_cache)
                        ──────────────────▶   device_drafter(DeviceDraftingSpec)    (GPU, may return None)
     add_request        ──────────────────▶   on_request_added(request_id, prompt_token_ids)
@@ -49,6 +50,10 @@ class KVCacheNeeds:
     so for both. The memory budget covers both caches.
 
     dtype: a torch dtype name ("bfloat16", ...), or None for the target's.
+    num_kv_heads: the model's (the whole model's). When the proposer's model came from ``ModelLoader.load`` and
+        runs sharded over the target's ranks, the cache is that model's and is split as the model is: each rank's
+        cache holds the KV heads of its shard (``ProposerKVCache.layers`` on rank 0 has rank 0's), and the engine
+        checks that the needs are that model's layers, KV heads and head size.
     """
 
     num_layers: int
@@ -88,7 +93,9 @@ class SpeculativeSettings:
     model: what to load (a local folder, a .gguf file or an alias), as the user wrote it.
     max_model_len: the longest context speculation runs at (None: the target's); past it the engine stops
         drafting for the request (the draft's positions end there).
-    draft_tensor_parallel_size: 1 (the only value supported today).
+    draft_tensor_parallel_size: 1 or the target's tensor_parallel_size (the engine rejects other values). A
+        method that takes this key either loads its model through ``ProposerContext.model_loader`` (which runs it
+        as this says) or refuses values above 1 in its preflight.
     """
 
     model: str | None = None
@@ -105,16 +112,41 @@ class TargetHandles:
     embed(ids [n] int64) -> [n, hidden] in the model's dtype: the target's token embedding.
     compute_logits(hidden [n, hidden]) -> [n, vocab] float32: the target's LM head (after its final norm).
     final_norm(hidden [n, hidden]) -> [n, hidden]: the target's final RMSNorm.
-    embedding_weight / lm_head_weight: the tensors themselves ([vocab, hidden]; the same tensor when tied).
+    embedding_weight / lm_head_weight: the tensors themselves ([vocab, hidden]; the same tensor when tied); None
+        under tensor parallelism, where each rank holds a slice of the vocabulary (``embed`` and ``compute_logits``
+        then run on every rank and return the whole rows on the engine's process).
     tokenizer: the target's tokenizer (a transformers tokenizer), or None for dummy weights without one.
     """
 
     embed: Callable[[Any], Any]
     compute_logits: Callable[[Any], Any]
     final_norm: Callable[[Any], Any]
-    embedding_weight: Any
-    lm_head_weight: Any
+    embedding_weight: Any = None
+    lm_head_weight: Any = None
     tokenizer: Any = None
+
+
+@dataclass(frozen=True)
+class ModelLoader:
+    """How the engine loads a proposer's own model (a Llama-family checkpoint: a draft model) as it runs its models:
+    with ``draft_tensor_parallel_size`` 1 whole, on ``ProposerContext.device`` of the engine's process (rank 0);
+    with the target's size, sharded over the target's ranks like the target, every forward and logits call on it
+    then running on all ranks in lockstep. The proposer calls the model the same way either way.
+
+    check(path, load_format="auto") -> None: raises ``ValueError`` naming the setting, the value and what is allowed
+        when the engine cannot run that model so (a draft whose heads, KV heads or MLP the ranks cannot share).
+        Reads the architecture only; call it from ``preflight``, before any weights load or process starts.
+    load(path, load_format="auto", max_positions=None) -> model: the weights in the target's dtype on the engine's
+        device and attention backend (``load_format`` "dummy": random weights of the config.json's shape, seeded by
+        the engine's seed); its RoPE covers ``max_positions`` (default: the model's). The model: ``model(ids [n],
+        positions [n], kv_caches, attention_metadata) -> (final-norm hidden [n, hidden], {})``,
+        ``model.compute_logits(hidden [m, hidden]) -> [m, vocab]`` float32, ``model.cfg``: the whole model's
+        architecture (``num_hidden_layers``, ``num_key_value_heads``, ``head_dim``, ``vocab_size``, ...), from which
+        the proposer states its ``KVCacheNeeds``. One sharded model per engine.
+    """
+
+    load: Callable[..., Any]
+    check: Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -138,6 +170,12 @@ class ProposerContext:
     target_model_path: str = ""
     target_load_format: str = "auto"  # "dummy": random target weights (speed measurements)
     target: TargetHandles | None = None  # None in preflight and in the conformance kit's simulated engine
+    # loads the proposer's own model as the engine runs models (whole, or sharded over the target's ranks); None in
+    # the conformance kit's simulated engine, where a proposer loads its model itself
+    model_loader: ModelLoader | None = None
+    # False: run every forward eagerly, capturing no CUDA graph (enforce_eager, or tensor parallelism: the target's
+    # handles and a sharded model's calls run collectives that one process's graph would not replay on the others)
+    cuda_graphs: bool = True
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,9 @@ def check_positions(draft_max_positions: int, target_max_model_len: int, specula
 
 
 def check_tensor_parallel(draft_tp: int) -> None:
+    """Without the engine's model loader (a simulated engine) the draft can only load whole."""
     if draft_tp != 1:
         raise ValueError(
-            f"speculative_config.draft_tensor_parallel_size={draft_tp} is not supported by draft_model yet: "
-            f"the draft runs on one device; use 1"
+            f"speculative_config.draft_tensor_parallel_size={draft_tp}: without the engine's model loader "
+            f"(ProposerContext.model_loader) the draft runs whole on one device; use 1"
         )

@@ -1,5 +1,6 @@
 """Keys of ``speculative_config`` for method ``"draft_model"`` beyond the common ones (``model`` is required;
-``max_model_len`` caps speculation; ``draft_tensor_parallel_size`` must be 1)."""
+``max_model_len`` caps speculation; ``draft_tensor_parallel_size`` 1 runs the draft whole on the engine's process,
+the target's tensor_parallel_size shards it over the target's ranks)."""
 
 from __future__ import annotations
 

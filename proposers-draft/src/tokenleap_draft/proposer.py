@@ -49,13 +49,16 @@ from tokenleap_draft.sampling import draft_probs, draw
 def preflight(config: DraftModelConfig | None, context: ProposerContext) -> None:
     """Everything that can be wrong between draft and target, before any weights load."""
     settings = context.speculative
-    checks.check_tensor_parallel(settings.draft_tensor_parallel_size)
+    dummy = config is not None and config.draft_load_format == "dummy"
+    if context.model_loader is None:  # (the conformance kit's simulated engine) the draft loads whole, here
+        checks.check_tensor_parallel(settings.draft_tensor_parallel_size)
+    else:  # the engine runs it as draft_tensor_parallel_size says: heads it can split, ...
+        context.model_loader.check(settings.model, "dummy" if dummy else "auto")
     path = resolve_model(settings.model)
     arch = read_arch(path)
     checks.check_vocab(arch.vocab_size, context.vocab_size, settings.model)
     checks.check_positions(arch.max_position_embeddings, context.max_model_len, settings.max_model_len,
                            settings.model)
-    dummy = config is not None and config.draft_load_format == "dummy"
     target = context.target_model_path
     if not dummy and target and context.target_load_format != "dummy" and str(path) != str(resolve_model(target)):
         checks.check_tokenizers(load_tokenizer(path), load_tokenizer(target), settings.model)
@@ -71,9 +74,13 @@ class DraftModelProposer(ProposerBase):
         # attention splits are fixed per engine by this bound (the engine's max_model_len plus drafts past it)
         self.max_seq_len = context.max_model_len + 2 * (self.k + 1)
         path = resolve_model(context.speculative.model)
-        loaded = setup.load_weights(path, context.dtype, self.device, self.max_seq_len, self.backend,
-                              config.draft_load_format, context.seed)
-        self.model, arch = loaded.model, loaded.arch
+        if context.model_loader is not None:  # as the engine runs models: whole, or sharded over its ranks
+            self.model = context.model_loader.load(path, config.draft_load_format, self.max_seq_len)
+        else:
+            self.model = setup.load_weights(path, context.dtype, self.device, self.max_seq_len, self.backend,
+                                            config.draft_load_format, context.seed).model
+        arch = self.model.cfg  # the whole draft's
+        self.cuda_graphs = context.cuda_graphs
         self.vocab_size = context.vocab_size
         self.needs = ProposerNeeds(kv_cache=KVCacheNeeds(arch.num_hidden_layers, arch.num_key_value_heads,
                                                          arch.head_dim))
@@ -88,6 +95,8 @@ class DraftModelProposer(ProposerBase):
                                  max_blocks)
         self.first = FirstForward(self.model, self.kv, self.block_size, self.max_seq_len, self.backend, self.device,
                                   max_blocks, self.k + 2)
+        if not self.cuda_graphs:  # the same padded forwards, run eagerly
+            self.chain.graphed = self.first.graphed = False
 
     @torch.inference_mode()
     def propose(self, batch: ProposeBatch) -> Drafts:

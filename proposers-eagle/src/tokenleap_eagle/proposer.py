@@ -98,6 +98,7 @@ class EagleProposer(ProposerBase):
         self.chain: HeadChain | None = None  # None: greedy requests drafted step by step too (tests compare)
         self.first: FirstForward | None = None  # None: every catch-up unpadded (tests compare)
         self.target_hidden = ctx.hidden_size
+        self.cuda_graphs = ctx.cuda_graphs
 
     def bind_kv_cache(self, cache: ProposerKVCache) -> None:
         self.kv = tuple(cache.layers[0])
@@ -107,6 +108,8 @@ class EagleProposer(ProposerBase):
                                max_blocks)
         self.first = FirstForward(self._catch_up, self._argmax, self.layers, self.target_hidden, self.block_size,
                                   self.max_len, self.backend, self.device, max_blocks, self.k + 1)
+        if not self.cuda_graphs:  # enforce_eager, or a target whose handles run on several ranks: eagerly
+            self.chain.graphed = self.first.graphed = False
 
     # ---- drafting ----
 

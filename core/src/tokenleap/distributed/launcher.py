@@ -20,23 +20,28 @@ from pathlib import Path
 import structlog
 import torch
 import torch.distributed as dist
+from tokenleap_plugins import TargetHandles
 
 from tokenleap.config import EngineConfig
 from tokenleap.distributed import protocol, rendezvous
-from tokenleap.distributed.driver import TensorParallelModel
+from tokenleap.distributed.driver import TensorParallelModel, tensor_parallel_handles
+from tokenleap.distributed.errors import TensorParallelWorkerError
 from tokenleap.distributed.parallel import TensorParallel
-from tokenleap.distributed.shard_loader import build_shard, read_arch, read_checkpoint
+from tokenleap.distributed.shard_loader import (
+    build_shard,
+    load_shard,
+    proposer_model_config,
+    read_arch,
+    read_checkpoint,
+)
 from tokenleap.distributed.sharding import check_divisible, shard_arch
 from tokenleap.distributed.worker import PARENT_ENV
 from tokenleap.engine.setup import LoadedModel
 from tokenleap.model.arch import ModelArchConfig
+from tokenleap.model.hub import resolve_model
 
 log = structlog.get_logger("tokenleap")
 LOCAL_ADDR = "localhost"  # the store rank 0 hosts for workers it starts itself
-
-
-class TensorParallelWorkerError(RuntimeError):
-    """A tensor-parallel rank died or a collective failed: the engine cannot run further steps."""
 
 
 class TensorParallelGroup:
@@ -47,16 +52,13 @@ class TensorParallelGroup:
         arch = read_arch(model_path)  # cheap: the workers start while this process reads the weights
         ckpt = read_checkpoint(cfg, model_path, device, 0, tp) if arch is None else None
         check_divisible(arch or ckpt.arch, tp)  # before any process starts
-        if (cfg.speculative_config or {}).get("draft_tensor_parallel_size") == tp:
-            log.warning("draft_tensor_parallel_size equal to the target's: a draft model still runs unsharded on "
-                        "rank 0 (docs/tensor-parallel.md)", draft_tensor_parallel_size=tp)
         rendezvous.check_no_group()
         external = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if external:
             _check_external_rank(tp)
         elif device.type == "cuda" and torch.cuda.device_count() < tp:
             raise ValueError(f"tensor_parallel_size={tp} needs {tp} GPUs; {torch.cuda.device_count()} visible")
-        self.world_size, self.device = tp, device
+        self.world_size, self.device, self.cfg, self.backend = tp, device, cfg, backend
         self.shard_arch: ModelArchConfig = shard_arch(arch or ckpt.arch, tp)
         self.procs: list[subprocess.Popen] = []
         self._state = {"formed": False, "failed": None}
@@ -82,6 +84,7 @@ class TensorParallelGroup:
         loaded.model.use_tensor_parallel(self.tp)
         self.loaded = LoadedModel(TensorParallelModel(loaded.model, ckpt.arch, self), ckpt.arch, ckpt.tokenizer,
                                   loaded.dtype)
+        self.draft: TensorParallelModel | None = None  # a proposer's model loaded sharded (load_draft)
         log.info("tensor-parallel group formed", world_size=tp, external=external,
                  workers=[p.pid for p in self.procs])
 
@@ -141,10 +144,44 @@ class TensorParallelGroup:
             self._state["failed"] = f"a tensor-parallel collective failed: {e}"
             raise TensorParallelWorkerError(self._state["failed"]) from e
 
-    def allocate(self, num_blocks: int, block_size: int) -> None:
-        """Every worker allocates its KV cache shard of ``num_blocks`` blocks."""
+    def allocate(self, num_blocks: int, block_size: int, dtype: torch.dtype | None = None,
+                 model: int = protocol.TARGET) -> None:
+        """Every worker allocates its shard of ``model``'s KV cache: ``num_blocks`` blocks of ``dtype`` (default:
+        the target's)."""
+        dtype = dtype or self.loaded.dtype
         with self.collective():
-            protocol.send_header([protocol.ALLOCATE, num_blocks, block_size], self.device)
+            protocol.send_allocate(num_blocks, block_size, dtype, self.device, model)
+
+    def target_handles(self, tokenizer) -> TargetHandles:
+        """The target's embedding, LM head and final norm for proposers, run across the ranks."""
+        return tensor_parallel_handles(self.loaded.model, tokenizer)
+
+    def load_draft(self, path: str, load_format: str, dtype: torch.dtype, max_positions: int | None,
+                   ) -> TensorParallelModel:
+        """Every rank loads its shard of a proposer's model (command LOAD; the workers load theirs while rank 0
+        loads its own); rank 0's, wrapped to run on all ranks. A rank that fails fails this call, naming it."""
+        if self.draft is not None:
+            raise RuntimeError("a tensor-parallel engine runs one sharded proposer model; one is already loaded")
+        settings = {"path": path, "load_format": load_format, "dtype": str(dtype).removeprefix("torch."),
+                    "max_positions": max_positions, "seed": self.cfg.seed}
+        cfg = proposer_model_config(self.cfg, settings)
+        error: BaseException | None = None
+        with self.collective():
+            protocol.send_load(settings, self.device, protocol.DRAFT)
+            try:
+                loaded = load_shard(cfg, resolve_model(path, progress=False), self.device, self.backend, 0,
+                                    self.world_size)
+            except Exception as e:  # the workers still report: every rank leaves the command together
+                error = e
+            statuses = protocol.gather_status("ok" if error is None else repr(error))
+        if error is not None:
+            raise error
+        for rank, status in enumerate(statuses[1:], start=1):
+            if status != "ok":
+                raise TensorParallelWorkerError(f"tensor-parallel worker rank {rank} failed to load the proposer's "
+                                                f"model {path!r}:\n{status}")
+        self.draft = TensorParallelModel(loaded.model, loaded.arch, self, protocol.DRAFT)
+        return self.draft
 
     def close(self) -> None:
         """Stop the workers and leave the process group (idempotent)."""

@@ -74,3 +74,24 @@ def build_shard(cfg: EngineConfig, ckpt: Checkpoint, device: torch.device, backe
     else:
         model.load_hf_weights(ckpt.weights)
     return LoadedModel(model.eval(), ckpt.arch, ckpt.tokenizer, ckpt.dtype)
+
+
+def load_shard(cfg: EngineConfig, model_path: Path, device: torch.device, backend: str, rank: int, tp: int,
+               ) -> LoadedModel:
+    """Rank ``rank``'s shard of the checkpoint at ``model_path`` (no tokenizer), ready to run with the other ranks:
+    its collectives set (``use_tensor_parallel``). ``LoadedModel.arch`` is the whole model's."""
+    from tokenleap.distributed.parallel import TensorParallel
+
+    loaded = build_shard(cfg, read_checkpoint(cfg, model_path, device, rank, tp, need_tokenizer=False), device,
+                         backend, rank, tp)
+    loaded.model.use_tensor_parallel(TensorParallel(rank, tp, loaded.arch.vocab_size, loaded.model.cfg.vocab_size))
+    loaded.model.attention_backend = backend
+    return loaded
+
+
+def proposer_model_config(cfg: EngineConfig, settings: dict) -> EngineConfig:
+    """The engine's settings with a proposer's model's load settings in (``settings``, as rank 0 broadcasts them:
+    path, load_format, dtype name, max_positions, seed): what every rank loads its shard of that model with."""
+    return cfg.model_copy(update={
+        "model": settings["path"], "load_format": settings["load_format"], "dtype": settings["dtype"],
+        "max_model_len": settings["max_positions"], "tokenizer": None, "seed": settings["seed"]})

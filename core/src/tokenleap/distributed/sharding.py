@@ -17,17 +17,20 @@ import torch
 from tokenleap.model.arch import ModelArchConfig
 
 
-def check_divisible(arch: ModelArchConfig, tp: int) -> None:
-    """Raise naming the first dimension ``tp`` ranks cannot share (before any process starts)."""
+def check_divisible(arch: ModelArchConfig, tp: int, setting: str = "tensor_parallel_size",
+                    whose: str = "the model's", where: str = "") -> None:
+    """Raise naming the first dimension ``tp`` ranks cannot share (before any process starts). ``setting``,
+    ``whose`` and ``where`` word the message for a draft model (``speculative_config.draft_tensor_parallel_size``,
+    "the draft's", which checkpoint)."""
     heads, kv, inter = arch.num_attention_heads, arch.num_key_value_heads, arch.intermediate_size
     if heads % tp:
-        raise ValueError(f"tensor_parallel_size={tp} must divide the model's num_attention_heads={heads}")
+        raise ValueError(f"{setting}={tp} must divide {whose} num_attention_heads={heads}{where}")
     if kv % tp and tp % kv:
         raise ValueError(
-            f"tensor_parallel_size={tp} and the model's num_key_value_heads={kv}: one must divide the other "
-            f"(KV heads are split when tp divides them, replicated when they divide tp)")
+            f"{setting}={tp} and {whose} num_key_value_heads={kv}: one must divide the other "
+            f"(KV heads are split when tp divides them, replicated when they divide tp){where}")
     if inter % tp:
-        raise ValueError(f"tensor_parallel_size={tp} must divide the model's intermediate_size={inter}")
+        raise ValueError(f"{setting}={tp} must divide {whose} intermediate_size={inter}{where}")
 
 
 def vocab_shard_size(vocab_size: int, tp: int) -> int:

@@ -1,5 +1,7 @@
 """A tensor-parallel worker (ranks 1..N-1): joins rank 0, loads its shard, then serves rank 0's commands
-(forward over the broadcast flat batch, logits rows, KV cache allocation) until told to stop.
+(forward over the broadcast flat batch, logits rows, embedding rows, KV cache allocation) until told to stop. It
+holds the target's shard and, when a proposer's model runs sharded (``draft_tensor_parallel_size`` equal to the
+target's), that model's shard too (command LOAD), each with its own paged KV cache; every command names its model.
 
 Started by the engine (``python -m tokenleap.distributed.worker`` with the rendezvous variables set), or on
 another host by the user, the same way (see docs/tensor-parallel.md). Exits when rank 0 goes away: its
@@ -14,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -43,24 +46,22 @@ def run_worker() -> None:
     store = rendezvous.join_store(world)
     backend = store.get(rendezvous.BACKEND_KEY).decode()
     try:
-        model, kv_dtype, device = _load(store, backend, rank, world)
+        cfg, device, attn = _setup(store, backend, rank, world)
+        target = _load_shard(cfg, cfg.model, device, attn, rank, world)
     except BaseException:
         store.set(rendezvous.status_key(rank), traceback.format_exc())
         raise
     store.set(rendezvous.status_key(rank), "ok")
     rendezvous.form_group(store, backend, rank, world)
     try:
-        _serve(model, kv_dtype, device)
+        _serve(Worker(cfg, device, attn, rank, world, target))
     finally:
         dist.destroy_process_group()
 
 
-def _load(store, backend: str, rank: int, world: int):
+def _setup(store, backend: str, rank: int, world: int):
     from tokenleap.config import EngineConfig
-    from tokenleap.distributed.parallel import TensorParallel
-    from tokenleap.distributed.shard_loader import build_shard, read_checkpoint
     from tokenleap.engine.setup import pick_backend
-    from tokenleap.model.hub import resolve_model
 
     cfg = EngineConfig.model_validate_json(store.get(rendezvous.CONFIG_KEY))
     if backend == "nccl":
@@ -70,30 +71,82 @@ def _load(store, backend: str, rank: int, world: int):
     else:
         device = torch.device("cpu")
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # the ranks share the host's cores
-    attn = pick_backend(cfg, device)
-    ckpt = read_checkpoint(cfg, resolve_model(cfg.model, progress=False), device, rank, world, need_tokenizer=False)
-    loaded = build_shard(cfg, ckpt, device, attn, rank, world)
-    loaded.model.use_tensor_parallel(TensorParallel(rank, world, loaded.arch.vocab_size, loaded.model.cfg.vocab_size))
-    loaded.model.attention_backend = attn
-    return loaded.model, loaded.dtype, device
+    return cfg, device, pick_backend(cfg, device)
+
+
+def _load_shard(cfg, model: str, device: torch.device, attn: str, rank: int, world: int) -> Served:
+    """This rank's shard of the checkpoint ``model`` under ``cfg``'s load settings."""
+    from tokenleap.distributed.shard_loader import load_shard
+    from tokenleap.model.hub import resolve_model
+
+    loaded = load_shard(cfg, resolve_model(model, progress=False), device, attn, rank, world)
+    return Served(loaded.model, loaded.dtype)
+
+
+@dataclass
+class Served:
+    """A model this worker holds a shard of, and its shard of that model's paged KV cache."""
+
+    model: object  # LlamaForCausalLM of shard shapes
+    dtype: torch.dtype
+    kv_caches: list = field(default_factory=list)
+
+
+@dataclass
+class Worker:
+    cfg: object  # EngineConfig
+    device: torch.device
+    attn: str
+    rank: int
+    world: int
+    target: Served
+    draft: Served | None = None
+
+    def served(self, model: int) -> Served:
+        served = self.target if model == protocol.TARGET else self.draft
+        if served is None:
+            raise RuntimeError(f"tensor-parallel worker rank {self.rank} got a command for the "
+                               f"{protocol.MODEL_NAMES.get(model, model)} model, which it does not hold")
+        return served
+
+    def load(self, settings: dict) -> str:
+        """Load this rank's shard of a proposer's model (``settings`` from ``TensorParallelGroup.load_draft``):
+        "ok" or the traceback, reported to rank 0."""
+        from tokenleap.distributed.shard_loader import proposer_model_config
+
+        try:
+            cfg = proposer_model_config(self.cfg, settings)
+            self.draft = _load_shard(cfg, settings["path"], self.device, self.attn, self.rank, self.world)
+        except Exception:
+            return traceback.format_exc()
+        return "ok"
 
 
 @torch.inference_mode()
-def _serve(model, dtype: torch.dtype, device: torch.device) -> None:
+def _serve(worker: Worker) -> None:
     from tokenleap.engine.setup import allocate_kv_caches
 
-    kv_caches = []
+    device = worker.device
     while True:
         header = protocol.recv_header(device)
         cmd = header[0]
         if cmd == protocol.FORWARD:
-            step = protocol.recv_forward(header, device, model.attention_backend)
-            model(step.ids, step.positions, kv_caches, step.meta)
+            served = worker.served(header[1])
+            step = protocol.recv_forward(header, device, served.model.attention_backend)
+            served.model(step.ids, step.positions, served.kv_caches, step.meta)
         elif cmd == protocol.LOGITS:
-            hidden = protocol.recv_hidden(header, dtype, device)
-            model.tp.gather_logits(model.raw_logits(hidden))
+            served = worker.served(header[1])
+            hidden = protocol.recv_hidden(header, served.dtype, device)
+            served.model.tp.gather_logits(served.model.raw_logits(hidden))
+        elif cmd == protocol.EMBED:
+            served = worker.served(header[1])
+            served.model.tp.embed(protocol.recv_ids(header, device), served.model.embed_tokens.weight)
         elif cmd == protocol.ALLOCATE:
-            kv_caches = allocate_kv_caches(model.cfg, header[1], header[2], dtype, device)
+            served = worker.served(header[1])
+            served.kv_caches = allocate_kv_caches(served.model.cfg, header[2], header[3],
+                                                  protocol.DTYPES[header[4]], device)
+        elif cmd == protocol.LOAD:
+            protocol.gather_status(worker.load(protocol.recv_load(header, device)))
         elif cmd == protocol.STOP:
             return
         else:

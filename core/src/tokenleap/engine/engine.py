@@ -30,6 +30,7 @@ from tokenleap.speculative.building import (
     target_handles,
 )
 from tokenleap.speculative.config import ResolvedSpeculativeConfig, resolve_speculative_config
+from tokenleap.speculative.model_loader import EngineModelLoader
 from tokenleap.speculative.proposing import ProposerDriver, StepEntry
 from tokenleap.structured import constraints
 
@@ -47,11 +48,13 @@ class Engine:
         self.backend = setup.pick_backend(cfg, self.device)
         model_path = resolve_model(cfg.model)
         context = None
+        models = EngineModelLoader(cfg, self.device, self.backend)  # a proposer's own model, as the target runs
         if self.spec_cfg is not None:  # the method's own checks (a draft's vocabulary, ...) before any weights
             arch = read_arch(model_path) if cfg.load_format != "dummy" else setup.dummy_arch(model_path)
             context = proposer_context(self.spec_cfg, arch, cfg.max_model_len or arch.max_position_embeddings,
                                        cfg.seed, self.device, "", cfg.block_size, self.backend, model_path,
-                                       cfg.load_format)
+                                       cfg.load_format, models,
+                                       cuda_graphs=not cfg.enforce_eager and cfg.tensor_parallel_size == 1)
             preflight(self.spec_cfg, context)
 
         self.tensor_parallel = None  # rank 0's handle on the workers when tensor_parallel_size > 1
@@ -72,11 +75,12 @@ class Engine:
         # cache it asks for, come out of the same budget.
         proposer = None
         if context is not None:
-            # under tensor parallelism rank 0 holds a shard of the embedding and LM head: no handles to share yet
-            handles = target_handles(self.model, self.tokenizer) if self.tensor_parallel is None else None
+            handles = (target_handles(self.model, self.tokenizer) if self.tensor_parallel is None
+                       else self.tensor_parallel.target_handles(self.tokenizer))  # (these run on every rank)
+            models.target_loaded(loaded.dtype, self.tensor_parallel)
             context = replace(context, dtype=str(loaded.dtype).removeprefix("torch."), target=handles)
             proposer = build_proposer(self.spec_cfg, context)
-        extra = proposer_kv_bytes_per_block(proposer, cfg.block_size, loaded.dtype) if proposer else 0
+        extra = proposer_kv_bytes_per_block(proposer, cfg.block_size, loaded.dtype, models) if proposer else 0
         num_blocks = setup.num_kv_blocks(cfg, kv_arch, loaded.dtype, self.device, self.max_num_batched_tokens,
                                          max_len, extra)
         lookahead = k if proposer is not None and proposer.needs.kv_cache is not None else 0
@@ -102,7 +106,7 @@ class Engine:
         drafter = None  # drafts the next verify step on the device (verify steps launched ahead of the host)
         graphed = self.device.type == "cuda" and not cfg.enforce_eager and self.backend == "triton"
         if proposer is not None:
-            bind_proposer_kv_cache(proposer, num_blocks, cfg.block_size, loaded.dtype, self.device)
+            bind_proposer_kv_cache(proposer, num_blocks, cfg.block_size, loaded.dtype, self.device, models)
             hidden_layers = tuple(proposer.needs.hidden_state_layers)
             if graphed and cfg.async_scheduling:
                 drafter = device_drafter(proposer, max(graph_batch_sizes(cfg.max_num_seqs)), k, max_len,

@@ -14,11 +14,13 @@ from tokenleap_plugins import (
     TargetHandles,
 )
 
+from tokenleap.distributed.errors import TensorParallelWorkerError
 from tokenleap.engine import setup
 from tokenleap.model.arch import ModelArchConfig
 from tokenleap.model.llama import LlamaForCausalLM
 from tokenleap.model.quantize import dense_weight
 from tokenleap.speculative.config import ResolvedSpeculativeConfig
+from tokenleap.speculative.model_loader import EngineModelLoader
 
 
 def target_handles(model: LlamaForCausalLM, tokenizer) -> TargetHandles:
@@ -33,7 +35,8 @@ def target_handles(model: LlamaForCausalLM, tokenizer) -> TargetHandles:
 
 def proposer_context(spec_cfg: ResolvedSpeculativeConfig, arch: ModelArchConfig, max_model_len: int, seed: int,
                      device: torch.device, dtype: str, block_size: int, backend: str, model_path: Path,
-                     load_format: str) -> ProposerContext:
+                     load_format: str, loader: EngineModelLoader | None = None,
+                     cuda_graphs: bool = True) -> ProposerContext:
     """What the proposer is told, less the target's handles (added once the target is loaded)."""
     return ProposerContext(
         num_speculative_tokens=spec_cfg.num_speculative_tokens, vocab_size=arch.vocab_size,
@@ -41,6 +44,7 @@ def proposer_context(spec_cfg: ResolvedSpeculativeConfig, arch: ModelArchConfig,
         hidden_size=arch.hidden_size, num_hidden_layers=arch.num_hidden_layers, eos_token_ids=arch.eos_token_ids,
         block_size=block_size, attention_backend=backend, speculative=spec_cfg.settings,
         target_model_path=str(model_path), target_load_format=load_format,
+        model_loader=loader.contract() if loader is not None else None, cuda_graphs=cuda_graphs,
     )
 
 
@@ -55,8 +59,8 @@ def build_proposer(spec_cfg: ResolvedSpeculativeConfig, context: ProposerContext
     method = spec_cfg.common.method
     try:
         proposer = spec_cfg.spec.build(spec_cfg.method_config, context)
-    except (ValueError, FileNotFoundError, TypeError):
-        raise  # the method's own configuration errors, as it worded them
+    except (ValueError, FileNotFoundError, TypeError, TensorParallelWorkerError):
+        raise  # the method's own configuration errors, as it worded them; a rank of the engine that failed
     except Exception as exc:
         raise RuntimeError(f"building the proposer of method {method!r} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(proposer, Proposer):
@@ -68,21 +72,29 @@ def build_proposer(spec_cfg: ResolvedSpeculativeConfig, context: ProposerContext
     return proposer
 
 
-def proposer_kv_bytes_per_block(proposer: Proposer, block_size: int, target_dtype: torch.dtype) -> int:
+def proposer_kv_bytes_per_block(proposer: Proposer, block_size: int, target_dtype: torch.dtype,
+                                loader: EngineModelLoader | None = None) -> int:
+    """Bytes per block of this process's share of the proposer's KV cache."""
     needs = proposer.needs.kv_cache
     if needs is None:
         return 0
+    heads = loader.local_kv_heads(needs) if loader is not None else needs.num_kv_heads
     elem = torch.tensor([], dtype=setup.torch_dtype(needs.dtype, target_dtype)).element_size()
-    return 2 * needs.num_layers * block_size * needs.num_kv_heads * needs.head_dim * elem
+    return 2 * needs.num_layers * block_size * heads * needs.head_dim * elem
 
 
 def bind_proposer_kv_cache(proposer: Proposer, num_blocks: int, block_size: int, target_dtype: torch.dtype,
-                           device: torch.device) -> None:
+                           device: torch.device, loader: EngineModelLoader | None = None) -> None:
+    """The proposer's KV cache: this process's share, bound to the proposer; the workers allocate theirs when its
+    model runs sharded."""
     needs = proposer.needs.kv_cache
     if needs is None:
         return
-    layers = setup.paged_kv_caches(needs.num_layers, needs.num_kv_heads, needs.head_dim, num_blocks, block_size,
-                                   setup.torch_dtype(needs.dtype, target_dtype), device)
+    dtype = setup.torch_dtype(needs.dtype, target_dtype)
+    heads = loader.local_kv_heads(needs) if loader is not None else needs.num_kv_heads
+    layers = setup.paged_kv_caches(needs.num_layers, heads, needs.head_dim, num_blocks, block_size, dtype, device)
+    if loader is not None:
+        loader.allocate_on_workers(num_blocks, block_size, dtype)
     proposer.bind_kv_cache(ProposerKVCache(layers, num_blocks, block_size))
 
 

@@ -15,6 +15,7 @@ from tokenleap_plugins import (
     VerifiedRequest,
 )
 
+from tokenleap.distributed.errors import TensorParallelWorkerError
 from tokenleap.engine.model_runner import StepResult
 from tokenleap.engine.request import Request
 from tokenleap.speculative.verify import is_coupled
@@ -96,6 +97,8 @@ class ProposerDriver:
         hidden = step.hidden_states if step is not None else {}
         try:
             drafts = self.proposer.propose(ProposeBatch(batch_reqs, hidden))
+        except TensorParallelWorkerError:
+            raise  # a rank running the proposer's model (or the target's handles) died: the engine's error
         except Exception as exc:
             raise RuntimeError(f"proposer {self.method!r} failed in propose(): {type(exc).__name__}: {exc}") from exc
         if len(drafts.token_ids) != len(batch_reqs):
@@ -137,5 +140,7 @@ class ProposerDriver:
     def _call(self, hook: str, *args) -> None:
         try:
             getattr(self.proposer, hook)(*args)
+        except TensorParallelWorkerError:
+            raise
         except Exception as exc:
             raise RuntimeError(f"proposer {self.method!r} failed in {hook}(): {type(exc).__name__}: {exc}") from exc

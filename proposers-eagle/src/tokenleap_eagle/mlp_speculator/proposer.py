@@ -53,6 +53,7 @@ class MLPSpeculatorProposer(ProposerBase):
         # None: greedy batches drafted stage by stage too (tests compare)
         self.greedy: GreedyDrafter | None = GreedyDrafter(self.model, self._final_norm, ctx.num_speculative_tokens,
                                                           self.device)
+        self.greedy.graphed = self.greedy.graphed and ctx.cuda_graphs
 
     @torch.no_grad()
     def propose(self, batch: ProposeBatch) -> Drafts:
