@@ -5,10 +5,8 @@ when tens of requests join a running server), offline, one process:
         [--rounds 3] [--profile-count 15]
 
 Each round generates one token for N fresh prompts (random token ids of 80-140 tokens: no prefix-cache hits),
-for each N of --counts in turn, and prints the wall time and the engine steps it took, first with the eager
-step's rows padded to shape buckets (``engine/shape_buckets.py``, the default on CUDA) and then without
-(``--buckets on,off`` picks); then one more admission of --profile-count prompts runs under torch.profiler (with
-the last setting) and its top operators by host and by device time are printed.
+for each N of --counts in turn, and prints the wall time and the engine steps it took; then one more admission of
+--profile-count prompts runs under torch.profiler and its top operators by host and by device time are printed.
 """
 
 from __future__ import annotations
@@ -46,19 +44,16 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile-count", type=int, default=15)
     ap.add_argument("--top", type=int, default=25)
-    ap.add_argument("--buckets", default="on,off")
     a = ap.parse_args(argv)
     counts = [int(c) for c in a.counts.split(",")]
     llm = LLM(model=a.model, max_num_seqs=max(counts + [a.profile_count]), disable_log_stats=True)
     params = SamplingParams(temperature=0, max_tokens=1)
     rng = random.Random(0)
     admit(llm, fresh_prompts(rng, 1), params)  # warm-up
-    for setting in a.buckets.split(","):
-        llm.engine.runner.bucket_rows = setting == "on"
-        for r in range(a.rounds):
-            for n in counts:
-                secs, steps = admit(llm, fresh_prompts(rng, n), params)
-                print(f"buckets {setting} round {r} N={n:3d}: {secs * 1e3:8.2f} ms, {steps} steps", flush=True)
+    for r in range(a.rounds):
+        for n in counts:
+            secs, steps = admit(llm, fresh_prompts(rng, n), params)
+            print(f"round {r} N={n:3d}: {secs * 1e3:8.2f} ms, {steps} steps", flush=True)
     prompts = fresh_prompts(rng, a.profile_count)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=acts) as prof:

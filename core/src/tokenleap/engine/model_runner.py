@@ -29,7 +29,6 @@ import torch
 from tokenleap.engine.cuda_graphs import DecodeGraphs
 from tokenleap.engine.masked_decode import MaskedDecode
 from tokenleap.engine.scheduler import ScheduledRequest
-from tokenleap.engine.shape_buckets import bucket
 from tokenleap.model.attention import AttentionMetadata
 from tokenleap.model.llama import KVCache, LlamaForCausalLM
 from tokenleap.sample.logits import RowParams
@@ -132,8 +131,6 @@ class ModelRunner:
         self._positions: dict[tuple[int, int], np.ndarray] = {}  # (b, q) -> padded positions, built once
         self.draft_verification = "auto"  # speculative_config.draft_verification (drafts with probabilities)
         self.masked_decode = True  # constrained greedy decode steps pick their token on the device (off: proposers)
-        # eager steps padded to shape_buckets' row counts (cuBLAS chooses a kernel per new shape, on the host)
-        self.bucket_rows = device.type == "cuda"
 
     def _tensor(self, array: np.ndarray | list, dtype: torch.dtype) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=dtype).to(self.device, non_blocking=True)
@@ -317,8 +314,6 @@ class ModelRunner:
                 samplers.append(s)
                 logits_rows.extend(range(offset + s.num_new_tokens - 1, offset + q))
             offset += q
-        if self.bucket_rows and bucket(offset) > offset:
-            tables = self._pad_to_bucket(offset, ids, positions, slots, query_lens, seq_lens, tables)
 
         meta = AttentionMetadata(
             slot_mapping=self._tensor(np.concatenate(slots), torch.int64),
@@ -335,40 +330,17 @@ class ModelRunner:
             self._tensor(ids, torch.int64), self._tensor(np.concatenate(positions), torch.int64),
             self.kv_caches, meta, self.hidden_state_layers,
         )
-        if len(ids) > offset:  # the proposer's hidden states: the real rows only
-            aux = {layer: h[:offset] for layer, h in aux.items()}
         if not samplers:
             return StepResult({}, aux, token_rows)
         return self._sample(hidden, logits_rows, True, samplers, aux, token_rows)
-
-    @staticmethod
-    def _pad_to_bucket(n: int, ids: list[int], positions: list[np.ndarray], slots: list[np.ndarray],
-                       query_lens: list[int], seq_lens: list[int], tables: np.ndarray) -> np.ndarray:
-        """Pad an eager step of ``n`` tokens to ``bucket(n)`` (in place; returns the block tables with a row per
-        padding request). The padding tokens are requests of their own, none longer than the step's longest query
-        (the attention takes the same path), over the null block: block tables all 0, token 0 at position 0 written
-        to slot 0. So every row is computed from finite values (a row no request covered would get uninitialized
-        attention output, and what it wrote to the null block would reach other requests' masked-out keys as
-        NaN * 0); nobody reads the padding rows."""
-        pad, longest = bucket(n) - n, max(query_lens)
-        sizes = [longest] * (pad // longest) + ([pad % longest] if pad % longest else [])
-        ids.extend([0] * pad)
-        positions.append(np.zeros(pad, dtype=np.int64))
-        slots.append(np.zeros(pad, dtype=np.int64))
-        query_lens.extend(sizes)
-        seq_lens.extend(sizes)
-        return np.concatenate([tables, np.zeros((len(sizes), tables.shape[1]), dtype=tables.dtype)])
 
     def _sample(self, source: torch.Tensor, rows: list[int], is_hidden: bool, samplers: list[ScheduledRequest],
                 aux, token_rows) -> StepResult:
         """Sample / verify every request of ``samplers``. ``rows`` of ``source`` (hidden states, or logits
         when ``is_hidden`` is False) are the sampled positions, request after request."""
-        n = len(rows)
-        if is_hidden and self.bucket_rows and bucket(n) > n:  # the LM head's rows padded (the last one repeated)
-            rows = rows + [rows[-1]] * (bucket(n) - n)
         batch, rows_dev = self._sampling_batch(samplers, rows)
         picked = source[rows_dev]
-        logits = self.model.compute_logits(picked)[:n] if is_hidden else picked.float()  # [n, vocab] fp32
+        logits = self.model.compute_logits(picked) if is_hidden else picked.float()  # [rows, vocab] fp32
         tokens, num_emitted = sample(logits, batch)  # [batch, k + 1], [batch]
         want_lp = [s.request.params.logprobs for s in samplers if s.request.params.logprobs is not None]
         lp = None
