@@ -153,8 +153,11 @@ def test_other_architectures_tp2_equal_tp1(runs, model, spec):
     assert got["left"] == []
 
 
-def test_killed_worker_raises_within_seconds(tiny_checkpoint):
-    llm = LLM(model=str(tiny_checkpoint("llama")), tensor_parallel_size=2, **ENGINE)
+def assert_killed_worker_ends_the_engine(make_llm, prompts: list, max_tokens: int) -> None:
+    """SIGKILL the (one) worker of ``make_llm()`` (built here: this holds its only reference) 0.5 s into generating
+    ``prompts`` (``max_tokens`` each, far longer than that): the caller gets the error within 5 s, the engine stays
+    failed, and deleting the LLM leaves no process."""
+    llm = make_llm()
     (worker,) = llm.engine.tensor_parallel.procs
     killed_at: list[float] = []
 
@@ -164,15 +167,21 @@ def test_killed_worker_raises_within_seconds(tiny_checkpoint):
         os.kill(worker.pid, signal.SIGKILL)
 
     threading.Thread(target=kill).start()
-    params = SamplingParams(temperature=0, max_tokens=4000, ignore_eos=True)  # far longer than the 0.5 s
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     with pytest.raises(TensorParallelWorkerError, match=rf"worker rank 1 \(pid {worker.pid}\) exited with code -9"):
-        llm.generate([{"prompt_token_ids": [5, 6, 7]}], params, use_tqdm=False)
+        llm.generate(prompts, params, use_tqdm=False)
     assert time.monotonic() - killed_at[0] < 5.0
     with pytest.raises(TensorParallelWorkerError, match="cannot continue"):  # and stays failed
-        llm.generate([{"prompt_token_ids": [5, 6, 7]}], params, use_tqdm=False)
+        llm.generate(prompts[:1], params, use_tqdm=False)
     del llm
     gc.collect()
     assert children() == []
+
+
+def test_killed_worker_raises_within_seconds(tiny_checkpoint):
+    folder = str(tiny_checkpoint("llama"))
+    assert_killed_worker_ends_the_engine(lambda: LLM(model=folder, tensor_parallel_size=2, **ENGINE),
+                                         [{"prompt_token_ids": [5, 6, 7]}], 4000)
 
 
 def test_worker_that_fails_to_start_fails_the_llm(tiny_checkpoint, monkeypatch):

@@ -13,20 +13,24 @@ from __future__ import annotations
 import gc
 import json
 import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from tokenleap import LLM, SamplingParams
+from tokenleap import LLM
 from tokenleap.distributed.launcher import TensorParallelWorkerError
 
 from tests.helpers.eagle_heads import write_eagle1_head, write_eagle3_head
 from tests.helpers.tiny_heads import add_mtp_layer, make_tiny_speculator
 from tests.helpers.tiny_models import TINY_VOCAB, make_tiny_checkpoint
-from tests.test_tensor_parallel import ENGINE, PARAMS, PROMPTS, assert_same, children
+from tests.test_tensor_parallel import (
+    ENGINE,
+    PARAMS,
+    PROMPTS,
+    assert_killed_worker_ends_the_engine,
+    assert_same,
+    children,
+)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -145,25 +149,9 @@ def test_sharded_draft_model_drafts_as_at_tp1(runs):
 
 def test_killed_worker_with_a_sharded_draft_raises_within_seconds(models):
     target, spec = spec_for(models, "draft_model", 2)
-    llm = LLM(model=target, tensor_parallel_size=2, speculative_config=spec, **ENGINE)
-    (worker,) = llm.engine.tensor_parallel.procs
-    killed_at: list[float] = []
-
-    def kill() -> None:
-        time.sleep(0.5)
-        killed_at.append(time.monotonic())
-        os.kill(worker.pid, signal.SIGKILL)
-
-    threading.Thread(target=kill).start()
-    params = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
-    with pytest.raises(TensorParallelWorkerError, match=rf"worker rank 1 \(pid {worker.pid}\) exited with code -9"):
-        llm.generate([{"prompt_token_ids": [5, 6, 7]}] * 6, params, use_tqdm=False)  # longer than the 0.5 s
-    assert time.monotonic() - killed_at[0] < 5.0
-    with pytest.raises(TensorParallelWorkerError, match="cannot continue"):
-        llm.generate([{"prompt_token_ids": [5, 6, 7]}], params, use_tqdm=False)
-    del llm
-    gc.collect()
-    assert children() == []
+    assert_killed_worker_ends_the_engine(
+        lambda: LLM(model=target, tensor_parallel_size=2, speculative_config=spec, **ENGINE),
+        [{"prompt_token_ids": [5, 6, 7]}] * 6, 400)
 
 
 # ---- bad settings fail before any process starts
