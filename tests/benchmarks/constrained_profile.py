@@ -16,32 +16,11 @@ import io
 import json
 import pstats
 import sys
-import time
 from pathlib import Path
 
 import torch
-from constrained_speed import SCHEMA, prompts, sync
+from constrained_speed import SCHEMA, prompts, run
 from tokenleap import LLM, SamplingParams
-
-
-def timed(llm: LLM, chats, params: SamplingParams, device: str, profile: cProfile.Profile | None = None) -> dict:
-    for chat in chats[:2]:
-        llm.chat([chat], params, use_tqdm=False)
-    sync(device)
-    spec = llm.engine.counters.spec
-    steps0, drafted0 = llm.engine.counters.num_steps, spec.num_drafts
-    t0 = time.perf_counter()
-    if profile is not None:
-        profile.enable()
-    outs = [llm.chat([chat], params, use_tqdm=False)[0].outputs[0] for chat in chats]
-    sync(device)
-    if profile is not None:
-        profile.disable()
-    secs = time.perf_counter() - t0
-    tokens = sum(len(o.token_ids) for o in outs)
-    steps = llm.engine.counters.num_steps - steps0
-    return {"tokens": tokens, "seconds": secs, "tokens_per_s": tokens / secs, "steps": steps,
-            "verify_steps": spec.num_drafts - drafted0, "us_per_step": 1e6 * secs / steps}
 
 
 def main(argv=None) -> int:
@@ -61,11 +40,12 @@ def main(argv=None) -> int:
                                   "prompt_lookup_max": 4})
     res: dict = {"device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu", "runs": {}}
     for kind, params in kinds.items():
-        got = res["runs"][kind] = timed(llm, chats, params, a.device)
+        got = res["runs"][kind] = run(llm, chats, params, a.device)
+        del got["ids"], got["texts"]
         print(f"ngram {kind}: {got['tokens_per_s']:.1f} tokens/s, {got['steps']} steps "
               f"({got['verify_steps']} with drafts), {got['us_per_step']:.0f} us a step", flush=True)
         prof = cProfile.Profile()
-        under = timed(llm, chats, params, a.device, prof)
+        under = run(llm, chats, params, a.device, prof)
         got["profiled_tokens_per_s"] = under["tokens_per_s"]
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(a.top)

@@ -82,17 +82,23 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run(llm: LLM, chats, params: SamplingParams, device: str) -> dict:
+def run(llm: LLM, chats, params: SamplingParams, device: str, profile=None) -> dict:
+    """Every chat alone, after a warm-up, on one clock (under ``profile``, a cProfile.Profile, when given)."""
     for chat in chats[:2]:  # warm-up (graphs, grammar compilation)
         llm.chat([chat], params, use_tqdm=False)
     sync(device)
-    t0, steps0 = time.perf_counter(), llm.engine.counters.num_steps
+    counters = llm.engine.counters
+    t0, steps0, drafted0 = time.perf_counter(), counters.num_steps, counters.spec.num_drafts
+    if profile is not None:
+        profile.enable()
     outs = [llm.chat([chat], params, use_tqdm=False)[0].outputs[0] for chat in chats]
     sync(device)
+    if profile is not None:
+        profile.disable()
     secs = time.perf_counter() - t0
-    tokens = sum(len(o.token_ids) for o in outs)
-    return {"tokens": tokens, "seconds": secs, "tokens_per_s": tokens / secs,
-            "tokens_per_step": tokens / (llm.engine.counters.num_steps - steps0),
+    tokens, steps = sum(len(o.token_ids) for o in outs), counters.num_steps - steps0
+    return {"tokens": tokens, "seconds": secs, "tokens_per_s": tokens / secs, "tokens_per_step": tokens / steps,
+            "steps": steps, "verify_steps": counters.spec.num_drafts - drafted0, "us_per_step": 1e6 * secs / steps,
             "ids": [list(o.token_ids) for o in outs], "texts": [o.text for o in outs]}
 
 
