@@ -15,9 +15,9 @@ the host and applied (``LaunchedStep.launch_sampling``); the forward itself is a
 ``verify`` does the same for a graphed verify step (or decode step) of a speculative engine, synchronously: a row
 per verified position (the grammar's bitmask after the drafts before it), one ``masked_argmax`` over the padded
 batch, one read-back, greedy acceptance on the host. It replaces the general sampler there: a few kernel
-launches instead of some thirty (the sampler's host work was 0.87 ms of a 1.15 ms step of n-gram under a JSON
-schema on an H100, ``tests/benchmarks/constrained_profile.py``, though most of it overlapped the forward: tokens/s
-moved within noise).
+launches instead of the sampler's many (its host work was 0.87 ms a step under cProfile, the step 1.15 ms
+without it, for n-gram under a JSON schema on an H100, ``tests/benchmarks/constrained_profile.py``; most of it
+overlapped the forward: tokens/s moved within noise).
 """
 
 from __future__ import annotations
