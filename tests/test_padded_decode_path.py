@@ -10,12 +10,12 @@ import types
 
 import pytest
 import torch
+from helpers.padded_path import count_launches, use_padded_path
 from helpers.spec_counts import spec_totals, without_attention_output
 from tokenleap import LLM, SamplingParams
-from tokenleap.engine.cuda_graphs import DecodeGraphs, equal_bounds, graph_batch_sizes, segment_bounds
+from tokenleap.engine.cuda_graphs import equal_bounds, segment_bounds
 from tokenleap.engine.request import Request
 from tokenleap.sampling_params import SamplingParams as SP
-from tokenleap.speculative.building import device_drafter
 from tokenleap_ngram.device.drafter import PromptLookupDrafter
 from tokenleap_plugins import Drafts, ProposerBase, ProposerManager, ProposerSpec, hookimpl
 
@@ -39,51 +39,12 @@ GREEDY = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in 
 
 def tiny_llm(folder, padded: bool, bounds: list[int] | None = None, prefill: tuple[int, ...] = (),
              device_drafting: bool = True, **kwargs) -> LLM:
-    """``padded``: decode / verify steps go through the graphed path, run eagerly; ``bounds``: its layer
-    segments (for 1-token and verify graphs alike); ``prefill``: buckets of one-request prefill graphs;
-    ``device_drafting``: verify steps draft on the device when the proposer allows it (as on CUDA)."""
+    """``padded``: decode / verify steps go through the graphed path, run eagerly (``use_padded_path``)."""
     kwargs.setdefault("num_gpu_blocks_override", 256)
     llm = LLM(model=str(folder), disable_log_stats=True, block_size=BLOCK, **kwargs)
     if padded:
-        eng = llm.engine
-        eng.runner.graphs = DecodeGraphs(
-            eng.model, eng.runner.kv_caches, eng.cfg.max_num_seqs, [1, 1 + eng.num_speculative_tokens],
-            eng.runner.max_blocks_per_req, eng.max_model_len, eng.backend, eng.device, use_cuda_graphs=False,
-            decode_bounds=bounds, verify_bounds=bounds, prefill_query_lens=list(prefill),
-            drafter=_drafter(eng) if device_drafting else None, block_size=BLOCK,
-        )
+        use_padded_path(llm, BLOCK, bounds, prefill, device_drafting)
     return llm
-
-
-def _drafter(eng):
-    """The proposer's device drafter as the engine would build it on CUDA (here: the torch reference, on CPU)."""
-    if eng.driver is None:
-        return None
-    return device_drafter(eng.driver.proposer, max(graph_batch_sizes(eng.cfg.max_num_seqs)),
-                          eng.num_speculative_tokens, eng.max_model_len, BLOCK, eng.device, eng.backend)
-
-
-def count_launches(llm: LLM) -> dict[str, int]:
-    """Count steps launched ahead (runner.launch) and steps that ran the padded forward (graphs.replay_staged)."""
-    counts = {"ahead": 0, "padded": 0, "prefill": 0}
-    runner = llm.engine.runner
-    launch = runner.launch
-
-    def counting(scheduled, ahead_of=None, q=1):
-        counts["ahead"] += ahead_of is not None
-        return launch(scheduled, ahead_of, q)
-
-    runner.launch = counting
-    graphs = runner.graphs
-    if graphs is not None:
-        replay = graphs.replay_staged
-
-        def counting_replay(b, q, prefill=False):
-            counts["prefill" if prefill else "padded"] += 1
-            return replay(b, q, prefill)
-
-        graphs.replay_staged = counting_replay
-    return counts
 
 
 def token_ids(outs) -> list[list[int]]:

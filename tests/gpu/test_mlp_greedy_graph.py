@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers.tiny_heads import make_tiny_speculator
+from test_mlp_speculator import trained  # noqa: F401 (the fixture: a tiny target and a speculator trained for it)
 from tokenleap_plugins import (
     ComputedTokens,
     ProposeBatch,
@@ -78,3 +79,41 @@ def test_graphed_drafts_equal_eager_drafts(tmp_path, dtype, variant):
             seen.update(t for d in graphed for t in d)
     assert sorted(b for b, _ in proposer.greedy._graphs) == [1, 4, 8, 32]  # one graph per bucket, replayed
     assert len(seen) > 10  # varied drafts
+
+
+def test_device_drafting_in_captured_graphs_equals_host_drafting(trained):  # noqa: F811 (the fixture)
+    """On CUDA the MLP speculator drafts inside the captured verify graphs (from the previous step's argmax and
+    hidden states) and verify steps are launched behind the step in flight: plain decoding's tokens, and the draft
+    and accepted counts per position of host drafting (async scheduling off: no drafter)."""
+    import gc
+
+    from helpers.padded_path import count_launches
+    from helpers.spec_counts import spec_totals
+    from test_mlp_speculator import KW, _prompts
+    from tokenleap import LLM, SamplingParams
+    from tokenleap_eagle.mlp_speculator.device import MLPDeviceDrafter
+
+    target, folder, _ = trained
+    prompts = _prompts(11, 12)
+    params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in (9, 20, 31, 14) * 3]
+    spec = {"method": "mlp_speculator", "model": folder, "num_speculative_tokens": 3}
+    common = dict(device="cuda", dtype="float32", max_num_seqs=4, **KW)
+
+    def run(**kw):
+        llm = LLM(target, **common, **kw)
+        counts = count_launches(llm)
+        out = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
+        return llm, out, counts
+
+    plain, want, _ = run()
+    del plain
+    host, got, _ = run(speculative_config=spec, async_scheduling=False)
+    assert host.engine.runner.graphs.drafter is None and got == want
+    host_counts = spec_totals(host)
+    del host
+    gc.collect()
+    torch.cuda.empty_cache()
+    dev, got, counts = run(speculative_config=spec)
+    assert isinstance(dev.engine.runner.graphs.drafter, MLPDeviceDrafter) and got == want
+    assert spec_totals(dev) == host_counts and host_counts[1] > 0.3 * host_counts[0]
+    assert counts["ahead"] > 0.5 * counts["padded"]

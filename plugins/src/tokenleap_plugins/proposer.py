@@ -348,6 +348,11 @@ class DeviceDraftStep:
         ids, positions, slots   [b * q] int64   (written) last emitted token, drafts, padding (token 0, null slot)
         seq_lens    [b] int32                   (written) context length including the step's q rows
         num_drafts  [b] int64                   (written)
+        hidden_states  layer -> [>= b, q, hidden]  the previous step's hidden states of the proposer's
+                                         ``needs.hidden_state_layers`` (keys as there, values as
+                                         ``ProposeBatch.hidden_states`` gives them): row r's query row j at
+                                         [r, j]; a row's state after its last emitted token is at
+                                         [r, emitted - 1]. Empty when the proposer asked for none.
     """
 
     last: Any
@@ -361,6 +366,7 @@ class DeviceDraftStep:
     num_drafts: Any
     q: int
     block_size: int
+    hidden_states: Mapping[int, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -371,7 +377,11 @@ class DeviceDrafter(Protocol):
         the stream before the first verify step launched ahead; each ``draft`` call then appends the previous
         step's emitted tokens (``step.last``) itself.
     draft: write the next verify step's inputs of the fed rows (capturable: fixed shapes, no host sync). Its
-        drafts must equal what ``propose`` would return for the same tokens (the conformance kit checks this).
+        drafts must equal what ``propose`` would return for the same tokens and hidden states (the conformance
+        kit checks this for drafters of tokens alone).
+
+    A step drafted on the device is not shown to ``propose`` (``on_verified`` still sees it): a proposer whose
+    state follows every step (its own KV cache, say) offers a drafter only if the drafter keeps that state.
     """
 
     def load_histories(self, token_ids: Sequence[Sequence[int]]) -> None: ...

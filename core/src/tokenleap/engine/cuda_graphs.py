@@ -147,8 +147,14 @@ class DecodeGraphs:
         # them. None: verify steps take the host's drafts only.
         self.drafter = drafter if max_q > 1 else None
         self.block_size = block_size
+        # the hidden states a drafter reads (the previous step's, like ``last_verify``): layer -> [max_b, max_q, H],
+        # copied by every graph's head; only when the proposer asked for hidden states and drafts on the device
+        self.last_hidden: dict[int, torch.Tensor] = {}
         if self.drafter is not None:
             self.last_verify = torch.zeros(max_b, max_q + 2, dtype=torch.int64, device=device)
+            dtype = model.embed_tokens.weight.dtype
+            self.last_hidden = {layer: torch.zeros(max_b, max_q, model.cfg.hidden_size, dtype=dtype, device=device)
+                                for layer in hidden_state_layers}
         # (b, q) -> (segment graphs, their state: the tensors passed between segments, kept alive for the graphs,
         # and the outputs "logits" [b * q, vocab] and "greedy" [b, q + 2]: argmax per row, then tokens emitted,
         # then drafts verified)
@@ -225,6 +231,8 @@ class DecodeGraphs:
             # argmax (fed input) and, with device drafting, the tokens a verify step appends to the histories
             greedy = self.kernels.greedy_head(logits, ids, num_drafts, q, self.last_tokens if q == 1 else None,
                                               self.last_verify if self.drafter is not None else None)
+            for layer, kept in self.last_hidden.items():  # [b * q, H] -> the drafter's copy [:b, :q]
+                kept[:b, :q].copy_(state["aux"][layer].view(b, q, -1))
             state["logits"], state["greedy"] = logits, greedy
 
         stages: list[Callable] = [lambda i=i: layers(i) for i in range(len(bounds) - 1)]
@@ -237,7 +245,7 @@ class DecodeGraphs:
         self.drafter.draft(DeviceDraftStep(
             last=self.last_verify, feed=v["feed"], limits=v["limits"], tables=v["tables"], ids=v["ids"],
             positions=v["positions"], slots=v["slots"], seq_lens=v["seq_lens"], num_drafts=v["num_drafts"], q=q,
-            block_size=self.block_size))
+            block_size=self.block_size, hidden_states=self.last_hidden))
 
     def load_histories(self, histories: list[list[int]]) -> None:
         """Set the token history of graph rows 0.. (one list per row) for device drafting, queued on the stream."""

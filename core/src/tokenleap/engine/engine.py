@@ -182,9 +182,10 @@ class Engine:
         grammar, logit_bias, ...) step N + 1's forward is launched the same way, fed step N's constrained token on
         the device; its own constrained argmax is launched in the next call, once step N's tokens advanced the
         matchers and before step N + 2 is launched behind it (model_runner's docstring; without a proposer). A verify
-        step is followed the same way when the device drafts (prompt lookup on the device's copy of each
-        request's tokens). Otherwise (a proposer, which needs step N's tokens first) step N + 1 is launched as
-        soon as step N's tokens and drafts are in, and step N's text is made while it runs."""
+        step is followed the same way when the proposer drafts on the device (``DeviceDrafter``: n-gram's prompt
+        lookup, the MLP speculator's stages, an EAGLE head's catch-up and chain). Otherwise (a proposer, which
+        needs step N's tokens first) step N + 1 is launched as soon as step N's tokens and drafts are in, and step
+        N's text is made while it runs."""
         launched, self._in_flight = self._in_flight, None
         if launched is None:
             launched = self._schedule_and_launch()
@@ -236,7 +237,7 @@ class Engine:
         """Tokens per request of a step that may be launched behind ``launched`` (a greedy step in flight, none of
         whose requests is sure to end in it), or None: 1 (decode) behind a decode step without a proposer (under
         constraints too: ``LaunchedStep.masked``); 1 + k (verify, drafted on the device) behind a decode or verify
-        step when the proposer declares prompt lookup, the graphs draft for it and drafting is not switched off by
+        step when the proposer offers a device drafter, the graphs draft for it and drafting is not switched off by
         the batch size. With a proposer, steps under constraints sample synchronously (never in flight)."""
         if not self.cfg.async_scheduling or not (launched.is_greedy_decode or launched.is_greedy_verify):
             return None

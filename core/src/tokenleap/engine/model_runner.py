@@ -97,10 +97,14 @@ class LaunchedStep:
             if self.event is not None:
                 self.event.synchronize()  # the step's one host sync
             rows = self.host.tolist()
+            token_rows = self.token_rows or {}
+            if self.drafted_on_device and token_rows:  # the drafts' rows, now that their counts are known
+                token_rows = {rid: (start, start + 1 + rows[i][-1])
+                              for i, (rid, (start, _)) in enumerate(token_rows.items())}
             self.result = StepResult({
                 s.request.request_id: SampledRequest(rows[i][: rows[i][-2]], rows[i][-1], None)
                 for i, s in enumerate(self.scheduled)
-            }, self.hidden_states or {}, self.token_rows or {})
+            }, self.hidden_states or {}, token_rows)
         return self.result
 
 
@@ -227,7 +231,12 @@ class ModelRunner:
             h["feed"][: len(scheduled)] = 1
             _, greedy = self.graphs.replay_staged(b, q)
             host, event = self.graphs.read_back(greedy, len(scheduled))
-            return LaunchedStep(scheduled, host=host, event=event, drafted_on_device=True)
+            aux, rows = {}, {}
+            if self.hidden_state_layers:  # for propose() when the step after this one is not drafted here
+                aux = self.graphs.hidden_states(b, q)
+                rows = {s.request.request_id: (i * q, (i + 1) * q) for i, s in enumerate(scheduled)}
+            return LaunchedStep(scheduled, host=host, event=event, drafted_on_device=True, hidden_states=aux,
+                                token_rows=rows)
         for i, s in enumerate(scheduled):
             r, d = s.request, s.num_spec_tokens
             start, real, o = r.num_computed_tokens + int(ahead), s.num_query_tokens, i * q

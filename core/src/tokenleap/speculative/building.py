@@ -100,10 +100,10 @@ def bind_proposer_kv_cache(proposer: Proposer, num_blocks: int, block_size: int,
 
 def device_drafter(proposer: Proposer, max_rows: int, k: int, max_model_len: int, block_size: int,
                    device: torch.device, backend: str) -> DeviceDrafter | None:
-    """The proposer's device drafter, when it offers one and the engine can use it: the drafter must draft what
-    ``propose`` drafts from the tokens alone, so a proposer that follows every step (its own KV cache or hidden
-    states) is not drafted for on the device yet."""
+    """The proposer's device drafter, when it offers one: it drafts what ``propose`` drafts, from the tokens and
+    the previous step's hidden states of ``needs.hidden_state_layers`` (``DeviceDraftStep.hidden_states``). A
+    proposer whose state follows every step offers one only if the drafter keeps that state itself."""
     offer = getattr(proposer, "device_drafter", None)
-    if offer is None or proposer.needs.sees_every_step:
+    if offer is None:
         return None
     return offer(DeviceDraftingSpec(max_rows, 1 + k, max_model_len, block_size, str(device), backend))

@@ -46,6 +46,7 @@ class ProposerDriver:
         self.disable_by_batch_size = disable_by_batch_size
         self.draft_len_limit = speculative_max_model_len or max_model_len
         self.sees_every_step = proposer.needs.sees_every_step
+        self.writes_kv = proposer.needs.kv_cache is not None
         self.block_size = block_size
         self.draft_verification = draft_verification
 
@@ -82,7 +83,7 @@ class ProposerDriver:
         off = self.disable_by_batch_size is not None and len(running) >= self.disable_by_batch_size
         if self.sees_every_step:
             chosen = [(e.request, e, 0 if off or not (e.running and e.request.is_decoding)
-                       else min(self.max_drafts(e.request), self._reserved_room(e.request))) for e in entries]
+                       else self._max_drafts_writing_kv(e.request)) for e in entries]
         else:
             if off:
                 return
@@ -118,10 +119,15 @@ class ProposerDriver:
             req.spec_token_ids = ids
             req.spec_probs = drafts.probs[i] if drafts.probs is not None and ids else None
 
-    def _reserved_room(self, request: Request) -> int:
-        """Drafts whose KV a proposer with its own cache can write in the request's blocks: positions up to
-        num_tokens - 1 + drafts must lie in them (the scheduler reserves k slots past a step that ends decoding)."""
-        return len(request.block_ids) * self.block_size - request.num_tokens + 1
+    def _max_drafts_writing_kv(self, request: Request) -> int:
+        """``max_drafts``, and for a proposer with its own KV cache no more drafts than it can write the KV of in
+        the request's blocks: positions up to num_tokens - 1 + drafts must lie in them (the scheduler reserves k
+        slots past a step that ends decoding). A proposer without a cache (hidden states only) is not held to
+        the blocks: the verify step gets its slots as any step does."""
+        most = self.max_drafts(request)
+        if not self.writes_kv:
+            return most
+        return min(most, len(request.block_ids) * self.block_size - request.num_tokens + 1)
 
     def _request(self, req: Request, entry: StepEntry | None, max_num_drafts: int,
                  rows: tuple[int, int] | None) -> ProposeRequest:

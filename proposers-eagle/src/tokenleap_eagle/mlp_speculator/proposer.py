@@ -8,9 +8,17 @@ batch-size bucket on CUDA); otherwise stage by stage, sampled requests drawing f
 from __future__ import annotations
 
 import torch
-from tokenleap_plugins import Drafts, ProposeBatch, ProposerBase, ProposerContext, ProposerNeeds
+from tokenleap_plugins import (
+    DeviceDraftingSpec,
+    Drafts,
+    ProposeBatch,
+    ProposerBase,
+    ProposerContext,
+    ProposerNeeds,
+)
 
 from tokenleap_eagle.head_sampling import assemble_drafts, pick_drafts, row_params, shifted, upload
+from tokenleap_eagle.mlp_speculator.device import MLPDeviceDrafter
 from tokenleap_eagle.mlp_speculator.greedy import GreedyDrafter
 from tokenleap_eagle.mlp_speculator.loader import load_speculator, read_config, resolve_speculator
 
@@ -54,6 +62,10 @@ class MLPSpeculatorProposer(ProposerBase):
         self.greedy: GreedyDrafter | None = GreedyDrafter(self.model, self._final_norm, ctx.num_speculative_tokens,
                                                           self.device)
         self.greedy.graphed = self.greedy.graphed and ctx.cuda_graphs
+
+    def device_drafter(self, spec: DeviceDraftingSpec) -> MLPDeviceDrafter:
+        """Greedy drafts inside the verify graph (the engine uses it for steps of greedy requests only)."""
+        return MLPDeviceDrafter(self.model, self._final_norm, spec)
 
     @torch.no_grad()
     def propose(self, batch: ProposeBatch) -> Drafts:

@@ -1,0 +1,96 @@
+"""The EAGLE / EAGLE-3 head's device drafter (``tokenleap_plugins.DeviceDrafter``): inside the captured verify graph
+it does what ``EagleProposer.propose`` does for a greedy decode or verify step, from the previous step's argmax and
+hidden states on the device, so the engine launches each verify step behind the one before it with no host sync.
+
+Per fed row, in the layouts of the host's padded path (``tokenleap.speculative.device_inputs``):
+
+1. the catch-up: the head over the rows the previous step kept (each the token emitted there and the target's
+   hidden state of the row before it), q = k + 1 rows per request with the kept ones last, writing the head's KV at
+   their positions; its last row's output g and argmax give the first draft;
+2. the chain: k - 1 one-token head steps, each fed (embed(previous draft), the previous output) at the next
+   position, rows wanting fewer drafts writing the null slot;
+3. the verify step's inputs from the drafts.
+
+The head's KV cache stays what the host path keeps (the host catches up on exactly the rows the target computed in
+the step it is shown, so it goes on where the device left off). Padding rows of a context shorter than q (a prompt
+of at most k + 1 tokens) attend to no key and compute NaN; their keys and values are written to the null slot
+before the attention, from finite inputs, and their outputs are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from tokenleap.model.attention import AttentionMetadata
+from tokenleap.speculative.device_inputs import (
+    catch_up_inputs,
+    chain_step_inputs,
+    kept_drafts,
+    last_emitted,
+    write_verify_inputs,
+)
+from tokenleap_plugins import DeviceDraftingSpec, DeviceDraftStep
+
+# the proposer's head over catch-up rows, one draft step, and the greedy choice (EagleProposer's)
+RowsForward = Callable[[torch.Tensor, list[torch.Tensor], torch.Tensor, AttentionMetadata], torch.Tensor]
+Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor]
+Pick = Callable[[torch.Tensor], torch.Tensor]
+
+
+class EagleDeviceDrafter:
+    def __init__(self, rows_forward: RowsForward, step: Step, pick: Pick, layers: Sequence[int], max_len: int,
+                 spec: DeviceDraftingSpec) -> None:
+        """``layers``: the target layers the head reads (keys of ``DeviceDraftStep.hidden_states``); ``max_len``:
+        the head's longest context."""
+        self.rows_forward, self.step, self.pick, self.layers = rows_forward, step, pick, tuple(layers)
+        self.max_len, self.backend = max_len, spec.backend
+        self.k = spec.max_query_len - 1
+        device = torch.device(spec.device)
+        self.ctx_len = torch.zeros(spec.max_rows, dtype=torch.int64, device=device)  # [rows] tokens known
+        self._staging = torch.zeros(spec.max_rows, dtype=torch.int64, pin_memory=device.type == "cuda")
+
+    def load_histories(self, token_ids: Sequence[Sequence[int]]) -> None:
+        """Only the lengths matter: the head's KV cache already holds what came before."""
+        rows = len(token_ids)
+        self._staging[:rows] = torch.tensor([len(t) for t in token_ids], dtype=torch.int64)
+        self.ctx_len[:rows].copy_(self._staging[:rows], non_blocking=True)
+
+    def draft(self, step: DeviceDraftStep) -> None:
+        b, q, bs = step.feed.shape[0], step.q, step.block_size
+        n, token, _ = last_emitted(step.last, self.ctx_len, None, b)  # [b], [b]
+        nd = kept_drafts(step.limits, n, self.k)  # [b]
+        tables = step.tables
+        # 1. the catch-up over the kept rows, and the first draft
+        x = catch_up_inputs(step.last, n, tables, step.feed, q, bs)
+        parts = []
+        for layer in self.layers:
+            h = step.hidden_states[layer]  # [>= b, q', H]
+            rows = x.rows.clamp(max=h.shape[1] - 1)  # [b, q]
+            parts.append(h[:b].gather(1, rows[:, :, None].expand(b, q, h.shape[2])).reshape(b * q, -1))
+        meta = self._meta(x.slots, tables, x.query_start, x.seq_lens, q)
+        out = self.rows_forward(x.ids, parts, x.positions, meta)  # [b * q, hidden]
+        g = out.index_select(0, x.last_rows)  # [b, hidden]
+        ids = self.pick(g)  # [b] the first drafts
+        drafts = [ids]
+        # 2. the chain
+        one_each = torch.arange(b + 1, dtype=torch.int32, device=n.device)  # query start offsets
+        for s in range(self.k - 1):
+            positions, slots, seq_lens = chain_step_inputs(n, nd, tables, s, bs)
+            g = self.step(ids, g, positions, self._meta(slots, tables, one_each, seq_lens, 1))
+            ids = self.pick(g)
+            drafts.append(ids)
+        # 3. the verify step
+        write_verify_inputs(step, n, token, torch.stack(drafts, dim=1))  # drafts [b, k]
+        self.ctx_len[:b].copy_(torch.where(step.feed[:b] != 0, n, self.ctx_len[:b]))
+
+    def _meta(self, slots: torch.Tensor, tables: torch.Tensor, query_start: torch.Tensor, seq_lens: torch.Tensor,
+              q: int) -> AttentionMetadata:
+        """``q`` query rows per request; host lengths only for the torch attention (the Triton kernels read the
+        device ones, and a captured graph cannot read them back)."""
+        b = seq_lens.shape[0]
+        host = seq_lens.tolist() if self.backend != "triton" else [self.max_len] * b
+        return AttentionMetadata(
+            slot_mapping=slots, block_tables=tables, query_start_loc=query_start, seq_lens=seq_lens,
+            query_lens_host=[q] * b, seq_lens_host=host, max_query_len=q, max_seq_len=self.max_len,
+            backend=self.backend)

@@ -1,0 +1,50 @@
+"""Putting an ``LLM`` on the graphed decode path, run eagerly (``DecodeGraphs(use_cuda_graphs=False)``): the padded
+inputs, null-block writes, device-fed tokens and device drafting of CUDA, minus the capture, on the CPU."""
+
+from __future__ import annotations
+
+from tokenleap import LLM
+from tokenleap.engine.cuda_graphs import DecodeGraphs, graph_batch_sizes
+from tokenleap.speculative.building import device_drafter
+
+
+def use_padded_path(llm: LLM, block_size: int, bounds: list[int] | None = None, prefill: tuple[int, ...] = (),
+                    device_drafting: bool = True) -> LLM:
+    """``bounds``: the layer segments (for 1-token and verify graphs alike); ``prefill``: buckets of one-request
+    prefill graphs; ``device_drafting``: verify steps draft on the device when the proposer offers a drafter (as
+    on CUDA, here with the torch reference)."""
+    eng = llm.engine
+    drafter = None
+    if device_drafting and eng.driver is not None:
+        drafter = device_drafter(eng.driver.proposer, max(graph_batch_sizes(eng.cfg.max_num_seqs)),
+                                 eng.num_speculative_tokens, eng.max_model_len, block_size, eng.device, eng.backend)
+    eng.runner.graphs = DecodeGraphs(
+        eng.model, eng.runner.kv_caches, eng.cfg.max_num_seqs, [1, 1 + eng.num_speculative_tokens],
+        eng.runner.max_blocks_per_req, eng.max_model_len, eng.backend, eng.device, use_cuda_graphs=False,
+        decode_bounds=bounds, verify_bounds=bounds, prefill_query_lens=list(prefill), drafter=drafter,
+        block_size=block_size, hidden_state_layers=eng.runner.hidden_state_layers,
+    )
+    return llm
+
+
+def count_launches(llm: LLM) -> dict[str, int]:
+    """Count steps launched ahead (runner.launch) and steps that ran the padded forward (graphs.replay_staged)."""
+    counts = {"ahead": 0, "padded": 0, "prefill": 0}
+    runner = llm.engine.runner
+    launch = runner.launch
+
+    def counting(scheduled, ahead_of=None, q=1):
+        counts["ahead"] += ahead_of is not None
+        return launch(scheduled, ahead_of, q)
+
+    runner.launch = counting
+    graphs = runner.graphs
+    if graphs is not None:
+        replay = graphs.replay_staged
+
+        def counting_replay(b, q, prefill=False):
+            counts["prefill" if prefill else "padded"] += 1
+            return replay(b, q, prefill)
+
+        graphs.replay_staged = counting_replay
+    return counts
