@@ -106,7 +106,7 @@ def test_device_drafting_equals_host_drafting(trained, tmp_path, kind):
     accepted counts per position of host drafting in the same path, and most verify steps launched behind the step
     before them. Prompts of 2-9 tokens (contexts shorter than k + 1 included), lengths cut by max_tokens; every KV
     block free afterwards. eagle3: the trained head; eagle: a random EAGLE-1 head."""
-    from tokenleap_eagle.device import EagleDeviceDrafter
+    from tokenleap_eagle.device import HeadDeviceDrafter
 
     from tests.helpers.eagle_heads import write_eagle1_head
     from tests.helpers.padded_path import count_launches, use_padded_path
@@ -128,7 +128,7 @@ def test_device_drafting_equals_host_drafting(trained, tmp_path, kind):
     host = padded(False)
     assert [o.outputs[0].token_ids for o in host.generate(prompts, params, use_tqdm=False)] == plain
     llm = padded(True)
-    assert isinstance(llm.engine.runner.graphs.drafter, EagleDeviceDrafter)
+    assert isinstance(llm.engine.runner.graphs.drafter, HeadDeviceDrafter)
     counts = count_launches(llm)
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)] == plain
     assert spec_totals(llm) == spec_totals(host)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from helpers.eagle_proposer import fresh_kv, make_proposer, random_batch
+from test_eagle_train import trained  # noqa: F401 (the fixture: a tiny target and a head trained for it)
 
 K = 5
 # 1 drafting request (bucket 1), 3 (bucket 4), 6 among non-drafted ones (bucket 8)
@@ -31,3 +32,40 @@ def test_graphed_chain_drafts_equal_eager_chain_drafts(tmp_path):
             assert graphed == eager, (seed, max_drafts)
     assert sorted(proposer.chain._graphs) == [1, 4, 8]  # one graph per bucket, replayed
     assert len({t for d in graphed for t in d}) > 3  # varied drafts
+
+
+def test_device_drafting_in_captured_graphs_equals_host_drafting(trained):  # noqa: F811 (the fixture)
+    """On CUDA the EAGLE-3 head drafts inside the captured verify graphs (catch-up, first draft and chain from the
+    previous step's argmax and hidden states) and verify steps are launched behind the step in flight: plain
+    decoding's tokens, the draft and accepted counts per position of host drafting (async scheduling off: no
+    drafter), most verify steps launched ahead. The head was trained on the tiny bigram target (test_eagle_train)."""
+    import gc
+
+    from helpers.padded_path import count_launches
+    from helpers.spec_counts import spec_totals
+    from tokenleap import LLM, SamplingParams
+    from tokenleap_eagle.device import HeadDeviceDrafter
+
+    target, head, _, _ = trained
+    prompts = [{"prompt_token_ids": [1, 20 + i, 33, 7 + 2 * i, 40, 41, 42, 43, 44][: 2 + i]} for i in range(8)]
+    params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for m in (11, 24, 17, 30) * 2]
+    spec = {"method": "eagle3", "model": str(head), "num_speculative_tokens": 3}
+    common = dict(model=str(target), device="cuda", dtype="float32", max_num_seqs=4, disable_log_stats=True)
+
+    def run(**kw):
+        llm = LLM(**common, **kw)
+        counts = count_launches(llm)
+        return llm, [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)], counts
+
+    plain, want, _ = run()
+    del plain
+    host, got, _ = run(speculative_config=spec, async_scheduling=False)
+    assert host.engine.runner.graphs.drafter is None and got == want
+    host_counts = spec_totals(host)
+    del host
+    gc.collect()
+    torch.cuda.empty_cache()
+    dev, got, counts = run(speculative_config=spec)
+    assert isinstance(dev.engine.runner.graphs.drafter, HeadDeviceDrafter) and got == want
+    assert spec_totals(dev) == host_counts and host_counts[1] > 0.1 * host_counts[0]
+    assert counts["ahead"] > 0.5 * counts["padded"]

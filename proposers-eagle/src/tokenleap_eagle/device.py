@@ -1,6 +1,11 @@
-"""The EAGLE / EAGLE-3 head's device drafter (``tokenleap_plugins.DeviceDrafter``): inside the captured verify graph
-it does what ``EagleProposer.propose`` does for a greedy decode or verify step, from the previous step's argmax and
-hidden states on the device, so the engine launches each verify step behind the one before it with no host sync.
+"""The device drafter of a one-layer head with its own KV cache over the target's hidden states (EAGLE / EAGLE-3
+heads, MTP layers; ``tokenleap_plugins.DeviceDrafter``): inside the captured verify graph it does what the
+proposer's ``propose`` does for a greedy decode or verify step, from the previous step's argmax and hidden states
+on the device, so the engine launches each verify step behind the one before it with no host sync.
+
+The proposer lends three functions: the head over catch-up rows, one chain step, and the greedy choice. What
+passes between them (``g``: the head's output, its state) is the proposer's business: an EAGLE head passes its
+output, an MTP layer its next state and LM-head input side by side.
 
 Per fed row, in the layouts of the host's padded path (``tokenleap.speculative.device_inputs``):
 
@@ -32,13 +37,13 @@ from tokenleap.speculative.device_inputs import (
 )
 from tokenleap_plugins import DeviceDraftingSpec, DeviceDraftStep
 
-# the proposer's head over catch-up rows, one draft step, and the greedy choice (EagleProposer's)
+# the proposer's head over catch-up rows, one draft step, and the greedy choice (as EagleProposer's)
 RowsForward = Callable[[torch.Tensor, list[torch.Tensor], torch.Tensor, AttentionMetadata], torch.Tensor]
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor]
 Pick = Callable[[torch.Tensor], torch.Tensor]
 
 
-class EagleDeviceDrafter:
+class HeadDeviceDrafter:
     def __init__(self, rows_forward: RowsForward, step: Step, pick: Pick, layers: Sequence[int], max_len: int,
                  spec: DeviceDraftingSpec) -> None:
         """``layers``: the target layers the head reads (keys of ``DeviceDraftStep.hidden_states``); ``max_len``:

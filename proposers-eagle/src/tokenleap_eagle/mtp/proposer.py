@@ -18,6 +18,7 @@ from tokenleap.kernels.ops import layer_ops
 from tokenleap.model.arch import ModelArchConfig
 from tokenleap.model.attention import AttentionMetadata
 from tokenleap_plugins import (
+    DeviceDraftingSpec,
     Drafts,
     KVCacheNeeds,
     ProposeBatch,
@@ -28,6 +29,7 @@ from tokenleap_plugins import (
 )
 from torch.nn import functional as F
 
+from tokenleap_eagle.device import HeadDeviceDrafter
 from tokenleap_eagle.head_sampling import assemble_drafts, pick_drafts, row_params
 from tokenleap_eagle.mtp.layouts import _no_mtp, load_mtp_weights
 from tokenleap_eagle.mtp.model import MTPLayer
@@ -90,6 +92,27 @@ class MTPProposer(ProposerBase):
     def bind_kv_cache(self, cache: ProposerKVCache) -> None:
         self.kv = cache.layers[0]
         self.block_size = cache.block_size
+
+    def device_drafter(self, spec: DeviceDraftingSpec) -> HeadDeviceDrafter | None:
+        """Greedy drafts inside the verify graph: the catch-up and the chain of ``propose``, with the layer's state
+        and LM-head input passed side by side ([n, 2 * hidden])."""
+        if self.kv is None:
+            return None
+        hidden = self.layer.input_proj.weight.shape[0]
+
+        def rows(ids, parts, positions, meta):
+            return self._state(ids, self.target.final_norm(parts[0]).to(self.dtype), positions, meta)
+
+        def step(ids, g, positions, meta):
+            return self._state(ids, g[:, :hidden], positions, meta)
+
+        def pick(g):
+            return self._logits(g[:, hidden:]).argmax(dim=-1)
+
+        return HeadDeviceDrafter(rows, step, pick, (-1,), self.max_seq_len, spec)
+
+    def _state(self, ids, states, positions, meta) -> torch.Tensor:  # -> [n, 2 * hidden]: next state, LM-head input
+        return torch.cat(self.layer(self._embed(ids), states, positions, self.kv, meta), dim=-1)
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:  # [n] -> [n, hidden]
         if self.embedding is not None:
