@@ -7,7 +7,14 @@ not pay for torch and transformers.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
+
+# oneDNN's AMX kernels (Intel Xeon of the 4th generation and later) give a row of a bfloat16 matmul other low bits
+# in a batch of rows than alone, so the CPU path's verify steps would not reproduce its decode steps and speculative
+# output would differ from plain decoding; its AVX-512 kernels do not (kernels/cpu_linear.py). oneDNN reads this
+# once, at its first use in the process; a value the user set is kept.
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
 
 if TYPE_CHECKING:
     from tokenleap.async_llm import AsyncLLM

@@ -28,13 +28,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from tokenleap.model.attention import AttentionMetadata
-from tokenleap.speculative.device_inputs import (
-    catch_up_inputs,
-    chain_step_inputs,
-    kept_drafts,
-    last_emitted,
-    write_verify_inputs,
-)
+from tokenleap.speculative.device_inputs import draft_input_ops
 from tokenleap_plugins import DeviceDraftingSpec, DeviceDraftStep
 
 # the proposer's head over catch-up rows, one draft step, and the greedy choice (as EagleProposer's)
@@ -51,6 +45,7 @@ class HeadDeviceDrafter:
         self.rows_forward, self.step, self.pick, self.layers = rows_forward, step, pick, tuple(layers)
         self.max_len, self.backend = max_len, spec.backend
         self.k = spec.max_query_len - 1
+        self._inputs, self._write_drafts = draft_input_ops(spec.backend)
         device = torch.device(spec.device)
         self.ctx_len = torch.zeros(spec.max_rows, dtype=torch.int64, device=device)  # [rows] tokens known
         self._staging = torch.zeros(spec.max_rows, dtype=torch.int64, pin_memory=device.type == "cuda")
@@ -62,32 +57,29 @@ class HeadDeviceDrafter:
         self.ctx_len[:rows].copy_(self._staging[:rows], non_blocking=True)
 
     def draft(self, step: DeviceDraftStep) -> None:
-        b, q, bs = step.feed.shape[0], step.q, step.block_size
-        n, token, _ = last_emitted(step.last, self.ctx_len, None, b)  # [b], [b]
-        nd = kept_drafts(step.limits, n, self.k)  # [b]
-        tables = step.tables
+        b, q = step.feed.shape[0], step.q
+        x = self._inputs(step, self.ctx_len, self.k)  # the verify step's frame written, ctx_len moved on
+        cu, tables = x.catch_up, step.tables
         # 1. the catch-up over the kept rows, and the first draft
-        x = catch_up_inputs(step.last, n, tables, step.feed, q, bs)
         parts = []
         for layer in self.layers:
             h = step.hidden_states[layer]  # [>= b, q', H]
-            rows = x.rows.clamp(max=h.shape[1] - 1)  # [b, q]
+            rows = cu.rows.clamp(max=h.shape[1] - 1)  # [b, q]
             parts.append(h[:b].gather(1, rows[:, :, None].expand(b, q, h.shape[2])).reshape(b * q, -1))
-        meta = self._meta(x.slots, tables, x.query_start, x.seq_lens, q)
-        out = self.rows_forward(x.ids, parts, x.positions, meta)  # [b * q, hidden]
-        g = out.index_select(0, x.last_rows)  # [b, hidden]
+        out = self.rows_forward(cu.ids, parts, cu.positions, self._meta(cu.slots, tables, cu.query_start,
+                                                                         cu.seq_lens, q))  # [b * q, hidden]
+        g = out.index_select(0, cu.last_rows)  # [b, hidden]
         ids = self.pick(g)  # [b] the first drafts
         drafts = [ids]
         # 2. the chain
-        one_each = torch.arange(b + 1, dtype=torch.int32, device=n.device)  # query start offsets
+        one_each = torch.arange(b + 1, dtype=torch.int32, device=ids.device)  # query start offsets
         for s in range(self.k - 1):
-            positions, slots, seq_lens = chain_step_inputs(n, nd, tables, s, bs)
-            g = self.step(ids, g, positions, self._meta(slots, tables, one_each, seq_lens, 1))
+            meta = self._meta(x.chain_slots[s], tables, one_each, x.chain_seq_lens[s], 1)
+            g = self.step(ids, g, x.chain_positions[s], meta)
             ids = self.pick(g)
             drafts.append(ids)
-        # 3. the verify step
-        write_verify_inputs(step, n, token, torch.stack(drafts, dim=1))  # drafts [b, k]
-        self.ctx_len[:b].copy_(torch.where(step.feed[:b] != 0, n, self.ctx_len[:b]))
+        # 3. the verify step's drafts
+        self._write_drafts(step, x.nd, torch.stack(drafts, dim=1))  # drafts [b, k]
 
     def _meta(self, slots: torch.Tensor, tables: torch.Tensor, query_start: torch.Tensor, seq_lens: torch.Tensor,
               q: int) -> AttentionMetadata:

@@ -144,18 +144,16 @@ def chain_step_inputs_ref(n: torch.Tensor, nd: torch.Tensor, tables: torch.Tenso
     return pos, slot, seq
 
 
-def write_verify_inputs(step: DeviceDraftStep, n: torch.Tensor, token: torch.Tensor, drafts: torch.Tensor) -> None:
-    """Write the fed rows of ``step``: ids (the last token, the drafts kept, then token 0), positions (continuing
-    from ``n - 1``), KV slots (from the block table; padding rows to the null slot 0), sequence lengths
-    (``n - 1 + q``) and draft counts. Other rows keep what the host staged."""
+def write_verify_frame(step: DeviceDraftStep, n: torch.Tensor, token: torch.Tensor, nd: torch.Tensor) -> None:
+    """Write the fed rows of ``step`` but for the drafts' ids: ids (the last token, then token 0), positions
+    (continuing from ``n - 1``), KV slots (from the block table for the token and the ``nd`` drafts kept; the null
+    slot 0 after them), sequence lengths (``n - 1 + q``) and draft counts. Other rows keep what the host staged."""
     q, bs = step.q, step.block_size
     b = step.feed.shape[0]
     fed = step.feed[:b] != 0  # [b]
     j = torch.arange(q, device=n.device)  # [q]
-    nd = kept_drafts(step.limits, n, q - 1)  # [b]
     real = j[None, :] <= nd[:, None]  # [b, q] the last token and the drafts kept
-    ids = torch.cat([token[:, None], drafts[:, : q - 1]], dim=1)  # [b, q]
-    ids = torch.where(real, ids, torch.zeros_like(ids))
+    ids = torch.where(j[None, :] == 0, token[:, None], 0)  # [b, q]
     pos = (n - 1)[:, None] + j[None, :]  # [b, q]
     block = (pos // bs).clamp(0, step.tables.shape[1] - 1)
     slot = step.tables[:b].gather(1, block).to(torch.int64) * bs + pos % bs  # [b, q]
@@ -166,6 +164,55 @@ def write_verify_inputs(step: DeviceDraftStep, n: torch.Tensor, token: torch.Ten
     step.slots.view(b, q).copy_(torch.where(keep, slot, step.slots.view(b, q)))
     step.seq_lens[:b].copy_(torch.where(fed, (n - 1 + q).to(step.seq_lens.dtype), step.seq_lens[:b]))
     step.num_drafts[:b].copy_(torch.where(fed, nd, step.num_drafts[:b]))
+
+
+def write_drafts(step: DeviceDraftStep, nd: torch.Tensor, drafts: torch.Tensor) -> None:
+    """The drafts' ids of the fed rows: row i's first ``nd[i]`` drafts after its last token."""
+    q = step.q
+    b = step.feed.shape[0]
+    j = torch.arange(1, q, device=nd.device)  # [k]
+    put = (step.feed[:b] != 0)[:, None] & (j[None, :] <= nd[:, None])  # [b, k]
+    ids = step.ids.view(b, q)[:, 1:]
+    ids.copy_(torch.where(put, drafts[:, : q - 1], ids))
+
+
+def write_verify_inputs(step: DeviceDraftStep, n: torch.Tensor, token: torch.Tensor, drafts: torch.Tensor) -> None:
+    """The verify step's inputs from the drafts (``write_verify_frame``, then ``write_drafts``)."""
+    nd = kept_drafts(step.limits, n, step.q - 1)
+    write_verify_frame(step, n, token, nd)
+    write_drafts(step, nd, drafts)
+
+
+class DraftStepInputs(NamedTuple):
+    """What a head's device drafter runs on, for ``b`` rows and k drafts (``draft_step_inputs``)."""
+
+    n: torch.Tensor  # [b] int64 tokens known
+    token: torch.Tensor  # [b] int64 the last of them
+    nd: torch.Tensor  # [b] int64 drafts kept
+    catch_up: CatchUpInputs
+    chain_positions: torch.Tensor  # [k - 1, b] int64: chain step s's row (``chain_step_inputs``)
+    chain_slots: torch.Tensor  # [k - 1, b] int64
+    chain_seq_lens: torch.Tensor  # [k - 1, b] int32
+
+
+def draft_step_inputs(step: DeviceDraftStep, ctx_len: torch.Tensor, k: int) -> DraftStepInputs:
+    """Everything a drafter needs before it drafts, from ``step`` and ``ctx_len`` alone, and the verify step's
+    inputs but for the drafts' ids (``write_verify_frame``); ``ctx_len`` of the fed rows moves on to ``n``. After
+    drafting, ``write_drafts`` completes the step. (``triton_draft_inputs.draft_step_inputs_triton`` does the same
+    in one kernel.)"""
+    b, bs = step.feed.shape[0], step.block_size
+    n, token, _ = last_emitted(step.last, ctx_len, None, b)
+    nd = kept_drafts(step.limits, n, k)
+    cu = catch_up_inputs(step.last, n, step.tables, step.feed, step.q, bs)
+    chain = [chain_step_inputs(n, nd, step.tables, s, bs) for s in range(k - 1)]
+    if chain:
+        positions, slots, seq_lens = (torch.stack(t) for t in zip(*chain))
+    else:
+        positions = slots = torch.zeros(0, b, dtype=torch.int64, device=n.device)
+        seq_lens = torch.zeros(0, b, dtype=torch.int32, device=n.device)
+    write_verify_frame(step, n, token, nd)
+    ctx_len[:b].copy_(torch.where(step.feed[:b] != 0, n, ctx_len[:b]))
+    return DraftStepInputs(n, token, nd, cu, positions, slots, seq_lens)
 
 
 def write_verify_inputs_ref(step: DeviceDraftStep, n: torch.Tensor, token: torch.Tensor,
@@ -184,3 +231,13 @@ def write_verify_inputs_ref(step: DeviceDraftStep, n: torch.Tensor, token: torch
             step.slots[i * q + j] = int(step.tables[i, p // bs]) * bs + p % bs if real else 0
         step.seq_lens[i] = known - 1 + q
         step.num_drafts[i] = nd
+
+
+def draft_input_ops(backend: str):
+    """(draft_step_inputs, write_drafts) for a drafter of ``backend``: the two Triton kernels of
+    ``kernels.triton_draft_inputs`` for "triton", the torch composition above otherwise."""
+    if backend == "triton":
+        from tokenleap.kernels.triton_draft_inputs import draft_step_inputs_triton, write_drafts_triton
+
+        return draft_step_inputs_triton, write_drafts_triton
+    return draft_step_inputs, write_drafts

@@ -2,10 +2,10 @@
 captured verify graph, from the previous step's emitted tokens and last-layer hidden states, so the engine launches
 each verify step behind the one before it with no host sync between them.
 
-Per fed row: the state after the last emitted token (``tokenleap.speculative.device_inputs.last_emitted``: the
-hidden row of the query that emitted it, and that token), the stages (``greedy.greedy_chain``, what the host path
-runs), then the verify step's inputs (``write_verify_inputs``). The speculator keeps no KV cache, so the only state
-a row carries between steps is how many tokens it knows (``ctx_len``).
+Per fed row: the state after the last emitted token (the hidden row of the query that emitted it, and that token:
+``tokenleap.speculative.device_inputs.draft_step_inputs``, which also writes the verify step's frame), the stages
+(``greedy.greedy_chain``, what the host path runs), then the drafts' ids (``write_drafts``). The speculator keeps
+no KV cache, so the only state a row carries between steps is how many tokens it knows (``ctx_len``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tokenleap.speculative.device_inputs import last_emitted, write_verify_inputs
+from tokenleap.speculative.device_inputs import draft_input_ops
 from tokenleap_plugins import DeviceDraftingSpec, DeviceDraftStep
 
 from tokenleap_eagle.mlp_speculator.greedy import FinalNorm, greedy_chain
@@ -26,6 +26,7 @@ class MLPDeviceDrafter:
     def __init__(self, model: MLPSpeculator, final_norm: FinalNorm, spec: DeviceDraftingSpec) -> None:
         self.model, self.final_norm = model, final_norm
         self.k = spec.max_query_len - 1
+        self._inputs, self._write_drafts = draft_input_ops(spec.backend)
         device = torch.device(spec.device)
         self.ctx_len = torch.zeros(spec.max_rows, dtype=torch.int64, device=device)  # [rows] tokens known
         self._staging = torch.zeros(spec.max_rows, dtype=torch.int64, pin_memory=device.type == "cuda")
@@ -38,7 +39,9 @@ class MLPDeviceDrafter:
 
     def draft(self, step: DeviceDraftStep) -> None:
         b = step.feed.shape[0]
-        n, token, hidden = last_emitted(step.last, self.ctx_len, step.hidden_states[HIDDEN_LAYER], b)
-        drafts = greedy_chain(self.model, self.final_norm, hidden, token, self.k)  # [b, k]
-        write_verify_inputs(step, n, token, drafts)
-        self.ctx_len[:b].copy_(torch.where(step.feed[:b] != 0, n, self.ctx_len[:b]))
+        x = self._inputs(step, self.ctx_len, self.k)  # the verify step's frame written, ctx_len moved on
+        h = step.hidden_states[HIDDEN_LAYER]  # [>= b, q', H]
+        last = x.catch_up.rows[:, -1:].clamp(max=h.shape[1] - 1)  # [b, 1] the query row of the last emitted token
+        hidden = h[:b].gather(1, last[:, :, None].expand(b, 1, h.shape[2])).squeeze(1)  # [b, H]
+        drafts = greedy_chain(self.model, self.final_norm, hidden, x.token, self.k)  # [b, k]
+        self._write_drafts(step, x.nd, drafts)
