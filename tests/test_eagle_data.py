@@ -41,3 +41,14 @@ def test_captured_hidden_states_equal_transformers(tmp_path):
         torch.testing.assert_close(final[row:row + len(s)], out[-1][0], atol=1e-4, rtol=1e-4)
         row += len(s)
     assert aux[-1].shape == final.shape == (row, 64)
+
+
+def test_sharegpt_all_turns_adds_later_turns():
+    """In the first 100 conversations: 56 first turns, 292 turns in all (every first turn among them)."""
+    first = sharegpt_prompts(56, scan=100)
+    every = sharegpt_prompts(292, scan=100, turns="all")
+    assert len(set(every)) == 292 and set(first) < set(every)
+    with pytest.raises(ValueError, match=r"only 56 usable ShareGPT prompts \(first turns\)"):
+        sharegpt_prompts(57, scan=100)
+    with pytest.raises(ValueError, match=r"turns='second': allowed first, all"):
+        sharegpt_prompts(5, turns="second")

@@ -21,7 +21,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     t.add_argument("--num-prompts", type=int, default=d.num_prompts)
     t.add_argument("--prompts", default=None,
-                   help="a JSON file with a list of prompt strings to answer (default: ShareGPT first turns)")
+                   help="a JSON file with a list of prompt strings to answer (default: ShareGPT turns)")
+    t.add_argument("--sharegpt-turns", default=d.sharegpt_turns, choices=["first", "all"],
+                   help="the ShareGPT human turns used as prompts: each conversation's first (8,657), or all of "
+                        "them (51,327)")
     t.add_argument("--max-tokens", type=int, default=d.max_tokens, help="answer tokens generated per prompt")
     t.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
     t.add_argument("--gen-batch-size", type=int, default=d.gen_batch_size)
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     targs = TrainArgs(
         target=args.target, out=args.out, device=args.device, num_prompts=args.num_prompts,
-        prompts=args.prompts, max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens,
+        prompts=args.prompts, sharegpt_turns=args.sharegpt_turns, max_tokens=args.max_tokens,
+        max_prompt_tokens=args.max_prompt_tokens,
         gen_batch_size=args.gen_batch_size,
         draft_vocab_size=args.draft_vocab_size, aux_layers=tuple(args.aux_layers) if args.aux_layers else None,
         ttt_steps=args.ttt_steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

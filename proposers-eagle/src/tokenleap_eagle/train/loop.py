@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from tokenleap_eagle.train.data import (
+    SHAREGPT_TURNS,
     TrainSequence,
     capture_hidden_states,
     generate_sequences,
@@ -35,7 +36,8 @@ class TrainArgs:
     out: str
     device: str = "auto"  # auto | cpu | cuda
     num_prompts: int = 2000
-    prompts: str | None = None  # a JSON file of prompt strings; default: ShareGPT first turns
+    prompts: str | None = None  # a JSON file of prompt strings; default: ShareGPT turns
+    sharegpt_turns: str = "first"  # first | all: which ShareGPT human turns are prompts
     max_tokens: int = 256  # answer length per prompt
     max_prompt_tokens: int = 384
     gen_batch_size: int = 128  # requests the engine decodes at once while generating the answers
@@ -54,6 +56,8 @@ class TrainArgs:
     max_train_minutes: float | None = None  # stop training (and write the head) after this long
 
     def validate(self) -> None:
+        if self.sharegpt_turns not in SHAREGPT_TURNS:
+            raise ValueError(f"--sharegpt-turns={self.sharegpt_turns!r}: allowed {', '.join(SHAREGPT_TURNS)}")
         for name in ("num_prompts", "max_tokens", "gen_batch_size", "draft_vocab_size", "ttt_steps", "epochs",
                      "batch_size", "checkpoint_every", "max_prompt_tokens"):
             if getattr(self, name) < 1:
@@ -131,7 +135,8 @@ def train(args: TrainArgs) -> Path:
             excluded = {e.strip() for e in _evaluation_prompts()}
             prompts = [p for p in prompts_from_file(args.prompts, args.num_prompts) if p.strip() not in excluded]
         else:
-            prompts = sharegpt_prompts(args.num_prompts, seed=args.seed, exclude=_evaluation_prompts())
+            prompts = sharegpt_prompts(args.num_prompts, seed=args.seed, exclude=_evaluation_prompts(),
+                                       turns=args.sharegpt_turns)
         seqs = generate_sequences(llm, prompts, args.max_tokens, args.max_prompt_tokens, seed=args.seed,
                                   progress=args.progress)
         _save_sequences(seq_path, seqs)
