@@ -187,29 +187,19 @@ def test_device_drafting_equals_host_drafting(targets, layout):
     """The MTP layer's device drafter (catch-up and chain inside the verify graph, from the previous step's tokens
     and hidden states; here the graphed path run eagerly on the CPU): plain decoding's tokens, the draft and
     accepted counts per position of host drafting in the same path, most verify steps launched behind the step
-    before them, every KV block free afterwards."""
-    from helpers.padded_path import count_launches, use_padded_path
-    from helpers.spec_counts import spec_totals
+    before them."""
+    from helpers.padded_path import assert_device_drafting_equals_host, use_padded_path
     from tokenleap import LLM, SamplingParams
     from tokenleap_eagle.device import HeadDeviceDrafter
 
     folder = str(targets[layout])
     prompts = _prompts(5, 10)
     params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in (9, 20, 31, 14, 25) * 2]
-    want = [list(o.outputs[0].token_ids) for o in LLM(folder, **KW).generate(prompts, params, use_tqdm=False)]
     spec = {"method": "mtp", "num_speculative_tokens": 3}
 
-    def padded(device_drafting: bool) -> LLM:
+    def make_llm(device_drafting: bool) -> LLM:
         llm = LLM(folder, speculative_config=spec, max_num_seqs=4, block_size=16, **KW)
         return use_padded_path(llm, 16, device_drafting=device_drafting)
 
-    host = padded(False)
-    assert [list(o.outputs[0].token_ids) for o in host.generate(prompts, params, use_tqdm=False)] == want
-    llm = padded(True)
-    assert isinstance(llm.engine.runner.graphs.drafter, HeadDeviceDrafter)
-    counts = count_launches(llm)
-    assert [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)] == want
-    assert spec_totals(llm) == spec_totals(host) and spec_totals(llm)[0] > 0
-    assert counts["ahead"] > 0.5 * counts["padded"]
-    eng = llm.engine
-    assert eng._in_flight is None and eng.blocks.num_free_blocks == eng.blocks.num_usable_blocks
+    got, _ = assert_device_drafting_equals_host(make_llm, prompts, params, HeadDeviceDrafter)
+    assert got == [list(o.outputs[0].token_ids) for o in LLM(folder, **KW).generate(prompts, params, use_tqdm=False)]

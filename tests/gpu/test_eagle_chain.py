@@ -38,10 +38,8 @@ def test_device_drafting_in_captured_graphs_equals_host_drafting(trained):  # no
     """On CUDA the EAGLE-3 head drafts inside the captured verify graphs (catch-up, first draft and chain from the
     previous step's argmax and hidden states) and verify steps are launched behind the step in flight: plain
     decoding's tokens, the draft and accepted counts per position of host drafting (async scheduling off: no
-    drafter), most verify steps launched ahead. The head was trained on the tiny bigram target (test_eagle_train)."""
-    import gc
-
-    from helpers.padded_path import count_launches
+    drafter). The head was trained on the tiny bigram target (test_eagle_train)."""
+    from helpers.padded_path import assert_device_drafting_equals_host
     from helpers.spec_counts import spec_totals
     from tokenleap import LLM, SamplingParams
     from tokenleap_eagle.device import HeadDeviceDrafter
@@ -51,21 +49,12 @@ def test_device_drafting_in_captured_graphs_equals_host_drafting(trained):  # no
     params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for m in (11, 24, 17, 30) * 2]
     spec = {"method": "eagle3", "model": str(head), "num_speculative_tokens": 3}
     common = dict(model=str(target), device="cuda", dtype="float32", max_num_seqs=4, disable_log_stats=True)
+    want = [list(o.outputs[0].token_ids) for o in LLM(**common).generate(prompts, params, use_tqdm=False)]
 
-    def run(**kw):
-        llm = LLM(**common, **kw)
-        counts = count_launches(llm)
-        return llm, [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)], counts
+    def make_llm(device_drafting: bool):
+        llm = LLM(speculative_config=spec, async_scheduling=device_drafting, **common)
+        assert (llm.engine.runner.graphs.drafter is None) != device_drafting
+        return llm
 
-    plain, want, _ = run()
-    del plain
-    host, got, _ = run(speculative_config=spec, async_scheduling=False)
-    assert host.engine.runner.graphs.drafter is None and got == want
-    host_counts = spec_totals(host)
-    del host
-    gc.collect()
-    torch.cuda.empty_cache()
-    dev, got, counts = run(speculative_config=spec)
-    assert isinstance(dev.engine.runner.graphs.drafter, HeadDeviceDrafter) and got == want
-    assert spec_totals(dev) == host_counts and host_counts[1] > 0.1 * host_counts[0]
-    assert counts["ahead"] > 0.5 * counts["padded"]
+    got, llm = assert_device_drafting_equals_host(make_llm, prompts, params, HeadDeviceDrafter)
+    assert got == want and spec_totals(llm)[1] > 0.1 * spec_totals(llm)[0]

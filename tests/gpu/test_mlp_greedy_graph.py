@@ -85,9 +85,7 @@ def test_device_drafting_in_captured_graphs_equals_host_drafting(trained):  # no
     """On CUDA the MLP speculator drafts inside the captured verify graphs (from the previous step's argmax and
     hidden states) and verify steps are launched behind the step in flight: plain decoding's tokens, and the draft
     and accepted counts per position of host drafting (async scheduling off: no drafter)."""
-    import gc
-
-    from helpers.padded_path import count_launches
+    from helpers.padded_path import assert_device_drafting_equals_host
     from helpers.spec_counts import spec_totals
     from test_mlp_speculator import KW, _prompts
     from tokenleap import LLM, SamplingParams
@@ -98,22 +96,12 @@ def test_device_drafting_in_captured_graphs_equals_host_drafting(trained):  # no
     params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in (9, 20, 31, 14) * 3]
     spec = {"method": "mlp_speculator", "model": folder, "num_speculative_tokens": 3}
     common = dict(device="cuda", dtype="float32", max_num_seqs=4, **KW)
+    want = [list(o.outputs[0].token_ids) for o in LLM(target, **common).generate(prompts, params, use_tqdm=False)]
 
-    def run(**kw):
-        llm = LLM(target, **common, **kw)
-        counts = count_launches(llm)
-        out = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
-        return llm, out, counts
+    def make_llm(device_drafting: bool):
+        llm = LLM(target, speculative_config=spec, async_scheduling=device_drafting, **common)
+        assert (llm.engine.runner.graphs.drafter is None) != device_drafting
+        return llm
 
-    plain, want, _ = run()
-    del plain
-    host, got, _ = run(speculative_config=spec, async_scheduling=False)
-    assert host.engine.runner.graphs.drafter is None and got == want
-    host_counts = spec_totals(host)
-    del host
-    gc.collect()
-    torch.cuda.empty_cache()
-    dev, got, counts = run(speculative_config=spec)
-    assert isinstance(dev.engine.runner.graphs.drafter, MLPDeviceDrafter) and got == want
-    assert spec_totals(dev) == host_counts and host_counts[1] > 0.3 * host_counts[0]
-    assert counts["ahead"] > 0.5 * counts["padded"]
+    got, llm = assert_device_drafting_equals_host(make_llm, prompts, params, MLPDeviceDrafter)
+    assert got == want and spec_totals(llm)[1] > 0.3 * spec_totals(llm)[0]

@@ -48,3 +48,26 @@ def count_launches(llm: LLM) -> dict[str, int]:
 
         graphs.replay_staged = counting_replay
     return counts
+
+
+def assert_device_drafting_equals_host(make_llm, prompts, params, drafter_type: type) -> tuple[list, LLM]:
+    """``make_llm(device_drafting)`` -> an LLM with a speculative config on the padded path. Drafting on the device
+    (the proposer's drafter, of ``drafter_type``) gives host drafting's tokens and its draft and accepted counts per
+    position, with most verify steps launched behind the step before them and no KV block left taken. Returns the
+    tokens (for the caller to compare with plain decoding's) and the device-drafting LLM."""
+    from helpers.spec_counts import spec_totals
+
+    def tokens(llm):
+        return [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
+
+    host = make_llm(device_drafting=False)
+    want = tokens(host)
+    llm = make_llm(device_drafting=True)
+    assert isinstance(llm.engine.runner.graphs.drafter, drafter_type)
+    counts = count_launches(llm)
+    assert tokens(llm) == want
+    assert spec_totals(llm) == spec_totals(host) and spec_totals(llm)[0] > 0
+    assert counts["ahead"] > 0.5 * counts["padded"]
+    eng = llm.engine
+    assert eng._in_flight is None and eng.blocks.num_free_blocks == eng.blocks.num_usable_blocks
+    return want, llm

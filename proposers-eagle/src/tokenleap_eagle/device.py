@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from tokenleap.model.attention import AttentionMetadata
-from tokenleap.speculative.device_inputs import draft_input_ops
+from tokenleap.speculative.device_inputs import ModelDrafterBase
 from tokenleap_plugins import DeviceDraftingSpec, DeviceDraftStep
 
 # the proposer's head over catch-up rows, one draft step, and the greedy choice (as EagleProposer's)
@@ -37,28 +37,18 @@ Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata], t
 Pick = Callable[[torch.Tensor], torch.Tensor]
 
 
-class HeadDeviceDrafter:
+class HeadDeviceDrafter(ModelDrafterBase):
     def __init__(self, rows_forward: RowsForward, step: Step, pick: Pick, layers: Sequence[int], max_len: int,
                  spec: DeviceDraftingSpec) -> None:
         """``layers``: the target layers the head reads (keys of ``DeviceDraftStep.hidden_states``); ``max_len``:
         the head's longest context."""
         self.rows_forward, self.step, self.pick, self.layers = rows_forward, step, pick, tuple(layers)
         self.max_len, self.backend = max_len, spec.backend
-        self.k = spec.max_query_len - 1
-        self._inputs, self._write_drafts = draft_input_ops(spec.backend)
-        device = torch.device(spec.device)
-        self.ctx_len = torch.zeros(spec.max_rows, dtype=torch.int64, device=device)  # [rows] tokens known
-        self._staging = torch.zeros(spec.max_rows, dtype=torch.int64, pin_memory=device.type == "cuda")
-
-    def load_histories(self, token_ids: Sequence[Sequence[int]]) -> None:
-        """Only the lengths matter: the head's KV cache already holds what came before."""
-        rows = len(token_ids)
-        self._staging[:rows] = torch.tensor([len(t) for t in token_ids], dtype=torch.int64)
-        self.ctx_len[:rows].copy_(self._staging[:rows], non_blocking=True)
+        super().__init__(spec)
 
     def draft(self, step: DeviceDraftStep) -> None:
         b, q = step.feed.shape[0], step.q
-        x = self._inputs(step, self.ctx_len, self.k)  # the verify step's frame written, ctx_len moved on
+        x = self.inputs(step, self.lengths.tensor, self.k)  # the verify step's frame written, ctx_len moved on
         cu, tables = x.catch_up, step.tables
         # 1. the catch-up over the kept rows, and the first draft
         parts = []
@@ -79,7 +69,7 @@ class HeadDeviceDrafter:
             ids = self.pick(g)
             drafts.append(ids)
         # 3. the verify step's drafts
-        self._write_drafts(step, x.nd, torch.stack(drafts, dim=1))  # drafts [b, k]
+        self.write_drafts(step, x.nd, torch.stack(drafts, dim=1))  # drafts [b, k]
 
     def _meta(self, slots: torch.Tensor, tables: torch.Tensor, query_start: torch.Tensor, seq_lens: torch.Tensor,
               q: int) -> AttentionMetadata:

@@ -233,6 +233,21 @@ def write_verify_inputs_ref(step: DeviceDraftStep, n: torch.Tensor, token: torch
         step.num_drafts[i] = nd
 
 
+class KnownLengths:
+    """Per graph row, how many tokens it knows (``ctx_len`` of ``draft_step_inputs``, which moves it on): set from
+    the token histories the engine hands a drafter's ``load_histories`` (only their lengths matter to a drafter
+    whose model keeps its own state). The copy is queued on the stream: a step launched after it sees them."""
+
+    def __init__(self, max_rows: int, device: torch.device) -> None:
+        self.tensor = torch.zeros(max_rows, dtype=torch.int64, device=device)  # [rows]
+        self._staging = torch.zeros(max_rows, dtype=torch.int64, pin_memory=device.type == "cuda")
+
+    def load(self, token_ids) -> None:
+        rows = len(token_ids)
+        self._staging[:rows] = torch.tensor([len(t) for t in token_ids], dtype=torch.int64)
+        self.tensor[:rows].copy_(self._staging[:rows], non_blocking=True)
+
+
 def draft_input_ops(backend: str):
     """(draft_step_inputs, write_drafts) for a drafter of ``backend``: the two Triton kernels of
     ``kernels.triton_draft_inputs`` for "triton", the torch composition above otherwise."""
@@ -241,3 +256,18 @@ def draft_input_ops(backend: str):
 
         return draft_step_inputs_triton, write_drafts_triton
     return draft_step_inputs, write_drafts
+
+
+class ModelDrafterBase:
+    """What a model-based device drafter shares: k, the input ops of its backend (``draft_input_ops``) and the
+    rows' known lengths, set by ``load_histories`` (only the lengths matter: its model keeps its own state).
+    Subclasses write ``draft``: ``self.inputs(step, self.lengths.tensor, self.k)``, their model, then
+    ``self.write_drafts(step, x.nd, drafts)``."""
+
+    def __init__(self, spec) -> None:  # spec: tokenleap_plugins.DeviceDraftingSpec
+        self.k = spec.max_query_len - 1
+        self.inputs, self.write_drafts = draft_input_ops(spec.backend)
+        self.lengths = KnownLengths(spec.max_rows, torch.device(spec.device))
+
+    def load_histories(self, token_ids) -> None:
+        self.lengths.load(token_ids)
