@@ -5,7 +5,8 @@
         [--out results.json]
 
 Methods: plain, ngram (k = 5, lookup 2..4), eagle3 (the shipped head by default; k = 3, 4, 5), mlp_speculator
-(k = 3). For each: tokens/s end to end over the answers (one request at a time, stopping at EOS or
+(k = 3), each also as "<label> host": async scheduling off, so drafting on the host between steps instead of on
+the device inside the verify graph (the A/B of device drafting). For each: tokens/s end to end over the answers (one request at a time, stopping at EOS or
 --max-tokens), the decode phase alone (first tokens timed apart), tokens per engine step, mean acceptance length,
 the speedup over plain, the output identical to plain or not, and the cap acceptance puts on the speedup:
 tokens per step x plain decode step time / this method's step time is what the speedup would be if acceptance
@@ -35,6 +36,9 @@ def methods(eagle3: str, mlp: str) -> dict[str, dict | None]:
     for k in (3, 4, 5):
         out[f"eagle3 k={k}"] = {"method": "eagle3", "model": eagle3, "num_speculative_tokens": k}
     out["mlp_speculator k=3"] = {"method": "mlp_speculator", "model": mlp, "num_speculative_tokens": 3}
+    # the same methods drafting on the host (async scheduling off: no device drafter, steps not launched ahead)
+    for label in [m for m in out if m != "plain"]:
+        out[f"{label} host"] = out[label]
     return out
 
 
@@ -60,7 +64,8 @@ def main(argv=None) -> int:
         if spec is not None and only and label not in only:
             continue
         try:
-            llm = LLM(model=a.model, max_num_seqs=1, disable_log_stats=True, speculative_config=spec)
+            llm = LLM(model=a.model, max_num_seqs=1, disable_log_stats=True, speculative_config=spec,
+                      async_scheduling=not label.endswith(" host"))
             got = answers(llm, chats, a.max_tokens)
             c = llm.engine.counters.spec
         except Exception as e:  # noqa: BLE001 - one method's failure must not lose the others' figures
