@@ -13,6 +13,8 @@ helpers in their public layouts at full size), batch 1, greedy, a 128-token prom
 - mlp_speculator: IBM's shape for Llama-3-8B (emb_dim 4096, inner_dim 3072, tied, scaled input), n_predict 3;
   one step = 3 drafts + the verify of 4, and its ratio to a plain step.
 Random heads draft tokens the target rejects: every step verifies 1 + k tokens and emits one, the full cost.
+Each head runs twice: drafting on the device inside the verify graph (the default), and on the host between steps
+(async scheduling off).
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ TOKENS_PER_STEP = 5.4  # SGLang, Llama-3.1-8B-Instruct + EAGLE-3 on MT-Bench
 DRAFT_VOCAB = 32000
 
 
-def engine(target: str, spec: dict | None) -> LLM:
+def engine(target: str, spec: dict | None, **kwargs) -> LLM:
     return LLM(target, load_format="dummy", dtype="bfloat16", max_model_len=2048, max_num_seqs=1,
-               kv_cache_memory_bytes=2 << 30, disable_log_stats=True, speculative_config=spec)
+               kv_cache_memory_bytes=2 << 30, disable_log_stats=True, speculative_config=spec, **kwargs)
 
 
 def free(llm: LLM) -> None:
@@ -52,11 +54,12 @@ def free(llm: LLM) -> None:
     torch.cuda.empty_cache()
 
 
-def spec_step(target: str, spec: dict, plain_step_ms: float) -> dict:
+def spec_step(target: str, spec: dict, plain_step_ms: float, **kwargs) -> dict:
     """A speculative engine's step at batch 1 (random drafts: every step verifies 1 + k and emits one), its
-    verify forward alone, and the step over a plain one."""
+    verify forward alone, and the step over a plain one. ``kwargs``: engine options (async_scheduling=False: the
+    proposer drafts on the host between steps instead of on the device inside the verify graph)."""
     k = spec["num_speculative_tokens"]
-    llm = engine(target, spec)
+    llm = engine(target, spec, **kwargs)
     row = {"k": k}
     row["step_ms"], _ = step_ms(llm, 1)
     row["verify_forward_ms"] = graph_replay_ms(llm, 1, 1 + k)
@@ -138,6 +141,12 @@ def main() -> None:
             f"{row['floor_ms']:.3f} ms ({row['floor_over_decode_floor']:.2f}x a decode floor), "
             f"{row['step_over_plain_step']:.2f}x a plain step; verify forward {row['verify_forward_ms']:.3f} ms; "
             f"implied speedup at {TOKENS_PER_STEP} tokens a step {row['implied_speedup_at_5.4']:.2f}x")
+        host = res["eagle3_host_drafting"] = spec_step(
+            target, {"method": "eagle3", "model": str(head), "num_speculative_tokens": k}, res["plain_step_ms"],
+            async_scheduling=False)
+        host["step_over_floor"] = host["step_ms"] / row["floor_ms"]
+        log(f"eagle3 k={k}, drafting on the host: step {host['step_ms']:.3f} ms = {host['step_over_floor']:.2f}x the "
+            f"floor, {host['step_over_plain_step']:.2f}x a plain step")
     except Exception as e:
         res["eagle3_error"] = repr(e)
         traceback.print_exc()
@@ -152,6 +161,11 @@ def main() -> None:
             res["plain_step_ms"])
         log(f"mlp_speculator k={MLP_K}: step {row['step_ms']:.3f} ms = {row['step_over_plain_step']:.2f}x a plain "
             f"step; verify forward {row['verify_forward_ms']:.3f} ms")
+        host = res["mlp_speculator_host_drafting"] = spec_step(
+            target, {"method": "mlp_speculator", "model": str(spec_dir), "num_speculative_tokens": MLP_K},
+            res["plain_step_ms"], async_scheduling=False)
+        log(f"mlp_speculator k={MLP_K}, drafting on the host: step {host['step_ms']:.3f} ms = "
+            f"{host['step_over_plain_step']:.2f}x a plain step")
     except Exception as e:
         res["mlp_error"] = repr(e)
         traceback.print_exc()
