@@ -22,7 +22,7 @@ def test_device_drafting_on_triton_equals_host(tmp_path):
     same input kernels."""
     from helpers.eagle_heads import write_eagle3_head
     from helpers.tiny_models import TINY_VOCAB, make_tiny_checkpoint
-    from tokenleap_eagle.device import HeadDeviceDrafter
+    from tokenleap.speculative.catch_up_drafter import CatchUpChainDrafter
 
     target = make_tiny_checkpoint(tmp_path / "target", "llama")
     head = write_eagle3_head(tmp_path / "head", 64, TINY_VOCAB, 96, seed=2)
@@ -35,5 +35,5 @@ def test_device_drafting_on_triton_equals_host(tmp_path):
         llm = LLM(model=str(target), speculative_config=spec, max_num_seqs=4, **common)
         return use_padded_path(llm, 16, device_drafting=device_drafting)
 
-    got, _ = assert_device_drafting_equals_host(make_llm, PROMPTS, PARAMS, HeadDeviceDrafter)
+    got, _ = assert_device_drafting_equals_host(make_llm, PROMPTS, PARAMS, CatchUpChainDrafter)
     assert got == want

@@ -106,7 +106,7 @@ def test_device_drafting_equals_host_drafting(trained, tmp_path, kind):
     accepted counts per position of host drafting in the same path, and most verify steps launched behind the step
     before them. Prompts of 2-9 tokens (contexts shorter than k + 1 included), lengths cut by max_tokens. eagle3:
     the trained head; eagle: a random EAGLE-1 head."""
-    from tokenleap_eagle.device import HeadDeviceDrafter
+    from tokenleap.speculative.catch_up_drafter import CatchUpChainDrafter
 
     from tests.helpers.eagle_heads import write_eagle1_head
     from tests.helpers.padded_path import assert_device_drafting_equals_host, use_padded_path
@@ -125,7 +125,7 @@ def test_device_drafting_equals_host_drafting(trained, tmp_path, kind):
                   disable_log_stats=True)
         return use_padded_path(llm, 16, device_drafting=device_drafting)
 
-    got, llm = assert_device_drafting_equals_host(make_llm, prompts, params, HeadDeviceDrafter)
+    got, llm = assert_device_drafting_equals_host(make_llm, prompts, params, CatchUpChainDrafter)
     assert got == [list(t) for t in plain]
     if kind == "eagle3":
         assert spec_totals(llm)[1] > 0.1 * spec_totals(llm)[0]

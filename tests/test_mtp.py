@@ -190,7 +190,7 @@ def test_device_drafting_equals_host_drafting(targets, layout):
     before them."""
     from helpers.padded_path import assert_device_drafting_equals_host, use_padded_path
     from tokenleap import LLM, SamplingParams
-    from tokenleap_eagle.device import HeadDeviceDrafter
+    from tokenleap.speculative.catch_up_drafter import CatchUpChainDrafter
 
     folder = str(targets[layout])
     prompts = _prompts(5, 10)
@@ -201,5 +201,5 @@ def test_device_drafting_equals_host_drafting(targets, layout):
         llm = LLM(folder, speculative_config=spec, max_num_seqs=4, block_size=16, **KW)
         return use_padded_path(llm, 16, device_drafting=device_drafting)
 
-    got, _ = assert_device_drafting_equals_host(make_llm, prompts, params, HeadDeviceDrafter)
+    got, _ = assert_device_drafting_equals_host(make_llm, prompts, params, CatchUpChainDrafter)
     assert got == [list(o.outputs[0].token_ids) for o in LLM(folder, **KW).generate(prompts, params, use_tqdm=False)]

@@ -42,7 +42,7 @@ def test_device_drafting_in_captured_graphs_equals_host_drafting(trained):  # no
     from helpers.padded_path import assert_device_drafting_equals_host
     from helpers.spec_counts import spec_totals
     from tokenleap import LLM, SamplingParams
-    from tokenleap_eagle.device import HeadDeviceDrafter
+    from tokenleap.speculative.catch_up_drafter import CatchUpChainDrafter
 
     target, head, _, _ = trained
     prompts = [{"prompt_token_ids": [1, 20 + i, 33, 7 + 2 * i, 40, 41, 42, 43, 44][: 2 + i]} for i in range(8)]
@@ -56,5 +56,5 @@ def test_device_drafting_in_captured_graphs_equals_host_drafting(trained):  # no
         assert (llm.engine.runner.graphs.drafter is None) != device_drafting
         return llm
 
-    got, llm = assert_device_drafting_equals_host(make_llm, prompts, params, HeadDeviceDrafter)
+    got, llm = assert_device_drafting_equals_host(make_llm, prompts, params, CatchUpChainDrafter)
     assert got == want and spec_totals(llm)[1] > 0.1 * spec_totals(llm)[0]

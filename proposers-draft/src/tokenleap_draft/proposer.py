@@ -26,8 +26,10 @@ from tokenleap.engine import setup
 from tokenleap.model.hub import resolve_model
 from tokenleap.model.loader import load_tokenizer, read_arch
 from tokenleap.sample import noise
+from tokenleap.speculative.catch_up_drafter import CatchUpChainDrafter
 from tokenleap.speculative.padded_inputs import unpadded_last_rows
 from tokenleap_plugins import (
+    DeviceDraftingSpec,
     Drafts,
     KVCacheNeeds,
     ProposeBatch,
@@ -97,6 +99,22 @@ class DraftModelProposer(ProposerBase):
                                   max_blocks, self.k + 2)
         if not self.cuda_graphs:  # the same padded forwards, run eagerly
             self.chain.graphed = self.first.graphed = False
+
+    def device_drafter(self, spec: DeviceDraftingSpec) -> CatchUpChainDrafter | None:
+        """Greedy drafts inside the verify graph: the draft model over the tokens the previous step kept (at their
+        own positions: shift 1), then its chain, as ``propose`` runs them."""
+        if not self.kv:
+            return None
+        model, kv, vocab = self.model, self.kv, self.vocab_size
+
+        def forward(ids, _parts, positions, meta):  # [n] -> final-normed hidden [n, hidden]
+            return model(ids, positions, kv, meta)[0]
+
+        def pick(hidden):
+            return model.compute_logits(hidden)[:, :vocab].argmax(dim=-1)
+
+        return CatchUpChainDrafter(forward, lambda ids, _g, positions, meta: forward(ids, (), positions, meta), pick,
+                                   (), self.max_seq_len, spec, shift=1)
 
     @torch.inference_mode()
     def propose(self, batch: ProposeBatch) -> Drafts:

@@ -25,6 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from tokenleap.engine.setup import torch_dtype
 from tokenleap.model.attention import AttentionMetadata
+from tokenleap.speculative.catch_up_drafter import CatchUpChainDrafter
 from tokenleap_plugins import (
     DeviceDraftingSpec,
     Drafts,
@@ -40,7 +41,6 @@ from tokenleap_plugins import (
 from tokenleap_eagle.catch_up import CatchUp, catch_up
 from tokenleap_eagle.chain import HeadChain
 from tokenleap_eagle.checkpoint import load_head
-from tokenleap_eagle.device import HeadDeviceDrafter
 from tokenleap_eagle.first_forward import FirstForward
 from tokenleap_eagle.head_sampling import upload_flat
 from tokenleap_eagle.heads_registry import resolve_head
@@ -113,11 +113,11 @@ class EagleProposer(ProposerBase):
         if not self.cuda_graphs:  # enforce_eager, or a target whose handles run on several ranks: eagerly
             self.chain.graphed = self.first.graphed = False
 
-    def device_drafter(self, spec: DeviceDraftingSpec) -> HeadDeviceDrafter | None:
+    def device_drafter(self, spec: DeviceDraftingSpec) -> CatchUpChainDrafter | None:
         """Greedy drafts inside the verify graph (the engine uses it for steps of greedy requests only)."""
         if self.kv is None:
             return None
-        return HeadDeviceDrafter(self._catch_up, self._step, self._argmax, self.layers, self.max_len, spec)
+        return CatchUpChainDrafter(self._catch_up, self._step, self._argmax, self.layers, self.max_len, spec)
 
     # ---- drafting ----
 

@@ -27,7 +27,7 @@ def _draft_step_inputs_kernel(
     n_ptr, token_ptr, nd_ptr, rows_ptr, cu_ids_ptr, cu_pos_ptr, cu_slots_ptr, cu_seq_ptr,
     ch_pos_ptr, ch_slots_ptr, ch_seq_ptr, b,
     W: tl.constexpr, Q: tl.constexpr, Q_POW2: tl.constexpr, K: tl.constexpr, C_POW2: tl.constexpr,
-    BS: tl.constexpr,
+    BS: tl.constexpr, SHIFT: tl.constexpr,
 ):
     i = tl.program_id(0)
     row = last_ptr + i.to(tl.int64) * stride_last
@@ -48,7 +48,7 @@ def _draft_step_inputs_kernel(
     real = (src >= 0) & fed
     rows = tl.where(real, src, 0)
     cu_ids = tl.where(real, tl.load(row + rows, mask=in_q, other=0), 0)
-    cu_pos = tl.where(real, n - e - 1 + rows, 0)
+    cu_pos = tl.where(real, n - e - 1 + SHIFT + rows, 0)
     blk = tl.minimum(tl.maximum(cu_pos // BS, 0), max_blocks - 1)
     cu_slot = tl.where(real, tl.load(table + blk, mask=in_q, other=0).to(tl.int64) * BS + cu_pos % BS, 0)
     out = i * Q + j
@@ -56,12 +56,12 @@ def _draft_step_inputs_kernel(
     tl.store(cu_ids_ptr + out, cu_ids, mask=in_q)
     tl.store(cu_pos_ptr + out, cu_pos, mask=in_q)
     tl.store(cu_slots_ptr + out, cu_slot, mask=in_q)
-    tl.store(cu_seq_ptr + i, tl.where(fed, n - 1, Q).to(tl.int32))
-    # the chain: step s feeds draft s + 1 at n - 1 + s, wanted while s + 2 <= nd
+    tl.store(cu_seq_ptr + i, tl.where(fed, n - 1 + SHIFT, Q).to(tl.int32))
+    # the chain: step s feeds draft s + 1 at n - 1 + SHIFT + s, wanted while s + 2 <= nd
     s = tl.arange(0, C_POW2)
     in_chain = s < K - 1
     wanted = nd >= s + 2
-    ch_pos = tl.where(wanted, n - 1 + s, 0)
+    ch_pos = tl.where(wanted, n - 1 + SHIFT + s, 0)
     ch_blk = tl.minimum(tl.maximum(ch_pos // BS, 0), max_blocks - 1)
     ch_slot = tl.where(wanted, tl.load(table + ch_blk, mask=in_chain, other=0).to(tl.int64) * BS + ch_pos % BS, 0)
     tl.store(ch_pos_ptr + s * b + i, ch_pos, mask=in_chain)
@@ -90,7 +90,7 @@ def _write_drafts_kernel(feed_ptr, nd_ptr, drafts_ptr, stride_drafts, ids_ptr, Q
     tl.store(ids_ptr + i * Q + 1 + j, d, mask=put)
 
 
-def draft_step_inputs_triton(step: DeviceDraftStep, ctx_len: torch.Tensor, k: int) -> DraftStepInputs:
+def draft_step_inputs_triton(step: DeviceDraftStep, ctx_len: torch.Tensor, k: int, shift: int = 0) -> DraftStepInputs:
     b, q = step.feed.shape[0], step.q
     dev = ctx_len.device
     as_long = lambda *shape: torch.empty(shape, dtype=torch.int64, device=dev)  # noqa: E731
@@ -106,7 +106,7 @@ def draft_step_inputs_triton(step: DeviceDraftStep, ctx_len: torch.Tensor, k: in
         step.ids, step.positions, step.slots, step.seq_lens, step.num_drafts,
         n, token, nd, rows, cu_ids, cu_pos, cu_slots, cu_seq, ch_pos, ch_slots, ch_seq, b,
         W=last.shape[1], Q=q, Q_POW2=triton.next_power_of_2(q), K=k, C_POW2=triton.next_power_of_2(max(chain, 1)),
-        BS=step.block_size, num_warps=1,
+        BS=step.block_size, SHIFT=shift, num_warps=1,
     )
     query_start = (torch.arange(b + 1, device=dev) * q).to(torch.int32)
     last_rows = torch.arange(b, device=dev) * q + q - 1

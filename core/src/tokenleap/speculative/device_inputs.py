@@ -19,6 +19,10 @@ Shapes, for ``b`` graph rows (requests, padding rows included) of a verify step 
     token       [b] int64           that last token
     drafts      [b, k] int64        the drafter's tokens; row i keeps ``min(k, limits[i] - n[i] - 1)`` of them
     nd          [b] int64           that count (``kept_drafts``)
+
+``shift``: 0 for a head whose row p feeds the token after p (x_{p+1}; EAGLE and MTP heads, which read the target's
+hidden state at p): the kept rows sit at the previous step's positions; 1 for a model whose row p feeds x_p (a
+draft model): one position later. The chain follows from there.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ class CatchUpInputs(NamedTuple):
 
 
 def catch_up_inputs(last: torch.Tensor, n: torch.Tensor, tables: torch.Tensor, feed: torch.Tensor, q: int,
-                    block_size: int) -> CatchUpInputs:
+                    block_size: int, shift: int = 0) -> CatchUpInputs:
     b, w = n.shape[0], last.shape[1]
     dev = n.device
     e = last[:b, w - 2].clamp(1, q)  # [b] kept rows
@@ -90,17 +94,17 @@ def catch_up_inputs(last: torch.Tensor, n: torch.Tensor, tables: torch.Tensor, f
     real = (src >= 0) & (feed[:b] != 0)[:, None]
     rows = src.clamp(min=0) * real
     ids = torch.where(real, last[:b].gather(1, rows), 0)
-    pos = torch.where(real, (n - e - 1)[:, None] + rows, 0)
+    pos = torch.where(real, (n - e - 1 + shift)[:, None] + rows, 0)
     block = (pos // block_size).clamp(0, tables.shape[1] - 1)
     slots = torch.where(real, tables[:b].gather(1, block).to(torch.int64) * block_size + pos % block_size, 0)
-    seq_lens = torch.where(feed[:b] != 0, n - 1, q).to(torch.int32)
+    seq_lens = torch.where(feed[:b] != 0, n - 1 + shift, q).to(torch.int32)
     query_start = (torch.arange(b + 1, device=dev) * q).to(torch.int32)
     return CatchUpInputs(ids.reshape(-1), pos.reshape(-1), slots.reshape(-1), rows, seq_lens, query_start,
                          j[-1] + q * torch.arange(b, device=dev))
 
 
 def catch_up_inputs_ref(last: torch.Tensor, n: torch.Tensor, tables: torch.Tensor, feed: torch.Tensor, q: int,
-                        block_size: int) -> CatchUpInputs:
+                        block_size: int, shift: int = 0) -> CatchUpInputs:
     b, w = n.shape[0], last.shape[1]
     ids, pos, slots, rows = (torch.zeros(b, q, dtype=torch.int64) for _ in range(4))
     seq_lens = torch.full((b,), q, dtype=torch.int32)
@@ -108,7 +112,7 @@ def catch_up_inputs_ref(last: torch.Tensor, n: torch.Tensor, tables: torch.Tenso
         if not int(feed[i]):
             continue
         e = min(max(int(last[i, w - 2]), 1), q)
-        start = int(n[i]) - e - 1  # the position of the previous step's first row
+        start = int(n[i]) - e - 1 + shift  # the previous step's first row's position (+ shift)
         for jj in range(e):
             r = q - e + jj
             p = start + jj
@@ -119,27 +123,27 @@ def catch_up_inputs_ref(last: torch.Tensor, n: torch.Tensor, tables: torch.Tenso
                          torch.arange(b + 1, dtype=torch.int32) * q, torch.arange(b) * q + q - 1)
 
 
-def chain_step_inputs(n: torch.Tensor, nd: torch.Tensor, tables: torch.Tensor, s: int, block_size: int
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def chain_step_inputs(n: torch.Tensor, nd: torch.Tensor, tables: torch.Tensor, s: int, block_size: int,
+                      shift: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Chain step ``s`` (0-based: it feeds draft s + 1 and gives draft s + 2) as ``chain_inputs.chain_inputs``
     lays it out: at position ``n - 1 + s`` for rows that want draft s + 2 (``s + 2 <= nd``), else at position 0 into
     the null slot with sequence length 1. Returns positions [b] int64, slots [b] int64, seq_lens [b] int32."""
     wanted = nd >= s + 2
-    pos = torch.where(wanted, n - 1 + s, 0)
+    pos = torch.where(wanted, n - 1 + shift + s, 0)
     block = (pos // block_size).clamp(0, tables.shape[1] - 1)[:, None]
     slot = torch.where(wanted, tables[: n.shape[0]].gather(1, block).squeeze(1).to(torch.int64) * block_size
                        + pos % block_size, 0)
     return pos, slot, torch.where(wanted, pos + 1, 1).to(torch.int32)
 
 
-def chain_step_inputs_ref(n: torch.Tensor, nd: torch.Tensor, tables: torch.Tensor, s: int, block_size: int
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def chain_step_inputs_ref(n: torch.Tensor, nd: torch.Tensor, tables: torch.Tensor, s: int, block_size: int,
+                          shift: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b = n.shape[0]
     pos, slot = torch.zeros(b, dtype=torch.int64), torch.zeros(b, dtype=torch.int64)
     seq = torch.ones(b, dtype=torch.int32)
     for i in range(b):
         if int(nd[i]) >= s + 2:
-            p = int(n[i]) - 1 + s
+            p = int(n[i]) - 1 + shift + s
             pos[i], slot[i], seq[i] = p, int(tables[i, p // block_size]) * block_size + p % block_size, p + 1
     return pos, slot, seq
 
@@ -195,7 +199,7 @@ class DraftStepInputs(NamedTuple):
     chain_seq_lens: torch.Tensor  # [k - 1, b] int32
 
 
-def draft_step_inputs(step: DeviceDraftStep, ctx_len: torch.Tensor, k: int) -> DraftStepInputs:
+def draft_step_inputs(step: DeviceDraftStep, ctx_len: torch.Tensor, k: int, shift: int = 0) -> DraftStepInputs:
     """Everything a drafter needs before it drafts, from ``step`` and ``ctx_len`` alone, and the verify step's
     inputs but for the drafts' ids (``write_verify_frame``); ``ctx_len`` of the fed rows moves on to ``n``. After
     drafting, ``write_drafts`` completes the step. (``triton_draft_inputs.draft_step_inputs_triton`` does the same
@@ -203,8 +207,8 @@ def draft_step_inputs(step: DeviceDraftStep, ctx_len: torch.Tensor, k: int) -> D
     b, bs = step.feed.shape[0], step.block_size
     n, token, _ = last_emitted(step.last, ctx_len, None, b)
     nd = kept_drafts(step.limits, n, k)
-    cu = catch_up_inputs(step.last, n, step.tables, step.feed, step.q, bs)
-    chain = [chain_step_inputs(n, nd, step.tables, s, bs) for s in range(k - 1)]
+    cu = catch_up_inputs(step.last, n, step.tables, step.feed, step.q, bs, shift)
+    chain = [chain_step_inputs(n, nd, step.tables, s, bs, shift) for s in range(k - 1)]
     if chain:
         positions, slots, seq_lens = (torch.stack(t) for t in zip(*chain))
     else:
@@ -261,11 +265,11 @@ def draft_input_ops(backend: str):
 class ModelDrafterBase:
     """What a model-based device drafter shares: k, the input ops of its backend (``draft_input_ops``) and the
     rows' known lengths, set by ``load_histories`` (only the lengths matter: its model keeps its own state).
-    Subclasses write ``draft``: ``self.inputs(step, self.lengths.tensor, self.k)``, their model, then
+    Subclasses write ``draft``: ``self.inputs(step, self.lengths.tensor, self.k, self.shift)``, their model, then
     ``self.write_drafts(step, x.nd, drafts)``."""
 
-    def __init__(self, spec) -> None:  # spec: tokenleap_plugins.DeviceDraftingSpec
-        self.k = spec.max_query_len - 1
+    def __init__(self, spec, shift: int = 0) -> None:  # spec: tokenleap_plugins.DeviceDraftingSpec
+        self.k, self.shift = spec.max_query_len - 1, shift
         self.inputs, self.write_drafts = draft_input_ops(spec.backend)
         self.lengths = KnownLengths(spec.max_rows, torch.device(spec.device))
 

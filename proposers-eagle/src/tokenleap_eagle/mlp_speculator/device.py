@@ -26,7 +26,7 @@ class MLPDeviceDrafter(ModelDrafterBase):
 
     def draft(self, step: DeviceDraftStep) -> None:
         b = step.feed.shape[0]
-        x = self.inputs(step, self.lengths.tensor, self.k)  # the verify step's frame written, ctx_len moved on
+        x = self.inputs(step, self.lengths.tensor, self.k, self.shift)  # the verify frame written, lengths moved on
         h = step.hidden_states[HIDDEN_LAYER]  # [>= b, q', H]
         last = x.catch_up.rows[:, -1:].clamp(max=h.shape[1] - 1)  # [b, 1] the query row of the last emitted token
         hidden = h[:b].gather(1, last[:, :, None].expand(b, 1, h.shape[2])).squeeze(1)  # [b, H]

@@ -17,6 +17,7 @@ import torch
 from tokenleap.kernels.ops import layer_ops
 from tokenleap.model.arch import ModelArchConfig
 from tokenleap.model.attention import AttentionMetadata
+from tokenleap.speculative.catch_up_drafter import CatchUpChainDrafter
 from tokenleap_plugins import (
     DeviceDraftingSpec,
     Drafts,
@@ -29,7 +30,6 @@ from tokenleap_plugins import (
 )
 from torch.nn import functional as F
 
-from tokenleap_eagle.device import HeadDeviceDrafter
 from tokenleap_eagle.head_sampling import assemble_drafts, pick_drafts, row_params
 from tokenleap_eagle.mtp.layouts import _no_mtp, load_mtp_weights
 from tokenleap_eagle.mtp.model import MTPLayer
@@ -93,7 +93,7 @@ class MTPProposer(ProposerBase):
         self.kv = cache.layers[0]
         self.block_size = cache.block_size
 
-    def device_drafter(self, spec: DeviceDraftingSpec) -> HeadDeviceDrafter | None:
+    def device_drafter(self, spec: DeviceDraftingSpec) -> CatchUpChainDrafter | None:
         """Greedy drafts inside the verify graph: the catch-up and the chain of ``propose``, with the layer's state
         and LM-head input passed side by side ([n, 2 * hidden])."""
         if self.kv is None:
@@ -109,7 +109,7 @@ class MTPProposer(ProposerBase):
         def pick(g):
             return self._logits(g[:, hidden:]).argmax(dim=-1)
 
-        return HeadDeviceDrafter(rows, step, pick, (-1,), self.max_seq_len, spec)
+        return CatchUpChainDrafter(rows, step, pick, (-1,), self.max_seq_len, spec)
 
     def _state(self, ids, states, positions, meta) -> torch.Tensor:  # -> [n, 2 * hidden]: next state, LM-head input
         return torch.cat(self.layer(self._embed(ids), states, positions, self.kv, meta), dim=-1)

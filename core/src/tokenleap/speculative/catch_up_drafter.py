@@ -1,25 +1,26 @@
-"""The device drafter of a one-layer head with its own KV cache over the target's hidden states (EAGLE / EAGLE-3
-heads, MTP layers; ``tokenleap_plugins.DeviceDrafter``): inside the captured verify graph it does what the
-proposer's ``propose`` does for a greedy decode or verify step, from the previous step's argmax and hidden states
-on the device, so the engine launches each verify step behind the one before it with no host sync.
+"""The device drafter of a model with its own KV cache that catches up and then chains (EAGLE / EAGLE-3 heads and MTP
+layers over the target's hidden states, draft models over tokens alone; ``tokenleap_plugins.DeviceDrafter``):
+inside the captured verify graph it does what the proposer's ``propose`` does for a greedy decode or verify step,
+from the previous step's argmax (and hidden states) on the device, so the engine launches each verify step behind
+the one before it with no host sync.
 
-The proposer lends three functions: the head over catch-up rows, one chain step, and the greedy choice. What
-passes between them (``g``: the head's output, its state) is the proposer's business: an EAGLE head passes its
-output, an MTP layer its next state and LM-head input side by side.
+The proposer lends three functions: its model over catch-up rows, one chain step, and the greedy choice. What
+passes between them (``g``: the model's output, its state) is the proposer's business: an EAGLE head passes its
+output, an MTP layer its next state and LM-head input side by side, a draft model its final hidden state.
 
 Per fed row, in the layouts of the host's padded path (``tokenleap.speculative.device_inputs``):
 
-1. the catch-up: the head over the rows the previous step kept (each the token emitted there and the target's
-   hidden state of the row before it), q = k + 1 rows per request with the kept ones last, writing the head's KV at
-   their positions; its last row's output g and argmax give the first draft;
-2. the chain: k - 1 one-token head steps, each fed (embed(previous draft), the previous output) at the next
+1. the catch-up: the model over the rows the previous step kept (each the token emitted there, with a head the
+   target's hidden state of the row before it), q = k + 1 rows per request with the kept ones last, writing the
+   model's KV at their positions; its last row's output g and argmax give the first draft;
+2. the chain: k - 1 one-token steps, each fed the previous draft (and, for a head, its previous output) at the next
    position, rows wanting fewer drafts writing the null slot;
 3. the verify step's inputs from the drafts.
 
-The head's KV cache stays what the host path keeps (the host catches up on exactly the rows the target computed in
-the step it is shown, so it goes on where the device left off). Padding rows of a context shorter than q (a prompt
-of at most k + 1 tokens) attend to no key and compute NaN; their keys and values are written to the null slot
-before the attention, from finite inputs, and their outputs are dropped.
+The model's KV cache stays what the host path keeps (the host catches up on exactly the rows the target computed
+in the step it is shown, so it goes on where the device left off). Padding rows of a context shorter than q (a
+prompt of at most k + 1 tokens) see no key and compute NaN; they write only the null slot, which no real row
+reads, and their outputs are dropped.
 """
 
 from __future__ import annotations
@@ -27,28 +28,30 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from tokenleap.model.attention import AttentionMetadata
-from tokenleap.speculative.device_inputs import ModelDrafterBase
 from tokenleap_plugins import DeviceDraftingSpec, DeviceDraftStep
 
-# the proposer's head over catch-up rows, one draft step, and the greedy choice (as EagleProposer's)
+from tokenleap.model.attention import AttentionMetadata
+from tokenleap.speculative.device_inputs import ModelDrafterBase
+
+# the proposer's model over catch-up rows, one draft step, and the greedy choice
 RowsForward = Callable[[torch.Tensor, list[torch.Tensor], torch.Tensor, AttentionMetadata], torch.Tensor]
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor]
 Pick = Callable[[torch.Tensor], torch.Tensor]
 
 
-class HeadDeviceDrafter(ModelDrafterBase):
+class CatchUpChainDrafter(ModelDrafterBase):
     def __init__(self, rows_forward: RowsForward, step: Step, pick: Pick, layers: Sequence[int], max_len: int,
-                 spec: DeviceDraftingSpec) -> None:
-        """``layers``: the target layers the head reads (keys of ``DeviceDraftStep.hidden_states``); ``max_len``:
-        the head's longest context."""
+                 spec: DeviceDraftingSpec, shift: int = 0) -> None:
+        """``layers``: the target layers a head reads (keys of ``DeviceDraftStep.hidden_states``; none for a draft
+        model, whose ``rows_forward`` gets no parts); ``max_len``: the model's longest context; ``shift``: 0 for a
+        head (row p feeds x_{p+1}), 1 for a draft model (row p feeds x_p; ``device_inputs``)."""
         self.rows_forward, self.step, self.pick, self.layers = rows_forward, step, pick, tuple(layers)
         self.max_len, self.backend = max_len, spec.backend
-        super().__init__(spec)
+        super().__init__(spec, shift)
 
     def draft(self, step: DeviceDraftStep) -> None:
         b, q = step.feed.shape[0], step.q
-        x = self.inputs(step, self.lengths.tensor, self.k)  # the verify step's frame written, ctx_len moved on
+        x = self.inputs(step, self.lengths.tensor, self.k, self.shift)  # the verify frame written, lengths moved on
         cu, tables = x.catch_up, step.tables
         # 1. the catch-up over the kept rows, and the first draft
         parts = []
