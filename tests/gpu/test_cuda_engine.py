@@ -126,3 +126,23 @@ def test_device_drafting_in_captured_graphs_equals_host_drafting(tiny, cycling):
     if cycling:
         assert host_counts[1] > 0.25 * host_counts[0] and host_counts[2][-1] > 0
     assert sum(ahead) > 0.5 * len(ahead)
+
+
+def test_draft_model_drafting_in_captured_graphs_equals_host_drafting(tiny):
+    """The draft model (here the target drafting for itself: drafts accepted unless the two KV caches differ) drafts
+    inside the captured verify graphs, verify steps launched behind the step in flight: plain decoding's tokens,
+    host drafting's draft and accepted counts per position (async scheduling off: no drafter)."""
+    from helpers.padded_path import assert_device_drafting_equals_host
+    from tokenleap.speculative.catch_up_drafter import CatchUpChainDrafter
+
+    spec = {"method": "draft_model", "model": str(tiny), "num_speculative_tokens": 3}
+    common = dict(model=str(tiny), device="cuda", dtype="float32", disable_log_stats=True, max_num_seqs=2)
+    plain = _tokens(LLM(**common))
+
+    def make_llm(device_drafting: bool):
+        llm = LLM(speculative_config=spec, async_scheduling=device_drafting, **common)
+        assert (llm.engine.runner.graphs.drafter is None) != device_drafting
+        return llm
+
+    got, llm = assert_device_drafting_equals_host(make_llm, PROMPTS, [GREEDY] * len(PROMPTS), CatchUpChainDrafter)
+    assert got == [list(t) for t in plain] and spec_totals(llm)[1] > 0.5 * spec_totals(llm)[0]
