@@ -5,7 +5,8 @@
 Llama-3-8B-shaped target, Llama-3.2-1B-shaped draft, random bf16 weights (load_format="dummy"), k = 5, batch 1
 and 16. Prints each number as it is measured (and rewrites --out after each batch size), per batch size:
 - step: wall time of an engine step in generation (draft forwards + verify + host work), median over the steps
-  after the first few (random drafts are rejected: every step verifies 1 + k tokens and emits one);
+  after the first few (random drafts are rejected: every step verifies 1 + k tokens and emits one); the draft
+  drafts on the device inside the verify graph, or with --host-drafting on the host between steps;
 - parts, each the captured graph the step replays, timed alone (replayed back to back, CUDA events):
   the draft's first forward (catch-up + first draft: b requests of k + 2 rows, ``FirstForward``), the draft's
   one-token decode forward (``GreedyChain``'s graph, which the step replays k - 1 times) and the target's 1 + k
@@ -188,18 +189,22 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--host-drafting", action="store_true",
+                        help="async scheduling off: the draft model drafts on the host between steps (by default "
+                             "it drafts on the device, inside the verify graph)")
     args = parser.parse_args()
     k = args.k
     out = Path(args.out) if args.out else None
     bw = bandwidth_tb_s()
     target, draft = write_config(LLAMA3_8B, "llama3-8b-shape"), write_config(LLAMA32_1B, "llama32-1b-shape")
     llm = LLM(target, load_format="dummy", dtype="bfloat16", max_model_len=2048, disable_log_stats=True,
-              max_num_seqs=16, speculative_config={"method": "draft_model", "model": draft, "num_speculative_tokens": k,
+              max_num_seqs=16, async_scheduling=not args.host_drafting, speculative_config={"method": "draft_model", "model": draft, "num_speculative_tokens": k,
                                                    "draft_load_format": "dummy"})
     proposer = llm.engine.driver.proposer
     draft_bytes = sum(p.numel() * p.element_size() for p in proposer.model.parameters())
     floor_ms = draft_bytes / bw / 1e9
     results = {"device": torch.cuda.get_device_name(), "bandwidth_tb_s": bw, "k": k, "draft_weight_bytes": draft_bytes,
+               "drafting": "host" if args.host_drafting else "device",
                "draft_floor_ms": floor_ms, "context": CONTEXT, "batches": {}}
     log(f"{results['device']}: copy bandwidth {bw:.2f} TB/s; draft weights {draft_bytes / 1e9:.2f} GB, floor "
         f"{floor_ms:.3f} ms")
