@@ -265,17 +265,20 @@ def test_a_short_draft_speculates_up_to_the_speculative_max_model_len(target, ti
     assert llm.engine.counters.spec.num_draft_tokens > 0
 
 
-@pytest.mark.parametrize("max_num_seqs", [1, 4])
-def test_device_drafting_equals_host_drafting(target, near_draft, plain, max_num_seqs):
+@pytest.mark.parametrize("max_num_seqs,spec_len", [(1, None), (4, None), (4, 48)])
+def test_device_drafting_equals_host_drafting(target, near_draft, plain, max_num_seqs, spec_len):
     """The draft model drafts inside the verify graph (catch-up on the tokens the previous step kept at their own
     positions, then the chain; here the graphed path run eagerly on the CPU): plain decoding's tokens, the draft
     and accepted counts per position of host drafting in the same path, most verify steps launched behind the step
-    before them; prompts of 4-70 tokens, prefix-cache hits, a KV cache that preempts at batch 4."""
+    before them; prompts of 4-70 tokens, prefix-cache hits, a KV cache that preempts at batch 4; with a speculative
+    max_model_len (48) the device stops drafting where the host does."""
     from helpers.padded_path import assert_device_drafting_equals_host, use_padded_path
     from helpers.spec_counts import spec_totals
     from tokenleap.speculative.catch_up_drafter import CatchUpChainDrafter
 
     spec = {"method": "draft_model", "model": near_draft, "num_speculative_tokens": 3}
+    if spec_len is not None:
+        spec["max_model_len"] = spec_len
 
     def make_llm(device_drafting: bool) -> LLM:
         llm = build(target, spec, max_num_seqs=max_num_seqs, block_size=16, num_gpu_blocks_override=24)

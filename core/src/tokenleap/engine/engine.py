@@ -130,6 +130,7 @@ class Engine:
                                   hidden_layers, graphs)
         if self.spec_cfg is not None:
             self.runner.draft_verification = self.spec_cfg.common.draft_verification
+            self.runner.draft_len_limit = self.driver.draft_len_limit
         # with a proposer, steps of constrained requests are verified synchronously (MaskedDecode.verify; masked
         # decode steps launched ahead between n-gram verify steps measured slower: docs/sampling.md)
         self.runner.masked_decode = self.driver is None

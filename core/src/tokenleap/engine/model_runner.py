@@ -134,6 +134,7 @@ class ModelRunner:
         self._masked: MaskedDecode | None = None  # the constrained argmax of graphed decode steps, built on first use
         self._positions: dict[tuple[int, int], np.ndarray] = {}  # (b, q) -> padded positions, built once
         self.draft_verification = "auto"  # speculative_config.draft_verification (drafts with probabilities)
+        self.draft_len_limit = max_model_len  # speculative_config.max_model_len: no drafts past it
         self.masked_decode = True  # constrained greedy decode steps pick their token on the device (off: proposers)
 
     def _tensor(self, array: np.ndarray | list, dtype: torch.dtype) -> torch.Tensor:
@@ -227,7 +228,8 @@ class ModelRunner:
             for i, s in enumerate(scheduled):
                 r = s.request
                 tables[i, : len(r.block_ids)] = r.block_ids
-                h["limits"][i] = r.token_limit(self.max_model_len)  # drafts are cut as the host cuts them
+                # drafts are cut as the host cuts them (ProposerDriver.max_drafts)
+                h["limits"][i] = min(r.token_limit(self.max_model_len), self.draft_len_limit)
             h["feed"][: len(scheduled)] = 1
             _, greedy = self.graphs.replay_staged(b, q)
             host, event = self.graphs.read_back(greedy, len(scheduled))
