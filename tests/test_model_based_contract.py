@@ -180,7 +180,31 @@ def test_engine_conformance_of_draft_model(tiny_checkpoint, capsys):
     target = str(tiny_checkpoint("llama"))
     run_engine_conformance(DRAFT, {"model": target, "num_speculative_tokens": 3}, model=target)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-1] == "draft_model: engine: abort mid-generation leaves every KV block free"
+    assert lines[-2:] == ["draft_model: engine: abort mid-generation leaves every KV block free",
+                          "draft_model: engine: drafting on the device gives host drafting's tokens and counts"]
+
+
+def test_the_engine_conformance_kit_holds_a_device_drafter_to_propose(tiny_checkpoint):
+    """A device drafter that drafts other tokens than ``propose`` (still lossless: the output is plain decoding's)
+    fails the kit, naming the method and both counts."""
+    import dataclasses
+
+    from tokenleap_draft.plugin import SPEC as DRAFT
+    from tokenleap_draft.proposer import DraftModelProposer
+    from tokenleap_plugins.engine_conformance import check_device_drafting
+
+    class OffByOne(DraftModelProposer):
+        def device_drafter(self, spec):
+            drafter = super().device_drafter(spec)
+            pick = drafter.pick
+            drafter.pick = lambda g: (pick(g) + 1) % self.vocab_size
+            return drafter
+
+    bad = dataclasses.replace(DRAFT, method="draft_off_by_one", build=OffByOne)
+    target = str(tiny_checkpoint("llama"))
+    with pytest.raises(AssertionError, match=r"draft_off_by_one: drafts / accepted / per position \(\d+, \d+, "):
+        check_device_drafting(bad, {"model": target, "num_speculative_tokens": 3}, model=target)
+    assert check_device_drafting(DRAFT, {"model": target, "num_speculative_tokens": 3}, model=target)
 
 
 def test_the_engine_conformance_kit_catches_a_proposer_that_breaks_output(tiny_checkpoint):

@@ -4,27 +4,14 @@ inputs, null-block writes, device-fed tokens and device drafting of CUDA, minus 
 from __future__ import annotations
 
 from tokenleap import LLM
-from tokenleap.engine.cuda_graphs import DecodeGraphs, graph_batch_sizes
-from tokenleap.speculative.building import device_drafter
+from tokenleap_plugins.engine_conformance import use_padded_path as _use_padded_path
 
 
 def use_padded_path(llm: LLM, block_size: int, bounds: list[int] | None = None, prefill: tuple[int, ...] = (),
                     device_drafting: bool = True) -> LLM:
-    """``bounds``: the layer segments (for 1-token and verify graphs alike); ``prefill``: buckets of one-request
-    prefill graphs; ``device_drafting``: verify steps draft on the device when the proposer offers a drafter (as
-    on CUDA, here with the torch reference)."""
-    eng = llm.engine
-    drafter = None
-    if device_drafting and eng.driver is not None:
-        drafter = device_drafter(eng.driver.proposer, max(graph_batch_sizes(eng.cfg.max_num_seqs)),
-                                 eng.num_speculative_tokens, eng.max_model_len, block_size, eng.device, eng.backend)
-    eng.runner.graphs = DecodeGraphs(
-        eng.model, eng.runner.kv_caches, eng.cfg.max_num_seqs, [1, 1 + eng.num_speculative_tokens],
-        eng.runner.max_blocks_per_req, eng.max_model_len, eng.backend, eng.device, use_cuda_graphs=False,
-        decode_bounds=bounds, verify_bounds=bounds, prefill_query_lens=list(prefill), drafter=drafter,
-        block_size=block_size, hidden_state_layers=eng.runner.hidden_state_layers,
-    )
-    return llm
+    """``tokenleap_plugins.engine_conformance.use_padded_path`` (``block_size``: the engine's, checked)."""
+    assert llm.engine.cfg.block_size == block_size
+    return _use_padded_path(llm, device_drafting, bounds, prefill)
 
 
 def count_launches(llm: LLM) -> dict[str, int]:

@@ -10,7 +10,9 @@ Needs ``tokenleap`` (imported here, not by the package): a proposer that runs a 
 Checks, each with a message naming the method: greedy output equals plain decoding through chunked prefill,
 prefix-cache hits and preemption (a KV cache too small for the batch); a request aborted mid-generation and the
 finished ones leave every KV block free (the proposer's pages are the target's blocks, freed with them); the
-proposer heard of every preemption.
+proposer heard of every preemption; and, when the proposer offers a device drafter, drafting on the device gives
+the tokens and the draft and accepted counts per position of drafting on the host (``check_device_drafting``, on
+the engine's graphed path run eagerly: ``use_padded_path``).
 """
 
 from __future__ import annotations
@@ -101,3 +103,81 @@ def run_engine_conformance(spec: ProposerSpec, speculative_config: dict[str, Any
     assert requests[1].finish_reason == "abort" and requests[0].output_token_ids == want[0], (
         f"{spec.method}: the requests beside an aborted one changed")
     say(f"{spec.method}: engine: abort mid-generation leaves every KV block free")
+    if check_device_drafting(spec, speculative_config, model=model, seed=seed, num_prompts=num_prompts,
+                             max_tokens=max_tokens):
+        say(f"{spec.method}: engine: drafting on the device gives host drafting's tokens and counts")
+    else:
+        say(f"{spec.method}: engine: no device drafter offered")
+
+
+def use_padded_path(llm: Any, device_drafting: bool = True, bounds: list[int] | None = None,
+                    prefill: tuple[int, ...] = ()) -> Any:
+    """Put ``llm`` on the engine's graphed decode path run eagerly (``DecodeGraphs(use_cuda_graphs=False)``): the
+    padded inputs, null-block writes, device-fed tokens and device drafting of CUDA graphs, minus the capture, on
+    any device. ``bounds``: the layer segments (1-token and verify graphs alike); ``prefill``: buckets of
+    one-request prefill graphs; ``device_drafting``: verify steps draft on the device when the proposer offers a
+    drafter (with the torch reference ops off CUDA). Returns ``llm``."""
+    from tokenleap.engine.cuda_graphs import DecodeGraphs, graph_batch_sizes
+    from tokenleap.speculative.building import device_drafter
+
+    eng = llm.engine
+    bs = eng.cfg.block_size
+    drafter = None
+    if device_drafting and eng.driver is not None:
+        drafter = device_drafter(eng.driver.proposer, max(graph_batch_sizes(eng.cfg.max_num_seqs)),
+                                 eng.num_speculative_tokens, eng.max_model_len, bs, eng.device, eng.backend)
+    eng.runner.graphs = DecodeGraphs(
+        eng.model, eng.runner.kv_caches, eng.cfg.max_num_seqs, [1, 1 + eng.num_speculative_tokens],
+        eng.runner.max_blocks_per_req, eng.max_model_len, eng.backend, eng.device, use_cuda_graphs=False,
+        decode_bounds=bounds, verify_bounds=bounds, prefill_query_lens=list(prefill), drafter=drafter,
+        block_size=bs, hidden_state_layers=eng.runner.hidden_state_layers,
+    )
+    return llm
+
+
+def check_device_drafting(spec: ProposerSpec, speculative_config: dict[str, Any], *, model: str, seed: int = 0,
+                          num_prompts: int = 12, max_tokens: int = 20) -> bool:
+    """When the proposer offers a device drafter: on the graphed path run eagerly, verify steps launched behind the
+    step before them and drafted on the device give the tokens, and the draft and accepted counts per position, of
+    the same path drafting on the host, with most verify steps launched ahead and every KV block free after.
+    Returns False when no drafter is offered."""
+    from tokenleap import LLM, SamplingParams
+
+    manager = ProposerManager(env={})
+    manager.register(_Plugin(spec), name=f"conformance-device:{spec.method}")
+
+    def build(device_drafting: bool):
+        llm = LLM(model, speculative_config={"method": spec.method, **speculative_config}, proposer_manager=manager,
+                  disable_log_stats=True, max_num_seqs=4, block_size=16, seed=seed, num_gpu_blocks_override=512)
+        return use_padded_path(llm, device_drafting)
+
+    llm = build(True)
+    if llm.engine.runner.graphs.drafter is None:
+        return False
+    prompts = _prompts(seed, num_prompts, min(llm.engine.arch.vocab_size, 300))
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+    host = build(False)
+    want = [o.outputs[0].token_ids for o in host.generate(prompts, params, use_tqdm=False)]
+    ahead = []
+    launch = llm.engine.runner.launch
+
+    def noting(scheduled, ahead_of=None, q=1):
+        ahead.append(ahead_of is not None and q > 1)
+        return launch(scheduled, ahead_of, q)
+
+    llm.engine.runner.launch = noting
+    got = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a == b, f"{spec.method}: prompt {i}: drafting on the device gave {a}, on the host {b}"
+
+    def counts(x):
+        c = x.engine.counters.spec
+        return c.num_draft_tokens, c.num_accepted_tokens, list(c.num_accepted_tokens_per_pos)
+
+    assert counts(llm) == counts(host), (
+        f"{spec.method}: drafts / accepted / per position {counts(llm)} on the device, {counts(host)} on the host")
+    assert sum(ahead) > 0.3 * len(ahead), (
+        f"{spec.method}: {sum(ahead)} of {len(ahead)} steps were verify steps launched ahead and drafted on the device")
+    blocks = llm.engine.blocks
+    assert blocks.num_free_blocks == blocks.num_usable_blocks, f"{spec.method}: KV blocks held after the requests"
+    return True
