@@ -50,11 +50,15 @@ def methods(target: str) -> dict[str, dict | None]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", default="", help="comma list of method labels to run (plain always runs)")
     a = ap.parse_args(argv)
+    only = set(filter(None, a.only.split(",")))
     target = write_config(SMOLLM2, "smollm2-135m-shape")
     res: dict = {"device": torch.cuda.get_device_name(), "batch": 1, "methods": {}}
     plain_ms = None
     for label, spec in methods(target).items():
+        if spec is not None and only and label not in only:
+            continue
         for drafting in (("device", "host") if spec is not None else ("none",)):
             name = label if spec is None else f"{label} {drafting}"
             try:
