@@ -37,3 +37,42 @@ def test_device_drafting_on_triton_equals_host(tmp_path):
 
     got, _ = assert_device_drafting_equals_host(make_llm, PROMPTS, PARAMS, CatchUpChainDrafter)
     assert got == want
+
+
+@pytest.mark.parametrize("kind", ["eagle3", "eagle"])
+def test_head_on_triton_ops_equals_its_torch_ops(tmp_path, kind):
+    """The head's forward on core's Triton kernels (``head_ops("triton")``: few-row linears, RMSNorm, RoPE with the
+    KV write, SiLU-and-mul) gives its torch references' output and writes the same keys and values, to float32
+    rounding, for a catch-up of several rows and a one-row chain step."""
+    import torch
+    from helpers.eagle_proposer import make_proposer
+    from tokenleap.model.attention import AttentionMetadata
+    from tokenleap_eagle.head import TORCH_OPS, head_ops
+
+    proposer = make_proposer(tmp_path, kind, 3)
+    head, hidden = proposer.head, proposer.head.cfg.layer.hidden_size
+    g = torch.Generator().manual_seed(0)
+    for n, start in ((5, 7), (1, 12)):
+        embeds, h = torch.randn(n, hidden, generator=g), torch.randn(n, hidden, generator=g)
+        positions = torch.arange(start, start + n)
+        bs = proposer.block_size  # position p in block p // bs + 1: slot p + bs
+        meta = AttentionMetadata(
+            slot_mapping=positions + bs, block_tables=torch.arange(1, 5, dtype=torch.int32)[None],
+            query_start_loc=torch.tensor([0, n], dtype=torch.int32),
+            seq_lens=torch.tensor([start + n], dtype=torch.int32), query_lens_host=[n], seq_lens_host=[start + n],
+            max_query_len=n, max_seq_len=64, backend="torch")
+        outs, caches = [], []
+        for ops in (TORCH_OPS, head_ops("triton")):
+            fill = torch.Generator().manual_seed(n)  # the same earlier keys and values for both
+            kv = tuple(torch.zeros_like(t) for t in proposer.kv)
+            kv[0][1:5].normal_(generator=fill), kv[1][1:5].normal_(generator=fill)
+            head.ops = ops
+            outs.append(head(embeds, h, positions, kv, meta))
+            caches.append(kv)
+        head.ops = TORCH_OPS
+        torch.testing.assert_close(outs[1], outs[0], atol=2e-5, rtol=1e-4)
+        for a, b in zip(caches[0], caches[1]):
+            torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+        if kind == "eagle3":
+            torch.testing.assert_close(head_ops("triton").linear(outs[0], head.lm_head.weight, None),
+                                       TORCH_OPS.linear(outs[0], head.lm_head.weight, None), atol=2e-5, rtol=1e-4)

@@ -42,6 +42,7 @@ from tokenleap_eagle.catch_up import CatchUp, catch_up
 from tokenleap_eagle.chain import HeadChain
 from tokenleap_eagle.checkpoint import load_head
 from tokenleap_eagle.first_forward import FirstForward
+from tokenleap_eagle.head import head_ops
 from tokenleap_eagle.head_sampling import upload_flat
 from tokenleap_eagle.heads_registry import resolve_head
 from tokenleap_eagle.sampling import choose
@@ -71,6 +72,7 @@ class EagleProposer(ProposerBase):
         self.device = torch.device(ctx.device)
         dtype = torch_dtype(ctx.dtype or None, torch.float32)
         head = load_head(path, max_model_len=max_len, dtype=dtype, device=self.device)
+        head.ops = head_ops(ctx.attention_backend)  # core's Triton kernels on CUDA
         _check_fits(kind, head.cfg, ctx, str(path))
         if kind == "eagle" and config.eagle_aux_hidden_state_layer_ids is not None:
             raise ValueError("speculative_config.eagle_aux_hidden_state_layer_ids applies to method 'eagle3' only "
