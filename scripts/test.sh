@@ -32,4 +32,5 @@ TORCH_PIN="$VENV/torch-pin.txt"
 print("[latest] torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__,
       "tokenizers", tokenizers.__version__)'
 exec "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py tests/test_triton_linear.py \
-  tests/test_greedy_head.py tests/test_device_ngram.py tests/test_triton_model.py tests/test_engine_parity.py "$@"
+  tests/test_greedy_head.py tests/test_device_ngram.py tests/test_triton_draft_inputs.py tests/test_triton_model.py \
+  tests/test_engine_parity.py "$@"
