@@ -147,3 +147,28 @@ def test_rows_are_invariant(fmt, threads):
                 y = cpu_linear(x[start : start + rows], weight)
                 differ = (y != alone[start : start + rows]).sum()
                 assert differ == 0, f"{fmt} [{n}, {k}]: {int(differ)} outputs of {rows} rows differ from alone"
+
+
+def test_the_row_invariance_probe_sees_this_process_and_a_varying_matmul(monkeypatch):
+    """``bf16_rows_invariant`` is True here (``import tokenleap`` capped oneDNN before any matmul) and False for a
+    matmul whose rows depend on the batch (a stand-in adding the row count to every output)."""
+    from tokenleap.kernels import cpu_linear as cl
+
+    assert cl.bf16_rows_invariant()
+    real = cl.F.linear
+    monkeypatch.setattr(cl.F, "linear", lambda x, w, b=None: real(x, w, b) + x.shape[0])
+    assert not cl.bf16_rows_invariant()
+
+
+def test_the_engine_warns_where_rows_vary(monkeypatch):
+    import structlog
+    from tokenleap.engine import setup
+    from tokenleap.kernels import cpu_linear as cl
+
+    monkeypatch.setattr(cl, "bf16_rows_invariant", lambda: False)
+    with structlog.testing.capture_logs() as logs:
+        setup.warn_if_rows_vary("cpu", torch.bfloat16)
+        setup.warn_if_rows_vary("cpu", torch.float32)  # float32 and other backends are not probed
+        setup.warn_if_rows_vary("torch", torch.bfloat16)
+    assert len(logs) == 1 and logs[0]["log_level"] == "warning"
+    assert "ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16" in logs[0]["event"]

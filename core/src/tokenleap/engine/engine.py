@@ -80,6 +80,7 @@ class Engine:
             models.target_loaded(loaded.dtype, self.tensor_parallel)
             context = replace(context, dtype=str(loaded.dtype).removeprefix("torch."), target=handles)
             proposer = build_proposer(self.spec_cfg, context)
+            setup.warn_if_rows_vary(self.backend, loaded.dtype)
         extra = proposer_kv_bytes_per_block(proposer, cfg.block_size, loaded.dtype, models) if proposer else 0
         num_blocks = setup.num_kv_blocks(cfg, kv_arch, loaded.dtype, self.device, self.max_num_batched_tokens,
                                          max_len, extra)

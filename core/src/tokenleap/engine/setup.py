@@ -40,6 +40,20 @@ def pick_backend(cfg: EngineConfig, device: torch.device) -> str:
     return attention_backend(device.type, cfg.attention_backend, activations)
 
 
+def warn_if_rows_vary(backend: str, dtype: torch.dtype) -> None:
+    """Speculation on the CPU path in bfloat16 relies on a row's bits not depending on the rows beside it
+    (``kernels/cpu_linear.py``); warn, once the engine has a proposer, where this process's matmul breaks that."""
+    if backend != "cpu" or dtype != torch.bfloat16:
+        return
+    from tokenleap.kernels.cpu_linear import bf16_rows_invariant
+
+    if not bf16_rows_invariant():
+        log.warning("this process's bfloat16 matmul gives a row other bits in a batch than alone (oneDNN's AMX "
+                    "kernels, initialized before tokenleap was imported): speculative output can differ from plain "
+                    "decoding in rare tokens; set ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 before the process's first "
+                    "matmul, or use dtype='float32'")
+
+
 @dataclass
 class LoadedModel:
     model: LlamaForCausalLM

@@ -125,3 +125,14 @@ def cpu_linear(x: torch.Tensor, weight: torch.Tensor | PackedWeight, bias: torch
         return F.linear(x, weight, bias)
     y = weight.matmul(x)
     return y if bias is None else y + bias
+
+
+def bf16_rows_invariant(k: int = 576, n: int = 960, rows: int = 8) -> bool:
+    """Whether this process's bfloat16 ``cpu_linear`` gives each row the same bits alone as among ``rows`` rows (a
+    [n, k] weight, SmolLM2's q/k/v projection by default): what lets the CPU path's verify steps reproduce its
+    decode steps. False where oneDNN picked its AMX kernels (initialized before ``import tokenleap`` capped it)."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(n, k, generator=g).to(torch.bfloat16)
+    x = torch.randn(rows, k, generator=g).to(torch.bfloat16)
+    together = cpu_linear(x, weight)
+    return all(torch.equal(cpu_linear(x[i : i + 1], weight)[0], together[i]) for i in range(rows))
