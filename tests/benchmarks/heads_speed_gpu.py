@@ -16,7 +16,6 @@ alone decided it (printed as `step cost`: this method's step time over plain's).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpu_compare import answers  # noqa: E402
+from gpu_compare import answers, release  # noqa: E402
 from tokenleap import LLM  # noqa: E402
 from tokenleap.bench.prompts import load_mtbench  # noqa: E402
 
@@ -90,8 +89,7 @@ def main(argv=None) -> int:
         print(f"{label}: {got['tokens_per_s']:.1f} tokens/s (decode {got['decode_tokens_per_s']:.1f}){extra}",
               flush=True)
         del llm
-        gc.collect()
-        torch.cuda.empty_cache()
+        release()
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=1))
     return 0

@@ -16,7 +16,6 @@ speculator), draft_model k = 4 (the target's own shape as its draft, dummy weigh
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from draft_step_gpu import step_ms, write_config  # noqa: E402
+from gpu_compare import release  # noqa: E402
 from tokenleap import LLM  # noqa: E402
 
 SMOLLM2 = {
@@ -78,8 +78,7 @@ def main(argv=None) -> int:
             print(f"{name}: step {ms:.3f} ms = {row['step_over_plain']:.2f}x plain (device drafter: {on_device})",
                   flush=True)
             del llm
-            gc.collect()
-            torch.cuda.empty_cache()
+            release()
             if a.out:
                 Path(a.out).write_text(json.dumps(res, indent=1))
     return 0

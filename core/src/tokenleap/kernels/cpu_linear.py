@@ -13,9 +13,9 @@ its ``quant_ref`` codes with bfloat16-rounded scales: ``dequantize()`` gives exa
 
 Row invariance: row m of a result has the same bits whatever the other rows are (measured for the bfloat16 oneDNN
 matmul and both packed kernels, 1..512 rows, on an AMD EPYC and an Intel Xeon with AMX; ``tests/test_cpu_linear.py``).
-On the Xeon only with oneDNN's AMX kernels off: they compute a row in a batch with other bits than alone (6 of 100
-rows of SmolLM2's q/k/v projection differ), which ``import tokenleap`` prevents by capping oneDNN's instruction set
-at AVX512_CORE_BF16 (``ONEDNN_MAX_CPU_ISA``, unless set). Steps are run in
+On the Xeon only with oneDNN's AMX kernels off: they compute a row in a batch with other bits than alone (6 outputs
+of 100 rows of SmolLM2's q/k/v projection differed), which ``import tokenleap`` prevents by capping oneDNN's
+instruction set at AVX512_CORE_BF16 (``ONEDNN_MAX_CPU_ISA``, unless set). Steps are run in
 pieces of at most ``ROW_CHUNK`` rows, so that a larger step (a long prefill chunk) uses the same kernels, and a
 single row of a bfloat16 weight with K > ``ONE_ROW_MAX_K`` runs as two (itself twice): oneDNN's one-row path
 sums such rows in another order than its many-row one (SmolLM2's down projection, K = 1536: ~1 output in 7,000

@@ -1,7 +1,7 @@
 """A device drafter's inputs in two Triton kernels: same contract as ``speculative.device_inputs.draft_step_inputs``
 and ``write_drafts``.
 
-The torch composition is about eighty small kernels a step (gathers, clamps and selects over [b, q] tensors for
+The torch composition is a few small kernels per torch op (gathers, clamps and selects over [b, q] tensors for
 the catch-up, each chain step and the verify step), each a few microseconds of a captured graph whose whole
 forward is under a millisecond on SmolLM2. Here one program per row computes everything that does not depend on
 the drafts (the row's counts, the catch-up rows, every chain step's row, the verify step's frame) and a second
