@@ -16,7 +16,7 @@ prompts=()
 [ -n "${PROMPTS:-}" ] && prompts=(--prompts "$PROMPTS")
 SECONDS=0
 python -m tokenleap_eagle.cli train --target smollm2-135m-instruct --out "$out/eagle3" --device "$device" "${prompts[@]}" \
-  --num-prompts "${NUM_PROMPTS:-6000}" --sharegpt-turns "${TURNS:-first}" --max-tokens 256 --max-prompt-tokens 384 --gen-batch-size 256 \
+  --num-prompts "${NUM_PROMPTS:-6000}" --sharegpt-turns "${TURNS:-first}" --max-tokens 256 --max-prompt-tokens 384 --gen-batch-size "${GEN_BATCH:-256}" \
   --draft-vocab-size "${DRAFT_VOCAB:-8192}" --ttt-steps 5 --epochs "${EPOCHS:-14}" --batch-size 32 --lr 2e-3 \
   --checkpoint-every 500 --max-train-minutes "${EAGLE_MINUTES:-10}" \
   --feature-cache-gb "${FEATURE_CACHE_GB:-30}" --no-progress

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 
 import pytest
 from tokenleap import LLM, AsyncLLM
@@ -20,6 +21,8 @@ def _check_run(run: dict, num: int, output_len: int) -> None:
     assert run["num_requests"] == num and run["num_failed"] == 0, run["errors"]
     assert run["total_output_tokens"] == num * output_len  # ignore_eos: exactly output_len each
     assert run["output_tokens_per_s"] > 0
+    # every token came in a chunk of its own or shared one: at least one chunk a request, at most one a token
+    assert num <= run["total_text_chunks"] <= run["total_output_tokens"]
     for key in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):
         p = run[key]
         assert all(math.isfinite(p[q]) for q in ("p50", "p90", "p99")), (key, p)
@@ -95,3 +98,23 @@ def test_cli_serve_bad_arguments(argv, flag, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"argument {flag}" in err and message in err, err
+
+
+def test_process_cpu_seconds_counts_a_child_busy_loop():
+    import subprocess
+    import sys
+    import time
+
+    from tokenleap.bench.server_process import child_pids, process_cpu_seconds
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(0.3)
+        assert child.pid in child_pids(os.getpid())
+        first = process_cpu_seconds(child.pid)
+        time.sleep(1.0)
+        assert process_cpu_seconds(child.pid) - first > 0.3  # it spins: CPU time grows with wall time
+    finally:
+        child.kill()
+        child.wait()
+    assert math.isnan(process_cpu_seconds(child.pid))  # gone

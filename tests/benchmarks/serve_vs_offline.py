@@ -71,7 +71,8 @@ def served(args, spec, prompts: list[str]) -> dict:
     if not args.engine_process:
         serve_args.append("--no-engine-process")
     out = {}
-    with ServerProcess(serve_args) as url:
+    server = ServerProcess(serve_args)
+    with server as url:
         info = run_client(server_info(url))
         common = dict(output_len=args.output_len, endpoint="chat", temperature=0.0, ignore_eos=True,
                       request_rate=float("inf"))
@@ -79,9 +80,14 @@ def served(args, spec, prompts: list[str]) -> dict:
         out[1] = run_client(run_level(url, info["id"], prompts[: args.num_batch1], concurrency=1, **common)).to_dict()
         runs = []
         for _ in range(args.repeats):  # (wall-clock start and end: to line up with an engine trace)
-            t0 = time.time()
+            t0, cpu0 = time.time(), server.cpu_seconds()
             runs.append(run_client(run_level(url, info["id"], prompts, concurrency=64, **common)).to_dict())
+            cpu1 = server.cpu_seconds()
             runs[-1]["wall_clock"] = [t0, time.time()]
+            # CPU time per streamed chunk of the server's process and of the engine process (its child)
+            for side in ("server", "children"):
+                runs[-1][f"{side}_cpu_us_per_chunk"] = (cpu1[side] - cpu0[side]) / max(
+                    runs[-1]["total_text_chunks"], 1) * 1e6
         runs.sort(key=lambda r: r["output_tokens_per_s"])
         out[64] = runs[(len(runs) - 1) // 2]  # the (lower) median run, as offline's median_low
         out["c64_output_tokens_per_s_runs"] = [r["output_tokens_per_s"] for r in runs]

@@ -10,7 +10,9 @@ its cost here is its cost on the real model; the speedup it implies is tokens pe
 elsewhere) over the step cost. Batch 1, greedy, a 128-token prompt, 48 new tokens, step wall time median over the
 steps after the first few; methods: eagle3 k = 4 and 5 (the shipped head), mlp_speculator k = 3 (the shipped
 speculator), draft_model k = 4 (the target's own shape as its draft, dummy weights), each with device drafting
-(the default) and with async scheduling off (host drafting).
+(the default) and with async scheduling off (host drafting); with --torch-head-ops the EAGLE-3 rows run once more
+drafting on the device with the head on torch's reference ops instead of core's Triton kernels (the A/B of
+`EagleHead.ops`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+import tokenleap_eagle.proposer as eagle_proposer  # noqa: E402
 from draft_step_gpu import step_ms, write_config  # noqa: E402
 from gpu_compare import release  # noqa: E402
 from tokenleap import LLM  # noqa: E402
+from tokenleap_eagle.head import TORCH_OPS, head_ops  # noqa: E402
 
 SMOLLM2 = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
@@ -51,6 +55,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default="", help="comma list of method labels to run (plain always runs)")
+    ap.add_argument("--torch-head-ops", action="store_true",
+                    help="also run the EAGLE-3 rows drafting on the device with the head on torch's ops")
     a = ap.parse_args(argv)
     only = set(filter(None, a.only.split(",")))
     target = write_config(SMOLLM2, "smollm2-135m-shape")
@@ -59,8 +65,12 @@ def main(argv=None) -> int:
     for label, spec in methods(target).items():
         if spec is not None and only and label not in only:
             continue
-        for drafting in (("device", "host") if spec is not None else ("none",)):
+        draftings = ("device", "host") if spec is not None else ("none",)
+        if a.torch_head_ops and label.startswith("eagle3"):
+            draftings += ("device torch-ops",)
+        for drafting in draftings:
             name = label if spec is None else f"{label} {drafting}"
+            eagle_proposer.head_ops = (lambda backend: TORCH_OPS) if drafting.endswith("torch-ops") else head_ops
             try:
                 llm = LLM(target, load_format="dummy", dtype="bfloat16", max_model_len=2048, max_num_seqs=1,
                           kv_cache_memory_bytes=1 << 30, disable_log_stats=True, speculative_config=spec,

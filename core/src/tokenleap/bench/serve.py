@@ -64,6 +64,7 @@ class ServeRunResult:
     output_tokens_per_s: float
     total_output_tokens: int
     total_prompt_tokens: int
+    total_text_chunks: int  # stream events that carried text (one per token at --stream-interval 1, fewer if coalesced)
     ttft_ms: dict[str, float]
     itl_ms: dict[str, float]
     tpot_ms: dict[str, float]
@@ -198,6 +199,7 @@ def summarize(records: list[RequestRecord], label: str, concurrency: int, reques
         request_throughput=len(ok) / duration if duration > 0 else float("nan"),
         output_tokens_per_s=out_tokens / duration if duration > 0 else float("nan"),
         total_output_tokens=out_tokens, total_prompt_tokens=sum(r.prompt_tokens for r in ok),
+        total_text_chunks=sum(len(r.itl_s) + 1 for r in ok if r.output_tokens),
         ttft_ms=_pcts([r.ttft_s for r in ok]), itl_ms=_pcts([g for r in ok for g in r.itl_s]),
         tpot_ms=_pcts(tpot), e2e_ms=_pcts([r.e2e_s for r in ok]), acceptance=acc,
         errors=sorted({r.error for r in records if r.error})[:5],

@@ -14,6 +14,28 @@ from pathlib import Path
 import httpx
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far (Linux ``/proc``; NaN elsewhere or once gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a live process (Linux ``/proc``; empty elsewhere)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -50,6 +72,13 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by the server's process and by its children together (the engine process,
+        where it runs apart): differences over a run tell what each side spent on it."""
+        assert self.proc is not None
+        return {"server": process_cpu_seconds(self.proc.pid),
+                "children": sum(process_cpu_seconds(c) for c in child_pids(self.proc.pid))}
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.timeout
