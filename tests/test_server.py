@@ -379,3 +379,17 @@ def test_engine_failure_gives_503_and_unhealthy(tiny_checkpoint, torch_one_threa
             s.client.completions.create(model="tiny", prompt="hi", max_tokens=4, stream=True)
     finally:
         _stop(s)
+
+
+@pytest.mark.parametrize("choices", [
+    [{"index": 0, "delta": {"content": "héllo \"world\"\n✓"}, "logprobs": None, "finish_reason": None}],
+    [{"index": 1, "text": "", "logprobs": {"tokens": ["a"]}, "finish_reason": "stop"}, {"index": 2, "text": "b"}],
+    [],
+])
+def test_chunk_encoder_equals_encoding_the_whole_chunk(choices):
+    from tokenleap.server import responses as R
+
+    head = {"id": "chatcmpl-1", "created": 7, "model": "m/ü", "object": "chat.completion.chunk"}
+    got = R.ChunkEncoder(head)(choices)
+    assert got == R.sse({**head, "choices": choices})
+    assert json.loads(got.decode()[len("data: "):]) == {**head, "choices": choices}

@@ -84,3 +84,15 @@ class StreamState:
 
 def sse(data: dict[str, Any] | str) -> bytes:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+class ChunkEncoder:
+    """``sse({**head, "choices": choices})`` for the many chunks of one stream, with the fixed part encoded once."""
+
+    def __init__(self, head: dict[str, Any]) -> None:
+        fixed = json.dumps({**head, "choices": None}, ensure_ascii=False)
+        assert fixed.endswith('"choices": null}')
+        self._prefix = "data: " + fixed[: -len("null}")]
+
+    def __call__(self, choices: list[dict[str, Any]]) -> bytes:
+        return f"{self._prefix}{json.dumps(choices, ensure_ascii=False)}}}\n\n".encode()

@@ -158,9 +158,8 @@ class OpenAIServing:
         state = R.StreamState(n)
         finals: dict[int, RequestOutput] = {}
         last_chunk: dict[int, float] = {}
-
-        def chunk(choices: list[dict]) -> bytes:
-            return R.sse({**head, "object": obj, "choices": choices})
+        chunk = R.ChunkEncoder({**head, "object": obj})
+        itl, ttft = self.metrics.itl.labels(endpoint), self.metrics.ttft.labels(endpoint)  # (looked up once)
 
         fan = Fanout(self.llm, groups, http)
         try:
@@ -189,7 +188,7 @@ class OpenAIServing:
                                       "logprobs": R.completion_logprobs(c, cur.tokens, end, k, cur.text)}
                         choice["finish_reason"] = c.finish_reason
                         choices.append(choice)
-                        self._observe_chunk(endpoint, index, last_chunk, received)
+                        _observe_chunk(itl, ttft, index, last_chunk, received)
                         cur.text, cur.tokens, cur.done = len(c.text), end, c.finish_reason is not None
                     if choices:
                         yield chunk(choices)
@@ -210,13 +209,15 @@ class OpenAIServing:
             fan.cancel()
         yield R.sse("[DONE]")
 
-    def _observe_chunk(self, endpoint: str, index: int, last: dict[int, float], received: float) -> None:
-        now = time.monotonic()
-        if index in last:
-            self.metrics.itl.labels(endpoint).observe(now - last[index])
-        elif not last:
-            self.metrics.ttft.labels(endpoint).observe(now - received)
-        last[index] = now
+
+def _observe_chunk(itl, ttft, index: int, last: dict[int, float], received: float) -> None:
+    """ITL between a completion's chunks; TTFT at the stream's first chunk (histograms already labelled)."""
+    now = time.monotonic()
+    if index in last:
+        itl.observe(now - last[index])
+    elif not last:
+        ttft.observe(now - received)
+    last[index] = now
 
 
 def _event_stream(body: AsyncIterator[bytes]) -> StreamingResponse:
