@@ -51,11 +51,11 @@ def _case(seed: int, b: int, q: int, max_rows: int = 8):
 def test_fast_paths_equal_the_references(b, q):
     for seed in range(6):
         last, ctx_len, hidden, step, drafts = _case(seed * 31 + b * 7 + q, b, q)
-        fast = last_emitted(last, ctx_len, hidden, b)
-        ref = last_emitted_ref(last, ctx_len, hidden, b)
+        fast = last_emitted(last, ctx_len, b)
+        ref = last_emitted_ref(last, ctx_len, b)
         for got, want in zip(fast, ref):
             assert torch.equal(got, want)
-        n, token, _ = fast
+        n, token = fast
         got_step, want_step = step(), step()
         write_verify_inputs(got_step, n, token, drafts)
         write_verify_inputs_ref(want_step, n, token, drafts)
@@ -63,18 +63,16 @@ def test_fast_paths_equal_the_references(b, q):
             assert torch.equal(getattr(got_step, name), getattr(want_step, name)), (seed, name)
 
 
-def test_a_row_reads_its_last_emitted_token_and_state():
-    """Row 0 emitted 3 tokens after knowing 10: it knows 13, the last is its argmax column 2, and its state the
-    hidden row of query 2; its inputs are that token and the drafts at positions 12.., its slots from its blocks;
+def test_a_row_reads_its_last_emitted_token():
+    """Row 0 emitted 3 tokens after knowing 10: it knows 13, the last is its argmax column 2; its inputs are that token and the drafts at positions 12.., its slots from its blocks;
     row 1 (not fed) keeps what was staged."""
     q, w = 4, 6
     last = torch.zeros(2, w, dtype=torch.int64)
     last[0, :4] = torch.tensor([5, 6, 7, 8])
     last[0, w - 2] = 3
     ctx_len = torch.tensor([10, 4])
-    hidden = torch.arange(2 * q * 2, dtype=torch.float32).view(2, q, 2)
-    n, token, state = last_emitted(last, ctx_len, hidden, 2)
-    assert n.tolist()[0] == 13 and token.tolist()[0] == 7 and state[0].tolist() == [4.0, 5.0]
+    n, token = last_emitted(last, ctx_len, 2)
+    assert n.tolist()[0] == 13 and token.tolist()[0] == 7
     tables = torch.tensor([[3, 9, 2, 6], [1, 1, 1, 1]], dtype=torch.int32)
     step = DeviceDraftStep(
         last=last, feed=torch.tensor([1, 0]), limits=torch.tensor([15, 99]), tables=tables,
@@ -97,7 +95,7 @@ def test_head_inputs_equal_the_references(b, q):
     for seed in range(6):
         last, ctx_len, _, step, _ = _case(seed * 17 + b * 5 + q, b, q)
         st = step()
-        n = last_emitted(last, ctx_len, None, b)[0].clamp(min=q + 1)  # contexts of at least q + 1 tokens
+        n = last_emitted(last, ctx_len, b)[0].clamp(min=q + 1)  # contexts of at least q + 1 tokens
         got = catch_up_inputs(last, n, st.tables, st.feed, q, BS)
         want = catch_up_inputs_ref(last, n, st.tables, st.feed, q, BS)
         for name, x, y in zip(got._fields, got, want):

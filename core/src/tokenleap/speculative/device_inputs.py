@@ -33,35 +33,25 @@ import torch
 from tokenleap_plugins import DeviceDraftStep
 
 
-def last_emitted(last: torch.Tensor, ctx_len: torch.Tensor, hidden: torch.Tensor | None, b: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per row: the tokens known now (n [b]), the last of them (token [b]) and the hidden state of the query row
-    that emitted it ([b, H], the state that predicted ``token``; None without ``hidden``). Rows that emitted
-    nothing (padding) read column 0."""
+def last_emitted(last: torch.Tensor, ctx_len: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the tokens known now (n [b]) and the last of them (token [b]). Rows that emitted nothing
+    (padding) read column 0."""
     w = last.shape[1]
     emitted = last[:b, w - 2]  # [b]
     col = (emitted - 1).clamp(0, w - 3)  # [b] query row of the last emitted token
     token = last[:b].gather(1, col[:, None]).squeeze(1)  # [b]
-    state = None
-    if hidden is not None:
-        col_h = col.clamp(max=hidden.shape[1] - 1)
-        state = hidden[:b].gather(1, col_h[:, None, None].expand(b, 1, hidden.shape[2])).squeeze(1)  # [b, H]
-    return ctx_len[:b] + emitted, token, state
+    return ctx_len[:b] + emitted, token
 
 
-def last_emitted_ref(last: torch.Tensor, ctx_len: torch.Tensor, hidden: torch.Tensor | None, b: int
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def last_emitted_ref(last: torch.Tensor, ctx_len: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
     w = last.shape[1]
-    n, token, state = [], [], []
+    n, token = [], []
     for i in range(b):
         e = int(last[i, w - 2])
-        col = min(max(e - 1, 0), w - 3)
         n.append(int(ctx_len[i]) + e)
-        token.append(int(last[i, col]))
-        if hidden is not None:
-            state.append(hidden[i, min(col, hidden.shape[1] - 1)])
+        token.append(int(last[i, min(max(e - 1, 0), w - 3)]))
     as_long = lambda v: torch.tensor(v, dtype=torch.int64, device=last.device)  # noqa: E731
-    return as_long(n), as_long(token), (torch.stack(state) if hidden is not None else None)
+    return as_long(n), as_long(token)
 
 
 def kept_drafts(limits: torch.Tensor, n: torch.Tensor, k: int) -> torch.Tensor:
@@ -205,7 +195,7 @@ def draft_step_inputs(step: DeviceDraftStep, ctx_len: torch.Tensor, k: int, shif
     drafting, ``write_drafts`` completes the step. (``triton_draft_inputs.draft_step_inputs_triton`` does the same
     in one kernel.)"""
     b, bs = step.feed.shape[0], step.block_size
-    n, token, _ = last_emitted(step.last, ctx_len, None, b)
+    n, token = last_emitted(step.last, ctx_len, b)
     nd = kept_drafts(step.limits, n, k)
     cu = catch_up_inputs(step.last, n, step.tables, step.feed, step.q, bs, shift)
     chain = [chain_step_inputs(n, nd, step.tables, s, bs, shift) for s in range(k - 1)]
