@@ -52,3 +52,20 @@ def test_sharegpt_all_turns_adds_later_turns():
         sharegpt_prompts(57, scan=100)
     with pytest.raises(ValueError, match=r"turns='second': allowed first, all"):
         sharegpt_prompts(5, turns="second")
+
+
+def test_answers_generated_in_waves_equal_one_batch(tmp_path, torch_one_thread):
+    """Waves of 3 prompts (shortest first) give each prompt the answer one continuous batch gives it, in the
+    prompts' order; a wave size below 1 is refused."""
+    from tokenleap import LLM
+    from tokenleap_eagle.train.data import generate_sequences
+
+    folder = make_tiny_checkpoint(tmp_path, "llama", num_hidden_layers=2)
+    llm = LLM(model=str(folder), device="cpu", max_num_seqs=4, disable_log_stats=True)
+    prompts = ["the cat sat on the mat and then it", "a b", "hello world", "one two three four five six seven",
+               "x", "def f(a, b): return a +", "the quick brown fox jumps over"]
+    together = generate_sequences(llm, prompts, max_tokens=12, progress=False)
+    waves = generate_sequences(llm, prompts, max_tokens=12, progress=False, wave_size=3)
+    assert len(together) == len(prompts) and waves == together
+    with pytest.raises(ValueError, match="wave_size=0: must be at least 1"):
+        generate_sequences(llm, prompts, max_tokens=4, progress=False, wave_size=0)

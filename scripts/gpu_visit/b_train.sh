@@ -9,7 +9,7 @@ gunzip -c .gpu/p/sharegpt_all_24000.json.gz > ~/prompts.json
 source scripts/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 date -u
-PROMPTS=~/prompts.json NUM_PROMPTS=${NP:-10000} EPOCHS=${EP:-5} EAGLE_MINUTES=${EM:-2.2} MLP_STEPS=${MS:-3000} FEATURE_CACHE_GB=45 GEN_BATCH=512 \
+PROMPTS=~/prompts.json NUM_PROMPTS=${NP:-10000} EPOCHS=${EP:-5} EAGLE_MINUTES=${EM:-2.2} MLP_STEPS=${MS:-3000} FEATURE_CACHE_GB=45 GEN_BATCH=512 GEN_WAVES=${GW-1} \
   timeout ${TT:-480} scripts/train_shipped_heads.sh ~/train > $OUT/train.log 2>&1
 echo "train rc $?"; date -u; grep -v "^\s*$" $OUT/train.log | tail -25
 for h in eagle3 mlp; do

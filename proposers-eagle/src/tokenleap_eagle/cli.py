@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--max-tokens", type=int, default=d.max_tokens, help="answer tokens generated per prompt")
     t.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
     t.add_argument("--gen-batch-size", type=int, default=d.gen_batch_size)
+    t.add_argument("--gen-waves", action="store_true",
+                   help="generate the answers in waves of --gen-batch-size prompts (shortest first) instead of one "
+                        "continuous batch: fewer steps that mix admissions with decoding")
     t.add_argument("--draft-vocab-size", type=int, default=d.draft_vocab_size)
     t.add_argument("--aux-layers", type=int, nargs=3, default=None, help="default: 2, N // 2, N - 3")
     t.add_argument("--ttt-steps", type=int, default=d.ttt_steps, help="draft steps unrolled in training")
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         target=args.target, out=args.out, device=args.device, num_prompts=args.num_prompts,
         prompts=args.prompts, sharegpt_turns=args.sharegpt_turns, max_tokens=args.max_tokens,
         max_prompt_tokens=args.max_prompt_tokens,
-        gen_batch_size=args.gen_batch_size,
+        gen_batch_size=args.gen_batch_size, gen_waves=args.gen_waves,
         draft_vocab_size=args.draft_vocab_size, aux_layers=tuple(args.aux_layers) if args.aux_layers else None,
         ttt_steps=args.ttt_steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         checkpoint_every=args.checkpoint_every,

@@ -124,16 +124,36 @@ def prompts_from_file(path: str, n: int) -> list[str]:
 
 
 def generate_sequences(llm, prompts: Sequence[str], max_tokens: int, max_prompt_tokens: int = 512,
-                       temperature: float = 0.0, seed: int = 0, progress: bool = True) -> list[TrainSequence]:
-    """The target's answers to ``prompts`` (tokenleap ``LLM``, all prompts in one ``generate`` call so continuous
-    batching keeps the engine's batch full), as prompt + answer token sequences. Prompts longer than
-    max_prompt_tokens are cut to their first max_prompt_tokens tokens."""
+                       temperature: float = 0.0, seed: int = 0, progress: bool = True,
+                       wave_size: int | None = None) -> list[TrainSequence]:
+    """The target's answers to ``prompts`` (tokenleap ``LLM``), as prompt + answer token sequences, in the prompts'
+    order. Prompts longer than max_prompt_tokens are cut to their first max_prompt_tokens tokens.
+
+    By default all prompts go in one ``generate`` call: continuous batching keeps the engine's batch full, and
+    nearly every step admits a request (a step mixing prefill and decode rows runs eagerly on a GPU).
+    ``wave_size``: ``generate`` calls of that many prompts each (shortest prompts first), so that a wave's steps
+    after its admission are pure decode steps (the CUDA graphs), at the price of the wave's tail."""
     from tokenleap import SamplingParams
 
     tokenizer = llm.get_tokenizer()
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
     ids = [chat_prompt_ids(tokenizer, p)[:max_prompt_tokens] for p in prompts]
-    results = llm.generate([{"prompt_token_ids": i} for i in ids], params, use_tqdm=progress)
+    if wave_size is None:
+        results = llm.generate([{"prompt_token_ids": i} for i in ids], params, use_tqdm=progress)
+    else:
+        if wave_size < 1:
+            raise ValueError(f"wave_size={wave_size}: must be at least 1")
+        from tqdm.auto import tqdm
+
+        order = sorted(range(len(ids)), key=lambda j: len(ids[j]))
+        results = [None] * len(ids)
+        with tqdm(total=len(ids), disable=not progress, desc="answers") as bar:
+            for start in range(0, len(order), wave_size):
+                wave = order[start:start + wave_size]
+                outs = llm.generate([{"prompt_token_ids": ids[j]} for j in wave], params, use_tqdm=False)
+                for j, r in zip(wave, outs):
+                    results[j] = r
+                bar.update(len(wave))
     out: list[TrainSequence] = []
     for prompt_ids, r in zip(ids, results):
         answer = list(r.outputs[0].token_ids)

@@ -41,6 +41,7 @@ class TrainArgs:
     max_tokens: int = 256  # answer length per prompt
     max_prompt_tokens: int = 384
     gen_batch_size: int = 128  # requests the engine decodes at once while generating the answers
+    gen_waves: bool = False  # generate in waves of gen_batch_size prompts (see data.generate_sequences)
     draft_vocab_size: int = 8192
     aux_layers: tuple[int, ...] | None = None  # default (2, N // 2, N - 3)
     ttt_steps: int = 5
@@ -138,6 +139,7 @@ def train(args: TrainArgs) -> Path:
             prompts = sharegpt_prompts(args.num_prompts, seed=args.seed, exclude=_evaluation_prompts(),
                                        turns=args.sharegpt_turns)
         seqs = generate_sequences(llm, prompts, args.max_tokens, args.max_prompt_tokens, seed=args.seed,
+                                  wave_size=args.gen_batch_size if args.gen_waves else None,
                                   progress=args.progress)
         _save_sequences(seq_path, seqs)
     gen_s = time.perf_counter() - t0
