@@ -6,7 +6,8 @@ checked by tests/test_cpu_linear.py):
 
 For SmolLM2's and the tiny test model's shapes, with 1 and 2 threads: rows 0..m-1 computed in a call of m rows
 (m from 1 to 600) against the same rows of one 600-row call, unpadded and with the call padded to at least 16,
-32 or 64 rows. Prints, per shape, the rows that differ over all m.
+32 or 64 rows; and rows computed in calls of exactly 16 (or 32) rows each (the last block zero-padded), starting
+at row 0 or 7, against the same blocking of all 600. Prints, per shape, the rows that differ over all m.
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ SHAPES = [(64, 64), (192, 64), (960, 576), (1536, 576), (3072, 576), (576, 1536)
 ROWS = (1, 2, 3, 5, 8, 13, 17, 31, 40, 64, 100, 257, 512, 600)
 
 
+def blocked(x: torch.Tensor, w: torch.Tensor, rows: int) -> torch.Tensor:
+    """x [M, K] @ w.T in calls of exactly ``rows`` rows (the last one zero-padded) -> [M, N]."""
+    outs = []
+    for s in range(0, x.shape[0], rows):
+        part = x[s : s + rows]
+        n = part.shape[0]
+        if n < rows:
+            part = torch.cat([part, part.new_zeros(rows - n, part.shape[1])])
+        outs.append(F.linear(part, w)[:n])
+    return torch.cat(outs)
+
+
 def main() -> int:
     torch.manual_seed(0)
     for threads in (1, 2):
@@ -28,6 +41,11 @@ def main() -> int:
             x = torch.randn(600, k)
             ref = F.linear(x, w)  # [600, n]
             differing = {}
+            for block in (16, 32):
+                whole = blocked(x, w, block)
+                differing[f"blocks of {block}"] = sum(
+                    int((blocked(x[off : off + m], w, block) != whole[off : off + m]).any(dim=1).sum())
+                    for m in ROWS[:-1] for off in (0, 7))
             for pad in (0, 16, 32, 64):
                 bad = 0
                 for m in ROWS:
