@@ -3,6 +3,7 @@ and always stopped (SIGINT, then SIGKILL after a grace period)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -20,8 +21,6 @@ def process_cpu_seconds(pid: int) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return float("nan")
-    import os
-
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
