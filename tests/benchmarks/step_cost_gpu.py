@@ -91,6 +91,7 @@ def main(argv=None) -> int:
             release()
             if a.out:
                 Path(a.out).write_text(json.dumps(res, indent=1))
+    eagle_proposer.head_ops = head_ops  # (the A/B swapped the proposer's op picker; put it back)
     return 0
 
 
